@@ -1,0 +1,9 @@
+//! Postvak's pure domain: aggregates as `decide(&State, Cmd) -> Result<Vec<Event>>` and
+//! `evolve(State, &Event) -> State`, the event hash chain, and (later) threading, rules and SLA
+//! math. No I/O: nothing here depends on tokio, sqlx, NATS or actix.
+
+pub mod aggregate;
+pub mod chain;
+pub mod directory;
+
+pub use aggregate::Aggregate;

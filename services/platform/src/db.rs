@@ -1,0 +1,286 @@
+//! Database handles and migrations for both backends. A cell's database is PostgreSQL
+//! (`postgres://…`) or one SQLite file (`sqlite://path` or `sqlite:path`).
+//!
+//! Migrations are embedded in the binary (no files needed at run time) and run by
+//! `postvak migrate` or at start of the embedded default, as the database owner. The application
+//! pool then acts as the `postvak_app` role, which cannot UPDATE or DELETE events.
+
+use crate::store::StoreError;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Postgres, Sqlite, Transaction};
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// PostgreSQL migrations, in order: (version, description, SQL).
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "events",
+        include_str!("../../../migrations/postgres/0001_events.sql"),
+    ),
+    (
+        2,
+        "bus",
+        include_str!("../../../migrations/postgres/0002_bus.sql"),
+    ),
+];
+
+/// SQLite migrations, in order.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "events",
+        include_str!("../../../migrations/sqlite/0001_events.sql"),
+    ),
+    (2, "bus", include_str!("../../../migrations/sqlite/0002_bus.sql")),
+];
+
+fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        list.iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The role the application acts as on PostgreSQL.
+pub const APP_ROLE: &str = "postvak_app";
+
+/// How to open a cell's database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+    /// PostgreSQL: `SET ROLE` to this after connecting (default `postvak_app`); `None` when the
+    /// login user already is the restricted role.
+    pub app_role: Option<String>,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(5),
+            app_role: Some(APP_ROLE.to_owned()),
+        }
+    }
+}
+
+/// A SQLite database: one writer connection (SQLite has one writer at a time; queueing in the
+/// pool beats `SQLITE_BUSY` retries) and a pool of readers (WAL lets them run beside it).
+#[derive(Debug, Clone)]
+pub struct SqliteDb {
+    pub writer: SqlitePool,
+    pub reader: SqlitePool,
+}
+
+/// A cell's database.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqliteDb),
+}
+
+/// A transaction on either backend; consumers write their effect and checkpoint in one.
+#[derive(Debug)]
+pub enum DbTx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl DbTx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await,
+            Self::Sqlite(tx) => tx.commit().await,
+        }
+        .map_err(db_error)
+    }
+}
+
+/// Which backend a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Postgres,
+    Sqlite,
+}
+
+pub fn kind_of(url: &str) -> Result<DbKind, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DbKind::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Ok(DbKind::Sqlite)
+    } else {
+        Err(StoreError::Unavailable(format!(
+            "database URL must start with postgres:// or sqlite: (got {})",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    Ok(SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL {url}: {e}")))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: a commit survives power loss, which is what "250 only after it is stored" needs.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10)))
+}
+
+/// Opens the application pool of a cell's database (no migrations).
+pub async fn connect(url: &str, opts: &DbOptions) -> Result<Db, StoreError> {
+    match kind_of(url)? {
+        DbKind::Postgres => {
+            let connect = PgConnectOptions::from_str(url)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("bad PostgreSQL URL {}: {e}", redact_url(url)))
+                })?
+                .application_name("postvak");
+            let role = opts.app_role.clone();
+            let pool = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(opts.connect_timeout)
+                .after_connect(move |conn, _| {
+                    let role = role.clone();
+                    Box::pin(async move {
+                        if let Some(role) = role {
+                            // The role name is ours (config), quoted as an identifier.
+                            let sql = format!("SET ROLE \"{}\"", role.replace('"', "\"\""));
+                            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect_with(connect)
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "cannot connect to PostgreSQL at {}: {e}",
+                        redact_url(url)
+                    ))
+                })?;
+            Ok(Db::Postgres(pool))
+        }
+        DbKind::Sqlite => {
+            let o = sqlite_options(url)?;
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(o.clone())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
+            let reader = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections.clamp(1, 8))
+                .acquire_timeout(opts.connect_timeout)
+                .connect_with(o)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
+            Ok(Db::Sqlite(SqliteDb { writer, reader }))
+        }
+    }
+}
+
+/// Runs pending migrations as the connecting (owner) user. Idempotent.
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    match kind_of(url)? {
+        DbKind::Postgres => {
+            let mut conn = PgConnectOptions::from_str(url)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("bad PostgreSQL URL {}: {e}", redact_url(url)))
+                })?
+                .connect()
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "cannot connect to PostgreSQL at {}: {e}",
+                        redact_url(url)
+                    ))
+                })?;
+            migrator(POSTGRES_MIGRATIONS)
+                .run(&mut conn)
+                .await
+                .map_err(|e| StoreError::Migration(e.to_string()))?;
+            conn.close().await.map_err(db_error)
+        }
+        DbKind::Sqlite => {
+            let mut conn = sqlite_options(url)?
+                .connect()
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
+            migrator(SQLITE_MIGRATIONS)
+                .run(&mut conn)
+                .await
+                .map_err(|e| StoreError::Migration(e.to_string()))?;
+            conn.close().await.map_err(db_error)
+        }
+    }
+}
+
+impl Db {
+    pub async fn begin(&self) -> Result<DbTx, StoreError> {
+        match self {
+            Self::Postgres(p) => p.begin().await.map(DbTx::Postgres),
+            Self::Sqlite(s) => s.writer.begin().await.map(DbTx::Sqlite),
+        }
+        .map_err(db_error)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+            Self::Sqlite(s) => sqlx::query("SELECT 1").execute(&s.reader).await.map(|_| ()),
+        }
+        .map_err(db_error)
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(p) => p.close().await,
+            Self::Sqlite(s) => {
+                s.writer.close().await;
+                s.reader.close().await;
+            }
+        }
+    }
+}
+
+/// Maps a sqlx error to a store error: connection trouble is `Unavailable`, the rest `Database`.
+pub fn db_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Database(other.to_string()),
+    }
+}

@@ -1,0 +1,9 @@
+//! Shared adapters of every Postvak service: the event store (PostgreSQL, SQLite), the bus
+//! (NATS JetStream, in-process), the relay and consumer helpers, envelope encryption, cells and
+//! tenant contexts, configuration, telemetry and the HTTP error mapping.
+
+pub mod bus;
+pub mod crypto;
+pub mod db;
+pub mod store;
+pub mod testkit;

@@ -1,0 +1,1 @@
+//! The event store conformance suite, run against both backends.
