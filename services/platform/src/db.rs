@@ -28,6 +28,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "bus",
         include_str!("../../../migrations/postgres/0002_bus.sql"),
     ),
+    (
+        3,
+        "directory",
+        include_str!("../../../migrations/postgres/0003_directory.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -38,6 +43,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0001_events.sql"),
     ),
     (2, "bus", include_str!("../../../migrations/sqlite/0002_bus.sql")),
+    (
+        3,
+        "directory",
+        include_str!("../../../migrations/sqlite/0003_directory.sql"),
+    ),
 ];
 
 fn migrator(list: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -3,7 +3,11 @@
 //! tenant contexts, configuration, telemetry and the HTTP error mapping.
 
 pub mod bus;
+pub mod cell;
+pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod http;
 pub mod store;
+pub mod telemetry;
 pub mod testkit;
