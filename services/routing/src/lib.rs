@@ -1,1 +1,2 @@
-//! placeholder
+//! The routing service: rules, assignment strategies, SLA clocks and durable timers. Not built
+//! yet (its own issue).

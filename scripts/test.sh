@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: every crate's unit and integration tests against real PostgreSQL,
+# SQLite and NATS, plus the committed OpenAPI document check. This is the README's test command
+# and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/services.sh
+
+# Test databases are per test; drop the ones earlier runs left behind.
+psql -h 127.0.0.1 -U postgres -d postgres -Atc \
+  "SELECT datname FROM pg_database WHERE datname LIKE 'pv_test_%'" 2>/dev/null |
+  while read -r db; do
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+
+cargo build --locked --bin postvak
+cargo run --locked --quiet --bin postvak -- openapi --check docs/openapi.json
+cargo test --locked --workspace --no-fail-fast "$@"
