@@ -20,3 +20,43 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// An inbox: a shared address (and its aliases).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Inbox {
+    pub id: uuid::Uuid,
+    pub name: String,
+    /// Lower-cased addresses; the first is the one replies are sent from.
+    pub addresses: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: time::OffsetDateTime,
+}
+
+/// Body of `POST /v1/inboxes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInbox {
+    pub name: String,
+    pub addresses: Vec<String>,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InboxPage {
+    pub items: Vec<Inbox>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Who the caller is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    pub tenant_id: uuid::Uuid,
+    pub tenant_name: String,
+    pub cell: String,
+    /// `apikey:<id>`, `user:<id>`.
+    pub actor: String,
+    pub scopes: Vec<String>,
+}

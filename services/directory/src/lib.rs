@@ -1,1 +1,337 @@
-//! placeholder
+//! The directory service: tenants, inboxes (addresses and aliases), API keys; and API-key
+//! authentication for every service. Users, teams, memberships and SSO build on this.
+//!
+//! Writes are events in the tenant's cell; the read models (`tenants`, `inboxes`,
+//! `inbox_addresses`, `api_keys`) are updated right after the append so that the API reads its
+//! own writes, idempotently, so a replay (`projections rebuild`) converges to the same rows.
+
+pub mod api;
+mod codec;
+mod projection;
+
+use async_trait::async_trait;
+use postvak_core::Aggregate;
+use postvak_core::directory::{
+    DirectoryError, DirectoryEvent, Inbox, InboxCommand, Tenant, TenantCommand,
+};
+use postvak_platform::auth::Authenticator;
+use postvak_platform::cell::{CellError, Cells, Principal, TenantContext};
+use postvak_platform::http::ApiError;
+use postvak_platform::store::{
+    EventCodec, ExpectedVersion, NewEvent, StoreError, StreamRef, TenantId,
+};
+use postvak_proto::events::directory as ev;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+pub use codec::StoredDirectoryEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Domain(#[from] DirectoryError),
+    #[error("address {0} already belongs to an inbox")]
+    AddressTaken(String),
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cell(#[from] CellError),
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use actix_web::http::StatusCode;
+        match e {
+            ServiceError::Domain(d) => {
+                let code = match d {
+                    DirectoryError::TenantExists | DirectoryError::InboxExists => {
+                        return ApiError::new(StatusCode::CONFLICT, "already_exists", "Already exists")
+                            .with_detail(d.to_string());
+                    }
+                    DirectoryError::NameRequired => "name_required",
+                    DirectoryError::InvalidAddress(_) => "invalid_address",
+                    DirectoryError::NoAddress => "address_required",
+                };
+                ApiError::unprocessable(code, d.to_string())
+            }
+            ServiceError::AddressTaken(a) => ApiError::new(
+                StatusCode::CONFLICT,
+                "address_taken",
+                "Address already in use",
+            )
+            .with_detail(format!("{a} already belongs to an inbox")),
+            ServiceError::NotFound => ApiError::not_found(),
+            ServiceError::Store(s) => s.into(),
+            ServiceError::Cell(c) => ApiError::internal(&c),
+        }
+    }
+}
+
+/// An API key as handed to its owner once: `pvk_<key id>_<secret>`.
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    pub key_id: Uuid,
+    pub token: String,
+}
+
+/// The directory service.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    cells: Cells,
+}
+
+const SERVICE: Principal = Principal::Service { name: "directory" };
+
+fn tenant_stream(id: TenantId) -> StreamRef {
+    StreamRef::new(ev::STREAM_TENANT, format!("tenant-{}", id.0))
+}
+
+fn inbox_stream(id: Uuid) -> StreamRef {
+    StreamRef::new(ev::STREAM_INBOX, format!("inbox-{id}"))
+}
+
+fn key_stream(id: Uuid) -> StreamRef {
+    StreamRef::new(ev::STREAM_API_KEY, format!("apikey-{id}"))
+}
+
+fn hash_secret(secret: &str) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"postvak.apikey.v1");
+    h.update(secret.as_bytes());
+    h.finalize().to_vec()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Directory {
+    pub fn new(cells: Cells) -> Self {
+        Self { cells }
+    }
+
+    pub fn cells(&self) -> &Cells {
+        &self.cells
+    }
+
+    /// Creates a tenant in `cell` (the default cell when `None`).
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        cell: Option<&str>,
+    ) -> Result<TenantId, ServiceError> {
+        let cell = match cell {
+            Some(c) => self
+                .cells
+                .get(c)
+                .ok_or_else(|| CellError::UnknownCell(c.to_owned()))?,
+            None => self.cells.default_cell(),
+        };
+        let tenant = TenantId(Uuid::now_v7());
+        let events = Tenant::default().decide(TenantCommand::Create {
+            tenant_id: tenant.0,
+            name: name.to_owned(),
+            cell: cell.name.clone(),
+        })?;
+        self.cells.place_tenant(tenant, &cell.name).await?;
+        let ctx = self.cells.context(tenant, SERVICE).await?;
+        self.append(&ctx, &tenant_stream(tenant), ExpectedVersion::NoStream, &events)
+            .await?;
+        Ok(tenant)
+    }
+
+    /// Creates an inbox with its addresses, which must not belong to any other inbox.
+    pub async fn create_inbox(
+        &self,
+        ctx: &TenantContext,
+        name: &str,
+        addresses: &[String],
+    ) -> Result<postvak_proto::rest::Inbox, ServiceError> {
+        let inbox_id = Uuid::now_v7();
+        let events = Inbox::default().decide(InboxCommand::Create {
+            inbox_id,
+            name: name.to_owned(),
+            addresses: addresses.to_vec(),
+        })?;
+        let Some(DirectoryEvent::InboxCreated { addresses, .. }) = events.first() else {
+            return Err(ServiceError::Store(StoreError::Serialization(
+                "inbox decision produced no InboxCreated".into(),
+            )));
+        };
+        // Reserve the addresses in the global directory first: two inboxes racing for one
+        // address can't both get it. A failed append releases them.
+        projection::reserve_addresses(self.cells.directory(), ctx.tenant(), inbox_id, addresses)
+            .await?;
+        if let Err(e) = self
+            .append(ctx, &inbox_stream(inbox_id), ExpectedVersion::NoStream, &events)
+            .await
+        {
+            let _ = projection::release_addresses(self.cells.directory(), ctx.tenant(), inbox_id)
+                .await;
+            return Err(e);
+        }
+        self.get_inbox(ctx, inbox_id).await
+    }
+
+    pub async fn get_inbox(
+        &self,
+        ctx: &TenantContext,
+        inbox_id: Uuid,
+    ) -> Result<postvak_proto::rest::Inbox, ServiceError> {
+        projection::get_inbox(ctx.cell().db(), self.cells.directory(), ctx.tenant(), inbox_id)
+            .await?
+            .ok_or(ServiceError::NotFound)
+    }
+
+    /// A page of the tenant's inboxes ordered by id (UUIDv7: creation order).
+    pub async fn list_inboxes(
+        &self,
+        ctx: &TenantContext,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<postvak_proto::rest::Inbox>, ServiceError> {
+        Ok(projection::list_inboxes(
+            ctx.cell().db(),
+            self.cells.directory(),
+            ctx.tenant(),
+            after,
+            limit,
+        )
+        .await?)
+    }
+
+    pub async fn tenant_name(&self, ctx: &TenantContext) -> Result<String, ServiceError> {
+        projection::tenant_name(self.cells.directory(), ctx.tenant())
+            .await?
+            .ok_or(ServiceError::NotFound)
+    }
+
+    /// Issues an API key. The token is returned once; only its hash is kept.
+    pub async fn issue_api_key(
+        &self,
+        ctx: &TenantContext,
+        name: &str,
+        scopes: &[String],
+        expires_at: Option<time::OffsetDateTime>,
+    ) -> Result<IssuedKey, ServiceError> {
+        use base64::Engine;
+        let key_id = Uuid::now_v7();
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let token = format!("pvk_{}_{}", key_id.simple(), secret);
+        let payload = ev::ApiKeyIssuedV1 {
+            key_id,
+            name: name.trim().to_owned(),
+            prefix: token[..12].to_owned(),
+            secret_hash: hex::encode(hash_secret(&secret)),
+            scopes: scopes.to_vec(),
+            expires_at: expires_at.map(|t| t.unix_timestamp()),
+        };
+        let event = NewEvent::from_payload(ev::API_KEY_ISSUED, 1, &payload)?;
+        ctx.append(&key_stream(key_id), ExpectedVersion::NoStream, vec![event])
+            .await?;
+        projection::apply_api_key(self.cells.directory(), ctx.tenant(), &payload).await?;
+        Ok(IssuedKey { key_id, token })
+    }
+
+    /// Checks an API key token; a context for its tenant on success.
+    pub async fn authenticate_api_key(&self, token: &str) -> Result<TenantContext, ApiError> {
+        let rest = token.strip_prefix("pvk_").ok_or_else(ApiError::unauthorized)?;
+        let (id, secret) = rest.split_once('_').ok_or_else(ApiError::unauthorized)?;
+        let key_id = Uuid::try_parse(id).map_err(|_| ApiError::unauthorized())?;
+        let Some(key) = projection::find_api_key(self.cells.directory(), key_id)
+            .await
+            .map_err(ApiError::from)?
+        else {
+            return Err(ApiError::unauthorized());
+        };
+        if !constant_time_eq(&key.secret_hash, &hash_secret(secret)) {
+            return Err(ApiError::unauthorized());
+        }
+        let now = time::OffsetDateTime::now_utc();
+        if key.revoked {
+            return Err(ApiError::unauthorized().with_detail("this API key was revoked"));
+        }
+        if key.expires_at.is_some_and(|t| t <= now) {
+            return Err(ApiError::unauthorized().with_detail("this API key has expired"));
+        }
+        if key.last_used_at.is_none_or(|t| now - t > time::Duration::minutes(1)) {
+            // Recorded at most once a minute per key: auth must not write on every request.
+            let _ = projection::touch_api_key(self.cells.directory(), key_id, now).await;
+        }
+        self.cells
+            .context(
+                key.tenant_id,
+                Principal::ApiKey {
+                    key_id,
+                    scopes: key.scopes,
+                },
+            )
+            .await
+            .map_err(|e| ApiError::internal(&e))
+    }
+
+    async fn append(
+        &self,
+        ctx: &TenantContext,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: &[DirectoryEvent],
+    ) -> Result<(), ServiceError> {
+        let mut new = Vec::with_capacity(events.len());
+        for e in events {
+            let stored = StoredDirectoryEvent::from(e.clone());
+            let (event_type, version, payload) = stored.encode()?;
+            new.push(NewEvent::new(event_type, version, payload));
+        }
+        ctx.append(stream, expected, new).await?;
+        for e in events {
+            projection::apply(ctx.cell().db(), self.cells.directory(), ctx.tenant(), e).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the directory read models of one tenant from its events.
+    pub async fn rebuild_projections(&self, ctx: &TenantContext) -> Result<u64, ServiceError> {
+        let store = &ctx.cell().store;
+        let mut after = postvak_platform::store::LogPosition::START;
+        let mut applied = 0u64;
+        loop {
+            let page = store.read_log(after, 1000, Some(ctx.tenant())).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for stored in &page {
+                let event = store.open(stored).await?;
+                match event.event_type.as_str() {
+                    ev::TENANT_CREATED | ev::INBOX_CREATED => {
+                        let d = StoredDirectoryEvent::decode(&event)?;
+                        projection::apply(
+                            ctx.cell().db(),
+                            self.cells.directory(),
+                            ctx.tenant(),
+                            &d.into(),
+                        )
+                        .await?;
+                        applied += 1;
+                    }
+                    ev::API_KEY_ISSUED => {
+                        let p: ev::ApiKeyIssuedV1 = event.payload()?;
+                        projection::apply_api_key(self.cells.directory(), ctx.tenant(), &p)
+                            .await?;
+                        applied += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(applied)
+    }
+}
+
+#[async_trait]
+impl Authenticator for Directory {
+    async fn authenticate_bearer(&self, token: &str) -> Result<TenantContext, ApiError> {
+        self.authenticate_api_key(token).await
+    }
+}

@@ -46,6 +46,12 @@ pub struct MasterKey {
     id: String,
 }
 
+impl Clone for MasterKey {
+    fn clone(&self) -> Self {
+        Self::from_bytes(*self.key.expose_secret())
+    }
+}
+
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MasterKey({}, [redacted])", self.id)
