@@ -2,6 +2,7 @@
 //! (NATS JetStream, in-process), the relay and consumer helpers, envelope encryption, cells and
 //! tenant contexts, configuration, telemetry and the HTTP error mapping.
 
+pub mod auth;
 pub mod bus;
 pub mod cell;
 pub mod config;
