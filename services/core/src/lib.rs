@@ -2,6 +2,7 @@
 //! `evolve(State, &Event) -> State`, the event hash chain, and (later) threading, rules and SLA
 //! math. No I/O: nothing here depends on tokio, sqlx, NATS or actix.
 
+pub mod access;
 pub mod aggregate;
 pub mod chain;
 pub mod directory;
