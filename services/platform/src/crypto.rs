@@ -133,10 +133,15 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
 struct CachedKey {
     tenant: TenantId,
     cipher: Aes256Gcm,
+    /// Kept for deriving blind-index keys; zeroized on drop.
+    raw: SecretBox<[u8; 32]>,
     /// Subject keys are re-checked after this, so a key destroyed by another process stops
     /// being used within `SUBJECT_KEY_TTL`.
     expires: Option<Instant>,
 }
+
+/// The subject whose key derives blind indexes. Not a person: never destroyed by erasure.
+pub const INDEX_SUBJECT: &str = "postvak:index";
 
 /// How long another process may keep using a subject key it has cached after it was destroyed.
 pub const SUBJECT_KEY_TTL: Duration = Duration::from_secs(60);
@@ -244,6 +249,30 @@ impl Keyring {
         open_with(&key.cipher, sealed, aad)
     }
 
+    /// A blind index: HMAC-SHA256 of `value` under a key derived from the tenant's index key
+    /// and `purpose`. Equal inputs give equal outputs within one tenant and purpose, so lookups
+    /// work without storing the value; nothing about the value can be read back.
+    pub async fn blind_index(
+        &self,
+        tenant: TenantId,
+        purpose: &str,
+        value: &[u8],
+    ) -> Result<[u8; 32], CryptoError> {
+        use hmac::{Mac, SimpleHmac};
+        let (_, key) = self
+            .key_for_scope(tenant, &KeyScope::Subject(INDEX_SUBJECT.to_owned()))
+            .await?;
+        let mut derive = SimpleHmac::<Sha256>::new_from_slice(key.raw.expose_secret())
+            .map_err(|_| CryptoError::Storage("index key length".into()))?;
+        derive.update(b"postvak.index.v1");
+        derive.update(purpose.as_bytes());
+        let purpose_key = derive.finalize().into_bytes();
+        let mut mac = SimpleHmac::<Sha256>::new_from_slice(&purpose_key)
+            .map_err(|_| CryptoError::Storage("index key length".into()))?;
+        mac.update(value);
+        Ok(mac.finalize().into_bytes().into())
+    }
+
     /// Destroys the key of `scope` (never the tenant key through this call): everything sealed
     /// under it becomes unreadable. `true` if a live key was destroyed.
     pub async fn destroy(&self, tenant: TenantId, scope: &KeyScope) -> Result<bool, CryptoError> {
@@ -345,9 +374,12 @@ impl Keyring {
         let key = Key::<Aes256Gcm>::try_from(dek.as_slice()).map_err(|_| {
             CryptoError::Storage(format!("data key {} has the wrong length", stored.key_id))
         })?;
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(key.as_slice());
         let cached = Arc::new(CachedKey {
             tenant: stored.tenant_id,
             cipher: Aes256Gcm::new(&key),
+            raw: SecretBox::new(Box::new(raw)),
             expires: expiring.then(|| Instant::now() + SUBJECT_KEY_TTL),
         });
         write(&self.by_id).insert(stored.key_id, cached.clone());
@@ -474,6 +506,18 @@ mod tests {
             assert_eq!(ring.open(T, tk, &sealed_t, b"a").await.unwrap(), b"bob");
             // A new subject key is not the old one.
             assert!(!ring.destroy(T, &subject).await.unwrap());
+        });
+    }
+
+    #[test]
+    fn blind_indexes_are_stable_per_tenant_and_purpose() {
+        rt().block_on(async {
+            let ring = ring();
+            let a = ring.blind_index(T, "email", b"x@y.z").await.unwrap();
+            assert_eq!(a, ring.blind_index(T, "email", b"x@y.z").await.unwrap());
+            assert_ne!(a, ring.blind_index(T, "message-id", b"x@y.z").await.unwrap());
+            let other = TenantId(Uuid::from_u128(2));
+            assert_ne!(a, ring.blind_index(other, "email", b"x@y.z").await.unwrap());
         });
     }
 
