@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bus;
 pub mod cell;
+pub mod command;
 pub mod config;
 pub mod crypto;
 pub mod db;

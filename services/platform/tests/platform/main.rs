@@ -2,3 +2,5 @@
 //! One binary (see STYLE.md): each area is a module.
 
 mod store_conformance;
+mod bus;
+mod command;
