@@ -4,3 +4,5 @@
 mod store_conformance;
 mod bus;
 mod command;
+mod relay;
+mod consumer;

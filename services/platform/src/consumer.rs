@@ -1,0 +1,608 @@
+//! Running an event handler as a durable, idempotent consumer.
+//!
+//! Deliveries are at least once. For each one the helper opens a transaction, records the event
+//! id as processed (an id already there is a redelivery: the handler is skipped), runs the
+//! handler in that transaction, advances the consumer's checkpoint, commits, and only then
+//! acknowledges. The effect and the "processed" mark commit together or not at all.
+//!
+//! A failing handler is retried (nak with exponential backoff) and, after
+//! [`ConsumerOptions::max_attempts`] deliveries or at once for a [`HandlerError::Permanent`],
+//! recorded as a dead letter and acknowledged, so one bad event never blocks the ones after
+//! it. Database or key-store outages are retried without counting towards dead-lettering.
+//!
+//! The checkpoint is a low watermark: every event at or before it was handled, skipped or
+//! dead-lettered. An event waiting for a retry holds it back, so the in-process bus, which
+//! resumes from the checkpoint after a restart, never loses a retry (what it reads again is
+//! skipped as processed).
+
+use crate::bus::{Bus, ConsumerSpec, EventConsumer, EventDelivery};
+use crate::crypto::CryptoError;
+use crate::db::{Db, DbTx, db_error};
+use crate::relay::{position_from_db, tx_to_db};
+use crate::store::{EventStore, LogPosition, RecordedEvent, StoreError, StoredEvent, open_stored};
+use async_trait::async_trait;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Why a handler did not handle an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later: retried, dead-lettered when the attempts run out.
+    #[error("{0}")]
+    Transient(String),
+    /// Will never succeed (e.g. a payload this version cannot read): dead-lettered at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// A database error: unavailability is retried without limit, the rest as `Transient`.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reacts to events, writing its effect through the transaction it is given.
+#[async_trait]
+pub trait EventHandler: Send + Sync {
+    /// Durable name: unique per consumer, stable across releases (it keys the checkpoint).
+    fn name(&self) -> &str;
+    /// Stream types to receive; empty = every event of the cell.
+    fn stream_types(&self) -> Vec<String>;
+    /// Handles one event. Must write only through `tx`, so that the effect commits with the
+    /// "processed" mark. Shredded events arrive with [`crate::store::EventData::Shredded`].
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError>;
+}
+
+/// How a consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// Deliveries fetched at once.
+    pub batch_size: usize,
+    /// Longest wait in one fetch; also bounds how long a stop request waits.
+    pub fetch_wait: Duration,
+    /// Redelivery after this long without an ack.
+    pub ack_wait: Duration,
+    /// Deliveries of a failing event before it is dead-lettered.
+    pub max_attempts: u64,
+    /// First retry delay; doubled per attempt up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            fetch_wait: Duration::from_secs(1),
+            ack_wait: Duration::from_secs(30),
+            max_attempts: 5,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ConsumerOptions {
+    fn retry_delay(&self, attempts: u64) -> Duration {
+        let exp = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(20);
+        self.retry_base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.retry_max)
+    }
+}
+
+/// What a consumer run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerReport {
+    pub handled: u64,
+    /// Redeliveries of events already processed.
+    pub duplicates: u64,
+    /// Failed attempts that were retried.
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+/// An event a consumer gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub event_id: Uuid,
+    pub stream_type: String,
+    pub stream_id: String,
+    pub stream_version: u64,
+    pub event_type: String,
+    pub position: LogPosition,
+    pub attempts: u64,
+    pub error: String,
+}
+
+/// Runs `handler` with default options until `cancel` fires.
+pub async fn run_consumer(
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn Bus>,
+    handler: Arc<dyn EventHandler>,
+    cancel: CancellationToken,
+) -> ConsumerReport {
+    run_consumer_with(store, bus, handler, ConsumerOptions::default(), cancel).await
+}
+
+/// Runs `handler` until `cancel` fires; the delivery in hand is finished first. Never gives up
+/// on its own: bus and database errors are logged and retried with backoff.
+#[tracing::instrument(skip_all, fields(consumer = %handler.name()))]
+pub async fn run_consumer_with(
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn Bus>,
+    handler: Arc<dyn EventHandler>,
+    options: ConsumerOptions,
+    cancel: CancellationToken,
+) -> ConsumerReport {
+    let mut run = Run {
+        db: store.db().clone(),
+        store,
+        handler,
+        options,
+        outstanding: BTreeSet::new(),
+        max_finished: LogPosition::START,
+        report: ConsumerReport::default(),
+    };
+    let mut pause = Pause::new(run.options.retry_max.min(Duration::from_secs(5)));
+    'connect: loop {
+        let Some(mut consumer) = run.open_consumer(bus.as_ref(), &cancel, &mut pause).await else {
+            return run.report;
+        };
+        pause.reset();
+        loop {
+            if cancel.is_cancelled() {
+                return run.report;
+            }
+            let deliveries = match consumer
+                .fetch(run.options.batch_size.max(1), run.options.fetch_wait)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer cannot fetch");
+                    if !pause.wait(&cancel).await {
+                        return run.report;
+                    }
+                    continue 'connect;
+                }
+            };
+            pause.reset();
+            for delivery in deliveries {
+                run.process(delivery).await;
+            }
+        }
+    }
+}
+
+/// The checkpoint of a consumer (`START` when it never handled anything).
+pub async fn consumer_checkpoint(db: &Db, consumer: &str) -> Result<LogPosition, StoreError> {
+    let row: Option<(i64, i64)> = match db {
+        Db::Postgres(p) => {
+            sqlx::query_as(
+                "SELECT tx, global_position FROM consumer_checkpoints WHERE consumer = $1",
+            )
+            .bind(consumer)
+            .fetch_optional(p)
+            .await
+        }
+        Db::Sqlite(s) => {
+            sqlx::query_as(
+                "SELECT tx, global_position FROM consumer_checkpoints WHERE consumer = ?1",
+            )
+            .bind(consumer)
+            .fetch_optional(&s.reader)
+            .await
+        }
+    }
+    .map_err(db_error)?;
+    row.map_or(Ok(LogPosition::START), |(tx, gp)| position_from_db(tx, gp))
+}
+
+type DeadLetterRow = (String, String, String, i64, String, i64, i64, i64, String);
+
+/// A consumer's dead letters, oldest position first.
+pub async fn dead_letters(db: &Db, consumer: &str) -> Result<Vec<DeadLetter>, StoreError> {
+    let rows: Vec<DeadLetterRow> = match db {
+        Db::Postgres(p) => {
+            sqlx::query_as(
+                "SELECT event_id::text, stream_type, stream_id, stream_version, event_type, tx,
+                    global_position, attempts, error
+             FROM consumer_dead_letters WHERE consumer = $1 ORDER BY tx, global_position",
+            )
+            .bind(consumer)
+            .fetch_all(p)
+            .await
+        }
+        Db::Sqlite(s) => {
+            sqlx::query_as(
+                "SELECT event_id, stream_type, stream_id, stream_version, event_type, tx,
+                    global_position, attempts, error
+             FROM consumer_dead_letters WHERE consumer = ?1 ORDER BY tx, global_position",
+            )
+            .bind(consumer)
+            .fetch_all(&s.reader)
+            .await
+        }
+    }
+    .map_err(db_error)?;
+    rows.into_iter()
+        .map(|(id, st, sid, sv, et, tx, gp, attempts, error)| {
+            Ok(DeadLetter {
+                event_id: Uuid::parse_str(&id)
+                    .map_err(|e| StoreError::Database(format!("bad event id {id}: {e}")))?,
+                stream_type: st,
+                stream_id: sid,
+                stream_version: u64::try_from(sv).unwrap_or(0),
+                event_type: et,
+                position: position_from_db(tx, gp)?,
+                attempts: u64::try_from(attempts).unwrap_or(0),
+                error,
+            })
+        })
+        .collect()
+}
+
+/// What became of one delivery.
+enum Outcome {
+    Handled,
+    Duplicate,
+    /// Retry; `counts` = false for outages, which never lead to dead-lettering.
+    Failed {
+        error: String,
+        counts: bool,
+        permanent: bool,
+    },
+}
+
+struct Run {
+    store: Arc<dyn EventStore>,
+    db: Db,
+    handler: Arc<dyn EventHandler>,
+    options: ConsumerOptions,
+    /// Positions of events waiting for a retry: the checkpoint stays below them.
+    outstanding: BTreeSet<LogPosition>,
+    /// The newest position finished in this run.
+    max_finished: LogPosition,
+    report: ConsumerReport,
+}
+
+impl Run {
+    async fn open_consumer(
+        &self,
+        bus: &dyn Bus,
+        cancel: &CancellationToken,
+        pause: &mut Pause,
+    ) -> Option<Box<dyn EventConsumer>> {
+        loop {
+            if cancel.is_cancelled() {
+                return None;
+            }
+            let opened = match consumer_checkpoint(&self.db, self.handler.name()).await {
+                Ok(start_after) => bus
+                    .event_consumer(ConsumerSpec {
+                        name: self.handler.name().to_owned(),
+                        stream_types: self.handler.stream_types(),
+                        start_after,
+                        ack_wait: self.options.ack_wait,
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match opened {
+                Ok(c) => return Some(c),
+                Err(e) => tracing::warn!(error = %e, "consumer cannot start"),
+            }
+            if !pause.wait(cancel).await {
+                return None;
+            }
+        }
+    }
+
+    /// The checkpoint to write after finishing `at`, if it moves: `at` while no older event
+    /// waits for a retry, and everything finished so far once none waits at all.
+    fn finish(&mut self, at: LogPosition) -> Option<LogPosition> {
+        self.outstanding.remove(&at);
+        self.max_finished = self.max_finished.max(at);
+        match self.outstanding.first() {
+            None => Some(self.max_finished),
+            Some(oldest) if *oldest < at => None,
+            Some(_) => Some(at),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(event_id = %delivery.event.event_id, event_type = %delivery.event.event_type))]
+    async fn process(&mut self, delivery: EventDelivery) {
+        let event = &delivery.event;
+        let attempts = delivery.redeliveries + 1;
+        let outcome = self.attempt(event).await;
+        let name = self.handler.name().to_owned();
+        match outcome {
+            Outcome::Handled | Outcome::Duplicate => {
+                if matches!(outcome, Outcome::Handled) {
+                    self.report.handled += 1;
+                    metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "handled").increment(1);
+                } else {
+                    self.report.duplicates += 1;
+                    metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "duplicate").increment(1);
+                }
+                ack(&delivery).await;
+            }
+            Outcome::Failed {
+                error,
+                counts,
+                permanent,
+            } => {
+                let give_up = permanent || (counts && attempts >= self.options.max_attempts);
+                if give_up {
+                    match self.dead_letter(event, attempts, &error).await {
+                        Ok(()) => {
+                            tracing::error!(%error, attempts, "event dead-lettered");
+                            self.report.dead_lettered += 1;
+                            metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "dead_lettered").increment(1);
+                            ack(&delivery).await;
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot record dead letter"),
+                    }
+                }
+                tracing::warn!(%error, attempts, "handler failed; will retry");
+                self.report.retried += 1;
+                metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "retried").increment(1);
+                self.outstanding.insert(event.position);
+                let delay = self.options.retry_delay(attempts);
+                if let Err(e) = delivery.acker.nak(delay).await {
+                    // Redelivered after ack_wait instead.
+                    tracing::warn!(error = %e, "cannot nak");
+                }
+            }
+        }
+    }
+
+    async fn attempt(&mut self, event: &StoredEvent) -> Outcome {
+        let outage = |e: &dyn std::fmt::Display| Outcome::Failed {
+            error: e.to_string(),
+            counts: false,
+            permanent: false,
+        };
+        let recorded = match open_stored(self.store.keyring(), event).await {
+            Ok(r) => r,
+            Err(e) if is_outage(&e) => return outage(&e),
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("cannot open event: {e}"),
+                    counts: true,
+                    permanent: true,
+                };
+            }
+        };
+        let mut tx = match self.db.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return outage(&e),
+        };
+        let fresh = match mark_processed(&mut tx, self.handler.name(), event).await {
+            Ok(f) => f,
+            Err(e) => return outage(&e),
+        };
+        if fresh && let Err(e) = self.handler.handle(&mut tx, &recorded).await {
+            return match e {
+                HandlerError::Store(ref s) if is_outage(s) => outage(&e),
+                HandlerError::Permanent(_) => Outcome::Failed {
+                    error: e.to_string(),
+                    counts: true,
+                    permanent: true,
+                },
+                _ => Outcome::Failed {
+                    error: e.to_string(),
+                    counts: true,
+                    permanent: false,
+                },
+            };
+        }
+        // The checkpoint moves with the effect. Should the commit fail, the retry path puts
+        // the position back among the outstanding ones.
+        if let Some(at) = self.finish(event.position)
+            && let Err(e) = save_consumer_checkpoint(&mut tx, self.handler.name(), at).await
+        {
+            return outage(&e);
+        }
+        if let Err(e) = tx.commit().await {
+            return outage(&e);
+        }
+        if fresh {
+            Outcome::Handled
+        } else {
+            Outcome::Duplicate
+        }
+    }
+
+    async fn dead_letter(
+        &mut self,
+        event: &StoredEvent,
+        attempts: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let name = self.handler.name().to_owned();
+        let mut tx = self.db.begin().await?;
+        mark_processed(&mut tx, &name, event).await?;
+        insert_dead_letter(&mut tx, &name, event, attempts, error).await?;
+        if let Some(at) = self.finish(event.position) {
+            save_consumer_checkpoint(&mut tx, &name, at).await?;
+        }
+        tx.commit().await
+    }
+}
+
+async fn ack(delivery: &EventDelivery) {
+    // A lost ack means a redelivery, which the processed table turns into a no-op.
+    if let Err(e) = delivery.acker.ack().await {
+        tracing::warn!(error = %e, "cannot ack");
+    }
+}
+
+fn is_outage(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Unavailable(_) | StoreError::Crypto(CryptoError::Storage(_))
+    )
+}
+
+/// Records `event` as processed by `consumer`; `false` when it already was.
+async fn mark_processed(
+    tx: &mut DbTx,
+    consumer: &str,
+    event: &StoredEvent,
+) -> Result<bool, StoreError> {
+    let t = tx_to_db(event.position.tx)?;
+    let done = match tx {
+        DbTx::Postgres(c) => sqlx::query(
+            "INSERT INTO consumer_processed (consumer, event_id, tx, global_position)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(event.event_id)
+        .bind(t)
+        .bind(event.position.global_position)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()),
+        DbTx::Sqlite(c) => sqlx::query(
+            "INSERT INTO consumer_processed (consumer, event_id, tx, global_position)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(event.event_id.to_string())
+        .bind(t)
+        .bind(event.position.global_position)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()),
+    }
+    .map_err(db_error)?;
+    Ok(done == 1)
+}
+
+/// Moves a consumer's checkpoint forward (never back) inside `tx`.
+pub async fn save_consumer_checkpoint(
+    tx: &mut DbTx,
+    consumer: &str,
+    at: LogPosition,
+) -> Result<(), StoreError> {
+    let t = tx_to_db(at.tx)?;
+    match tx {
+        DbTx::Postgres(c) => sqlx::query(
+            "INSERT INTO consumer_checkpoints (consumer, tx, global_position) VALUES ($1, $2, $3)
+             ON CONFLICT (consumer) DO UPDATE
+               SET tx = excluded.tx, global_position = excluded.global_position, updated_at = now()
+             WHERE (excluded.tx, excluded.global_position)
+                 > (consumer_checkpoints.tx, consumer_checkpoints.global_position)",
+        )
+        .bind(consumer)
+        .bind(t)
+        .bind(at.global_position)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()),
+        DbTx::Sqlite(c) => sqlx::query(
+            "INSERT INTO consumer_checkpoints (consumer, tx, global_position) VALUES (?1, ?2, ?3)
+             ON CONFLICT (consumer) DO UPDATE
+               SET tx = excluded.tx, global_position = excluded.global_position,
+                   updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE (excluded.tx, excluded.global_position)
+                 > (consumer_checkpoints.tx, consumer_checkpoints.global_position)",
+        )
+        .bind(consumer)
+        .bind(t)
+        .bind(at.global_position)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()),
+    }
+    .map(|_| ())
+    .map_err(db_error)
+}
+
+async fn insert_dead_letter(
+    tx: &mut DbTx,
+    consumer: &str,
+    e: &StoredEvent,
+    attempts: u64,
+    error: &str,
+) -> Result<(), StoreError> {
+    let t = tx_to_db(e.position.tx)?;
+    let version = i64::try_from(e.stream_version).unwrap_or(i64::MAX);
+    let attempts = i64::try_from(attempts).unwrap_or(i64::MAX);
+    match tx {
+        DbTx::Postgres(c) => sqlx::query(
+            "INSERT INTO consumer_dead_letters (consumer, event_id, tenant_id, stream_type,
+                 stream_id, stream_version, event_type, tx, global_position, attempts, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(e.event_id)
+        .bind(e.tenant_id.0)
+        .bind(&e.stream_type)
+        .bind(&e.stream_id)
+        .bind(version)
+        .bind(&e.event_type)
+        .bind(t)
+        .bind(e.position.global_position)
+        .bind(attempts)
+        .bind(error)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()),
+        DbTx::Sqlite(c) => sqlx::query(
+            "INSERT INTO consumer_dead_letters (consumer, event_id, tenant_id, stream_type,
+                 stream_id, stream_version, event_type, tx, global_position, attempts, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(e.event_id.to_string())
+        .bind(e.tenant_id.0.to_string())
+        .bind(&e.stream_type)
+        .bind(&e.stream_id)
+        .bind(version)
+        .bind(&e.event_type)
+        .bind(t)
+        .bind(e.position.global_position)
+        .bind(attempts)
+        .bind(error)
+        .execute(&mut **c)
+        .await
+        .map(|r| r.rows_affected()),
+    }
+    .map(|_| ())
+    .map_err(db_error)
+}
+
+/// Exponential pause after errors, cut short by cancellation.
+struct Pause {
+    next: Duration,
+    max: Duration,
+}
+
+impl Pause {
+    fn new(max: Duration) -> Self {
+        Self {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let d = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep(d) => true,
+        }
+    }
+}
