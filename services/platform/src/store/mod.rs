@@ -10,6 +10,7 @@
 //!   transactions commit out of sequence order (PostgreSQL: `xid8` below the snapshot's xmin).
 //! - `verify` walks every stream's chain and reports modified, deleted or reordered events.
 
+mod common;
 pub mod postgres;
 pub mod sqlite;
 
@@ -506,3 +507,28 @@ pub fn from_micros(us: i64) -> OffsetDateTime {
 
 /// Largest stream version: versions are stored as signed 64-bit integers.
 pub const MAX_STREAM_VERSION: u64 = i64::MAX as u64;
+
+/// Opens the event store of the database at `url` (`postgres://…` or `sqlite:…`), with a keyring
+/// over the same database's `data_keys` under `master`. Does not migrate: run
+/// [`crate::db::migrate`] first (as the owner).
+pub async fn open_store(
+    url: &str,
+    opts: &crate::db::DbOptions,
+    master: crate::crypto::MasterKey,
+) -> Result<std::sync::Arc<dyn EventStore>, StoreError> {
+    use crate::db::Db;
+    use std::sync::Arc;
+    let db = crate::db::connect(url, opts).await?;
+    match &db {
+        Db::Postgres(pool) => {
+            let keys = Arc::new(postgres::PgKeyStore::new(pool.clone()));
+            let keyring = Keyring::new(master, keys);
+            Ok(Arc::new(postgres::PostgresStore::new(db, keyring)?))
+        }
+        Db::Sqlite(s) => {
+            let keys = Arc::new(sqlite::SqliteKeyStore::new(s));
+            let keyring = Keyring::new(master, keys);
+            Ok(Arc::new(sqlite::SqliteStore::new(db, keyring)?))
+        }
+    }
+}

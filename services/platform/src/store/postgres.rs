@@ -1,1 +1,820 @@
-//! TODO(helper)
+//! The PostgreSQL event store.
+//!
+//! Round trips dominate, so the common appends are ONE autocommit statement:
+//! - a new stream (`NoStream`/`Exact(0)`: the previous hash is GENESIS):
+//!   `WITH head AS (INSERT INTO streams … ON CONFLICT DO NOTHING RETURNING 1)
+//!    INSERT INTO events SELECT … FROM UNNEST(…) WHERE EXISTS (SELECT 1 FROM head)`;
+//! - an existing stream whose head `(version, hash)` this handle has cached (from its own appends
+//!   or `read_stream`): the same with `UPDATE streams … WHERE version = $expected AND head_hash =
+//!   $cached RETURNING 1`.
+//!
+//! Under READ COMMITTED a competing writer that got there first holds the head row's lock; ours
+//! waits, re-evaluates its WHERE clause against the committed row, matches nothing and inserts
+//! no event. Zero rows means "not the head we assumed", never a partial write. Then, and on a
+//! cache miss or for `Any`, the slow path locks the head (`SELECT … FOR UPDATE`) in a
+//! transaction and decides definitively: so correctness never depends on the cache, which is only
+//! a hint.
+
+use super::common::{
+    self, ChainedBatch, Head, HeadCache, HeadCheck, SealedBatch, VerifySource, to_i64, to_u32,
+    to_u64,
+};
+use super::{
+    AppendOutcome, Backend, EventStore, ExpectedVersion, KeyScope, LogPosition, NewEvent,
+    RecordedEvent, StoreError, StoredEvent, StreamRef, TenantId, VerifyReport, open_stored,
+};
+use crate::crypto::{CryptoError, KeyStore, Keyring, StoredKey};
+use crate::db::{Db, DbTx, db_error};
+use async_trait::async_trait;
+use postvak_core::chain::GENESIS;
+use sqlx::postgres::{PgConnection, PgDatabaseError, PgPool, PgRow};
+use sqlx::{Acquire, Row};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Heads cached per handle by default (about 150 bytes each).
+pub const DEFAULT_HEAD_CACHE: usize = 100_000;
+
+/// How many times the slow path retries when a stream it found missing was created under it.
+const CREATE_RACE_RETRIES: usize = 8;
+
+macro_rules! event_columns {
+    () => {
+        "tx::text::bigint AS tx, global_position, event_id, tenant_id, stream_type, stream_id, \
+         stream_version, event_type, event_version, key_id, payload, metadata, recorded_at, \
+         prev_hash, hash"
+    };
+}
+
+/// The INSERT shared by every append: `$1` tenant, `$2` stream id, `$3` stream type, `$6`
+/// recorded_at, `$7..$15` one array per column. Only runs if the CTE `head` returned a row.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO events (event_id, tenant_id, stream_type, stream_id, stream_version, \
+             event_type, event_version, key_id, payload, metadata, recorded_at, prev_hash, hash) \
+         SELECT e.event_id, $1, $3, $2, e.stream_version, e.event_type, e.event_version, \
+             e.key_id, e.payload, e.metadata, $6, e.prev_hash, e.hash \
+         FROM UNNEST($7::uuid[], $8::bigint[], $9::text[], $10::int[], $11::uuid[], \
+             $12::bytea[], $13::bytea[], $14::bytea[], $15::bytea[]) \
+             AS e(event_id, stream_version, event_type, event_version, key_id, payload, \
+                  metadata, prev_hash, hash) \
+         WHERE EXISTS (SELECT 1 FROM head)"
+    };
+}
+
+/// Creates the head (`$4` version, `$5` hash) and the events, or nothing if the stream exists.
+const APPEND_NEW: &str = concat!(
+    "WITH head AS (INSERT INTO streams (tenant_id, stream_id, stream_type, version, head_hash) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1) ",
+    insert_events!()
+);
+
+/// Moves the head from (`$16`, `$17`) to (`$4`, `$5`) and inserts the events, or nothing if the
+/// head is not exactly (`$16`, `$17`) any more.
+const APPEND_NEXT: &str = concat!(
+    "WITH head AS (UPDATE streams SET version = $4, head_hash = $5 \
+     WHERE tenant_id = $1 AND stream_id = $2 AND stream_type = $3 \
+       AND version = $16 AND head_hash = $17 RETURNING 1) ",
+    insert_events!()
+);
+
+const LOCK_HEAD: &str = "SELECT stream_type, version, head_hash FROM streams \
+     WHERE tenant_id = $1 AND stream_id = $2 FOR UPDATE";
+
+const FIND_EXISTING: &str = "SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1";
+
+const READ_STREAM: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE tenant_id = $1 AND stream_id = $2 AND stream_type = $3 \
+       AND stream_version >= $4 ORDER BY stream_version"
+);
+
+const STREAM_VERSION: &str = "SELECT version FROM streams \
+     WHERE tenant_id = $1 AND stream_id = $2 AND stream_type = $3";
+
+// Only transactions below the snapshot's xmin are certainly finished: an event of a transaction
+// that commits later always has a larger `tx` than anything returned now.
+const READ_LOG: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE (tx, global_position) > ($1::bigint::text::xid8, $2) \
+       AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+     ORDER BY tx, global_position LIMIT $3"
+);
+
+const READ_LOG_TENANT: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE tenant_id = $4 AND (tenant_id, tx, global_position) > \
+         ($4, $1::bigint::text::xid8, $2) \
+       AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+     ORDER BY tenant_id, tx, global_position LIMIT $3"
+);
+
+const VERIFY_EVENTS_FIRST: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events ORDER BY tenant_id, stream_id, stream_version LIMIT $1"
+);
+const VERIFY_EVENTS_AFTER: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE (tenant_id, stream_id, stream_version) > ($2, $3, $4) \
+     ORDER BY tenant_id, stream_id, stream_version LIMIT $1"
+);
+const VERIFY_EVENTS_TENANT: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE tenant_id = $2 AND (stream_id, stream_version) > ($3, $4) \
+     ORDER BY stream_id, stream_version LIMIT $1"
+);
+const VERIFY_HEADS_FIRST: &str = "SELECT tenant_id, stream_id, stream_type, version, head_hash \
+     FROM streams ORDER BY tenant_id, stream_id LIMIT $1";
+const VERIFY_HEADS_AFTER: &str = "SELECT tenant_id, stream_id, stream_type, version, head_hash \
+     FROM streams WHERE (tenant_id, stream_id) > ($2, $3) ORDER BY tenant_id, stream_id LIMIT $1";
+const VERIFY_HEADS_TENANT_FIRST: &str = "SELECT tenant_id, stream_id, stream_type, version, \
+     head_hash FROM streams WHERE tenant_id = $2 ORDER BY stream_id LIMIT $1";
+const VERIFY_HEADS_TENANT_AFTER: &str = "SELECT tenant_id, stream_id, stream_type, version, \
+     head_hash FROM streams WHERE tenant_id = $2 AND stream_id > $3 ORDER BY stream_id LIMIT $1";
+
+/// The event store over a PostgreSQL pool acting as `postvak_app`.
+pub struct PostgresStore {
+    db: Db,
+    pool: PgPool,
+    keyring: Keyring,
+    heads: HeadCache,
+    /// No cached heads: every append to an existing stream takes the locking path.
+    heads_disabled: bool,
+    signal: Arc<Notify>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.pool)
+            .field("keyring", &self.keyring)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// A store over `db`, which must be a PostgreSQL database migrated by [`crate::db::migrate`].
+    pub fn new(db: Db, keyring: Keyring) -> Result<Self, StoreError> {
+        let pool = match &db {
+            Db::Postgres(p) => p.clone(),
+            Db::Sqlite(_) => {
+                return Err(StoreError::Unavailable(
+                    "PostgresStore needs a PostgreSQL database".into(),
+                ));
+            }
+        };
+        Ok(Self {
+            db,
+            pool,
+            keyring,
+            heads: HeadCache::new(DEFAULT_HEAD_CACHE),
+            heads_disabled: false,
+            signal: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Changes how many stream heads are cached (0 disables the one-statement path for
+    /// existing streams; kept for tests and benchmarks).
+    pub fn with_head_cache(mut self, capacity: usize) -> Self {
+        self.heads = HeadCache::new(capacity);
+        self.heads_disabled = capacity == 0;
+        self
+    }
+
+    /// Appends inside the caller's transaction (an effect and the events it causes commit
+    /// together, or neither does). Same checks and statements as [`EventStore::append`]; the
+    /// caller commits, then should call `append_signal().notify_waiters()`.
+    pub async fn append_in_tx(
+        &self,
+        tx: &mut DbTx,
+        tenant: TenantId,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let DbTx::Postgres(tx) = tx else {
+            return Err(StoreError::Database(
+                "a SQLite transaction cannot append to PostgreSQL".into(),
+            ));
+        };
+        common::precheck(&events)?;
+        let batch = common::seal(&self.keyring, tenant, events).await?;
+        // Not committed yet: the cache must not believe in this head.
+        self.heads.forget(tenant, &stream.stream_id);
+        let conn: &mut PgConnection = tx;
+        if let Some(out) = self
+            .try_fast(conn, tenant, stream, expected, &batch)
+            .await?
+        {
+            self.heads.forget(tenant, &stream.stream_id);
+            return Ok(out.0);
+        }
+        let result = self
+            .locked_append(conn, tenant, stream, expected, &batch)
+            .await;
+        self.heads.forget(tenant, &stream.stream_id);
+        result.map(|(out, _)| out)
+    }
+
+    /// The one-statement attempt; `None` when the head was not what it assumed (or unknown).
+    async fn try_fast(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        batch: &SealedBatch,
+    ) -> Result<Option<(AppendOutcome, Head)>, StoreError> {
+        let assumed = match expected {
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => None,
+            ExpectedVersion::Exact(v) => match self.cached_head(tenant, stream) {
+                Some(h) if h.version == v => Some(h),
+                _ => return Ok(None),
+            },
+            ExpectedVersion::Any => match self.cached_head(tenant, stream) {
+                Some(h) => Some(h),
+                None => return Ok(None),
+            },
+        };
+        let (head_version, head_hash) = match &assumed {
+            Some(h) => (h.version, h.hash.as_slice()),
+            None => (0, GENESIS.as_slice()),
+        };
+        let Ok(chained) = common::chain(tenant, stream, head_version, head_hash, batch) else {
+            // Overflow: let the slow path decide between that and a conflict.
+            return Ok(None);
+        };
+        let rows = self
+            .write(conn, tenant, stream, assumed.as_ref(), batch, &chained)
+            .await?;
+        if rows == batch.len() {
+            Ok(Some(outcome(stream, batch, &chained)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn cached_head(&self, tenant: TenantId, stream: &StreamRef) -> Option<Head> {
+        if self.heads_disabled {
+            return None;
+        }
+        self.heads
+            .get(tenant, &stream.stream_id)
+            .filter(|h| h.stream_type == stream.stream_type)
+    }
+
+    /// Runs `APPEND_NEW` (no head) or `APPEND_NEXT` (from `head`); returns the events inserted.
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        stream: &StreamRef,
+        head: Option<&Head>,
+        batch: &SealedBatch,
+        chained: &ChainedBatch,
+    ) -> Result<u64, StoreError> {
+        let n = batch.events.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut type_versions = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut metadata = Vec::with_capacity(n);
+        for e in &batch.events {
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            type_versions.push(i32::try_from(e.event_version).map_err(|_| {
+                StoreError::Serialization(format!("event_version {} too large", e.event_version))
+            })?);
+            keys.push(e.key_id);
+            payloads.push(e.payload.as_slice());
+            metadata.push(e.metadata.as_slice());
+        }
+        let head_hash = chained.head_hash();
+        let query = sqlx::query(if head.is_some() {
+            APPEND_NEXT
+        } else {
+            APPEND_NEW
+        })
+        .bind(tenant.0)
+        .bind(&stream.stream_id)
+        .bind(&stream.stream_type)
+        .bind(to_i64(chained.last_version()))
+        .bind(head_hash.as_slice())
+        .bind(batch.recorded_at)
+        .bind(&ids)
+        .bind(&chained.versions)
+        .bind(&types)
+        .bind(&type_versions)
+        .bind(&keys)
+        .bind(&payloads)
+        .bind(&metadata)
+        .bind(&chained.prev_hashes)
+        .bind(&chained.hashes);
+        let query = match head {
+            Some(h) => query.bind(to_i64(h.version)).bind(h.hash.as_slice()),
+            None => query,
+        };
+        match query.execute(&mut *conn).await {
+            Ok(r) => Ok(r.rows_affected()),
+            Err(e) => Err(insert_error(e, stream, &ids)),
+        }
+    }
+
+    /// The definitive path: lock the head, check, write. Runs inside a transaction.
+    async fn locked_append(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        batch: &SealedBatch,
+    ) -> Result<(AppendOutcome, Head), StoreError> {
+        for _ in 0..CREATE_RACE_RETRIES {
+            let head = sqlx::query(LOCK_HEAD)
+                .bind(tenant.0)
+                .bind(&stream.stream_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_error)?
+                .map(|row| head_from_row(&row))
+                .transpose()?;
+            let head_version = match common::check_head(stream, expected, head.as_ref()) {
+                Ok(v) => v,
+                Err(HeadCheck::TypeMismatch(actual)) => {
+                    return Err(StoreError::StreamTypeMismatch {
+                        stream_id: stream.stream_id.clone(),
+                        requested: stream.stream_type.clone(),
+                        actual,
+                    });
+                }
+                Err(HeadCheck::Conflict(actual)) => {
+                    if let Some(h) = head {
+                        self.heads.put(tenant, &stream.stream_id, h);
+                    }
+                    return Err(self
+                        .conflict_or_duplicate(conn, stream, expected, actual, batch)
+                        .await);
+                }
+            };
+            let head_hash = head
+                .as_ref()
+                .map_or(GENESIS.as_slice(), |h| h.hash.as_slice());
+            let chained = common::chain(tenant, stream, head_version, head_hash, batch)?;
+            let rows = self
+                .write(conn, tenant, stream, head.as_ref(), batch, &chained)
+                .await?;
+            if rows == batch.len() {
+                return Ok(outcome(stream, batch, &chained));
+            }
+            if head.is_some() {
+                return Err(StoreError::Database(format!(
+                    "stream {} changed while its head was locked",
+                    stream.stream_id
+                )));
+            }
+            // The stream was created between our look and our insert: look again.
+        }
+        Err(StoreError::Database(format!(
+            "stream {} kept being created under us",
+            stream.stream_id
+        )))
+    }
+
+    /// A wrong expected version is a `DuplicateEvent` if the events are already stored (a retry
+    /// of an append that committed), else a `Conflict`.
+    async fn conflict_or_duplicate(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        actual: u64,
+        batch: &SealedBatch,
+    ) -> StoreError {
+        let found: Result<Option<Uuid>, _> = sqlx::query_scalar(FIND_EXISTING)
+            .bind(batch.event_ids())
+            .fetch_optional(&mut *conn)
+            .await;
+        match found {
+            Ok(Some(event_id)) => StoreError::DuplicateEvent { event_id },
+            Ok(None) => StoreError::Conflict {
+                stream_id: stream.stream_id.clone(),
+                expected,
+                actual,
+            },
+            Err(e) => db_error(e),
+        }
+    }
+
+    async fn fetch_events(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(stored_from_row)
+            .collect()
+    }
+}
+
+fn outcome(
+    stream: &StreamRef,
+    batch: &SealedBatch,
+    chained: &ChainedBatch,
+) -> (AppendOutcome, Head) {
+    (
+        AppendOutcome {
+            first_version: chained.first_version,
+            last_version: chained.last_version(),
+            event_ids: batch.event_ids(),
+        },
+        Head {
+            stream_type: stream.stream_type.clone(),
+            version: chained.last_version(),
+            hash: chained.head_hash().to_vec(),
+        },
+    )
+}
+
+/// Maps a failed insert: a unique violation on `event_id` is a retry of a committed append.
+fn insert_error(e: sqlx::Error, stream: &StreamRef, ids: &[Uuid]) -> StoreError {
+    if let sqlx::Error::Database(dbe) = &e
+        && let Some(pg) = dbe.try_downcast_ref::<PgDatabaseError>()
+        && pg.code() == "23505"
+    {
+        match pg.constraint() {
+            Some("events_event_id_key") => {
+                // Detail: `Key (event_id)=(…) already exists.`
+                let event_id = pg
+                    .detail()
+                    .and_then(|d| d.split_once("=(")?.1.split_once(')'))
+                    .and_then(|(id, _)| Uuid::parse_str(id).ok())
+                    .or_else(|| ids.first().copied())
+                    .unwrap_or_default();
+                return StoreError::DuplicateEvent { event_id };
+            }
+            Some("events_pkey") => {
+                return StoreError::Database(format!(
+                    "stream {} has events beyond its recorded head; run `verify`",
+                    stream.stream_id
+                ));
+            }
+            _ => {}
+        }
+    }
+    db_error(e)
+}
+
+fn head_from_row(row: &PgRow) -> Result<Head, StoreError> {
+    Ok(Head {
+        stream_type: row.try_get("stream_type").map_err(db_error)?,
+        version: to_u64(row.try_get("version").map_err(db_error)?, "stream version")?,
+        hash: row.try_get("head_hash").map_err(db_error)?,
+    })
+}
+
+fn stored_from_row(row: &PgRow) -> Result<StoredEvent, StoreError> {
+    let get = |e: sqlx::Error| db_error(e);
+    Ok(StoredEvent {
+        position: LogPosition {
+            tx: to_u64(row.try_get("tx").map_err(get)?, "tx")?,
+            global_position: row.try_get("global_position").map_err(get)?,
+        },
+        event_id: row.try_get("event_id").map_err(get)?,
+        tenant_id: TenantId(row.try_get("tenant_id").map_err(get)?),
+        stream_type: row.try_get("stream_type").map_err(get)?,
+        stream_id: row.try_get("stream_id").map_err(get)?,
+        stream_version: to_u64(
+            row.try_get("stream_version").map_err(get)?,
+            "stream version",
+        )?,
+        event_type: row.try_get("event_type").map_err(get)?,
+        event_version: to_u32(
+            i64::from(row.try_get::<i32, _>("event_version").map_err(get)?),
+            "event version",
+        )?,
+        key_id: row.try_get("key_id").map_err(get)?,
+        payload: row.try_get("payload").map_err(get)?,
+        metadata: row.try_get("metadata").map_err(get)?,
+        recorded_at: row.try_get("recorded_at").map_err(get)?,
+        prev_hash: row.try_get("prev_hash").map_err(get)?,
+        hash: row.try_get("hash").map_err(get)?,
+    })
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    #[tracing::instrument(
+        skip(self, events),
+        fields(tenant_id = %tenant, stream_id = %stream.stream_id, n = events.len())
+    )]
+    async fn append(
+        &self,
+        tenant: TenantId,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        common::precheck(&events)?;
+        let batch = common::seal(&self.keyring, tenant, events).await?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let (out, head) = match self
+            .try_fast(&mut conn, tenant, stream, expected, &batch)
+            .await?
+        {
+            Some(done) => done,
+            None => {
+                let mut tx = conn.begin().await.map_err(db_error)?;
+                let done = self
+                    .locked_append(&mut tx, tenant, stream, expected, &batch)
+                    .await?;
+                tx.commit().await.map_err(db_error)?;
+                done
+            }
+        };
+        self.heads.put(tenant, &stream.stream_id, head);
+        self.signal.notify_waiters();
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self), fields(tenant_id = %tenant, stream_id = %stream.stream_id))]
+    async fn read_stream(
+        &self,
+        tenant: TenantId,
+        stream: &StreamRef,
+        from_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stored = self
+            .fetch_events(
+                sqlx::query(READ_STREAM)
+                    .bind(tenant.0)
+                    .bind(&stream.stream_id)
+                    .bind(&stream.stream_type)
+                    .bind(to_i64(from_version)),
+            )
+            .await?;
+        if let Some(last) = stored.last() {
+            self.heads.put(
+                tenant,
+                &stream.stream_id,
+                Head {
+                    stream_type: last.stream_type.clone(),
+                    version: last.stream_version,
+                    hash: last.hash.clone(),
+                },
+            );
+        }
+        let mut out = Vec::with_capacity(stored.len());
+        for e in &stored {
+            out.push(open_stored(&self.keyring, e).await?);
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self), fields(tenant_id = %tenant, stream_id = %stream.stream_id))]
+    async fn stream_version(
+        &self,
+        tenant: TenantId,
+        stream: &StreamRef,
+    ) -> Result<u64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(STREAM_VERSION)
+            .bind(tenant.0)
+            .bind(&stream.stream_id)
+            .bind(&stream.stream_type)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        v.map_or(Ok(0), |v| to_u64(v, "stream version"))
+    }
+
+    #[tracing::instrument(skip(self), fields(tenant_id = ?tenant.map(|t| t.0)))]
+    async fn read_log(
+        &self,
+        after: LogPosition,
+        limit_n: usize,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let tx = i64::try_from(after.tx).unwrap_or(i64::MAX);
+        let query = match tenant {
+            None => sqlx::query(READ_LOG),
+            Some(_) => sqlx::query(READ_LOG_TENANT),
+        }
+        .bind(tx)
+        .bind(after.global_position)
+        .bind(limit(limit_n));
+        let query = match tenant {
+            None => query,
+            Some(t) => query.bind(t.0),
+        };
+        self.fetch_events(query).await
+    }
+
+    #[tracing::instrument(skip(self), fields(tenant_id = ?tenant.map(|t| t.0)))]
+    async fn verify(&self, tenant: Option<TenantId>) -> Result<VerifyReport, StoreError> {
+        common::verify_walk(self, tenant).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await
+    }
+
+    fn append_signal(&self) -> Arc<Notify> {
+        self.signal.clone()
+    }
+
+    fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+#[async_trait]
+impl VerifySource for PostgresStore {
+    async fn events_after(
+        &self,
+        after: Option<(TenantId, String, u64)>,
+        tenant: Option<TenantId>,
+        limit_n: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let n = limit(limit_n);
+        let query = match (tenant, after) {
+            (Some(t), after) => {
+                let (s, v) = after.map_or((String::new(), 0), |(_, s, v)| (s, v));
+                sqlx::query(VERIFY_EVENTS_TENANT)
+                    .bind(n)
+                    .bind(t.0)
+                    .bind(s)
+                    .bind(to_i64(v))
+            }
+            (None, None) => sqlx::query(VERIFY_EVENTS_FIRST).bind(n),
+            (None, Some((t, s, v))) => sqlx::query(VERIFY_EVENTS_AFTER)
+                .bind(n)
+                .bind(t.0)
+                .bind(s)
+                .bind(to_i64(v)),
+        };
+        self.fetch_events(query).await
+    }
+
+    async fn heads_after(
+        &self,
+        after: Option<(TenantId, String)>,
+        tenant: Option<TenantId>,
+        limit_n: usize,
+    ) -> Result<Vec<(TenantId, String, Head)>, StoreError> {
+        let n = limit(limit_n);
+        let query = match (tenant, after) {
+            (Some(t), None) => sqlx::query(VERIFY_HEADS_TENANT_FIRST).bind(n).bind(t.0),
+            (Some(t), Some((_, s))) => sqlx::query(VERIFY_HEADS_TENANT_AFTER)
+                .bind(n)
+                .bind(t.0)
+                .bind(s),
+            (None, None) => sqlx::query(VERIFY_HEADS_FIRST).bind(n),
+            (None, Some((t, s))) => sqlx::query(VERIFY_HEADS_AFTER).bind(n).bind(t.0).bind(s),
+        };
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|row| {
+                Ok((
+                    TenantId(row.try_get("tenant_id").map_err(db_error)?),
+                    row.try_get("stream_id").map_err(db_error)?,
+                    head_from_row(row)?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Wrapped data keys in the `data_keys` table.
+#[derive(Debug, Clone)]
+pub struct PgKeyStore {
+    pool: PgPool,
+}
+
+impl PgKeyStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+/// `(scope, subject)` columns of a key scope.
+pub(crate) fn scope_columns(scope: &KeyScope) -> (&'static str, Option<&str>) {
+    match scope {
+        KeyScope::Tenant => ("tenant", None),
+        KeyScope::Subject(s) => ("subject", Some(s.as_str())),
+    }
+}
+
+fn storage(e: sqlx::Error) -> CryptoError {
+    CryptoError::Storage(e.to_string())
+}
+
+fn key_from_row(row: &PgRow) -> Result<StoredKey, CryptoError> {
+    Ok(StoredKey {
+        key_id: row.try_get("key_id").map_err(storage)?,
+        tenant_id: TenantId(row.try_get("tenant_id").map_err(storage)?),
+        kek_id: row.try_get("kek_id").map_err(storage)?,
+        wrapped: row.try_get("wrapped").map_err(storage)?,
+    })
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    async fn get(&self, key_id: Uuid) -> Result<Option<StoredKey>, CryptoError> {
+        sqlx::query("SELECT key_id, tenant_id, kek_id, wrapped FROM data_keys WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(storage)?
+            .as_ref()
+            .map(key_from_row)
+            .transpose()
+    }
+
+    async fn find(
+        &self,
+        tenant: TenantId,
+        scope: &KeyScope,
+    ) -> Result<Option<StoredKey>, CryptoError> {
+        let (scope, subject) = scope_columns(scope);
+        sqlx::query(
+            "SELECT key_id, tenant_id, kek_id, wrapped FROM data_keys \
+             WHERE tenant_id = $1 AND scope = $2 AND coalesce(subject, '') = $3",
+        )
+        .bind(tenant.0)
+        .bind(scope)
+        .bind(subject.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(storage)?
+        .as_ref()
+        .map(key_from_row)
+        .transpose()
+    }
+
+    async fn insert(&self, key: StoredKey, scope: &KeyScope) -> Result<StoredKey, CryptoError> {
+        let (scope_name, subject) = scope_columns(scope);
+        // ON CONFLICT waits for a competing insert to finish; the loser then reads the winner's.
+        let inserted = sqlx::query(
+            "INSERT INTO data_keys (key_id, tenant_id, scope, subject, kek_id, wrapped) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(key.key_id)
+        .bind(key.tenant_id.0)
+        .bind(scope_name)
+        .bind(subject)
+        .bind(&key.kek_id)
+        .bind(&key.wrapped)
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(key);
+        }
+        self.find(key.tenant_id, scope).await?.ok_or_else(|| {
+            CryptoError::Storage(format!("data key {} collided and vanished", key.key_id))
+        })
+    }
+
+    async fn destroy(&self, tenant: TenantId, scope: &KeyScope) -> Result<bool, CryptoError> {
+        let (scope, subject) = scope_columns(scope);
+        let n = sqlx::query(
+            "UPDATE data_keys SET wrapped = NULL, destroyed_at = now() \
+             WHERE tenant_id = $1 AND scope = $2 AND coalesce(subject, '') = $3 \
+               AND wrapped IS NOT NULL",
+        )
+        .bind(tenant.0)
+        .bind(scope)
+        .bind(subject.unwrap_or(""))
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?
+        .rows_affected();
+        Ok(n > 0)
+    }
+}
