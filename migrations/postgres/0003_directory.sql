@@ -5,21 +5,21 @@
 CREATE TABLE tenant_cells (
     tenant_id uuid PRIMARY KEY,
     cell      text NOT NULL,
-    placed_at timestamptz NOT NULL
+    placed_at bigint NOT NULL
 );
 
 CREATE TABLE tenants (
     tenant_id  uuid PRIMARY KEY,
     name       text NOT NULL,
     cell       text NOT NULL,
-    created_at timestamptz NOT NULL
+    created_at bigint NOT NULL
 );
 
 CREATE TABLE inboxes (
     tenant_id  uuid NOT NULL,
     inbox_id   uuid NOT NULL,
     name       text NOT NULL,
-    created_at timestamptz NOT NULL,
+    created_at bigint NOT NULL,
     PRIMARY KEY (tenant_id, inbox_id)
 );
 
@@ -37,10 +37,10 @@ CREATE TABLE api_keys (
     prefix       text NOT NULL,
     secret_hash  bytea NOT NULL,
     scopes       text NOT NULL,
-    expires_at   timestamptz NULL,
-    revoked_at   timestamptz NULL,
-    last_used_at timestamptz NULL,
-    created_at   timestamptz NOT NULL
+    expires_at   bigint NULL,
+    revoked_at   bigint NULL,
+    last_used_at bigint NULL,
+    created_at   bigint NOT NULL
 );
 CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
 

@@ -31,6 +31,16 @@ pub struct Inbox {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: time::OffsetDateTime,
+    /// Appended to replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// IANA time zone of the inbox's business hours, e.g. `Europe/Amsterdam`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Opening hours per weekday: `{"mon": [["09:00","17:00"]], …}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub business_hours: Option<serde_json::Value>,
 }
 
 /// Body of `POST /v1/inboxes`.
@@ -59,4 +69,29 @@ pub struct Me {
     /// `apikey:<id>`, `user:<id>`.
     pub actor: String,
     pub scopes: Vec<String>,
+}
+
+/// An API key as listed (the secret is shown once, at issue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: uuid::Uuid,
+    pub name: String,
+    /// The first characters of the token, to recognise it.
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    /// Limited to these inboxes; absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inboxes: Option<Vec<uuid::Uuid>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<time::OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<time::OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<time::OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: time::OffsetDateTime,
 }

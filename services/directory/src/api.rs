@@ -92,7 +92,7 @@ pub async fn list_inboxes(
     };
     // One more than asked tells whether there is a next page.
     let mut items = dir
-        .list_inboxes(&ctx, after, limit + 1)
+        .list_inboxes(&ctx, None, after, limit + 1)
         .await
         .map_err(ApiError::from)?;
     let next_cursor = if items.len() > limit as usize {

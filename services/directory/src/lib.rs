@@ -7,6 +7,7 @@
 
 pub mod api;
 mod codec;
+pub mod identity;
 mod projection;
 
 use async_trait::async_trait;
@@ -34,6 +35,12 @@ pub enum ServiceError {
     AddressTaken(String),
     #[error("not found")]
     NotFound,
+    #[error("{0} already exists")]
+    Exists(&'static str),
+    #[error("the last owner of a tenant can't be demoted or disabled")]
+    LastOwner,
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -63,6 +70,17 @@ impl From<ServiceError> for ApiError {
             )
             .with_detail(format!("{a} already belongs to an inbox")),
             ServiceError::NotFound => ApiError::not_found(),
+            ServiceError::Exists(what) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", "Already exists")
+                    .with_detail(format!("{what} already exists"))
+            }
+            ServiceError::LastOwner => ApiError::new(
+                StatusCode::CONFLICT,
+                "last_owner",
+                "The tenant needs an owner",
+            )
+            .with_detail("promote another user to owner first"),
+            ServiceError::Invalid(d) => ApiError::unprocessable("invalid_request", d),
             ServiceError::Store(s) => s.into(),
             ServiceError::Cell(c) => ApiError::internal(&c),
         }
@@ -185,21 +203,74 @@ impl Directory {
             .ok_or(ServiceError::NotFound)
     }
 
-    /// A page of the tenant's inboxes ordered by id (UUIDv7: creation order).
+    /// A page of the tenant's inboxes ordered by id (UUIDv7: creation order); `only` limits it
+    /// to the inboxes the caller may read.
     pub async fn list_inboxes(
         &self,
         ctx: &TenantContext,
+        only: Option<Vec<Uuid>>,
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<postvak_proto::rest::Inbox>, ServiceError> {
+        let filter = match only {
+            Some(ids) => projection::InboxFilter::Only(ids),
+            None => projection::InboxFilter::All,
+        };
         Ok(projection::list_inboxes(
             ctx.cell().db(),
             self.cells.directory(),
             ctx.tenant(),
+            &filter,
             after,
             limit,
         )
         .await?)
+    }
+
+    /// Every inbox id of the tenant.
+    pub async fn inbox_ids(&self, ctx: &TenantContext) -> Result<Vec<Uuid>, ServiceError> {
+        let mut ids = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list_inboxes(ctx, None, after, 200).await?;
+            let done = page.len() < 200;
+            after = page.last().map(|i| i.id);
+            ids.extend(page.into_iter().map(|i| i.id));
+            if done {
+                return Ok(ids);
+            }
+        }
+    }
+
+    /// Changes an inbox's name, signature, time zone or business hours.
+    pub async fn update_inbox(
+        &self,
+        ctx: &TenantContext,
+        inbox_id: Uuid,
+        update: postvak_proto::events::identity::InboxUpdatedV1,
+    ) -> Result<postvak_proto::rest::Inbox, ServiceError> {
+        self.get_inbox(ctx, inbox_id).await?;
+        if update.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(DirectoryError::NameRequired.into());
+        }
+        if let Some(tz) = &update.timezone
+            && (tz.is_empty() || !tz.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c)))
+        {
+            return Err(ServiceError::Invalid(format!("{tz:?} is not an IANA time zone name")));
+        }
+        if let Some(hours) = &update.business_hours {
+            validate_business_hours(hours)?;
+        }
+        let update = postvak_proto::events::identity::InboxUpdatedV1 {
+            inbox_id,
+            name: update.name.map(|n| n.trim().to_owned()),
+            ..update
+        };
+        let event = NewEvent::from_payload(postvak_proto::events::identity::INBOX_UPDATED, 1, &update)?;
+        ctx.append(&inbox_stream(inbox_id), ExpectedVersion::Any, vec![event])
+            .await?;
+        projection::apply_inbox_update(ctx.cell().db(), ctx.tenant(), &update).await?;
+        self.get_inbox(ctx, inbox_id).await
     }
 
     pub async fn tenant_name(&self, ctx: &TenantContext) -> Result<String, ServiceError> {
@@ -214,9 +285,26 @@ impl Directory {
         ctx: &TenantContext,
         name: &str,
         scopes: &[String],
+        inboxes: Option<&[Uuid]>,
         expires_at: Option<time::OffsetDateTime>,
     ) -> Result<IssuedKey, ServiceError> {
         use base64::Engine;
+        if scopes.is_empty() {
+            return Err(ServiceError::Invalid("an API key needs at least one scope".into()));
+        }
+        if let Some(bad) = scopes.iter().find(|s| !matches!(s.as_str(), "read" | "write" | "admin")) {
+            return Err(ServiceError::Invalid(format!(
+                "unknown scope {bad:?}: use read, write or admin"
+            )));
+        }
+        if expires_at.is_some_and(|t| t <= time::OffsetDateTime::now_utc()) {
+            return Err(ServiceError::Invalid("expires_at is in the past".into()));
+        }
+        if let Some(ids) = inboxes {
+            for id in ids {
+                self.get_inbox(ctx, *id).await?;
+            }
+        }
         let key_id = Uuid::now_v7();
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let token = format!("pvk_{}_{}", key_id.simple(), secret);
@@ -231,8 +319,43 @@ impl Directory {
         let event = NewEvent::from_payload(ev::API_KEY_ISSUED, 1, &payload)?;
         ctx.append(&key_stream(key_id), ExpectedVersion::NoStream, vec![event])
             .await?;
-        projection::apply_api_key(self.cells.directory(), ctx.tenant(), &payload).await?;
+        projection::apply_api_key(self.cells.directory(), ctx.tenant(), &payload, inboxes).await?;
         Ok(IssuedKey { key_id, token })
+    }
+
+    /// Revokes an API key of the tenant; it stops working at once.
+    pub async fn revoke_api_key(&self, ctx: &TenantContext, key_id: Uuid) -> Result<(), ServiceError> {
+        let key = projection::find_api_key(self.cells.directory(), key_id).await?;
+        if key.as_ref().is_none_or(|k| k.tenant_id != ctx.tenant()) {
+            return Err(ServiceError::NotFound);
+        }
+        let event = NewEvent::from_payload(ev::API_KEY_REVOKED, 1, &ev::ApiKeyRevokedV1 { key_id })?;
+        ctx.append(&key_stream(key_id), ExpectedVersion::Any, vec![event])
+            .await?;
+        projection::revoke_api_key(self.cells.directory(), ctx.tenant(), key_id).await?;
+        Ok(())
+    }
+
+    /// The tenant's API keys (never their secrets).
+    pub async fn list_api_keys(
+        &self,
+        ctx: &TenantContext,
+    ) -> Result<Vec<postvak_proto::rest::ApiKey>, ServiceError> {
+        Ok(projection::list_api_keys(self.cells.directory(), ctx.tenant())
+            .await?
+            .into_iter()
+            .map(|k| postvak_proto::rest::ApiKey {
+                id: k.key_id,
+                name: k.name,
+                prefix: k.prefix,
+                scopes: k.scopes,
+                inboxes: k.inboxes,
+                expires_at: k.expires_at.map(projection::from_secs),
+                revoked_at: k.revoked_at.map(projection::from_secs),
+                last_used_at: k.last_used_at.map(projection::from_secs),
+                created_at: projection::from_secs(k.created_at),
+            })
+            .collect())
     }
 
     /// Checks an API key token; a context for its tenant on success.
@@ -249,14 +372,14 @@ impl Directory {
         if !constant_time_eq(&key.secret_hash, &hash_secret(secret)) {
             return Err(ApiError::unauthorized());
         }
-        let now = time::OffsetDateTime::now_utc();
-        if key.revoked {
+        let now = projection::now();
+        if key.revoked_at.is_some() {
             return Err(ApiError::unauthorized().with_detail("this API key was revoked"));
         }
         if key.expires_at.is_some_and(|t| t <= now) {
             return Err(ApiError::unauthorized().with_detail("this API key has expired"));
         }
-        if key.last_used_at.is_none_or(|t| now - t > time::Duration::minutes(1)) {
+        if key.last_used_at.is_none_or(|t| now - t >= 60) {
             // Recorded at most once a minute per key: auth must not write on every request.
             let _ = projection::touch_api_key(self.cells.directory(), key_id, now).await;
         }
@@ -317,8 +440,13 @@ impl Directory {
                     }
                     ev::API_KEY_ISSUED => {
                         let p: ev::ApiKeyIssuedV1 = event.payload()?;
-                        projection::apply_api_key(self.cells.directory(), ctx.tenant(), &p)
+                        projection::apply_api_key(self.cells.directory(), ctx.tenant(), &p, None)
                             .await?;
+                        applied += 1;
+                    }
+                    postvak_proto::events::identity::INBOX_UPDATED => {
+                        let p = event.payload()?;
+                        projection::apply_inbox_update(ctx.cell().db(), ctx.tenant(), &p).await?;
                         applied += 1;
                     }
                     _ => {}
@@ -332,6 +460,49 @@ impl Directory {
 #[async_trait]
 impl Authenticator for Directory {
     async fn authenticate_bearer(&self, token: &str) -> Result<TenantContext, ApiError> {
-        self.authenticate_api_key(token).await
+        if token.starts_with("pvs_") {
+            self.authenticate_session(token, identity::SessionKind::Bearer)
+                .await
+        } else {
+            self.authenticate_api_key(token).await
+        }
     }
+
+    async fn authenticate_cookie(&self, token: &str) -> Result<TenantContext, ApiError> {
+        self.authenticate_session(token, identity::SessionKind::Cookie)
+            .await
+    }
+}
+
+/// `{"mon": [["09:00", "17:00"]], …}`: weekday keys, lists of HH:MM ranges, start before end.
+fn validate_business_hours(hours: &serde_json::Value) -> Result<(), ServiceError> {
+    let bad = |why: String| ServiceError::Invalid(format!("business_hours: {why}"));
+    let obj = hours
+        .as_object()
+        .ok_or_else(|| bad("must be an object keyed by weekday".into()))?;
+    let minutes = |s: &str| -> Option<u32> {
+        let (h, m) = s.split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m < 60 && h * 60 + m <= 24 * 60).then_some(h * 60 + m)
+    };
+    for (day, ranges) in obj {
+        if !["mon", "tue", "wed", "thu", "fri", "sat", "sun"].contains(&day.as_str()) {
+            return Err(bad(format!("{day:?} is not a weekday (mon … sun)")));
+        }
+        let ranges = ranges
+            .as_array()
+            .ok_or_else(|| bad(format!("{day} must be a list of [start, end]")))?;
+        for r in ranges {
+            let pair = r.as_array().filter(|a| a.len() == 2);
+            let (start, end) = match pair.map(|a| (a[0].as_str(), a[1].as_str())) {
+                Some((Some(s), Some(e))) => (minutes(s), minutes(e)),
+                _ => return Err(bad(format!("{day}: each range is [\"HH:MM\", \"HH:MM\"]"))),
+            };
+            match (start, end) {
+                (Some(s), Some(e)) if s < e => {}
+                _ => return Err(bad(format!("{day}: {r} is not a valid range"))),
+            }
+        }
+    }
+    Ok(())
 }

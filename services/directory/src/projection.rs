@@ -1,8 +1,11 @@
-//! The directory's read models, on either backend. Every write is an idempotent upsert so that
-//! re-applying an event (retry, replay) changes nothing.
+//! The directory's read models, on either backend (one SQL text for both, see `on_tx!`).
+//! Every write is an idempotent upsert so that re-applying an event (retry, replay) changes
+//! nothing. Tenant tables are touched only inside `Db::tenant_tx`, which on PostgreSQL arms
+//! row-level security for that tenant.
 
 use postvak_core::directory::DirectoryEvent;
-use postvak_platform::db::{Db, db_error};
+use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::on_tx;
 use postvak_platform::store::{StoreError, TenantId};
 use postvak_proto::events::directory::ApiKeyIssuedV1;
 use postvak_proto::rest::Inbox;
@@ -12,8 +15,25 @@ use uuid::Uuid;
 
 use crate::ServiceError;
 
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+pub(crate) fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+pub(crate) fn from_secs(t: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(t).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A transaction on the global directory database (no tenant binding: its tables are looked
+/// up before a tenant is known).
+pub(crate) async fn global_tx(db: &Db, write: bool) -> Result<DbTx, StoreError> {
+    match db {
+        Db::Postgres(p) => p.begin().await.map(DbTx::Postgres),
+        Db::Sqlite(s) => if write { &s.writer } else { &s.reader }
+            .begin()
+            .await
+            .map(DbTx::Sqlite),
+    }
+    .map_err(db_error)
 }
 
 pub(crate) async fn apply(
@@ -23,61 +43,41 @@ pub(crate) async fn apply(
     event: &DirectoryEvent,
 ) -> Result<(), StoreError> {
     match event {
-        DirectoryEvent::TenantCreated { name, cell, .. } => match directory {
-            Db::Postgres(p) => sqlx::query(
+        DirectoryEvent::TenantCreated { name, cell, .. } => {
+            let mut tx = global_tx(directory, true).await?;
+            on_tx!(&mut tx, |c| sqlx::query(
                 "INSERT INTO tenants (tenant_id, name, cell, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name, cell = EXCLUDED.cell",
+                 ON CONFLICT (tenant_id) DO UPDATE SET name = excluded.name, cell = excluded.cell"
             )
             .bind(tenant.0)
             .bind(name)
             .bind(cell)
             .bind(now())
-            .execute(p)
+            .execute(c)
             .await
-            .map(|_| ()),
-            Db::Sqlite(s) => sqlx::query(
-                "INSERT INTO tenants (tenant_id, name, cell, created_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET name = excluded.name, cell = excluded.cell",
-            )
-            .bind(tenant.0)
-            .bind(name)
-            .bind(cell)
-            .bind(now().unix_timestamp())
-            .execute(&s.writer)
-            .await
-            .map(|_| ()),
+            .map(|_| ()))
+            .map_err(db_error)?;
+            tx.commit().await?;
         }
-        .map_err(db_error)?,
         DirectoryEvent::InboxCreated {
             inbox_id,
             name,
             addresses,
         } => {
-            match cell_db {
-                Db::Postgres(p) => sqlx::query(
-                    "INSERT INTO inboxes (tenant_id, inbox_id, name, created_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (tenant_id, inbox_id) DO UPDATE SET name = EXCLUDED.name",
-                )
-                .bind(tenant.0)
-                .bind(inbox_id)
-                .bind(name)
-                .bind(now())
-                .execute(p)
-                .await
-                .map(|_| ()),
-                Db::Sqlite(s) => sqlx::query(
-                    "INSERT INTO inboxes (tenant_id, inbox_id, name, created_at) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (tenant_id, inbox_id) DO UPDATE SET name = excluded.name",
-                )
-                .bind(tenant.0)
-                .bind(inbox_id)
-                .bind(name)
-                .bind(now().unix_timestamp())
-                .execute(&s.writer)
-                .await
-                .map(|_| ()),
-            }
+            let mut tx = cell_db.tenant_tx(tenant, true).await?;
+            on_tx!(&mut tx, |c| sqlx::query(
+                "INSERT INTO inboxes (tenant_id, inbox_id, name, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant_id, inbox_id) DO UPDATE SET name = excluded.name"
+            )
+            .bind(tenant.0)
+            .bind(inbox_id)
+            .bind(name)
+            .bind(now())
+            .execute(c)
+            .await
+            .map(|_| ()))
             .map_err(db_error)?;
+            tx.commit().await?;
             reserve_addresses(directory, tenant, *inbox_id, addresses)
                 .await
                 .map_err(|e| match e {
@@ -89,46 +89,43 @@ pub(crate) async fn apply(
     Ok(())
 }
 
-/// Claims addresses for an inbox; an address held by another inbox is `AddressTaken`.
-/// Re-claiming one's own addresses is a no-op.
+/// Claims addresses for an inbox; an address held by another inbox is `AddressTaken` (and
+/// what this call claimed is released). Re-claiming one's own addresses is a no-op.
 pub(crate) async fn reserve_addresses(
     directory: &Db,
     tenant: TenantId,
     inbox_id: Uuid,
     addresses: &[String],
 ) -> Result<(), ServiceError> {
+    let mut tx = global_tx(directory, true).await?;
     for a in addresses {
-        let inserted = match directory {
-            Db::Postgres(p) => sqlx::query(
-                "INSERT INTO inbox_addresses (address, tenant_id, inbox_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT (address) DO NOTHING",
-            )
-            .bind(a)
-            .bind(tenant.0)
-            .bind(inbox_id)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()),
-            Db::Sqlite(s) => sqlx::query(
-                "INSERT INTO inbox_addresses (address, tenant_id, inbox_id) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (address) DO NOTHING",
-            )
-            .bind(a)
-            .bind(tenant.0)
-            .bind(inbox_id)
-            .execute(&s.writer)
-            .await
-            .map(|r| r.rows_affected()),
-        }
+        let inserted = on_tx!(&mut tx, |c| sqlx::query(
+            "INSERT INTO inbox_addresses (address, tenant_id, inbox_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (address) DO NOTHING"
+        )
+        .bind(a)
+        .bind(tenant.0)
+        .bind(inbox_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
         .map_err(db_error)?;
         if inserted == 0 {
-            let owner = address_owner(directory, a).await?;
-            if owner != Some((tenant, inbox_id)) {
-                release_addresses(directory, tenant, inbox_id).await?;
+            let owner: Option<(Uuid, Uuid)> = on_tx!(&mut tx, |c| sqlx::query(
+                "SELECT tenant_id, inbox_id FROM inbox_addresses WHERE address = $1"
+            )
+            .bind(a)
+            .fetch_optional(c)
+            .await
+            .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()))
+            .map_err(db_error)?;
+            if owner != Some((tenant.0, inbox_id)) {
+                // Dropping the transaction rolls back what this call claimed.
                 return Err(ServiceError::AddressTaken(a.clone()));
             }
         }
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -137,134 +134,118 @@ pub(crate) async fn release_addresses(
     tenant: TenantId,
     inbox_id: Uuid,
 ) -> Result<(), StoreError> {
-    match directory {
-        Db::Postgres(p) => {
-            sqlx::query("DELETE FROM inbox_addresses WHERE tenant_id = $1 AND inbox_id = $2")
-                .bind(tenant.0)
-                .bind(inbox_id)
-                .execute(p)
-                .await
-                .map(|_| ())
-        }
-        Db::Sqlite(s) => {
-            sqlx::query("DELETE FROM inbox_addresses WHERE tenant_id = ?1 AND inbox_id = ?2")
-                .bind(tenant.0)
-                .bind(inbox_id)
-                .execute(&s.writer)
-                .await
-                .map(|_| ())
-        }
-    }
-    .map_err(db_error)
-}
-
-async fn address_owner(directory: &Db, address: &str) -> Result<Option<(TenantId, Uuid)>, StoreError> {
-    let row = match directory {
-        Db::Postgres(p) => {
-            sqlx::query("SELECT tenant_id, inbox_id FROM inbox_addresses WHERE address = $1")
-                .bind(address)
-                .fetch_optional(p)
-                .await
-        }
-        .map(|r| r.map(|r| (r.try_get::<Uuid, _>(0), r.try_get::<Uuid, _>(1)))),
-        Db::Sqlite(s) => {
-            sqlx::query("SELECT tenant_id, inbox_id FROM inbox_addresses WHERE address = ?1")
-                .bind(address)
-                .fetch_optional(&s.reader)
-                .await
-        }
-        .map(|r| r.map(|r| (r.try_get::<Uuid, _>(0), r.try_get::<Uuid, _>(1)))),
-    }
+    let mut tx = global_tx(directory, true).await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "DELETE FROM inbox_addresses WHERE tenant_id = $1 AND inbox_id = $2"
+    )
+    .bind(tenant.0)
+    .bind(inbox_id)
+    .execute(c)
+    .await
+    .map(|_| ()))
     .map_err(db_error)?;
-    match row {
-        Some((Ok(t), Ok(i))) => Ok(Some((TenantId(t), i))),
-        Some((Err(e), _)) | Some((_, Err(e))) => Err(db_error(e)),
-        None => Ok(None),
+    tx.commit().await
+}
+
+async fn addresses_of(
+    directory: &Db,
+    tenant: TenantId,
+    inbox_ids: &[Uuid],
+) -> Result<Vec<(Uuid, String)>, StoreError> {
+    let mut tx = global_tx(directory, false).await?;
+    let mut out = Vec::new();
+    for id in inbox_ids {
+        let rows: Vec<String> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT address FROM inbox_addresses WHERE tenant_id = $1 AND inbox_id = $2 ORDER BY address"
+        )
+        .bind(tenant.0)
+        .bind(id)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows.iter().map(|r| r.try_get::<String, _>(0)).collect()))
+        .map_err(db_error)?;
+        out.extend(rows.into_iter().map(|a| (*id, a)));
     }
+    tx.commit().await?;
+    Ok(out)
 }
 
-async fn addresses_of(directory: &Db, tenant: TenantId, inbox_id: Uuid) -> Result<Vec<String>, StoreError> {
-    let rows = match directory {
-        Db::Postgres(p) => sqlx::query(
-            "SELECT address FROM inbox_addresses WHERE tenant_id = $1 AND inbox_id = $2 ORDER BY address",
-        )
-        .bind(tenant.0)
-        .bind(inbox_id)
-        .fetch_all(p)
-        .await
-        .and_then(|rows| rows.iter().map(|r| r.try_get::<String, _>(0)).collect()),
-        Db::Sqlite(s) => sqlx::query(
-            "SELECT address FROM inbox_addresses WHERE tenant_id = ?1 AND inbox_id = ?2 ORDER BY address",
-        )
-        .bind(tenant.0)
-        .bind(inbox_id)
-        .fetch_all(&s.reader)
-        .await
-        .and_then(|rows| rows.iter().map(|r| r.try_get::<String, _>(0)).collect()),
-    };
-    rows.map_err(db_error)
+/// Which inboxes to list.
+#[derive(Debug, Clone)]
+pub(crate) enum InboxFilter {
+    All,
+    /// Only these (the caller's readable inboxes).
+    Only(Vec<Uuid>),
+    One(Uuid),
 }
-
-type InboxRow = (Uuid, String, OffsetDateTime);
 
 pub(crate) async fn list_inboxes(
     cell_db: &Db,
     directory: &Db,
     tenant: TenantId,
+    filter: &InboxFilter,
     after: Option<Uuid>,
     limit: u32,
 ) -> Result<Vec<Inbox>, StoreError> {
     let after = after.unwrap_or(Uuid::nil());
-    let limit = i64::from(limit.clamp(1, 200));
-    let rows: Vec<InboxRow> = match cell_db {
-        Db::Postgres(p) => sqlx::query(
-            "SELECT inbox_id, name, created_at FROM inboxes \
-             WHERE tenant_id = $1 AND inbox_id > $2 ORDER BY inbox_id LIMIT $3",
+    let limit = i64::from(limit.clamp(1, 201));
+    let mut tx = cell_db.tenant_tx(tenant, false).await?;
+    let rows: Vec<(Uuid, String, i64, Option<String>, Option<String>, Option<String>)> =
+        on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
+             WHERE tenant_id = $1 AND inbox_id > $2 ORDER BY inbox_id LIMIT $3"
         )
         .bind(tenant.0)
         .bind(after)
-        .bind(limit)
-        .fetch_all(p)
-        .await
-        .and_then(|rows| {
-            rows.iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-                .collect()
-        }),
-        Db::Sqlite(s) => sqlx::query(
-            "SELECT inbox_id, name, created_at FROM inboxes \
-             WHERE tenant_id = ?1 AND inbox_id > ?2 ORDER BY inbox_id LIMIT ?3",
-        )
-        .bind(tenant.0)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&s.reader)
+        .bind(match filter {
+            InboxFilter::One(_) => i64::MAX,
+            _ => limit,
+        })
+        .fetch_all(c)
         .await
         .and_then(|rows| {
             rows.iter()
                 .map(|r| {
-                    let secs: i64 = r.try_get(2)?;
                     Ok((
                         r.try_get(0)?,
                         r.try_get(1)?,
-                        OffsetDateTime::from_unix_timestamp(secs)
-                            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
                     ))
                 })
                 .collect()
-        }),
-    }
-    .map_err(db_error)?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (id, name, created_at) in rows {
-        out.push(Inbox {
+        }))
+        .map_err(db_error)?;
+    tx.commit().await?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| match filter {
+            InboxFilter::All => true,
+            InboxFilter::Only(ids) => ids.contains(&r.0),
+            InboxFilter::One(id) => *id == r.0,
+        })
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let addresses = addresses_of(directory, tenant, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, created, signature, timezone, hours)| Inbox {
             id,
             name,
-            addresses: addresses_of(directory, tenant, id).await?,
-            created_at,
-        });
-    }
-    Ok(out)
+            addresses: addresses
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, a)| a.clone())
+                .collect(),
+            created_at: from_secs(created),
+            signature,
+            timezone,
+            business_hours: hours.and_then(|h| serde_json::from_str(&h).ok()),
+        })
+        .collect())
 }
 
 pub(crate) async fn get_inbox(
@@ -273,148 +254,207 @@ pub(crate) async fn get_inbox(
     tenant: TenantId,
     inbox_id: Uuid,
 ) -> Result<Option<Inbox>, StoreError> {
-    // Same query as a list page of one, starting just before the id.
-    let before = Uuid::from_u128(inbox_id.as_u128().wrapping_sub(1));
-    let page = list_inboxes(cell_db, directory, tenant, Some(before), 1).await?;
-    Ok(page.into_iter().find(|i| i.id == inbox_id))
+    Ok(list_inboxes(
+        cell_db,
+        directory,
+        tenant,
+        &InboxFilter::One(inbox_id),
+        None,
+        1,
+    )
+    .await?
+    .into_iter()
+    .next())
 }
 
-pub(crate) async fn tenant_name(directory: &Db, tenant: TenantId) -> Result<Option<String>, StoreError> {
-    match directory {
-        Db::Postgres(p) => sqlx::query("SELECT name FROM tenants WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_optional(p)
-            .await
-            .and_then(|r| r.map(|r| r.try_get::<String, _>(0)).transpose()),
-        Db::Sqlite(s) => sqlx::query("SELECT name FROM tenants WHERE tenant_id = ?1")
-            .bind(tenant.0)
-            .fetch_optional(&s.reader)
-            .await
-            .and_then(|r| r.map(|r| r.try_get::<String, _>(0)).transpose()),
-    }
-    .map_err(db_error)
+pub(crate) async fn tenant_name(
+    directory: &Db,
+    tenant: TenantId,
+) -> Result<Option<String>, StoreError> {
+    let mut tx = global_tx(directory, false).await?;
+    let name = on_tx!(&mut tx, |c| sqlx::query("SELECT name FROM tenants WHERE tenant_id = $1")
+        .bind(tenant.0)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r.map(|r| r.try_get::<String, _>(0)).transpose()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(name)
 }
 
 pub(crate) async fn apply_api_key(
     directory: &Db,
     tenant: TenantId,
     p: &ApiKeyIssuedV1,
+    inboxes: Option<&[Uuid]>,
 ) -> Result<(), StoreError> {
     let hash = hex::decode(&p.secret_hash)
         .map_err(|e| StoreError::Serialization(format!("api key hash: {e}")))?;
     let scopes = p.scopes.join(" ");
-    let expires = p
-        .expires_at
-        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-    match directory {
-        Db::Postgres(db) => sqlx::query(
-            "INSERT INTO api_keys (key_id, tenant_id, name, prefix, secret_hash, scopes, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO NOTHING",
-        )
-        .bind(p.key_id)
-        .bind(tenant.0)
-        .bind(&p.name)
-        .bind(&p.prefix)
-        .bind(hash)
-        .bind(scopes)
-        .bind(expires)
-        .bind(now())
-        .execute(db)
-        .await
-        .map(|_| ()),
-        Db::Sqlite(s) => sqlx::query(
-            "INSERT INTO api_keys (key_id, tenant_id, name, prefix, secret_hash, scopes, expires_at, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (key_id) DO NOTHING",
-        )
-        .bind(p.key_id)
-        .bind(tenant.0)
-        .bind(&p.name)
-        .bind(&p.prefix)
-        .bind(hash)
-        .bind(scopes)
-        .bind(p.expires_at)
-        .bind(now().unix_timestamp())
-        .execute(&s.writer)
-        .await
-        .map(|_| ()),
-    }
-    .map_err(db_error)
+    let inboxes = inboxes.map(|ids| {
+        ids.iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let mut tx = global_tx(directory, true).await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "INSERT INTO api_keys (key_id, tenant_id, name, prefix, secret_hash, scopes, expires_at, created_at, inboxes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key_id) DO NOTHING"
+    )
+    .bind(p.key_id)
+    .bind(tenant.0)
+    .bind(&p.name)
+    .bind(&p.prefix)
+    .bind(&hash)
+    .bind(&scopes)
+    .bind(p.expires_at)
+    .bind(now())
+    .bind(&inboxes)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    tx.commit().await
+}
+
+pub(crate) async fn revoke_api_key(
+    directory: &Db,
+    tenant: TenantId,
+    key_id: Uuid,
+) -> Result<bool, StoreError> {
+    let mut tx = global_tx(directory, true).await?;
+    let n = on_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2 AND tenant_id = $3 AND revoked_at IS NULL"
+    )
+    .bind(now())
+    .bind(key_id)
+    .bind(tenant.0)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(n > 0)
 }
 
 #[derive(Debug)]
 pub(crate) struct ApiKeyRow {
+    pub key_id: Uuid,
     pub tenant_id: TenantId,
+    pub name: String,
+    pub prefix: String,
     pub secret_hash: Vec<u8>,
     pub scopes: Vec<String>,
-    pub expires_at: Option<OffsetDateTime>,
-    pub revoked: bool,
-    pub last_used_at: Option<OffsetDateTime>,
+    pub inboxes: Option<Vec<Uuid>>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub created_at: i64,
 }
 
-pub(crate) async fn find_api_key(directory: &Db, key_id: Uuid) -> Result<Option<ApiKeyRow>, StoreError> {
-    fn split(s: String) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
-    }
-    let secs = |v: Option<i64>| v.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-    match directory {
-        Db::Postgres(p) => sqlx::query(
-            "SELECT tenant_id, secret_hash, scopes, expires_at, revoked_at IS NOT NULL, last_used_at \
-             FROM api_keys WHERE key_id = $1",
-        )
-        .bind(key_id)
-        .fetch_optional(p)
-        .await
-        .and_then(|r| {
-            r.map(|r| {
-                Ok(ApiKeyRow {
-                    tenant_id: TenantId(r.try_get(0)?),
-                    secret_hash: r.try_get(1)?,
-                    scopes: split(r.try_get(2)?),
-                    expires_at: r.try_get(3)?,
-                    revoked: r.try_get(4)?,
-                    last_used_at: r.try_get(5)?,
-                })
-            })
-            .transpose()
+const API_KEY_COLUMNS: &str = "key_id, tenant_id, name, prefix, secret_hash, scopes, inboxes, \
+                               expires_at, revoked_at, last_used_at, created_at";
+
+fn api_key_row<R: Row>(r: &R) -> Result<ApiKeyRow, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> usize: sqlx::ColumnIndex<R>,
+    Uuid: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let split = |s: String| -> Vec<String> { s.split_whitespace().map(str::to_owned).collect() };
+    let inboxes: Option<String> = r.try_get(6)?;
+    Ok(ApiKeyRow {
+        key_id: r.try_get(0)?,
+        tenant_id: TenantId(r.try_get(1)?),
+        name: r.try_get(2)?,
+        prefix: r.try_get(3)?,
+        secret_hash: r.try_get(4)?,
+        scopes: split(r.try_get(5)?),
+        inboxes: inboxes.map(|s| {
+            s.split_whitespace()
+                .filter_map(|id| Uuid::try_parse(id).ok())
+                .collect()
         }),
-        Db::Sqlite(s) => sqlx::query(
-            "SELECT tenant_id, secret_hash, scopes, expires_at, revoked_at IS NOT NULL, last_used_at \
-             FROM api_keys WHERE key_id = ?1",
-        )
-        .bind(key_id)
-        .fetch_optional(&s.reader)
-        .await
-        .and_then(|r| {
-            r.map(|r| {
-                Ok(ApiKeyRow {
-                    tenant_id: TenantId(r.try_get(0)?),
-                    secret_hash: r.try_get(1)?,
-                    scopes: split(r.try_get(2)?),
-                    expires_at: secs(r.try_get(3)?),
-                    revoked: r.try_get(4)?,
-                    last_used_at: secs(r.try_get(5)?),
-                })
-            })
-            .transpose()
-        }),
-    }
-    .map_err(db_error)
+        expires_at: r.try_get(7)?,
+        revoked_at: r.try_get(8)?,
+        last_used_at: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+    })
 }
 
-pub(crate) async fn touch_api_key(directory: &Db, key_id: Uuid, at: OffsetDateTime) -> Result<(), StoreError> {
-    match directory {
-        Db::Postgres(p) => sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE key_id = $1")
-            .bind(key_id)
-            .bind(at)
-            .execute(p)
-            .await
-            .map(|_| ()),
-        Db::Sqlite(s) => sqlx::query("UPDATE api_keys SET last_used_at = ?2 WHERE key_id = ?1")
-            .bind(key_id)
-            .bind(at.unix_timestamp())
-            .execute(&s.writer)
-            .await
-            .map(|_| ()),
-    }
-    .map_err(db_error)
+pub(crate) async fn find_api_key(
+    directory: &Db,
+    key_id: Uuid,
+) -> Result<Option<ApiKeyRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = $1"
+    ));
+    let mut tx = global_tx(directory, false).await?;
+    let row = on_tx!(&mut tx, |c| sqlx::query(sql)
+        .bind(key_id)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r.as_ref().map(api_key_row).transpose()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub(crate) async fn list_api_keys(
+    directory: &Db,
+    tenant: TenantId,
+) -> Result<Vec<ApiKeyRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY key_id"
+    ));
+    let mut tx = global_tx(directory, false).await?;
+    let rows = on_tx!(&mut tx, |c| sqlx::query(sql)
+        .bind(tenant.0)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows.iter().map(api_key_row).collect()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+pub(crate) async fn touch_api_key(directory: &Db, key_id: Uuid, at: i64) -> Result<(), StoreError> {
+    let mut tx = global_tx(directory, true).await?;
+    on_tx!(&mut tx, |c| sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2")
+        .bind(at)
+        .bind(key_id)
+        .execute(c)
+        .await
+        .map(|_| ()))
+    .map_err(db_error)?;
+    tx.commit().await
+}
+
+pub(crate) async fn apply_inbox_update(
+    cell_db: &Db,
+    tenant: TenantId,
+    u: &postvak_proto::events::identity::InboxUpdatedV1,
+) -> Result<(), StoreError> {
+    let hours = u.business_hours.as_ref().map(|h| h.to_string());
+    let mut tx = cell_db.tenant_tx(tenant, true).await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE inboxes SET name = COALESCE($1, name), signature = COALESCE($2, signature), \
+         timezone = COALESCE($3, timezone), business_hours = COALESCE($4, business_hours) \
+         WHERE tenant_id = $5 AND inbox_id = $6"
+    )
+    .bind(&u.name)
+    .bind(&u.signature)
+    .bind(&u.timezone)
+    .bind(&hours)
+    .bind(tenant.0)
+    .bind(u.inbox_id)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    tx.commit().await
 }

@@ -163,28 +163,24 @@ async fn lookup_cell(db: &Db, tenant: TenantId) -> Result<Option<String>, StoreE
 }
 
 async fn insert_placement(db: &Db, tenant: TenantId, cell: &str) -> Result<(), StoreError> {
-    let now = time::OffsetDateTime::now_utc();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sql = "INSERT INTO tenant_cells (tenant_id, cell, placed_at) VALUES ($1, $2, $3) \
+               ON CONFLICT (tenant_id) DO NOTHING";
     let done = match db {
-        Db::Postgres(p) => sqlx::query(
-            "INSERT INTO tenant_cells (tenant_id, cell, placed_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id) DO NOTHING",
-        )
-        .bind(tenant.0)
-        .bind(cell)
-        .bind(now)
-        .execute(p)
-        .await
-        .map(|_| ()),
-        Db::Sqlite(s) => sqlx::query(
-            "INSERT INTO tenant_cells (tenant_id, cell, placed_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (tenant_id) DO NOTHING",
-        )
-        .bind(tenant.0)
-        .bind(cell)
-        .bind(now.unix_timestamp())
-        .execute(&s.writer)
-        .await
-        .map(|_| ()),
+        Db::Postgres(p) => sqlx::query(sql)
+            .bind(tenant.0)
+            .bind(cell)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|_| ()),
+        Db::Sqlite(s) => sqlx::query(sql)
+            .bind(tenant.0)
+            .bind(cell)
+            .bind(now)
+            .execute(&s.writer)
+            .await
+            .map(|_| ()),
     };
     done.map_err(crate::db::db_error)?;
     match lookup_cell(db, tenant).await? {
@@ -201,7 +197,10 @@ async fn insert_placement(db: &Db, tenant: TenantId, cell: &str) -> Result<(), S
 /// Who is acting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    User { user_id: Uuid },
+    User {
+        user_id: Uuid,
+        role: postvak_core::access::TenantRole,
+    },
     ApiKey { key_id: Uuid, scopes: Vec<String> },
     /// A service acting on its own (consumers, timers, bootstrap).
     Service { name: &'static str },
@@ -211,7 +210,7 @@ impl Principal {
     /// The `actor` written into event metadata.
     pub fn actor(&self) -> String {
         match self {
-            Self::User { user_id } => format!("user:{user_id}"),
+            Self::User { user_id, .. } => format!("user:{user_id}"),
             Self::ApiKey { key_id, .. } => format!("apikey:{key_id}"),
             Self::Service { name } => format!("service:{name}"),
         }

@@ -33,6 +33,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "directory",
         include_str!("../../../migrations/postgres/0003_directory.sql"),
     ),
+    (
+        5,
+        "identity",
+        include_str!("../../../migrations/postgres/0005_identity.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -47,6 +52,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "directory",
         include_str!("../../../migrations/sqlite/0003_directory.sql"),
+    ),
+    (
+        5,
+        "identity",
+        include_str!("../../../migrations/sqlite/0005_identity.sql"),
     ),
 ];
 
@@ -119,6 +129,26 @@ impl DbTx {
         }
         .map_err(db_error)
     }
+}
+
+/// Runs the same statement on either backend's transaction: `on_tx!(tx, |c| sqlx::query(SQL)
+/// .bind(x).execute(c).await)`. The SQL must suit both (write `$1, $2, …` in order of first
+/// use: SQLite numbers named parameters by first appearance) and every bound type must encode
+/// on both (uuid, text, i64, bool, bytes, options of those).
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            $crate::db::DbTx::Postgres(t) => {
+                let $c = &mut **t;
+                $body
+            }
+            $crate::db::DbTx::Sqlite(t) => {
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
 }
 
 /// Which backend a URL names.
@@ -262,6 +292,32 @@ impl Db {
             Self::Sqlite(s) => s.writer.begin().await.map(DbTx::Sqlite),
         }
         .map_err(db_error)
+    }
+
+    /// A transaction bound to `tenant`. On PostgreSQL it sets `postvak.tenant_id` for the
+    /// transaction, which row-level security checks on every tenant table (the second wall
+    /// behind each query's own `tenant_id` condition). `write = false` on SQLite reads from the
+    /// reader pool instead of queueing behind the single writer.
+    pub async fn tenant_tx(
+        &self,
+        tenant: crate::store::TenantId,
+        write: bool,
+    ) -> Result<DbTx, StoreError> {
+        match self {
+            Self::Postgres(p) => {
+                let mut tx = p.begin().await.map_err(db_error)?;
+                sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
+                    .bind(tenant.0.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                Ok(DbTx::Postgres(tx))
+            }
+            Self::Sqlite(s) => {
+                let pool = if write { &s.writer } else { &s.reader };
+                pool.begin().await.map(DbTx::Sqlite).map_err(db_error)
+            }
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
