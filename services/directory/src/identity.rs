@@ -708,6 +708,11 @@ impl Directory {
             .map_err(ApiError::from)
     }
 
+    /// Whether local logins of the context's tenant need a one-time code.
+    pub async fn mfa_required_for(&self, ctx: &TenantContext) -> Result<bool, ServiceError> {
+        self.mfa_required(ctx.tenant()).await
+    }
+
     async fn mfa_required(&self, tenant: TenantId) -> Result<bool, ServiceError> {
         let cell = self.cells().cell_of(tenant).await?;
         let mut tx = cell.db().tenant_tx(tenant, false).await?;

@@ -121,7 +121,7 @@ fn hash_secret(secret: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -271,6 +271,11 @@ impl Directory {
             .await?;
         projection::apply_inbox_update(ctx.cell().db(), ctx.tenant(), &update).await?;
         self.get_inbox(ctx, inbox_id).await
+    }
+
+    /// Every tenant (platform administration).
+    pub async fn list_tenants(&self) -> Result<Vec<postvak_proto::rest::Tenant>, ServiceError> {
+        Ok(projection::list_tenants(self.cells.directory()).await?)
     }
 
     pub async fn tenant_name(&self, ctx: &TenantContext) -> Result<String, ServiceError> {

@@ -458,3 +458,19 @@ pub(crate) async fn apply_inbox_update(
     .map_err(db_error)?;
     tx.commit().await
 }
+
+pub(crate) async fn list_tenants(directory: &Db) -> Result<Vec<postvak_proto::rest::Tenant>, StoreError> {
+    let mut tx = global_tx(directory, false).await?;
+    let rows = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT tenant_id, name, cell FROM tenants ORDER BY tenant_id"
+    )
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok(postvak_proto::rest::Tenant { id: r.try_get(0)?, name: r.try_get(1)?, cell: r.try_get(2)? }))
+        .collect::<Result<Vec<_>, sqlx::Error>>()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(rows)
+}

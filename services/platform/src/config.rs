@@ -118,6 +118,10 @@ pub struct SecurityConfig {
     /// A file holding the base64 master key.
     #[serde(default)]
     pub master_key_file: Option<PathBuf>,
+    /// Bearer token of the platform operator (tenant administration over `/v1/tenants`).
+    /// Absent: tenants are created with `postvak admin create-tenant` only.
+    #[serde(default)]
+    pub platform_admin_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,378 @@
+//! The command line.
+
+use crate::startup::{self, Application, Role};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use postvak_directory::Directory;
+use postvak_platform::config::Config;
+use postvak_platform::store::TenantId;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(name = "postvak", version, about = "Multi-tenant, event-sourced shared-inbox backend")]
+pub struct Cli {
+    /// TOML configuration file (env `POSTVAK_*` overrides it). Without one: the embedded
+    /// default (SQLite under ./data, in-process bus).
+    #[arg(long, short, global = true, env = "POSTVAK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in one process (the default command).
+    Serve {
+        /// Run pending database migrations first (always done for SQLite).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Run one service (Kubernetes: one Deployment per service and cell).
+    Run {
+        #[arg(value_enum)]
+        service: Service,
+    },
+    /// Run pending migrations on every cell's database and the directory database.
+    Migrate,
+    /// Audit tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the OpenAPI document.
+    Openapi {
+        /// Write it to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Fail (exit 1) if this file differs from the generated document.
+        #[arg(long, conflicts_with = "out")]
+        check: Option<PathBuf>,
+    },
+    /// Benchmarks (figures, never pass/fail).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Service {
+    /// The directory API (tenants, inboxes, API keys) and authentication.
+    Directory,
+    /// The relay from each cell's event store to its NATS bus.
+    Relay,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify every stream's hash chain; exit 1 if anything was modified, deleted or reordered.
+    Verify {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<Uuid>,
+        /// Only this cell.
+        #[arg(long)]
+        cell: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a tenant; prints its id.
+    CreateTenant {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        cell: Option<String>,
+    },
+    /// Create an inbox for a tenant; prints its id.
+    CreateInbox {
+        #[arg(long)]
+        tenant: Uuid,
+        #[arg(long)]
+        name: String,
+        /// Repeat for aliases; the first is the sending address.
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+    },
+    /// Issue an API key for a tenant; prints the token once.
+    IssueKey {
+        #[arg(long)]
+        tenant: Uuid,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// read, write or admin; repeatable.
+        #[arg(long = "scope", default_value = "admin")]
+        scopes: Vec<String>,
+    },
+    /// Rebuild a tenant's directory read models from its events.
+    RebuildProjections {
+        #[arg(long)]
+        tenant: Uuid,
+    },
+    /// Print a new random master key (base64) for `security.master_key`.
+    GenKey,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Event store: appends (16 writers; batches of 100) and replay, beside raw SQL baselines
+    /// measured in the same run on the same database.
+    Store {
+        /// A PostgreSQL URL (a scratch database is created on that server and dropped after),
+        /// or a SQLite path (`sqlite:path`; a directory gets a fresh file).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        target: String,
+        /// Seconds each write measurement runs.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = load(cli.config.as_deref())?;
+    let command = cli.command.unwrap_or(Command::Serve { migrate: false });
+    match command {
+        Command::Serve { migrate } => {
+            let _telemetry = postvak_platform::telemetry::init(&cfg.telemetry)?;
+            serve(&cfg, migrate, Role::All).await?;
+        }
+        Command::Run { service } => {
+            let _telemetry = postvak_platform::telemetry::init(&cfg.telemetry)?;
+            let role = match service {
+                Service::Directory => Role::Directory,
+                Service::Relay => Role::Relay,
+            };
+            serve(&cfg, false, role).await?;
+        }
+        Command::Migrate => {
+            startup::open_cells(&cfg, true).await?;
+            println!("migrations are up to date");
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { tenant, cell },
+        } => return audit_verify(&cfg, tenant, cell).await,
+        Command::Admin { command } => admin(&cfg, command).await?,
+        Command::Openapi { out, check } => {
+            let doc = crate::openapi::json()?;
+            match (out, check) {
+                (Some(path), _) => std::fs::write(&path, doc)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                (None, Some(path)) => {
+                    let have = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    if have != doc {
+                        eprintln!(
+                            "{} is stale: regenerate it with `postvak openapi --out {}`",
+                            path.display(),
+                            path.display()
+                        );
+                        return Ok(ExitCode::from(1));
+                    }
+                    println!("{} is up to date", path.display());
+                }
+                (None, None) => print!("{doc}"),
+            }
+        }
+        Command::Bench {
+            command: BenchCommand::Store { target, seconds },
+        } => {
+            let report = postvak_platform::bench::store_bench(postvak_platform::bench::StoreBenchOptions {
+                url: target,
+                phase: std::time::Duration::from_secs(seconds.max(1)),
+                ..Default::default()
+            })
+            .await?;
+            println!("{report}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(cfg: &Config, migrate: bool, role: Role) -> anyhow::Result<()> {
+    let cells = startup::open_cells(cfg, migrate).await?;
+    let demo = if cfg.demo_enabled() && role == Role::All {
+        Some(bootstrap_demo(&Directory::new(cells.clone()), &cfg.data_dir).await?)
+    } else {
+        None
+    };
+    let app = Application::build(cfg, cells, role).await?;
+    let host = cfg.http.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+    println!("Postvak is running.");
+    println!("  HTTP API:  http://{host}:{}/v1  (OpenAPI: /openapi.json, health: /healthz, /readyz, metrics: /metrics)", app.port());
+    println!("  SMTP:      not yet listening (inbound mail arrives with the ingest service)");
+    for cell in app.cells().all() {
+        println!(
+            "  cell {:<8} {:?} store, {:?} bus",
+            cell.name,
+            cell.store.backend(),
+            cell.bus.kind()
+        );
+    }
+    if let Some(d) = &demo {
+        println!("  demo tenant: {} ({})", d.tenant_name, d.tenant_id);
+        println!("  demo inbox:  {} <{}> ({})", d.inbox_name, d.inbox_address, d.inbox_id);
+        println!("  admin API key: {}", d.api_key);
+        println!(
+            "  try: curl -H 'Authorization: Bearer {}' http://{host}:{}/v1/inboxes",
+            d.api_key,
+            app.port()
+        );
+    }
+    println!("Press Ctrl-C to stop.");
+    tracing::info!(port = app.port(), "listening");
+    app.run_until_stopped().await
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DemoInfo {
+    tenant_id: Uuid,
+    tenant_name: String,
+    inbox_id: Uuid,
+    inbox_name: String,
+    inbox_address: String,
+    api_key: String,
+}
+
+/// First start: a demo tenant with one inbox and an admin API key, remembered in
+/// `data/demo.json` (mode 0600) so later starts can show the key again.
+async fn bootstrap_demo(dir: &Directory, data_dir: &Path) -> anyhow::Result<DemoInfo> {
+    let path = data_dir.join("demo.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged; delete it and ./data to start afresh", path.display()));
+    }
+    let tenant = dir.create_tenant("Demo", None).await?;
+    let ctx = dir
+        .cells()
+        .context(
+            tenant,
+            postvak_platform::cell::Principal::Service { name: "bootstrap" },
+        )
+        .await?;
+    let address = "support@demo.postvak.test".to_owned();
+    let inbox = dir
+        .create_inbox(&ctx, "Support", std::slice::from_ref(&address))
+        .await?;
+    let key = dir
+        .issue_api_key(&ctx, "demo admin", &["admin".to_owned()], None, None)
+        .await?;
+    let info = DemoInfo {
+        tenant_id: tenant.0,
+        tenant_name: "Demo".into(),
+        inbox_id: inbox.id,
+        inbox_name: inbox.name,
+        inbox_address: address,
+        api_key: key.token,
+    };
+    write_private(&path, &serde_json::to_string_pretty(&info)?)?;
+    Ok(info)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+async fn audit_verify(
+    cfg: &Config,
+    tenant: Option<Uuid>,
+    cell: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let cells = startup::open_cells(cfg, false).await?;
+    let mut intact = true;
+    for c in cells.all() {
+        if cell.as_ref().is_some_and(|want| want != &c.name) {
+            continue;
+        }
+        let report = c.store.verify(tenant.map(TenantId)).await?;
+        println!(
+            "cell {}: {} streams, {} events, {}",
+            c.name,
+            report.streams,
+            report.events,
+            if report.is_intact() {
+                "intact".to_owned()
+            } else {
+                format!("{} FINDINGS", report.findings.len())
+            }
+        );
+        for f in &report.findings {
+            println!("  tenant {} stream {}: {:?}", f.tenant_id, f.stream_id, f.fault);
+        }
+        intact &= report.is_intact();
+    }
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn admin(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    if let AdminCommand::GenKey = command {
+        println!("{}", postvak_platform::crypto::MasterKey::generate_base64());
+        return Ok(());
+    }
+    let cells = startup::open_cells(cfg, false).await?;
+    let dir = Directory::new(cells.clone());
+    let service = postvak_platform::cell::Principal::Service { name: "cli" };
+    match command {
+        AdminCommand::CreateTenant { name, cell } => {
+            let t = dir.create_tenant(&name, cell.as_deref()).await?;
+            println!("{t}");
+        }
+        AdminCommand::CreateInbox {
+            tenant,
+            name,
+            addresses,
+        } => {
+            let ctx = cells.context(TenantId(tenant), service).await?;
+            let inbox = dir.create_inbox(&ctx, &name, &addresses).await?;
+            println!("{}", inbox.id);
+        }
+        AdminCommand::IssueKey {
+            tenant,
+            name,
+            scopes,
+        } => {
+            for s in &scopes {
+                if !matches!(s.as_str(), "read" | "write" | "admin") {
+                    anyhow::bail!("unknown scope {s:?}: use read, write or admin");
+                }
+            }
+            let ctx = cells.context(TenantId(tenant), service).await?;
+            let key = dir.issue_api_key(&ctx, &name, &scopes, None, None).await?;
+            println!("{}", key.token);
+        }
+        AdminCommand::RebuildProjections { tenant } => {
+            let ctx = cells.context(TenantId(tenant), service).await?;
+            let n = dir.rebuild_projections(&ctx).await?;
+            println!("re-applied {n} events");
+        }
+        AdminCommand::GenKey => {}
+    }
+    Ok(())
+}

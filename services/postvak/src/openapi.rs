@@ -1,0 +1,73 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Postvak", description = "Multi-tenant, event-sourced shared-inbox backend."),
+    paths(
+        postvak_platform::http::healthz,
+        postvak_platform::http::readyz,
+        postvak_platform::http::metrics,
+        postvak_directory::api::me,
+        postvak_directory::api::login,
+        postvak_directory::api::logout,
+        postvak_directory::api::list_tenants,
+        postvak_directory::api::create_tenant,
+        postvak_directory::api::get_security,
+        postvak_directory::api::put_security,
+        postvak_directory::api::list_users,
+        postvak_directory::api::create_user,
+        postvak_directory::api::get_user,
+        postvak_directory::api::update_user,
+        postvak_directory::api::set_password,
+        postvak_directory::api::enroll_totp,
+        postvak_directory::api::confirm_totp,
+        postvak_directory::api::list_teams,
+        postvak_directory::api::create_team,
+        postvak_directory::api::add_team_member,
+        postvak_directory::api::remove_team_member,
+        postvak_directory::api::list_inboxes,
+        postvak_directory::api::create_inbox,
+        postvak_directory::api::get_inbox,
+        postvak_directory::api::update_inbox,
+        postvak_directory::api::list_members,
+        postvak_directory::api::add_member,
+        postvak_directory::api::remove_member,
+        postvak_directory::api::list_api_keys,
+        postvak_directory::api::create_api_key,
+        postvak_directory::api::revoke_api_key,
+    ),
+    components(schemas(postvak_proto::Problem)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "operations", description = "Health, readiness and metrics"),
+        (name = "auth", description = "Logins and sessions"),
+        (name = "platform", description = "Installation-wide administration"),
+        (name = "directory", description = "Users, teams, inboxes, memberships and API keys"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (`pvk_…`) or a session token"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as pretty JSON (what `docs/openapi.json` holds).
+pub fn json() -> anyhow::Result<String> {
+    Ok(ApiDoc::openapi().to_pretty_json()? + "\n")
+}

@@ -1,0 +1,188 @@
+//! The embedded default: `postvak` with no configuration at all.
+
+use crate::helpers::*;
+use postvak_platform::testkit::TempDir;
+use serde_json::json;
+
+#[tokio::test]
+async fn first_start_serves_the_demo_tenant_and_survives_a_restart() {
+    let dir = TempDir::new();
+    let server = Server::start(command(&dir));
+    let key = server.api_key.clone().expect("the demo API key is printed");
+    assert!(key.starts_with("pvk_"), "{key}");
+    let c = client();
+
+    let health: serde_json::Value = c.get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = c.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    let names: Vec<&str> = ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cell:local:database", "cell:local:bus"]);
+
+    let page: serde_json::Value = c
+        .get(server.url("/v1/inboxes"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["items"][0]["addresses"], json!(["support@demo.postvak.test"]));
+    let inbox_id = page["items"][0]["id"].as_str().unwrap().to_owned();
+
+    // Create an inbox and read it back.
+    let created = c
+        .post(server.url("/v1/inboxes"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Sales", "addresses": ["Sales@Demo.Postvak.Test", "deals@demo.postvak.test"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(created["addresses"], json!(["deals@demo.postvak.test", "sales@demo.postvak.test"]));
+
+    // Data and key survive a restart; the process stops cleanly on SIGTERM.
+    let status = server.stop();
+    assert!(status.success(), "exit status {status}");
+    let server = Server::start(command(&dir));
+    assert_eq!(server.api_key.as_deref(), Some(key.as_str()), "same demo key shown again");
+    let page: serde_json::Value = c
+        .get(server.url("/v1/inboxes"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], inbox_id);
+
+    // The log verifies.
+    drop(server);
+    let (code, out, err) = run({
+        let mut c = command(&dir);
+        c.args(["audit", "verify"]);
+        c
+    });
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("intact"), "{out}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_json() {
+    let dir = TempDir::new();
+    let server = Server::start(command(&dir));
+    let key = server.api_key.clone().unwrap();
+    let c = client();
+
+    assert_problem(c.get(server.url("/v1/inboxes")).send().await.unwrap(), 401, "unauthenticated").await;
+    assert_problem(
+        c.get(server.url("/v1/inboxes")).bearer_auth("pvk_00000000000000000000000000000000_nope").send().await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    // A well-formed key id with the wrong secret.
+    let forged = format!("{}_{}", &key[..key.rfind('_').unwrap()], "AAAA");
+    assert_problem(c.get(server.url("/v1/inboxes")).bearer_auth(forged).send().await.unwrap(), 401, "unauthenticated").await;
+
+    let missing = c
+        .get(server.url("/v1/inboxes/0190c5d2-0000-7000-8000-000000000000"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let missing_body = assert_problem(missing, 404, "not_found").await;
+    let malformed = c.get(server.url("/v1/inboxes/not-a-uuid")).bearer_auth(&key).send().await.unwrap();
+    let malformed_body = assert_problem(malformed, 404, "not_found").await;
+    assert_eq!(missing_body, malformed_body, "a malformed id is indistinguishable from a missing one");
+
+    assert_problem(
+        c.post(server.url("/v1/inboxes")).bearer_auth(&key).header("content-type", "application/json").body("{not json").send().await.unwrap(),
+        400,
+        "invalid_json",
+    )
+    .await;
+    assert_problem(
+        c.post(server.url("/v1/inboxes")).bearer_auth(&key).json(&json!({"name": "X", "addresses": ["nobody"]})).send().await.unwrap(),
+        422,
+        "invalid_address",
+    )
+    .await;
+    assert_problem(
+        c.post(server.url("/v1/inboxes")).bearer_auth(&key).json(&json!({"name": "Dup", "addresses": ["support@demo.postvak.test"]})).send().await.unwrap(),
+        409,
+        "address_taken",
+    )
+    .await;
+    assert_problem(
+        c.get(server.url("/v1/inboxes?limit=0")).bearer_auth(&key).send().await.unwrap(),
+        400,
+        "invalid_limit",
+    )
+    .await;
+    assert_problem(c.get(server.url("/no/such/route")).send().await.unwrap(), 404, "not_found").await;
+
+    // Nothing above changed anything: still one inbox.
+    let page: serde_json::Value = c.get(server.url("/v1/inboxes")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+}
+
+#[tokio::test]
+async fn metrics_and_openapi_are_served() {
+    let dir = TempDir::new();
+    let server = Server::start(command(&dir));
+    let c = client();
+    let _ = c.get(server.url("/healthz")).send().await.unwrap();
+    let metrics = c.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("postvak_http_requests_total"), "{metrics}");
+    let doc: serde_json::Value = c.get(server.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).unwrap()).unwrap();
+    assert_eq!(doc, committed, "docs/openapi.json is stale: run `postvak openapi --out docs/openapi.json`");
+}
+
+#[tokio::test]
+async fn tenants_do_not_see_each_other() {
+    let dir = TempDir::new();
+    // Two tenants through the CLI, before the server starts.
+    let admin = |args: &[&str]| {
+        let mut c = command(&dir);
+        c.arg("admin").args(args);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{out}{err}");
+        out.trim().to_owned()
+    };
+    let a = admin(&["create-tenant", "--name", "A"]);
+    let b = admin(&["create-tenant", "--name", "B"]);
+    let inbox_a = admin(&["create-inbox", "--tenant", &a, "--name", "Support", "--address", "help@a.example"]);
+    let key_a = admin(&["issue-key", "--tenant", &a, "--scope", "read"]);
+    let key_b = admin(&["issue-key", "--tenant", &b, "--scope", "admin"]);
+
+    let server = Server::start(command(&dir));
+    let c = client();
+    let ok = c.get(server.url(&format!("/v1/inboxes/{inbox_a}"))).bearer_auth(&key_a).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let foreign = c.get(server.url(&format!("/v1/inboxes/{inbox_a}"))).bearer_auth(&key_b).send().await.unwrap();
+    let foreign = assert_problem(foreign, 404, "not_found").await;
+    let none = c.get(server.url("/v1/inboxes/0190c5d2-0000-7000-8000-000000000000")).bearer_auth(&key_b).send().await.unwrap();
+    assert_eq!(foreign, assert_problem(none, 404, "not_found").await);
+    let list: serde_json::Value = c.get(server.url("/v1/inboxes")).bearer_auth(&key_b).send().await.unwrap().json().await.unwrap();
+    assert!(list["items"].as_array().unwrap().iter().all(|i| i["id"] != inbox_a.as_str()), "{list}");
+    // B can't take A's address either.
+    let taken = c.post(server.url("/v1/inboxes")).bearer_auth(&key_b).json(&json!({"name": "x", "addresses": ["help@a.example"]})).send().await.unwrap();
+    assert_problem(taken, 409, "address_taken").await;
+    // A read-only key can't create.
+    let denied = c.post(server.url("/v1/inboxes")).bearer_auth(&key_a).json(&json!({"name": "x", "addresses": ["x@a.example"]})).send().await.unwrap();
+    assert_problem(denied, 403, "tenant_admin_required").await;
+    let me: serde_json::Value = c.get(server.url("/v1/me")).bearer_auth(&key_a).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["tenant_id"], a.as_str());
+    assert_eq!(me["tenant_name"], "A");
+}
