@@ -186,3 +186,5 @@ pub mod identity {
         pub required_amr: Vec<String>,
     }
 }
+
+pub mod ingest;

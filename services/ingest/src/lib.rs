@@ -1,3 +1,26 @@
-//! The ingest service: SMTP listener, IMAP connector and raw-MIME endpoint, each turning an
-//! accepted mail into a `MessageReceived` event. Not built yet (its own issue); the crate exists
-//! so the workspace has the layout of DESIGN.md and the binary's wiring has its place.
+//! The ingest service: mail in over SMTP (and as raw MIME over REST), parsed, deduplicated,
+//! threaded, sealed and stored, each accepted mail becoming one `message.received` event.
+//!
+//! - [`smtp::SmtpServer`]: the MX listener (`bind`, `port`, `run`).
+//! - [`api::routes`]: `POST /v1/inboxes/{inbox_id}/messages/raw`.
+//! - [`pipeline::Ingestor`]: the pipeline both share (see its module docs for why it neither
+//!   loses nor doubles a mail).
+//! - [`parse`], [`thread`], [`keys`]: pure parts — MIME parsing, threading decisions, blind
+//!   indexes and reply tokens.
+//! - [`bench`]: `postvak bench ingest`.
+//!
+//! The IMAP connector of the ingest issue is not built yet.
+
+pub mod api;
+pub mod bench;
+pub mod keys;
+pub mod parse;
+pub mod pipeline;
+mod repo;
+pub mod settings;
+pub mod smtp;
+pub mod standalone;
+pub mod thread;
+
+pub use pipeline::{Delivery, IngestError, Ingestor, Recipient, Source};
+pub use settings::{RawApiSettings, SmtpSettings};

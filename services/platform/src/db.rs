@@ -34,6 +34,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0003_directory.sql"),
     ),
     (
+        4,
+        "ingest",
+        include_str!("../../../migrations/postgres/0004_ingest.sql"),
+    ),
+    (
         5,
         "identity",
         include_str!("../../../migrations/postgres/0005_identity.sql"),
@@ -52,6 +57,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "directory",
         include_str!("../../../migrations/sqlite/0003_directory.sql"),
+    ),
+    (
+        4,
+        "ingest",
+        include_str!("../../../migrations/sqlite/0004_ingest.sql"),
     ),
     (
         5,

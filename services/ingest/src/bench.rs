@@ -1,0 +1,1 @@
+//! `postvak bench ingest` (filled in below).

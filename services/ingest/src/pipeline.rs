@@ -1,0 +1,558 @@
+//! The delivery pipeline every entry point shares (SMTP, raw MIME, later IMAP):
+//! parse → dedupe → thread → seal and store blobs → append `message.received` → record the
+//! thread index.
+//!
+//! Why in this order, and why it loses and doubles nothing:
+//! - Blobs are committed before the event, so a committed event never points at a missing
+//!   blob. A crash in between leaves content-addressed ciphertext that the retry reuses.
+//! - The event goes to a stream named after a blind index of (inbox, Message-ID, content
+//!   hash), appended with `ExpectedVersion::NoStream`: a second delivery of the same mail —
+//!   retry, second MX route, API replay — is a `Conflict`, answered as a duplicate with the
+//!   first delivery's ids. Dedupe rests on the event store's primary key, not on a check.
+//! - The thread index is written after the event. If that write fails, the caller reports a
+//!   temporary failure; the retry finds the stream, re-records the index and succeeds.
+//! - Only after all of it does SMTP answer 250 (or HTTP 201/200).
+
+use crate::keys::IndexKey;
+use crate::parse::{ParsedMail, parse};
+use crate::repo::{self, SealedBlob};
+use crate::thread::{self, ThreadMatch};
+use postvak_platform::cell::{CellError, Cells, Principal, TenantContext};
+use postvak_platform::crypto::CryptoError;
+use postvak_platform::store::{
+    ExpectedVersion, KeyScope, LogPosition, NewEvent, StoreError, StreamRef, TenantId,
+};
+use postvak_proto::events::ingest::{
+    self as ev, AttachmentV1, BlobRefV1, EnvelopeV1, MessageReceivedV1,
+};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use uuid::Uuid;
+
+const SERVICE: Principal = Principal::Service { name: "ingest" };
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Cell(#[from] CellError),
+    #[error("parsing was interrupted: {0}")]
+    Parser(String),
+}
+
+impl IngestError {
+    /// Worth a retry by the sender (SMTP 4xx): everything here is, since nothing about the
+    /// mail itself makes delivery fail.
+    pub fn is_temporary(&self) -> bool {
+        true
+    }
+}
+
+/// Where a mail came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Smtp,
+    Api,
+    Imap,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Smtp => "smtp",
+            Self::Api => "api",
+            Self::Imap => "imap",
+        }
+    }
+}
+
+/// A recipient that resolved to an inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub tenant: TenantId,
+    pub inbox_id: Uuid,
+    /// The address as given (lower case).
+    pub address: String,
+    /// The `+tag` of the local part, if any: possibly a reply token.
+    pub tag: Option<String>,
+}
+
+/// What a delivery produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub tenant: TenantId,
+    pub message_id: Uuid,
+    pub inbox_id: Uuid,
+    pub conversation_id: Uuid,
+    pub new_thread: bool,
+    /// Already stored before: nothing new was written.
+    pub duplicate: bool,
+    pub stream_id: String,
+}
+
+/// The pipeline. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ingestor {
+    cells: Cells,
+    keys: Arc<RwLock<HashMap<TenantId, IndexKey>>>,
+}
+
+fn key_aad(tenant: TenantId) -> Vec<u8> {
+    let mut aad = b"postvak.ingest.index-key".to_vec();
+    aad.extend_from_slice(tenant.0.as_bytes());
+    aad
+}
+
+/// Associated data of a blob: its ciphertext only opens as this tenant's blob with this id.
+pub fn blob_aad(tenant: TenantId, blob_id: Uuid) -> [u8; 32] {
+    let mut aad = [0u8; 32];
+    aad[..16].copy_from_slice(tenant.0.as_bytes());
+    aad[16..].copy_from_slice(blob_id.as_bytes());
+    aad
+}
+
+/// The stream of one delivered message.
+pub fn message_stream(stream_id: &str) -> StreamRef {
+    StreamRef::new(ev::STREAM_INBOUND_MESSAGE, stream_id)
+}
+
+impl Ingestor {
+    pub fn new(cells: Cells) -> Self {
+        Self {
+            cells,
+            keys: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    pub fn cells(&self) -> &Cells {
+        &self.cells
+    }
+
+    /// A context for a tenant acting as the ingest service.
+    pub async fn context(&self, tenant: TenantId) -> Result<TenantContext, IngestError> {
+        Ok(self.cells.context(tenant, SERVICE).await?)
+    }
+
+    /// The inbox an `RCPT TO` names, or `None` (then: 550, never relay). Accepts the inbox's
+    /// addresses and aliases and `local+tag@domain` forms of them (reply tokens and
+    /// sub-addressing).
+    pub async fn resolve_recipient(&self, address: &str) -> Result<Option<Recipient>, IngestError> {
+        let address = address.trim().to_ascii_lowercase();
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return Ok(None);
+        };
+        let dir = self.cells.directory();
+        if let Some((tenant, inbox)) = repo::resolve_address(dir, &address).await? {
+            return Ok(Some(Recipient {
+                tenant,
+                inbox_id: inbox,
+                address,
+                tag: None,
+            }));
+        }
+        if let Some((base, tag)) = local.split_once('+')
+            && !base.is_empty()
+            && let Some((tenant, inbox)) =
+                repo::resolve_address(dir, &format!("{base}@{domain}")).await?
+        {
+            let tag = Some(tag.to_owned());
+            return Ok(Some(Recipient {
+                tenant,
+                inbox_id: inbox,
+                address,
+                tag,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The tenant's index key, created on first use, cached for the life of the process.
+    pub async fn index_key(&self, ctx: &TenantContext) -> Result<IndexKey, IngestError> {
+        let tenant = ctx.tenant();
+        if let Some(k) = read(&self.keys).get(&tenant) {
+            return Ok(k.clone());
+        }
+        let db = ctx.cell().db();
+        let keyring = ctx.cell().store.keyring();
+        let stored = match repo::load_index_key(db, tenant).await? {
+            Some(s) => s,
+            None => {
+                let fresh = IndexKey::generate();
+                let (key_id, sealed) = keyring
+                    .seal(
+                        tenant,
+                        &KeyScope::Tenant,
+                        fresh.as_bytes(),
+                        &key_aad(tenant),
+                    )
+                    .await?;
+                repo::insert_index_key(db, tenant, key_id, &sealed).await?;
+                repo::load_index_key(db, tenant)
+                    .await?
+                    .ok_or_else(|| StoreError::Database("the index key was not stored".into()))?
+            }
+        };
+        let plain = keyring
+            .open(tenant, stored.0, &stored.1, &key_aad(tenant))
+            .await?;
+        let bytes: [u8; 32] = plain.try_into().map_err(|_| {
+            StoreError::Database("the stored index key has the wrong length".into())
+        })?;
+        let key = IndexKey::from_bytes(bytes);
+        write(&self.keys).insert(tenant, key.clone());
+        Ok(key)
+    }
+
+    /// Parses off the async executor (large mails take milliseconds).
+    pub async fn parse(raw: Arc<Vec<u8>>) -> Result<Arc<ParsedMail>, IngestError> {
+        if raw.len() < 64 * 1024 {
+            return Ok(Arc::new(parse(&raw)));
+        }
+        tokio::task::spawn_blocking(move || Arc::new(parse(&raw)))
+            .await
+            .map_err(|e| IngestError::Parser(e.to_string()))
+    }
+
+    /// Delivers one mail to every recipient's inbox (recipients naming the same inbox twice get
+    /// one copy). All or an error: on error the sender retries, and what was delivered is
+    /// recognised as a duplicate.
+    pub async fn deliver(
+        &self,
+        raw: Arc<Vec<u8>>,
+        recipients: &[Recipient],
+        envelope: &EnvelopeV1,
+        source: Source,
+    ) -> Result<Vec<Delivery>, IngestError> {
+        let parsed = Self::parse(raw.clone()).await?;
+        let mut seen: Vec<(TenantId, Uuid)> = Vec::new();
+        let mut out = Vec::new();
+        for r in recipients {
+            if seen.contains(&(r.tenant, r.inbox_id)) {
+                continue;
+            }
+            seen.push((r.tenant, r.inbox_id));
+            // A tagged address for the same inbox wins: it may carry a reply token.
+            let tag = recipients
+                .iter()
+                .filter(|o| o.tenant == r.tenant && o.inbox_id == r.inbox_id)
+                .find_map(|o| o.tag.as_deref());
+            let ctx = self.context(r.tenant).await?;
+            let env = EnvelopeV1 {
+                rcpt_to: Some(r.address.clone()),
+                ..envelope.clone()
+            };
+            out.push(
+                self.deliver_to_inbox(&ctx, r.inbox_id, &raw, &parsed, tag, env, source)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Delivers a parsed mail to one inbox of the context's tenant.
+    #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(skip_all, fields(tenant_id = %ctx.tenant(), inbox_id = %inbox))]
+    pub async fn deliver_to_inbox(
+        &self,
+        ctx: &TenantContext,
+        inbox: Uuid,
+        raw: &[u8],
+        mail: &ParsedMail,
+        tag: Option<&str>,
+        envelope: EnvelopeV1,
+        source: Source,
+    ) -> Result<Delivery, IngestError> {
+        let started = Instant::now();
+        let tenant = ctx.tenant();
+        let key = self.index_key(ctx).await?;
+        let stream_id = format!(
+            "msg-{}-{}",
+            inbox.simple(),
+            key.dedupe_key(inbox, mail.message_id.as_deref(), &mail.content_hash)
+        );
+        let stream = message_stream(&stream_id);
+        let store = &ctx.cell().store;
+        if store.stream_version(tenant, &stream).await? > 0 {
+            return self.duplicate(ctx, &key, inbox, mail, &stream).await;
+        }
+
+        // Thread.
+        let db = ctx.cell().db();
+        let (conversation_id, matched) = match thread::by_token(&key, inbox, tag, mail) {
+            Some(hit) => hit,
+            None => {
+                let order = thread::lookup_order(mail);
+                let hashes: Vec<String> = order
+                    .iter()
+                    .map(|(id, _)| key.message_id_hash(id))
+                    .collect();
+                let found = repo::lookup_thread(db, tenant, inbox, &hashes).await?;
+                thread::by_index(&key, mail, &found).unwrap_or((Uuid::now_v7(), ThreadMatch::None))
+            }
+        };
+        let new_thread = matched == ThreadMatch::None;
+
+        // Seal and store the blobs.
+        let mut plain: Vec<(&[u8], String)> = vec![(raw, "message/rfc822".to_owned())];
+        if let Some(t) = &mail.text {
+            plain.push((t.as_bytes(), "text/plain; charset=utf-8".to_owned()));
+        }
+        if let Some(h) = &mail.html {
+            plain.push((h.as_bytes(), "text/html; charset=utf-8".to_owned()));
+        }
+        for a in &mail.attachments {
+            plain.push((&a.data, a.content_type.clone()));
+        }
+        let mut refs = Vec::with_capacity(plain.len());
+        let mut aads = Vec::with_capacity(plain.len());
+        for (i, (bytes, ct)) in plain.iter().enumerate() {
+            let sha: [u8; 32] = if i == 0 {
+                mail.raw_sha256
+            } else {
+                Sha256::digest(bytes).into()
+            };
+            let blob_id = key.blob_id(&sha);
+            aads.push(blob_aad(tenant, blob_id));
+            refs.push(BlobRefV1 {
+                blob_id,
+                size: bytes.len() as u64,
+                sha256: hex::encode(sha),
+                content_type: ct.clone(),
+            });
+        }
+        let (key_id, sealed) = store
+            .keyring()
+            .seal_many(
+                tenant,
+                &KeyScope::Tenant,
+                plain
+                    .iter()
+                    .zip(&aads)
+                    .map(|((b, _), aad)| (*b, aad.as_slice())),
+            )
+            .await?;
+        let mut blobs: Vec<SealedBlob> = Vec::with_capacity(refs.len());
+        for (r, s) in refs.iter().zip(sealed) {
+            if !blobs.iter().any(|b| b.blob_id == r.blob_id) {
+                blobs.push(SealedBlob {
+                    blob_id: r.blob_id,
+                    key_id,
+                    size: r.size as i64,
+                    sealed: s,
+                });
+            }
+        }
+        repo::put_blobs(db, tenant, &blobs).await?;
+
+        // The event.
+        let mut refs = refs.into_iter();
+        let raw_ref = refs
+            .next()
+            .ok_or_else(|| StoreError::Serialization("no raw blob".into()))?;
+        let text_body = if mail.text.is_some() {
+            refs.next()
+        } else {
+            None
+        };
+        let html_body = if mail.html.is_some() {
+            refs.next()
+        } else {
+            None
+        };
+        let attachments = mail
+            .attachments
+            .iter()
+            .zip(refs)
+            .map(|(a, blob)| AttachmentV1 {
+                blob,
+                filename: a.filename.clone(),
+                content_id: a.content_id.clone(),
+                inline: a.inline,
+            })
+            .collect();
+        let mut flags = mail.flags.clone();
+        if envelope.mail_from.as_deref() == Some("") && !flags.bounce {
+            // A null reverse path is how bounces and other notifications travel (RFC 5321
+            // §4.5.5); never answer it.
+            flags.auto_reply = true;
+        }
+        let message_id = Uuid::now_v7();
+        let payload = MessageReceivedV1 {
+            message_id,
+            inbox_id: inbox,
+            conversation_id,
+            new_thread,
+            thread_match: matched.as_str().to_owned(),
+            source: source.as_str().to_owned(),
+            received_at_us: postvak_platform::store::micros(time::OffsetDateTime::now_utc()),
+            raw: raw_ref,
+            content_hash: hex::encode(mail.content_hash),
+            message_id_header: mail.message_id.clone(),
+            in_reply_to: mail.in_reply_to.clone(),
+            references: mail.references.clone(),
+            headers: mail.headers.clone(),
+            envelope,
+            text_body,
+            html_body,
+            snippet: mail.snippet.clone(),
+            attachments,
+            flags,
+            auth_results: mail.auth_results.clone(),
+        };
+        let event = NewEvent::from_payload(ev::MESSAGE_RECEIVED, 1, &payload)?;
+        match ctx
+            .append(&stream, ExpectedVersion::NoStream, vec![event])
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // The same mail, delivered concurrently, won the race.
+                return self.duplicate(ctx, &key, inbox, mail, &stream).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.record_thread(ctx, &key, inbox, mail, conversation_id)
+            .await?;
+        metrics::counter!("postvak_ingest_messages_total", "source" => source.as_str(), "outcome" => "stored")
+            .increment(1);
+        metrics::histogram!("postvak_ingest_deliver_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(%message_id, %conversation_id, new_thread, thread_match = matched.as_str(), "message stored");
+        Ok(Delivery {
+            tenant,
+            message_id,
+            inbox_id: inbox,
+            conversation_id,
+            new_thread,
+            duplicate: false,
+            stream_id,
+        })
+    }
+
+    async fn record_thread(
+        &self,
+        ctx: &TenantContext,
+        key: &IndexKey,
+        inbox: Uuid,
+        mail: &ParsedMail,
+        conversation: Uuid,
+    ) -> Result<(), IngestError> {
+        let hashes: Vec<String> = thread::ids_to_record(mail)
+            .into_iter()
+            .map(|id| key.message_id_hash(id))
+            .collect();
+        repo::record_thread(ctx.cell().db(), ctx.tenant(), inbox, &hashes, conversation).await?;
+        Ok(())
+    }
+
+    /// A delivery whose stream exists: answer with the first delivery's ids, and repair the
+    /// thread index in case the first delivery stopped before writing it.
+    async fn duplicate(
+        &self,
+        ctx: &TenantContext,
+        key: &IndexKey,
+        inbox: Uuid,
+        mail: &ParsedMail,
+        stream: &StreamRef,
+    ) -> Result<Delivery, IngestError> {
+        let events = ctx.read_stream(stream).await?;
+        let first = events
+            .first()
+            .ok_or_else(|| StoreError::Database(format!("stream {} vanished", stream.stream_id)))?;
+        let p: MessageReceivedV1 = first.payload()?;
+        self.record_thread(ctx, key, inbox, mail, p.conversation_id)
+            .await?;
+        metrics::counter!("postvak_ingest_messages_total", "source" => p.source.clone(), "outcome" => "duplicate")
+            .increment(1);
+        Ok(Delivery {
+            tenant: ctx.tenant(),
+            message_id: p.message_id,
+            inbox_id: p.inbox_id,
+            conversation_id: p.conversation_id,
+            new_thread: p.new_thread,
+            duplicate: true,
+            stream_id: stream.stream_id.clone(),
+        })
+    }
+
+    /// A blob's plaintext, if it is the tenant's.
+    pub async fn read_blob(
+        &self,
+        ctx: &TenantContext,
+        blob_id: Uuid,
+    ) -> Result<Option<Vec<u8>>, IngestError> {
+        let tenant = ctx.tenant();
+        let Some((key_id, sealed)) = repo::get_blob(ctx.cell().db(), tenant, blob_id).await? else {
+            return Ok(None);
+        };
+        let plain = ctx
+            .cell()
+            .store
+            .keyring()
+            .open(tenant, key_id, &sealed, &blob_aad(tenant, blob_id))
+            .await?;
+        Ok(Some(plain))
+    }
+
+    /// Every `message.received` of the tenant, in commit order (tests, tools, rebuilds).
+    pub async fn received_messages(
+        &self,
+        ctx: &TenantContext,
+    ) -> Result<Vec<MessageReceivedV1>, IngestError> {
+        let store = &ctx.cell().store;
+        let mut after = LogPosition::START;
+        let mut out = Vec::new();
+        loop {
+            let page = store.read_log(after, 1000, Some(ctx.tenant())).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for e in &page {
+                if e.stream_type == ev::STREAM_INBOUND_MESSAGE
+                    && e.event_type == ev::MESSAGE_RECEIVED
+                {
+                    let opened = store.open(e).await?;
+                    out.push(opened.payload::<MessageReceivedV1>()?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds a tenant's thread index from its `message.received` events (after a restore,
+    /// or if index writes were lost). Idempotent.
+    pub async fn rebuild_thread_index(&self, ctx: &TenantContext) -> Result<u64, IngestError> {
+        let key = self.index_key(ctx).await?;
+        let mut n = 0;
+        for m in self.received_messages(ctx).await? {
+            let ids = m
+                .message_id_header
+                .iter()
+                .chain(&m.in_reply_to)
+                .chain(&m.references);
+            let hashes: Vec<String> = ids.map(|id| key.message_id_hash(id)).collect();
+            repo::record_thread(
+                ctx.cell().db(),
+                ctx.tenant(),
+                m.inbox_id,
+                &hashes,
+                m.conversation_id,
+            )
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

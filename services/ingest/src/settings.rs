@@ -1,0 +1,68 @@
+//! Settings of the SMTP listener (the `[smtp]` section of the configuration).
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpSettings {
+    /// Listen address; port 0 picks a free port (tests).
+    pub addr: String,
+    /// Our name in the greeting and EHLO reply.
+    pub hostname: String,
+    /// Largest message accepted, in bytes (advertised as `SIZE`; more is answered 552).
+    pub max_message_size: usize,
+    /// PEM certificate chain and private key for STARTTLS; STARTTLS is offered only with both.
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+    /// Open connections in total; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Open connections per peer IP; more are answered 421 and closed.
+    pub max_connections_per_peer: usize,
+    /// Messages (`MAIL FROM`) per peer IP per minute, as a token bucket of this size; more
+    /// are answered 451 4.7.1 until tokens refill.
+    pub max_messages_per_minute_per_peer: u32,
+    /// Recipients per message; more are answered 452.
+    pub max_recipients: usize,
+    /// A connection idle longer than this is closed (421).
+    pub idle_timeout_secs: u64,
+    /// Protocol errors tolerated per connection before it is closed.
+    pub max_errors: u32,
+    /// Seconds `run` waits on shutdown for sessions in the middle of a delivery.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:2525".to_owned(),
+            hostname: "localhost".to_owned(),
+            max_message_size: 25 * 1024 * 1024,
+            tls_cert_path: None,
+            tls_key_path: None,
+            max_connections: 1024,
+            max_connections_per_peer: 32,
+            max_messages_per_minute_per_peer: 1200,
+            max_recipients: 100,
+            idle_timeout_secs: 300,
+            max_errors: 10,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// Settings of the raw-MIME endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawApiSettings {
+    /// Largest body accepted, in bytes (more: 413).
+    pub max_message_size: usize,
+}
+
+impl Default for RawApiSettings {
+    fn default() -> Self {
+        Self {
+            max_message_size: 25 * 1024 * 1024,
+        }
+    }
+}

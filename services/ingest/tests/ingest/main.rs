@@ -1,0 +1,7 @@
+//! Integration tests of the ingest service against real components: SQLite and PostgreSQL,
+//! Python's smtplib, swaks, openssl, and real mail corpora. One binary (see STYLE.md).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+mod smtp;
