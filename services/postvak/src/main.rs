@@ -9,6 +9,9 @@ mod startup;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The one TLS crypto provider of the process (ring): HTTP clients (OIDC discovery, JWKS,
+    // OTLP export) panic without one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
     match cli::run(args).await {
         Ok(code) => code,

@@ -124,6 +124,7 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
