@@ -1227,7 +1227,7 @@ impl Directory {
         inbox: Option<Uuid>,
     ) -> Result<Vec<Grant>, ServiceError> {
         let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
-        let rows: Vec<(Uuid, Uuid, String, Uuid, String, Option<i64>, Option<i64>)> = on_tx!(&mut tx, |c| sqlx::query(
+        let rows: Vec<GrantRow> = on_tx!(&mut tx, |c| sqlx::query(
             "SELECT grant_id, inbox_id, grantee_kind, grantee_id, role, valid_from, valid_until \
              FROM inbox_grants WHERE tenant_id = $1 AND ($2 IS NULL OR inbox_id = $2) ORDER BY grant_id"
         )
@@ -1238,48 +1238,49 @@ impl Directory {
         .and_then(|rows| rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?, r.try_get(6)?))).collect()))
         .map_err(db_error)?;
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(grant_id, inbox_id, kind, id, role, from, until)| {
-                Some(Grant {
-                    grant_id,
-                    inbox_id,
-                    grantee: if kind == "team" {
-                        Grantee::Team(id)
-                    } else {
-                        Grantee::User(id)
-                    },
-                    role: InboxRole::parse(&role)?,
-                    valid_from: from.map(from_secs),
-                    valid_until: until.map(from_secs),
-                })
-            })
-            .collect())
+        Ok(rows.into_iter().filter_map(grant_from_row).collect())
     }
 
-    /// What the caller may do (one query for a user's grants and teams).
+    /// One user's teams and the grants that reach them (directly or through a team).
+    async fn user_teams_and_grants(
+        &self,
+        ctx: &TenantContext,
+        user_id: Uuid,
+    ) -> Result<(Vec<Uuid>, Vec<Grant>), ServiceError> {
+        let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
+        let teams: Vec<Uuid> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT team_id FROM team_members WHERE tenant_id = $1 AND user_id = $2"
+        )
+        .bind(ctx.tenant().0)
+        .bind(user_id)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect()))
+        .map_err(db_error)?;
+        let rows: Vec<GrantRow> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT grant_id, inbox_id, grantee_kind, grantee_id, role, valid_from, valid_until \
+             FROM inbox_grants WHERE tenant_id = $1 AND (grantee_id = $2 OR grantee_id IN \
+               (SELECT team_id FROM team_members WHERE tenant_id = $1 AND user_id = $2))"
+        )
+        .bind(ctx.tenant().0)
+        .bind(user_id)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?, r.try_get(6)?))).collect()))
+        .map_err(db_error)?;
+        tx.commit().await?;
+        Ok((teams, rows.into_iter().filter_map(grant_from_row).collect()))
+    }
+
+    /// What the caller may do (a user's grants and teams: two indexed queries).
     pub async fn access(&self, ctx: &TenantContext) -> Result<Access, ApiError> {
         let now = OffsetDateTime::now_utc();
         match ctx.principal() {
             Principal::User { user_id, .. } => {
-                let teams: Vec<Uuid> = self
-                    .list_teams(ctx, None)
+                let (teams, grants) = self
+                    .user_teams_and_grants(ctx, *user_id)
                     .await
-                    .map_err(ApiError::from)?
-                    .into_iter()
-                    .filter(|t| t.members.contains(user_id))
-                    .map(|t| t.id)
-                    .collect();
-                let grants = self
-                    .grants(ctx, None)
-                    .await
-                    .map_err(ApiError::from)?
-                    .into_iter()
-                    .filter(|g| match g.grantee {
-                        Grantee::User(u) => u == *user_id,
-                        Grantee::Team(t) => teams.contains(&t),
-                    })
-                    .collect();
+                    .map_err(ApiError::from)?;
                 Ok(Access {
                     principal: ctx.principal().clone(),
                     teams,
@@ -1309,6 +1310,23 @@ impl Directory {
             }),
         }
     }
+}
+
+type GrantRow = (Uuid, Uuid, String, Uuid, String, Option<i64>, Option<i64>);
+
+fn grant_from_row((grant_id, inbox_id, kind, id, role, from, until): GrantRow) -> Option<Grant> {
+    Some(Grant {
+        grant_id,
+        inbox_id,
+        grantee: if kind == "team" {
+            Grantee::Team(id)
+        } else {
+            Grantee::User(id)
+        },
+        role: InboxRole::parse(&role)?,
+        valid_from: from.map(from_secs),
+        valid_until: until.map(from_secs),
+    })
 }
 
 /// A session for a browser (cookie) or an API client (bearer token).
