@@ -30,15 +30,18 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .map_err(|e| anyhow::anyhow!("telemetry.log_level {:?}: {e}", cfg.log_level))?;
+    // The log level filters logs only: traces are exported at INFO whatever the log level.
     let fmt_layer = if cfg.log_format == "pretty" {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed()
     };
     let mut guard = TelemetryGuard::default();
@@ -60,12 +63,15 @@ pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
             let tracer = provider.tracer("postvak");
             opentelemetry::global::set_tracer_provider(provider.clone());
             guard.provider = Some(provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            )
         }
         None => None,
     };
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()

@@ -99,3 +99,64 @@ async fn postgres_and_nats_relay_every_event_and_audit_detects_tampering() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("Modified"), "{out}");
 }
+
+/// Two cells (regions): each tenant's events live only in its own cell's database, and each
+/// cell relays to its own stream.
+#[tokio::test]
+async fn tenants_live_only_in_their_cell() {
+    let env = Env::new().await;
+    let db_us = testkit::fresh_postgres_database().await;
+    let two = |mut c: std::process::Command| {
+        c.env("POSTVAK_CELLS__US1__DATABASE_URL", &db_us)
+            .env("POSTVAK_CELLS__US1__NATS_URL", testkit::nats_url())
+            .env("POSTVAK_DEFAULT_CELL", "eu1")
+            .env("POSTVAK_DIRECTORY_DATABASE_URL", &env.db_url);
+        c
+    };
+    let ok = |args: &[&str]| {
+        let mut c = two(env.command());
+        c.args(args);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "postvak {args:?}: {out}{err}");
+        out.trim().to_owned()
+    };
+    ok(&["migrate"]);
+    let eu = ok(&["admin", "create-tenant", "--name", "Huisarts Noord", "--cell", "eu1"]);
+    let us = ok(&["admin", "create-tenant", "--name", "Clinic West", "--cell", "us1"]);
+    ok(&["admin", "create-inbox", "--tenant", &eu, "--name", "Intake", "--address", "intake@noord.example"]);
+    ok(&["admin", "create-inbox", "--tenant", &us, "--name", "Intake", "--address", "intake@west.example"]);
+    let count = |db: &str, tenant: &str| -> i64 {
+        let out = std::process::Command::new("psql")
+            .args([db, "-At", "-c", &format!("SELECT count(*) FROM events WHERE tenant_id = '{tenant}'")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    assert_eq!((count(&env.db_url, &eu), count(&env.db_url, &us)), (2, 0));
+    assert_eq!((count(&db_us, &us), count(&db_us, &eu)), (2, 0));
+    let server = Server::start({
+        let mut c = two(env.command());
+        c.arg("serve");
+        c
+    });
+    let ready: serde_json::Value = client().get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cell:eu1:database", "cell:eu1:bus", "cell:us1:database", "cell:us1:bus"]);
+    let nats = async_nats::connect(testkit::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    for cell in ["eu1", "us1"] {
+        let name = postvak_proto::subjects::jetstream_name(&env.prefix, cell);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = match js.get_stream(&name).await {
+                Ok(mut s) => s.info().await.unwrap().state.messages,
+                Err(_) => 0,
+            };
+            if n == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cell {cell}: {n} events on its stream");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

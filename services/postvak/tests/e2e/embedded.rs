@@ -186,3 +186,69 @@ async fn tenants_do_not_see_each_other() {
     assert_eq!(me["tenant_id"], a.as_str());
     assert_eq!(me["tenant_name"], "A");
 }
+
+/// A minimal OTLP/HTTP collector: records the path and content type of every POST.
+fn collector() -> (u16, std::sync::mpsc::Receiver<(String, String, usize)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let (mut len, mut ctype) = (0usize, String::new());
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        let (k, v) = h.split_once(':').unwrap_or((h, ""));
+                        match k.to_ascii_lowercase().as_str() {
+                            "content-length" => len = v.trim().parse().unwrap_or(0),
+                            "content-type" => ctype = v.trim().to_owned(),
+                            _ => {}
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    let _ = tx.send((path, ctype, len));
+                    let mut s = stream.try_clone().unwrap();
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn traces_are_exported_over_otlp_when_configured() {
+    let (port, received) = collector();
+    let dir = TempDir::new();
+    let mut cmd = command(&dir);
+    cmd.env("POSTVAK_TELEMETRY__OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"));
+    let server = Server::start(cmd);
+    let key = server.api_key.clone().unwrap();
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(server.url("/v1/inboxes")).bearer_auth(&key).send().await.unwrap().status(), 200);
+    }
+    // Stopping flushes the batch exporter.
+    assert!(server.stop().success());
+    let (path, ctype, len) = received
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("no OTLP export reached the collector");
+    assert_eq!(path, "/v1/traces");
+    assert_eq!(ctype, "application/x-protobuf");
+    assert!(len > 0);
+}
