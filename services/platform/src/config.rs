@@ -49,8 +49,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub http: HttpConfig,
+    /// The SMTP listener's settings, read with [`Config::section`] by the ingest service's own
+    /// settings type (this crate does not know its fields).
     #[serde(default)]
-    pub smtp: SmtpConfig,
+    pub smtp: Option<serde::de::IgnoredAny>,
+    /// The raw-MIME endpoint's settings (read by the ingest service, like `smtp`).
+    #[serde(default)]
+    pub raw_api: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub security: SecurityConfig,
     #[serde(default)]
@@ -70,6 +75,19 @@ pub struct Config {
     /// Create the demo tenant, inbox and admin API key on first start (embedded default: on).
     #[serde(default)]
     pub demo: Option<bool>,
+    /// Everything as loaded, for sections owned by other crates.
+    #[serde(skip)]
+    raw: RawConfig,
+}
+
+/// The merged configuration sources. Never printed: it holds secrets.
+#[derive(Clone, Default)]
+struct RawConfig(Option<std::sync::Arc<config::Config>>);
+
+impl fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[raw configuration]")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,21 +108,6 @@ impl Default for HttpConfig {
             addr: default_http_addr(),
             shutdown_grace_secs: default_grace(),
             workers: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmtpConfig {
-    #[serde(default = "default_smtp_addr")]
-    pub addr: String,
-}
-
-impl Default for SmtpConfig {
-    fn default() -> Self {
-        Self {
-            addr: default_smtp_addr(),
         }
     }
 }
@@ -192,9 +195,6 @@ fn default_data_dir() -> PathBuf {
 fn default_http_addr() -> String {
     "127.0.0.1:8080".into()
 }
-fn default_smtp_addr() -> String {
-    "127.0.0.1:2525".into()
-}
 fn default_grace() -> u64 {
     30
 }
@@ -252,7 +252,7 @@ impl Config {
             },
             None => ConfigError::Invalid(e.to_string()),
         })?;
-        let cfg: Config = raw.try_deserialize().map_err(|e| match file {
+        let mut cfg: Config = raw.clone().try_deserialize().map_err(|e| match file {
             Some(p) => ConfigError::File {
                 path: p.display().to_string(),
                 reason: e.to_string(),
@@ -260,7 +260,25 @@ impl Config {
             None => ConfigError::Invalid(e.to_string()),
         })?;
         cfg.validate()?;
+        cfg.raw = RawConfig(Some(std::sync::Arc::new(raw)));
         Ok(cfg)
+    }
+
+    /// A section owned by another crate (e.g. `smtp`), deserialized into its own type with the
+    /// same conversions as the rest (numbers and booleans from environment strings); absent:
+    /// the type's default. Unknown keys are refused when the type says `deny_unknown_fields`.
+    pub fn section<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        name: &str,
+    ) -> Result<T, ConfigError> {
+        let Some(raw) = &self.raw.0 else {
+            return Ok(T::default());
+        };
+        match raw.get::<T>(name) {
+            Ok(v) => Ok(v),
+            Err(config::ConfigError::NotFound(_)) => Ok(T::default()),
+            Err(e) => Err(ConfigError::Invalid(format!("{name}: {e}"))),
+        }
     }
 
     /// True when no cell is configured: the embedded default.
@@ -523,6 +541,33 @@ mod tests {
         assert_eq!(k1.id(), k2.id(), "the generated key is kept");
         let e = format!("{:?}", c.security);
         assert!(!e.contains('='), "{e}");
+    }
+
+    #[test]
+    fn sections_of_other_crates_read_typed_values_from_env_and_file() {
+        #[derive(Debug, Default, serde::Deserialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        struct Smtp {
+            addr: String,
+            max_message_size: usize,
+        }
+        let c = load(
+            "[smtp]\naddr = \"127.0.0.1:25\"\n",
+            &[("POSTVAK_SMTP__MAX_MESSAGE_SIZE", "1000")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.section::<Smtp>("smtp").unwrap(),
+            Smtp {
+                addr: "127.0.0.1:25".into(),
+                max_message_size: 1000
+            }
+        );
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.section::<Smtp>("smtp").unwrap(), Smtp::default());
+        let c = load("[smtp]\nbogus = 1\n", &[]).unwrap();
+        let e = c.section::<Smtp>("smtp").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

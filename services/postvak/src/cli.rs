@@ -68,6 +68,8 @@ enum Service {
     Directory,
     /// The relay from each cell's event store to its NATS bus.
     Relay,
+    /// Inbound mail: the SMTP listener and the raw-MIME endpoint.
+    Ingest,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,7 +139,11 @@ enum BenchCommand {
 }
 
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(Config::load(path)?)
+    let cfg = Config::load(path)?;
+    // Sections owned by other crates are checked now, so a typo fails every command at once.
+    startup::smtp_settings(&cfg)?;
+    cfg.section::<postvak_ingest::RawApiSettings>("raw_api")?;
+    Ok(cfg)
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -153,6 +159,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let role = match service {
                 Service::Directory => Role::Directory,
                 Service::Relay => Role::Relay,
+                Service::Ingest => Role::Ingest,
             };
             serve(&cfg, false, role).await?;
         }
@@ -211,7 +218,10 @@ async fn serve(cfg: &Config, migrate: bool, role: Role) -> anyhow::Result<()> {
     let host = cfg.http.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
     println!("Postvak is running.");
     println!("  HTTP API:  http://{host}:{}/v1  (OpenAPI: /openapi.json, health: /healthz, /readyz, metrics: /metrics)", app.port());
-    println!("  SMTP:      not yet listening (inbound mail arrives with the ingest service)");
+    match app.smtp_port() {
+        Some(port) => println!("  SMTP:      {host}:{port}  (mail to an inbox address becomes a conversation message)"),
+        None => println!("  SMTP:      not in this process"),
+    }
     for cell in app.cells().all() {
         println!(
             "  cell {:<8} {:?} store, {:?} bus",

@@ -38,6 +38,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_directory::api::list_api_keys,
         postvak_directory::api::create_api_key,
         postvak_directory::api::revoke_api_key,
+        postvak_ingest::api::post_raw_message,
     ),
     components(schemas(postvak_proto::Problem)),
     modifiers(&BearerAuth),
@@ -46,6 +47,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "auth", description = "Logins and sessions"),
         (name = "platform", description = "Installation-wide administration"),
         (name = "directory", description = "Users, teams, inboxes, memberships and API keys"),
+        (name = "ingest", description = "Mail in: raw MIME"),
     )
 )]
 pub struct ApiDoc;

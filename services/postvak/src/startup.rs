@@ -30,6 +30,18 @@ pub enum Role {
     Directory,
     /// Only the relay from each cell's event store to its bus (`postvak run relay`).
     Relay,
+    /// Inbound mail: the SMTP listener and the raw-MIME endpoint (`postvak run ingest`).
+    Ingest,
+}
+
+/// The SMTP listener's settings from the `[smtp]` section; by default it listens on loopback
+/// only, so trying Postvak out never opens a mail port to the network.
+pub fn smtp_settings(cfg: &Config) -> anyhow::Result<postvak_ingest::SmtpSettings> {
+    let mut s: postvak_ingest::SmtpSettings = cfg.section("smtp")?;
+    if s.addr == postvak_ingest::SmtpSettings::default().addr {
+        s.addr = "127.0.0.1:2525".to_owned();
+    }
+    Ok(s)
 }
 
 /// Opens every configured cell. `migrate` runs pending migrations first (always done for
@@ -131,6 +143,7 @@ async fn check_migrated(store: &dyn EventStore, cell: &str) -> anyhow::Result<()
 pub struct Application {
     server: actix_web::dev::Server,
     port: u16,
+    smtp_port: Option<u16>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     cells: Cells,
@@ -161,6 +174,24 @@ impl Application {
             }
         }
 
+        let smtp_port = if matches!(role, Role::All | Role::Ingest) {
+            let settings = smtp_settings(cfg)?;
+            let addr = settings.addr.clone();
+            let smtp = postvak_ingest::smtp::SmtpServer::bind(settings, cells.clone())
+                .await
+                .with_context(|| format!("binding SMTP on {addr}"))?;
+            let port = smtp.port();
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = smtp.run(stop).await {
+                    tracing::error!(error = %e, "SMTP listener stopped");
+                }
+            });
+            Some(port)
+        } else {
+            None
+        };
+
         let _ = postvak_platform::telemetry::prometheus();
         let cells_data = web::Data::new(cells.clone());
         let directory_data = web::Data::new(directory);
@@ -173,6 +204,8 @@ impl Application {
                 .map(|t| t.expose().to_owned()),
         ));
         let serve_api = matches!(role, Role::All | Role::Directory);
+        let serve_ingest = matches!(role, Role::All | Role::Ingest);
+        let raw_settings: postvak_ingest::RawApiSettings = cfg.section("raw_api")?;
         let mut server = HttpServer::new(move || {
             let app = App::new()
                 .wrap(from_fn(observe))
@@ -186,8 +219,13 @@ impl Application {
                 .configure(postvak_platform::http::operational_routes)
                 .route("/openapi.json", web::get().to(openapi_json))
                 .default_service(web::to(not_found));
-            if serve_api {
+            let app = if serve_api {
                 app.configure(postvak_directory::api::routes)
+            } else {
+                app
+            };
+            if serve_ingest {
+                app.configure(postvak_ingest::api::routes_with(raw_settings.clone()))
             } else {
                 app
             }
@@ -200,6 +238,7 @@ impl Application {
         Ok(Self {
             server: server.run(),
             port,
+            smtp_port,
             cancel,
             tasks,
             cells,
@@ -211,6 +250,11 @@ impl Application {
         self.port
     }
 
+    /// The SMTP port, when this process receives mail.
+    pub fn smtp_port(&self) -> Option<u16> {
+        self.smtp_port
+    }
+
     pub fn cells(&self) -> &Cells {
         &self.cells
     }
@@ -220,6 +264,7 @@ impl Application {
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
         let result = self.server.await;
         tracing::info!("HTTP stopped; draining background work");
+        // SMTP stops taking mail; sessions in the middle of a delivery finish it first.
         self.cancel.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.grace, drain).await.is_err() {

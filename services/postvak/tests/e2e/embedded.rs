@@ -252,3 +252,51 @@ async fn traces_are_exported_over_otlp_when_configured() {
     assert_eq!(ctype, "application/x-protobuf");
     assert!(len > 0);
 }
+
+#[tokio::test]
+async fn mail_to_the_demo_inbox_is_accepted_and_strangers_are_refused() {
+    let dir = TempDir::new();
+    let server = Server::start(command(&dir));
+    let port = server.smtp_port.expect("the SMTP port is printed");
+    let events = |dir: &TempDir| -> u64 {
+        let mut c = command(dir);
+        c.args(["audit", "verify"]);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("intact"), "{out}");
+        let n = out.split(" events").next().unwrap().rsplit(' ').next().unwrap();
+        n.parse().unwrap()
+    };
+    let before = events(&dir);
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+port = int(sys.argv[1])
+m = EmailMessage()
+m["From"] = "Patient <patient@example.net>"
+m["To"] = "support@demo.postvak.test"
+m["Subject"] = "Appointment"
+m["Message-ID"] = "<e2e-1@example.net>"
+m.set_content("Can I come on Tuesday?")
+with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+    s.ehlo("client.example.net")
+    refused = s.send_message(m)
+    assert refused == {}, refused
+    try:
+        s.sendmail("x@example.net", ["nobody@nowhere.example"], m.as_bytes())
+        print("RELAYED")
+    except smtplib.SMTPRecipientsRefused as e:
+        code = list(e.recipients.values())[0][0]
+        print("REFUSED", code)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .output()
+        .expect("python3 is needed for this test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("REFUSED 550"), "never an open relay: {stdout}");
+    // The accepted mail is one committed event (the refused one none); the log verifies.
+    drop(server);
+    assert_eq!(events(&dir), before + 1);
+}

@@ -17,6 +17,7 @@ pub fn command(dir: &TempDir) -> Command {
     }
     c.env("POSTVAK_DATA_DIR", dir.path())
         .env("POSTVAK_HTTP__ADDR", "127.0.0.1:0")
+        .env("POSTVAK_SMTP__ADDR", "127.0.0.1:0")
         .env("POSTVAK_HTTP__SHUTDOWN_GRACE_SECS", "5")
         .env("POSTVAK_TELEMETRY__LOG_LEVEL", "warn")
         .current_dir(dir.path());
@@ -28,6 +29,7 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub api_key: Option<String>,
+    pub smtp_port: Option<u16>,
 }
 
 impl Server {
@@ -59,12 +61,20 @@ impl Server {
         let mut lines = Vec::new();
         let mut base = None;
         let mut api_key = None;
+        let mut smtp_port = None;
         while Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
                     if let Some(rest) = line.trim().strip_prefix("HTTP API:") {
                         let url = rest.split_whitespace().next().unwrap();
                         base = Some(url.trim_end_matches("/v1").to_owned());
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("SMTP:") {
+                        smtp_port = rest
+                            .split_whitespace()
+                            .next()
+                            .and_then(|a| a.rsplit_once(':'))
+                            .and_then(|(_, p)| p.parse().ok());
                     }
                     if let Some(rest) = line.trim().strip_prefix("admin API key:") {
                         api_key = Some(rest.trim().to_owned());
@@ -91,6 +101,7 @@ impl Server {
             child,
             base,
             api_key,
+            smtp_port,
         }
     }
 
