@@ -75,3 +75,23 @@ fn missing_master_key_with_configured_cells() {
     let (code, _, err) = run(c);
     assert_clean_failure(code, &err, "master_key");
 }
+
+#[test]
+fn the_example_configuration_loads() {
+    let dir = TempDir::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/postvak.example.toml");
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+    let mut c = command(&dir);
+    c.args(["--config", example, "openapi", "--check", doc]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn a_typo_in_the_smtp_section_is_named() {
+    let dir = TempDir::new();
+    let mut c = command(&dir);
+    c.env("POSTVAK_SMTP__MAX_MESAGE_SIZE", "10").arg("migrate");
+    let (code, _, err) = run(c);
+    assert_clean_failure(code, &err, "max_mesage_size");
+}
