@@ -7,8 +7,10 @@ use crate::repo::{self, Claim};
 use crate::settings::RawApiSettings;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use postvak_core::access::InboxRole;
+use postvak_directory::Directory;
 use postvak_platform::auth::Authenticated;
-use postvak_platform::cell::{Cells, Principal};
+use postvak_platform::cell::Cells;
 use postvak_platform::http::ApiError;
 use postvak_proto::Problem;
 use postvak_proto::events::ingest::{EnvelopeV1, RawMessageAccepted};
@@ -16,8 +18,9 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Registers the ingest routes with default settings. Needs `web::Data<Cells>` and the
-/// authenticator as app data (the binary registers both).
+/// Registers the ingest routes with default settings. Needs `web::Data<Cells>`,
+/// `web::Data<Directory>` and the authenticator as app data (the binary registers all three);
+/// a `web::Data<Ingestor>` is used when present (it caches the tenants' index keys).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     routes_with(RawApiSettings::default())(cfg)
 }
@@ -30,23 +33,6 @@ pub fn routes_with(settings: RawApiSettings) -> impl FnOnce(&mut web::ServiceCon
                 .app_data(web::Data::new(settings))
                 .route(web::post().to(post_raw_message)),
         );
-    }
-}
-
-fn require_write(p: &Principal) -> Result<(), ApiError> {
-    let ok = match p {
-        Principal::ApiKey { scopes, .. } => scopes.iter().any(|s| s == "write" || s == "admin"),
-        Principal::Service { .. } => true,
-        // Per-inbox grants for users come with memberships; until then users may post.
-        Principal::User { .. } => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(
-            ApiError::forbidden("insufficient_scope", "Insufficient scope")
-                .with_detail("this call needs the \"write\" scope"),
-        )
     }
 }
 
@@ -71,14 +57,20 @@ fn require_write(p: &Principal) -> Result<(), ApiError> {
 pub async fn post_raw_message(
     req: HttpRequest,
     cells: web::Data<Cells>,
+    directory: web::Data<Directory>,
     auth: Authenticated,
     path: web::Path<Uuid>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = auth.0;
     tracing::Span::current().record("tenant_id", tracing::field::display(ctx.tenant()));
-    require_write(ctx.principal())?;
     let inbox = path.into_inner();
+    // Posting mail into an inbox needs the `reply` permission on it (an API key's `write`
+    // scope); none at all answers 404, like a missing inbox.
+    directory
+        .access(&ctx)
+        .await?
+        .require_inbox(inbox, InboxRole::Reply)?;
     let content_type = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)

@@ -9,7 +9,6 @@ use postvak_ingest::smtp::SmtpServer;
 use postvak_ingest::standalone;
 use postvak_ingest::{Ingestor, pipeline};
 use postvak_platform::cell::{Cells, Principal, TenantContext};
-use postvak_platform::store::TenantId;
 use postvak_platform::testkit;
 use postvak_proto::events::ingest::MessageReceivedV1;
 use std::path::{Path, PathBuf};
@@ -26,8 +25,6 @@ pub enum Backend {
     Postgres,
 }
 
-pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
-
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -39,15 +36,12 @@ pub fn init_logs() {
 
 #[derive(Debug)]
 pub struct TestEnv {
-    pub backend: Backend,
     pub url: String,
     pub master_b64: String,
     pub cells: Cells,
     pub directory: Directory,
-    pub tenant: TenantId,
     pub ctx: TenantContext,
     pub inbox: Uuid,
-    pub address: String,
     pub ingestor: Ingestor,
     _tmp: Option<testkit::TempDir>,
 }
@@ -71,27 +65,23 @@ impl TestEnv {
             .context(tenant, Principal::Service { name: "test" })
             .await
             .unwrap();
-        let address = "support@acme.test".to_owned();
         let inbox = directory
             .create_inbox(
                 &ctx,
                 "Support",
-                &[address.clone(), "help@acme.test".to_owned()],
+                &["support@acme.test".to_owned(), "help@acme.test".to_owned()],
             )
             .await
             .unwrap()
             .id;
         let ingestor = Ingestor::new(cells.clone());
         Self {
-            backend,
             url,
             master_b64,
             cells,
             directory,
-            tenant,
             ctx,
             inbox,
-            address,
             ingestor,
             _tmp: tmp,
         }

@@ -3,5 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api;
+mod bench;
+mod corpora;
+mod crash;
+mod dedupe;
 mod helpers;
+mod props;
 mod smtp;
