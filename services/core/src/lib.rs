@@ -5,6 +5,7 @@
 pub mod access;
 pub mod aggregate;
 pub mod chain;
+pub mod conversation;
 pub mod directory;
 
 pub use aggregate::Aggregate;
