@@ -8,6 +8,7 @@
 pub mod api;
 mod codec;
 pub mod identity;
+pub mod sso;
 mod projection;
 
 use async_trait::async_trait;
