@@ -1016,12 +1016,24 @@ fn allowed_algs(metadata: &Metadata) -> Vec<CoreJwsSigningAlgorithm> {
     }
 }
 
+/// Why `verify_with` failed: an unknown key may be a rotated one, worth one JWKS refetch.
+enum VerifyFailure {
+    UnknownKey,
+    Refused(SsoError),
+}
+
+impl From<SsoError> for VerifyFailure {
+    fn from(e: SsoError) -> Self {
+        Self::Refused(e)
+    }
+}
+
 fn verify_with(
     settings: &SsoSettings,
     metadata: &Metadata,
     token: &SsoIdToken,
     nonce: &str,
-) -> Result<VerifiedIdentity, SsoError> {
+) -> Result<VerifiedIdentity, VerifyFailure> {
     let issuer = IssuerUrl::new(settings.issuer.clone())
         .map_err(|e| SsoError::InvalidSettings(format!("issuer: {e}")))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -1041,7 +1053,12 @@ fn verify_with(
         }
     });
     let nonce = Nonce::new(nonce.to_owned());
-    let claims = token.claims(&verifier, &nonce).map_err(map_claims_error)?;
+    let claims = token.claims(&verifier, &nonce).map_err(|e| match e {
+        ClaimsVerificationError::SignatureVerification(
+            SignatureVerificationError::NoMatchingKey,
+        ) => VerifyFailure::UnknownKey,
+        other => VerifyFailure::Refused(map_claims_error(other)),
+    })?;
     let role_values = match settings.role_claim.as_deref() {
         None => Vec::new(),
         Some(name) => match claims.additional_claims().0.get(name) {
@@ -1265,8 +1282,8 @@ impl Sso {
         let settings = load_settings(dir, tenant)
             .await?
             .ok_or(SsoError::NotConfigured)?;
-        let base = self.inner.public_url.as_deref().or(request_base);
-        let redirect_uri = validate_redirect(redirect_uri, base)?;
+        // Absolute redirects only to the configured origin: a request's Host is not trusted.
+        let redirect_uri = validate_redirect(redirect_uri, self.inner.public_url.as_deref())?;
         let callback = self.callback_url(request_base)?;
         let metadata = self.discover(&settings.issuer).await?;
         let client = CoreClient::from_provider_metadata(
@@ -1511,14 +1528,22 @@ impl Sso {
             .parse()
             .map_err(|e| SsoError::InvalidIdToken(format!("not a valid ID token: {e}")))?;
         let metadata = self.discover(&settings.issuer).await?;
+        let unknown_key = || {
+            SsoError::InvalidIdToken(
+                "no key of the issuer's JWKS matches the token's kid and alg".into(),
+            )
+        };
         match verify_with(settings, &metadata, &token, nonce) {
-            Err(SsoError::InvalidIdToken(m)) if m.starts_with("no key") => {
-                match self.refresh_jwks(&settings.issuer).await? {
-                    Some(fresh) => verify_with(settings, &fresh, &token, nonce),
-                    None => Err(SsoError::InvalidIdToken(m)),
-                }
-            }
-            other => other,
+            Ok(id) => Ok(id),
+            Err(VerifyFailure::Refused(e)) => Err(e),
+            Err(VerifyFailure::UnknownKey) => match self.refresh_jwks(&settings.issuer).await? {
+                Some(fresh) => match verify_with(settings, &fresh, &token, nonce) {
+                    Ok(id) => Ok(id),
+                    Err(VerifyFailure::Refused(e)) => Err(e),
+                    Err(VerifyFailure::UnknownKey) => Err(unknown_key()),
+                },
+                None => Err(unknown_key()),
+            },
         }
     }
 
@@ -1818,5 +1843,163 @@ pub async fn sso_callback(
                 user_id: login.session.user_id,
                 expires_at: login.session.expires_at,
             })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(v: serde_json::Value) -> SsoSettingsInput {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn settings(v: serde_json::Value) -> SsoSettings {
+        validate_settings(TenantId(Uuid::nil()), &input(v)).unwrap()
+    }
+
+    fn identity(acr: Option<&str>, amr: &[&str], roles: &[&str]) -> VerifiedIdentity {
+        VerifiedIdentity {
+            issuer: "https://idp.example".into(),
+            subject: "s".into(),
+            email: Some("a@a.example".into()),
+            email_verified: Some(true),
+            name: None,
+            acr: acr.map(str::to_owned),
+            amr: amr.iter().map(|s| (*s).to_owned()).collect(),
+            role_values: roles.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn issuers_are_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example",
+            "https://idp.example/realms/x",
+            "http://127.0.0.1:8080",
+            "http://localhost:3000/",
+            "http://[::1]:9000",
+        ] {
+            assert!(validate_issuer(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://idp.example",
+            "ftp://idp.example",
+            "https://idp.example/?a=1",
+            "https://idp.example/#x",
+            "https://u:p@idp.example",
+            "idp.example",
+            "",
+        ] {
+            assert!(
+                matches!(validate_issuer(bad), Err(SsoError::InvalidSettings(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn redirects_stay_on_site() {
+        assert_eq!(validate_redirect("/inbox?x=1", None).unwrap(), "/inbox?x=1");
+        let base = Some("https://api.example");
+        assert!(validate_redirect("https://api.example/app", base).is_ok());
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example/",
+            "https://api.example.evil.example/",
+            "javascript:alert(1)",
+            "/a b",
+        ] {
+            assert!(validate_redirect(bad, base).is_err(), "{bad}");
+        }
+        assert!(
+            validate_redirect("https://api.example/app", None).is_err(),
+            "no trusted origin"
+        );
+    }
+
+    #[test]
+    fn settings_are_normalised_and_owners_are_never_assigned() {
+        let s = settings(serde_json::json!({
+            "issuer": "https://idp.example", "client_id": " c ", "allowed_domains": ["@A.Example", "a.example"],
+            "role_claim": "groups", "role_mapping": {"leads": "admin", "staff": "agent"},
+            "required_amr": ["otp", "otp"],
+        }));
+        assert_eq!(s.client_id, "c");
+        assert_eq!(s.allowed_domains, ["a.example"]);
+        assert_eq!(s.default_role, TenantRole::Viewer);
+        assert_eq!(s.required_amr, ["otp"]);
+        for bad in [
+            serde_json::json!({"issuer": "https://i.example", "client_id": "c", "default_role": "owner"}),
+            serde_json::json!({"issuer": "https://i.example", "client_id": "c", "role_claim": "g", "role_mapping": {"x": "owner"}}),
+        ] {
+            assert!(matches!(
+                validate_settings(TenantId(Uuid::nil()), &input(bad)),
+                Err(SsoError::InvalidRole(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn the_highest_mapped_role_wins_else_the_default() {
+        let s = settings(serde_json::json!({
+            "issuer": "https://idp.example", "client_id": "c", "default_role": "agent",
+            "role_claim": "groups", "role_mapping": {"leads": "admin", "staff": "viewer"},
+        }));
+        assert_eq!(
+            mapped_role(&s, &identity(None, &[], &["staff", "leads"])),
+            TenantRole::Admin
+        );
+        assert_eq!(
+            mapped_role(&s, &identity(None, &[], &["staff"])),
+            TenantRole::Viewer
+        );
+        assert_eq!(
+            mapped_role(&s, &identity(None, &[], &["other"])),
+            TenantRole::Agent
+        );
+    }
+
+    #[test]
+    fn mfa_policy_needs_the_acr_and_every_amr() {
+        let s = settings(serde_json::json!({
+            "issuer": "https://idp.example", "client_id": "c",
+            "required_acr": ["gold", "platinum"], "required_amr": ["pwd", "otp"],
+        }));
+        assert!(check_mfa(&s, &identity(Some("gold"), &["pwd", "otp", "x"], &[])).is_ok());
+        for (acr, amr) in [
+            (Some("silver"), vec!["pwd", "otp"]),
+            (None, vec!["pwd", "otp"]),
+            (Some("gold"), vec!["pwd"]),
+            (Some("gold"), vec![]),
+        ] {
+            assert!(
+                matches!(
+                    check_mfa(&s, &identity(acr, &amr, &[])),
+                    Err(SsoError::MfaRequired(_))
+                ),
+                "{acr:?} {amr:?}"
+            );
+        }
+        let open = settings(serde_json::json!({"issuer": "https://idp.example", "client_id": "c"}));
+        assert!(check_mfa(&open, &identity(None, &[], &[])).is_ok());
+    }
+
+    #[test]
+    fn unsigned_tokens_are_recognised_from_the_header() {
+        assert_eq!(header_alg("eyJhbGciOiJub25lIn0.e30.").unwrap(), "none");
+        assert!(header_alg("").is_err());
+        assert!(header_alg("!!!.e30.").is_err());
+    }
+
+    #[test]
+    fn only_the_client_secret_is_redacted_from_debug() {
+        let i = input(
+            serde_json::json!({"issuer": "https://i.example", "client_id": "c", "client_secret": "hunter2"}),
+        );
+        assert!(!format!("{i:?}").contains("hunter2"));
+        let s = validate_settings(TenantId(Uuid::nil()), &i).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }
