@@ -341,7 +341,7 @@ impl Directory {
         only: Option<Uuid>,
     ) -> Result<Vec<User>, ServiceError> {
         let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
-        let rows: Vec<(Uuid, Vec<u8>, Uuid, String, bool, i64, bool)> = on_tx!(&mut tx, |c| sqlx::query(
+        let rows: Vec<UserRow> = on_tx!(&mut tx, |c| sqlx::query(
             "SELECT u.user_id, u.profile, u.profile_key, u.role, u.disabled, u.created_at, \
                     (cr.totp_last_step IS NOT NULL) \
              FROM users u LEFT JOIN user_credentials cr \
@@ -579,7 +579,7 @@ impl Directory {
         enrolling: bool,
     ) -> Result<Result<(), LoginError>, ServiceError> {
         let mut tx = ctx.cell().db().tenant_tx(tenant, true).await?;
-        let row: Option<(Option<Vec<u8>>, Option<Uuid>, Option<i64>)> = on_tx!(&mut tx, |c| sqlx::query(
+        let row: Option<TotpRow> = on_tx!(&mut tx, |c| sqlx::query(
             "SELECT totp_secret, totp_key, totp_last_step FROM user_credentials \
              WHERE tenant_id = $1 AND user_id = $2"
         )
@@ -1312,6 +1312,11 @@ impl Directory {
     }
 }
 
+/// user_id, sealed profile, its key, role, disabled, created_at, TOTP confirmed.
+type UserRow = (Uuid, Vec<u8>, Uuid, String, bool, i64, bool);
+/// sealed TOTP secret, its key, last accepted step.
+type TotpRow = (Option<Vec<u8>>, Option<Uuid>, Option<i64>);
+/// grant_id, inbox_id, grantee kind, grantee id, role, valid_from, valid_until.
 type GrantRow = (Uuid, Uuid, String, Uuid, String, Option<i64>, Option<i64>);
 
 fn grant_from_row((grant_id, inbox_id, kind, id, role, from, until): GrantRow) -> Option<Grant> {

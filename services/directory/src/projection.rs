@@ -170,6 +170,9 @@ async fn addresses_of(
     Ok(out)
 }
 
+/// inbox_id, name, created_at, signature, timezone, business_hours (JSON).
+type InboxRow = (Uuid, String, i64, Option<String>, Option<String>, Option<String>);
+
 /// Which inboxes to list.
 #[derive(Debug, Clone)]
 pub(crate) enum InboxFilter {
@@ -190,7 +193,7 @@ pub(crate) async fn list_inboxes(
     let after = after.unwrap_or(Uuid::nil());
     let limit = i64::from(limit.clamp(1, 201));
     let mut tx = cell_db.tenant_tx(tenant, false).await?;
-    let rows: Vec<(Uuid, String, i64, Option<String>, Option<String>, Option<String>)> =
+    let rows: Vec<InboxRow> =
         on_tx!(&mut tx, |c| sqlx::query(
             "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
              WHERE tenant_id = $1 AND inbox_id > $2 ORDER BY inbox_id LIMIT $3"

@@ -100,6 +100,10 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     #[serde(default)]
     pub workers: Option<usize>,
+    /// The URL clients reach this service at (behind a proxy or ingress), e.g.
+    /// `https://inbox.example.com`: OIDC redirect URIs are built from it.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -108,6 +112,7 @@ impl Default for HttpConfig {
             addr: default_http_addr(),
             shutdown_grace_secs: default_grace(),
             workers: None,
+            public_url: None,
         }
     }
 }

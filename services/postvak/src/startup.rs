@@ -204,6 +204,10 @@ impl Application {
                 .map(|t| t.expose().to_owned()),
         ));
         let serve_api = matches!(role, Role::All | Role::Directory);
+        let sso = web::Data::new(
+            postvak_directory::sso::Sso::new(cfg.http.public_url.as_deref())
+                .map_err(|e| anyhow::anyhow!("http.public_url: {e}"))?,
+        );
         let serve_ingest = matches!(role, Role::All | Role::Ingest);
         let raw_settings: postvak_ingest::RawApiSettings = cfg.section("raw_api")?;
         let mut server = HttpServer::new(move || {
@@ -213,6 +217,7 @@ impl Application {
                 .app_data(directory_data.clone())
                 .app_data(auth_data.clone())
                 .app_data(platform_token.clone())
+                .app_data(sso.clone())
                 .app_data(postvak_platform::http::json_config())
                 .app_data(postvak_platform::http::query_config())
                 .app_data(postvak_platform::http::path_config())
@@ -221,6 +226,7 @@ impl Application {
                 .default_service(web::to(not_found));
             let app = if serve_api {
                 app.configure(postvak_directory::api::routes)
+                    .configure(postvak_directory::sso::routes)
             } else {
                 app
             };
