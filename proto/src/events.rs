@@ -187,4 +187,5 @@ pub mod identity {
     }
 }
 
+pub mod conversation;
 pub mod ingest;

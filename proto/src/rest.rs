@@ -320,3 +320,5 @@ pub struct CreatedTenant {
     pub owner: User,
     pub api_key: IssuedApiKey,
 }
+
+pub mod conversation;

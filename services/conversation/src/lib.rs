@@ -1,2 +1,401 @@
-//! The conversation service: conversations, messages, notes, drafts, templates, tags,
-//! participants and the live stream. Not built yet (its own issue).
+//! The conversation service: conversations opened from received mail (or by an agent), their
+//! messages, replies sent as the inbox, internal notes, status, snooze, priority, tags,
+//! assignment (exclusive claim), participants with hand-offs and archive-from-own-view, move
+//! and merge; the `/v1/conversations` API and the read models behind it.
+//!
+//! Writes: load the stream, `decide` (pure, `postvak_core::conversation`), append with the
+//! version that was read (a concurrent change is a conflict, never a lost write), then update
+//! the read model right after (ADR 0003), idempotently; the projection consumer applies the
+//! same events again from the log, so a crash between the two steps only delays the view.
+//!
+//! The participant snapshot needs an inbox's members: for now the directory library is called
+//! in-process (`Directory::grants`, `list_teams`) rather than over a command.
+
+pub mod api;
+mod codec;
+mod idempotency;
+pub mod inbound;
+mod projection;
+
+use postvak_core::Aggregate;
+use postvak_core::access::{Grantee, InboxRole};
+use postvak_core::conversation::{
+    Actor, Conversation, ConversationCommand, ConversationError, ConversationEvent,
+};
+use postvak_directory::Directory;
+use postvak_directory::identity::Access;
+use postvak_platform::cell::{CellError, Cells, Principal, TenantContext};
+use postvak_platform::store::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef};
+use postvak_proto::events::conversation as ev;
+use std::collections::BTreeSet;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use inbound::start_consumers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Domain(#[from] ConversationError),
+    #[error("not found")]
+    NotFound,
+    /// The caller's view (`If-Match`) is older than the conversation.
+    #[error("the conversation is at version {current}, not {seen}")]
+    Stale { seen: u64, current: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Directory(#[from] postvak_directory::ServiceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cell(#[from] CellError),
+}
+
+pub(crate) fn stream(id: Uuid) -> StreamRef {
+    StreamRef::new(ev::STREAM_CONVERSATION, format!("conv-{id}"))
+}
+
+pub(crate) fn now_us() -> i64 {
+    postvak_platform::store::micros(OffsetDateTime::now_utc())
+}
+
+/// A loaded conversation with the events that built it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub state: Conversation,
+    pub events: Vec<RecordedEvent>,
+}
+
+/// The outcome of a change.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    pub state: Conversation,
+    pub events: Vec<ConversationEvent>,
+}
+
+/// The conversation service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Conversations {
+    cells: Cells,
+    directory: Directory,
+}
+
+/// How many times a change is retried when another writer got there first.
+const MAX_ATTEMPTS: usize = 8;
+
+impl Conversations {
+    pub fn new(cells: Cells) -> Self {
+        Self {
+            directory: Directory::new(cells.clone()),
+            cells,
+        }
+    }
+
+    pub fn cells(&self) -> &Cells {
+        &self.cells
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The conversation as its stream tells it.
+    pub async fn load(&self, ctx: &TenantContext, id: Uuid) -> Result<Loaded, ServiceError> {
+        let events = ctx.read_stream(&stream(id)).await?;
+        let mut state = Conversation::default();
+        for e in &events {
+            state = state.evolve(&codec::decode(e)?);
+        }
+        Ok(Loaded { state, events })
+    }
+
+    /// Users who are members of `inbox` now: direct grants and members of granted teams.
+    pub async fn members_of(
+        &self,
+        ctx: &TenantContext,
+        inbox: Uuid,
+    ) -> Result<Vec<Uuid>, ServiceError> {
+        let now = OffsetDateTime::now_utc();
+        let grants = self.directory.grants(ctx, Some(inbox)).await?;
+        let mut users = BTreeSet::new();
+        let mut teams = BTreeSet::new();
+        for g in grants.iter().filter(|g| g.in_force(now)) {
+            match g.grantee {
+                Grantee::User(u) => {
+                    users.insert(u);
+                }
+                Grantee::Team(t) => {
+                    teams.insert(t);
+                }
+            }
+        }
+        if !teams.is_empty() {
+            for team in self.directory.list_teams(ctx, None).await? {
+                if teams.contains(&team.id) {
+                    users.extend(team.members);
+                }
+            }
+        }
+        Ok(users.into_iter().collect())
+    }
+
+    /// Runs `make` against the current state and appends what it decides, retrying when
+    /// someone else wrote in between. With `if_match`, a conversation that moved on since is
+    /// [`ServiceError::Stale`] — unless the decision itself fails (e.g. claimed by someone
+    /// else), which is the more useful answer.
+    pub async fn change<F>(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        if_match: Option<u64>,
+        make: F,
+    ) -> Result<Changed, ServiceError>
+    where
+        F: Fn(&Conversation) -> Result<Vec<ConversationCommand>, ServiceError>,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let loaded = self.load(ctx, id).await?;
+            let state = loaded.state;
+            let decided = make(&state).and_then(|cmds| {
+                let mut s = state.clone();
+                let mut out = Vec::new();
+                for cmd in cmds {
+                    let events = s.decide(cmd)?;
+                    for e in &events {
+                        s = s.evolve(e);
+                    }
+                    out.extend(events);
+                }
+                Ok((s, out))
+            });
+            let (next, events) = decided?;
+            if let Some(seen) = if_match
+                && seen != state.version
+            {
+                return Err(ServiceError::Stale {
+                    seen,
+                    current: state.version,
+                });
+            }
+            if events.is_empty() {
+                return Ok(Changed {
+                    state: next,
+                    events,
+                });
+            }
+            let expected = if state.version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(state.version)
+            };
+            let conv = next.id.unwrap_or(id);
+            let new_events = events
+                .iter()
+                .map(|e| {
+                    let (t, v, payload) = codec::encode(e, conv, next.inbox_id)?;
+                    Ok(NewEvent::new(t, v, payload))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            match ctx.append(&stream(id), expected, new_events).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if let Err(e) = self.project(ctx, &next, state.version + 1, &events).await {
+                // The projection consumer applies these events again from the log.
+                tracing::warn!(error = %e, conversation_id = %id, "read model update deferred");
+            }
+            return Ok(Changed {
+                state: next,
+                events,
+            });
+        }
+        Err(ServiceError::Store(StoreError::Conflict {
+            stream_id: stream(id).stream_id,
+            expected: ExpectedVersion::Any,
+            actual: 0,
+        }))
+    }
+
+    /// Writes the read model for `events` (applied from `first_version` on) right after the
+    /// append. Idempotent.
+    async fn project(
+        &self,
+        ctx: &TenantContext,
+        state: &Conversation,
+        first_version: u64,
+        events: &[ConversationEvent],
+    ) -> Result<(), StoreError> {
+        let keyring = ctx.cell().store.keyring();
+        let prepared =
+            projection::prepare(keyring, ctx.tenant(), state, first_version, events).await?;
+        let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
+        projection::write(&mut tx, ctx.tenant(), &prepared).await?;
+        tx.commit().await
+    }
+}
+
+/// How a principal acts in the aggregate.
+pub(crate) fn actor_of(p: &Principal) -> Actor {
+    match p {
+        Principal::User { user_id, role } if role.administers_tenant() => Actor::Admin(*user_id),
+        Principal::User { user_id, .. } => Actor::User(*user_id),
+        Principal::ApiKey { .. } | Principal::Service { .. } => Actor::System,
+    }
+}
+
+/// The permission a caller holds on a conversation: the best of their roles on the inboxes
+/// holding it; a user must also take part in it (the inbox's members when it started, and
+/// those added since). A person handed the conversation may answer it even without a grant.
+/// `None` = it doesn't exist for them (404).
+pub(crate) fn conversation_role(
+    access: &Access,
+    inboxes: &[Uuid],
+    participant: Option<bool>,
+) -> Option<InboxRole> {
+    let best = inboxes.iter().filter_map(|i| access.inbox_role(*i)).max();
+    match &access.principal {
+        Principal::User { role, .. } if role.administers_tenant() => Some(InboxRole::Admin),
+        Principal::User { .. } => match participant {
+            None => None,
+            Some(true) => Some(best.map_or(InboxRole::Reply, |b| b.max(InboxRole::Reply))),
+            Some(false) => best,
+        },
+        Principal::ApiKey { .. } | Principal::Service { .. } => best,
+    }
+}
+
+/// `participant` argument of [`conversation_role`] from the aggregate: `Some(explicitly
+/// added)` for a participant user.
+pub(crate) fn participation(state: &Conversation, user: Option<Uuid>) -> Option<bool> {
+    let u = user?;
+    state.users.get(&u).map(|sources| sources.contains(&None))
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<postvak_proto::rest::conversation::Conversation>,
+    pub next_cursor: Option<String>,
+}
+
+impl Conversations {
+    pub(crate) async fn row(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+    ) -> Result<Option<projection::ConversationRow>, ServiceError> {
+        let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
+        let row = projection::get(&mut tx, ctx.tenant(), id).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// A conversation with its messages and notes, from the read model (no permission check:
+    /// the API checks first).
+    pub async fn get(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+    ) -> Result<postvak_proto::rest::conversation::ConversationDetail, ServiceError> {
+        let keyring = ctx.cell().store.keyring();
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let row = projection::get(&mut tx, t, id)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        let messages = projection::messages(&mut tx, t, id, 0).await?;
+        let notes = projection::notes(&mut tx, t, id).await?;
+        tx.commit().await?;
+        let mut out_messages = Vec::with_capacity(messages.len());
+        for m in &messages {
+            out_messages.push(projection::message_dto(keyring, t, m).await?);
+        }
+        let mut out_notes = Vec::with_capacity(notes.len());
+        for n in &notes {
+            out_notes.push(projection::note_dto(keyring, t, n).await?);
+        }
+        Ok(postvak_proto::rest::conversation::ConversationDetail {
+            conversation: projection::conversation_dto(keyring, t, &row).await?,
+            messages: out_messages,
+            notes: out_notes,
+        })
+    }
+
+    /// Messages added after version `after` (for a stale view).
+    pub async fn messages_since(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        after: u64,
+    ) -> Result<Vec<postvak_proto::rest::conversation::ConversationMessage>, ServiceError> {
+        let keyring = ctx.cell().store.keyring();
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let messages =
+            projection::messages(&mut tx, t, id, i64::try_from(after).unwrap_or(i64::MAX)).await?;
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(messages.len());
+        for m in &messages {
+            out.push(projection::message_dto(keyring, t, m).await?);
+        }
+        Ok(out)
+    }
+
+    /// A page of conversations matching `filter` that `visible` lets through, newest change
+    /// first.
+    pub(crate) async fn list(
+        &self,
+        ctx: &TenantContext,
+        filter: &projection::ListFilter,
+        cursor: Option<projection::Cursor>,
+        limit: usize,
+        visible: impl Fn(&projection::ConversationRow) -> bool,
+    ) -> Result<Page, ServiceError> {
+        let keyring = ctx.cell().store.keyring();
+        let t = ctx.tenant();
+        let mut after = cursor.unwrap_or(projection::Cursor::START);
+        let mut rows = Vec::new();
+        let batch = i64::try_from(limit.saturating_mul(2).max(20)).unwrap_or(200);
+        let mut more = false;
+        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        'fill: loop {
+            let page = projection::list(&mut tx, t, filter, after, batch).await?;
+            let exhausted = (page.len() as i64) < batch;
+            for r in page {
+                after = projection::Cursor {
+                    updated_us: r.updated_us,
+                    id: r.id,
+                };
+                if visible(&r) {
+                    if rows.len() == limit {
+                        more = true;
+                        break 'fill;
+                    }
+                    rows.push(r);
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        tx.commit().await?;
+        let next_cursor = if more {
+            rows.last().map(|r| {
+                projection::Cursor {
+                    updated_us: r.updated_us,
+                    id: r.id,
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            items.push(projection::conversation_dto(keyring, t, r).await?);
+        }
+        Ok(Page { items, next_cursor })
+    }
+}

@@ -390,6 +390,8 @@ pub struct Conversation {
     /// Every Message-ID of the thread, oldest first: the `References` of a reply.
     pub thread_ids: Vec<String>,
     pub subject: Option<String>,
+    /// The start of the latest message, for lists.
+    pub snippet: String,
     /// Who a reply goes to by default: the `Reply-To` (or `From`) of the latest inbound mail.
     pub reply_target: Vec<Mailbox>,
     pub merged_into: Option<Uuid>,
@@ -1056,6 +1058,7 @@ impl Aggregate for Conversation {
                 if self.subject.is_none() {
                     self.subject = m.subject.clone();
                 }
+                self.snippet = m.snippet.clone();
                 if direction == Direction::Inbound {
                     let target = if m.reply_to.is_empty() {
                         &m.from

@@ -43,6 +43,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity",
         include_str!("../../../migrations/postgres/0005_identity.sql"),
     ),
+    (
+        6,
+        "conversation",
+        include_str!("../../../migrations/postgres/0006_conversation.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -67,6 +72,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "identity",
         include_str!("../../../migrations/sqlite/0005_identity.sql"),
+    ),
+    (
+        6,
+        "conversation",
+        include_str!("../../../migrations/sqlite/0006_conversation.sql"),
     ),
 ];
 

@@ -1,0 +1,281 @@
+//! REST DTOs of the conversation service (`/v1/conversations…`).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A name and an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Mailbox {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub address: String,
+}
+
+/// An inbox taking part in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationInbox {
+    pub inbox_id: Uuid,
+    /// Archived from this inbox's view (still live for the other participants).
+    pub archived: bool,
+}
+
+/// A conversation as lists show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Conversation {
+    pub id: Uuid,
+    /// The inbox it belongs to.
+    pub inbox_id: Uuid,
+    /// `open`, `pending`, `closed`, `spam`.
+    pub status: String,
+    /// `low`, `normal`, `high`, `urgent`.
+    pub priority: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<Uuid>,
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The start of the latest message.
+    pub snippet: String,
+    /// The customer side: who replies go to by default.
+    pub contacts: Vec<Mailbox>,
+    /// Participant users (snapshot of the inbox's members when it started, plus those added).
+    pub participants: Vec<Uuid>,
+    pub inboxes: Vec<ConversationInbox>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub snoozed_until: Option<OffsetDateTime>,
+    pub message_count: u64,
+    pub note_count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+    /// The stream version: the `ETag`; send it back as `If-Match` with a change.
+    pub version: u64,
+}
+
+/// A page of conversations, newest change first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationPage {
+    pub items: Vec<Conversation>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationMessage {
+    pub id: Uuid,
+    /// `inbound` or `outbound` (a reply sent as the inbox: the shared mailbox's sent item).
+    pub direction: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub from: Vec<Mailbox>,
+    pub to: Vec<Mailbox>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<Mailbox>,
+    pub snippet: String,
+    /// Outbound: the text written. Inbound bodies are blobs of the ingest service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_blob_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html_blob_id: Option<Uuid>,
+    pub attachments: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_reply_to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
+    /// Outbound: the agent who wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Uuid>,
+    pub auto_reply: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
+/// An internal note (never sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Note {
+    pub id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Uuid>,
+    pub body: String,
+    pub mentions: Vec<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
+/// A conversation with its messages and notes, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationDetail {
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    pub messages: Vec<ConversationMessage>,
+    pub notes: Vec<Note>,
+}
+
+/// Body of `POST /v1/conversations`: an agent writes first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversation {
+    pub inbox_id: Uuid,
+    pub to: Vec<Mailbox>,
+    #[serde(default)]
+    pub cc: Vec<Mailbox>,
+    pub subject: String,
+    pub body: String,
+}
+
+/// Body of `POST /v1/conversations/{id}/replies`. Sent from the inbox's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReply {
+    pub body: String,
+    /// Default: the sender (or `Reply-To`) of the latest inbound message.
+    #[serde(default)]
+    pub to: Vec<Mailbox>,
+    #[serde(default)]
+    pub cc: Vec<Mailbox>,
+    /// Default: `Re: ` + the conversation's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// Body of `POST /v1/conversations/{id}/notes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNote {
+    pub body: String,
+    /// Users mentioned (`@`): they are notified.
+    #[serde(default)]
+    pub mentions: Vec<Uuid>,
+}
+
+/// Body of `PUT /v1/conversations/{id}/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetStatus {
+    /// `open`, `pending`, `closed`, `spam`.
+    pub status: String,
+}
+
+/// Body of `PUT /v1/conversations/{id}/snooze`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Snooze {
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: OffsetDateTime,
+}
+
+/// Body of `PUT /v1/conversations/{id}/priority`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPriority {
+    /// `low`, `normal`, `high`, `urgent`.
+    pub priority: String,
+}
+
+/// Body of `POST /v1/conversations/{id}/tags`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddTag {
+    pub tag: String,
+}
+
+/// Body of `PUT /v1/conversations/{id}/assignee`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Assign {
+    pub user_id: Uuid,
+}
+
+/// Body of `POST /v1/conversations/{id}/participants`: exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddParticipant {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_id: Option<Uuid>,
+}
+
+/// Body of `POST /v1/conversations/{id}/archive`: archive from this inbox's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveForInbox {
+    pub inbox_id: Uuid,
+}
+
+/// Body of `POST /v1/conversations/{id}/move`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveConversation {
+    pub inbox_id: Uuid,
+}
+
+/// Body of `POST /v1/conversations/{id}/merge`: merge this conversation into `into`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConversation {
+    pub into: Uuid,
+}
+
+/// One change of a conversation (as listed in a `stale_conversation` problem).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationChange {
+    pub version: u64,
+    /// The event type, e.g. `conversation.message_received`, `reply.queued`.
+    pub change: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
+/// 409 `stale_conversation`: the conversation changed since the version in `If-Match`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StaleConversationProblem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    pub current_version: u64,
+    /// What happened after the version the client saw.
+    pub changes: Vec<ConversationChange>,
+    /// The messages that arrived or were sent since.
+    pub new_messages: Vec<ConversationMessage>,
+}
+
+/// 409 `conversation_claimed`: someone else holds the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClaimedProblem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    /// The user who holds it.
+    pub holder: Uuid,
+}

@@ -1,0 +1,378 @@
+//! Background work: conversations from `message.received`, and the projection consumer.
+//!
+//! `message.received` is consumed with [`run_consumer`]: the handler only records the event in
+//! `conversation_inbound_queue` through the consumer's transaction (an append needs the
+//! database's writer, which that transaction holds on SQLite). A worker then appends each
+//! queued message to its conversation — opening it with the inbox's members as participants
+//! when new — updates the read model, and removes the row. Receiving the same message twice
+//! changes nothing (the aggregate knows its message ids), so a crash anywhere repeats work
+//! but never doubles it.
+//!
+//! The projection consumer applies every conversation event to the read model from the log,
+//! idempotently: it repairs what a crash between an API append and its read-model write left
+//! behind, and rebuilds the views on replay.
+
+use crate::{Conversations, ServiceError, codec, now_us, projection};
+use async_trait::async_trait;
+use postvak_core::Aggregate;
+use postvak_core::conversation::{
+    Conversation, ConversationCommand, ConversationError, Mailbox, Message,
+};
+use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
+use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{RecordedEvent, StoreError, StreamRef, TenantId};
+use postvak_proto::events::conversation as cev;
+use postvak_proto::events::ingest::{self as iev, MailboxV1, MessageReceivedV1};
+use sqlx::Row;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Durable consumer names.
+pub const INGEST_CONSUMER: &str = "conversation-inbound";
+pub const PROJECTION_CONSUMER: &str = "conversation-projection";
+
+const SERVICE: Principal = Principal::Service {
+    name: "conversation",
+};
+
+/// Starts the conversation service's background work for one cell: the `message.received`
+/// consumer, the worker that turns queued messages into conversations, and the projection
+/// consumer. They stop when `cancel` fires.
+pub fn start_consumers(
+    cells: &Cells,
+    cell: Arc<Cell>,
+    cancel: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let wake = Arc::new(Notify::new());
+    let service = Conversations::new(cells.clone());
+    let inbound = Arc::new(InboundHandler { wake: wake.clone() });
+    let projector = Arc::new(ProjectionHandler {
+        store: cell.store.clone(),
+    });
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn({
+        let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
+        async move {
+            run_consumer(store, bus, inbound, cancel).await;
+        }
+    }));
+    tasks.push(tokio::spawn({
+        let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
+        async move {
+            run_consumer(store, bus, projector, cancel).await;
+        }
+    }));
+    tasks.push(tokio::spawn(run_worker(service, cell, wake, cancel)));
+    tasks
+}
+
+struct InboundHandler {
+    wake: Arc<Notify>,
+}
+
+#[async_trait]
+impl EventHandler for InboundHandler {
+    fn name(&self) -> &str {
+        INGEST_CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![iev::STREAM_INBOUND_MESSAGE.to_owned()]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        if event.event_type != iev::MESSAGE_RECEIVED {
+            return Ok(());
+        }
+        on_tx!(tx, |c| sqlx::query(
+            "INSERT INTO conversation_inbound_queue (event_id, tenant_id, stream_id, stream_version, queued_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"
+        )
+        .bind(event.event_id)
+        .bind(event.tenant_id.0)
+        .bind(&event.stream_id)
+        .bind(i64::try_from(event.stream_version).unwrap_or(i64::MAX))
+        .bind(now_us())
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(|e| HandlerError::Store(db_error(e)))?;
+        // Woken before the commit: the worker also polls, so a row is never missed.
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+struct ProjectionHandler {
+    store: Arc<dyn postvak_platform::store::EventStore>,
+}
+
+#[async_trait]
+impl EventHandler for ProjectionHandler {
+    fn name(&self) -> &str {
+        PROJECTION_CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![cev::STREAM_CONVERSATION.to_owned()]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        project_from_log(self.store.as_ref(), tx, event)
+            .await
+            .map_err(HandlerError::Store)
+    }
+}
+
+#[derive(Debug)]
+struct Queued {
+    event_id: Uuid,
+    tenant: TenantId,
+    stream_id: String,
+    stream_version: u64,
+}
+
+async fn next_batch(db: &Db) -> Result<Vec<Queued>, StoreError> {
+    let mut tx = db.begin().await?;
+    let rows: Vec<(Uuid, Uuid, String, i64)> = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT event_id, tenant_id, stream_id, stream_version FROM conversation_inbound_queue \
+         ORDER BY queued_at, event_id LIMIT 64"
+    )
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|(event_id, tenant, stream_id, v)| Queued {
+            event_id,
+            tenant: TenantId(tenant),
+            stream_id,
+            stream_version: u64::try_from(v).unwrap_or(0),
+        })
+        .collect())
+}
+
+async fn finish(db: &Db, event_id: Uuid, error: Option<&str>) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    match error {
+        None => on_tx!(&mut tx, |c| sqlx::query(
+            "DELETE FROM conversation_inbound_queue WHERE event_id = $1"
+        )
+        .bind(event_id)
+        .execute(c)
+        .await
+        .map(|_| ())),
+        Some(e) => on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE conversation_inbound_queue SET attempts = attempts + 1, last_error = $1 WHERE event_id = $2"
+        )
+        .bind(e)
+        .bind(event_id)
+        .execute(c)
+        .await
+        .map(|_| ())),
+    }
+    .map_err(db_error)?;
+    tx.commit().await
+}
+
+async fn run_worker(
+    service: Conversations,
+    cell: Arc<Cell>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let db = cell.db().clone();
+    let mut failing = false;
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let mut progressed = false;
+        match next_batch(&db).await {
+            Ok(batch) => {
+                failing = false;
+                for q in batch {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    let outcome = service.receive_queued(&q).await;
+                    let error = outcome.as_ref().err().map(ToString::to_string);
+                    if let Some(e) = &error {
+                        tracing::warn!(error = %e, event_id = %q.event_id, "cannot add message to its conversation; will retry");
+                        failing = true;
+                    } else {
+                        progressed = true;
+                    }
+                    if let Err(e) = finish(&db, q.event_id, error.as_deref()).await {
+                        tracing::warn!(error = %e, "cannot update the inbound queue");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the inbound queue");
+                failing = true;
+            }
+        }
+        if progressed {
+            continue;
+        }
+        let pause = if failing {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(250)
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+fn mailbox(m: &MailboxV1) -> Option<Mailbox> {
+    Some(Mailbox {
+        name: m.name.clone(),
+        address: m.address.clone()?,
+    })
+}
+
+fn boxes(v: &[MailboxV1]) -> Vec<Mailbox> {
+    v.iter().filter_map(mailbox).collect()
+}
+
+/// The conversation's view of a received mail.
+pub(crate) fn message_of(p: &MessageReceivedV1) -> Message {
+    let h = &p.headers;
+    Message {
+        message_id: p.message_id,
+        message_id_header: p.message_id_header.clone(),
+        in_reply_to: p.in_reply_to.clone(),
+        references: p.references.clone(),
+        subject: h.subject.clone(),
+        from: boxes(&h.from),
+        reply_to: boxes(&h.reply_to),
+        to: boxes(&h.to),
+        cc: boxes(&h.cc),
+        snippet: p.snippet.clone(),
+        body_text: None,
+        text_blob: p.text_body.as_ref().map(|b| b.blob_id),
+        html_blob: p.html_body.as_ref().map(|b| b.blob_id),
+        attachments: u32::try_from(p.attachments.len()).unwrap_or(u32::MAX),
+        auto_reply: p.flags.auto_reply || p.flags.bounce,
+        author: None,
+        at_us: p.received_at_us,
+    }
+}
+
+impl Conversations {
+    async fn receive_queued(&self, q: &Queued) -> Result<(), ServiceError> {
+        let ctx = self.cells().context(q.tenant, SERVICE).await?;
+        let stream = StreamRef::new(iev::STREAM_INBOUND_MESSAGE, q.stream_id.clone());
+        let events = ctx
+            .cell()
+            .store
+            .read_stream(q.tenant, &stream, q.stream_version)
+            .await?;
+        let Some(e) = events.iter().find(|e| e.event_id == q.event_id) else {
+            return Err(ServiceError::Store(StoreError::Database(format!(
+                "queued event {} is not in its stream",
+                q.event_id
+            ))));
+        };
+        let payload: MessageReceivedV1 = match e.payload() {
+            Ok(p) => p,
+            // Erased: nothing left to file.
+            Err(StoreError::Shredded { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        self.receive(&ctx, &payload).await
+    }
+
+    /// Files a received mail into its conversation (ingest chose the id), opening it with
+    /// the inbox's members as participants when it is new, following merges.
+    pub async fn receive(
+        &self,
+        ctx: &TenantContext,
+        p: &MessageReceivedV1,
+    ) -> Result<(), ServiceError> {
+        let message = message_of(p);
+        let mut target = p.conversation_id;
+        for _ in 0..8 {
+            let members = if self.load(ctx, target).await?.state.is_open() {
+                Vec::new()
+            } else {
+                self.members_of(ctx, p.inbox_id).await?
+            };
+            let result = self
+                .change(ctx, target, None, |s: &Conversation| {
+                    Ok(vec![if s.is_open() || s.merged_into.is_some() {
+                        ConversationCommand::ReceiveMessage {
+                            message: message.clone(),
+                        }
+                    } else {
+                        ConversationCommand::OpenFromMessage {
+                            conversation_id: target,
+                            inbox_id: p.inbox_id,
+                            members: members.clone(),
+                            message: message.clone(),
+                        }
+                    }])
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(ServiceError::Domain(ConversationError::Merged { into })) => target = into,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ServiceError::Invalid(format!(
+            "conversation {} is merged too deeply",
+            p.conversation_id
+        )))
+    }
+}
+
+/// Replays `event`'s stream up to it and writes the read model (for the projection consumer
+/// and rebuilds).
+pub(crate) async fn project_from_log(
+    store: &dyn postvak_platform::store::EventStore,
+    tx: &mut DbTx,
+    event: &RecordedEvent,
+) -> Result<(), StoreError> {
+    let stream = StreamRef::new(event.stream_type.clone(), event.stream_id.clone());
+    let history = store.read_stream(event.tenant_id, &stream, 1).await?;
+    let mut state = Conversation::default();
+    let mut this = None;
+    for e in history
+        .iter()
+        .take_while(|e| e.stream_version <= event.stream_version)
+    {
+        let d = codec::decode(e)?;
+        state = state.evolve(&d);
+        if e.stream_version == event.stream_version {
+            this = Some(d);
+        }
+    }
+    let Some(this) = this else { return Ok(()) };
+    let prepared = projection::prepare(
+        store.keyring(),
+        event.tenant_id,
+        &state,
+        event.stream_version,
+        std::slice::from_ref(&this),
+    )
+    .await?;
+    projection::bind_tenant(tx, event.tenant_id).await?;
+    projection::write(tx, event.tenant_id, &prepared).await
+}

@@ -1,0 +1,704 @@
+//! Read models of the conversation service (`conversations`, `conversation_messages`,
+//! `conversation_notes` and the filter tables), on either backend with one SQL text.
+//!
+//! Every write is idempotent: the conversation row is replaced only by a newer version, and
+//! messages and notes are inserted once. So the API (right after its append, ADR 0003) and the
+//! projection consumer (catching up, replaying) can both apply the same events.
+//! Personal data (subjects, snippets, addresses, bodies, notes) is sealed under the tenant key.
+
+use crate::codec;
+use base64::Engine;
+use postvak_core::conversation::{Conversation, ConversationEvent, Direction};
+use postvak_platform::crypto::Keyring;
+use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{KeyScope, StoreError, TenantId};
+use postvak_proto::rest::conversation as dto;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use uuid::Uuid;
+
+/// Binds a consumer's (tenant-less) transaction to a tenant, arming row-level security.
+pub(crate) async fn bind_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
+    if let DbTx::Postgres(t) = tx {
+        sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
+            .bind(tenant.0.to_string())
+            .execute(&mut **t)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn aad(tenant: TenantId, id: Uuid, what: &[u8]) -> Vec<u8> {
+    let mut a = b"postvak.conversation.".to_vec();
+    a.extend_from_slice(what);
+    a.extend_from_slice(tenant.0.as_bytes());
+    a.extend_from_slice(id.as_bytes());
+    a
+}
+
+/// The sealed part of a conversation row.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Summary {
+    pub subject: Option<String>,
+    pub snippet: String,
+    pub contacts: Vec<postvak_proto::events::conversation::MailboxV1>,
+}
+
+/// What a batch of events changes, sealed and ready to write.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    row: Option<RowValues>,
+    messages: Vec<(Uuid, &'static str, u64, i64, Vec<u8>, Uuid)>,
+    notes: Vec<(Uuid, u64, i64, Vec<u8>, Uuid)>,
+    merged_from: Vec<Uuid>,
+    conversation_id: Uuid,
+}
+
+#[derive(Debug)]
+struct RowValues {
+    inbox_id: Uuid,
+    status: &'static str,
+    priority: &'static str,
+    assignee: Option<Uuid>,
+    snoozed_until: Option<i64>,
+    merged_into: Option<Uuid>,
+    participants: String,
+    inboxes: String,
+    tags: String,
+    message_count: i64,
+    note_count: i64,
+    summary: Vec<u8>,
+    summary_key: Uuid,
+    created_us: i64,
+    updated_us: i64,
+    version: i64,
+    user_ids: Vec<Uuid>,
+    inbox_rows: Vec<(Uuid, bool)>,
+    tag_list: Vec<String>,
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Seals what `events` (applied at versions `first_version..`) change; `state` is the
+/// conversation after them.
+pub(crate) async fn prepare(
+    keyring: &Keyring,
+    tenant: TenantId,
+    state: &Conversation,
+    first_version: u64,
+    events: &[ConversationEvent],
+) -> Result<Prepared, StoreError> {
+    let conversation_id = state.id.unwrap_or_default();
+    let mut messages = Vec::new();
+    let mut notes = Vec::new();
+    let mut merged_from = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let version = first_version + i as u64;
+        match e {
+            ConversationEvent::MessageReceived(m) | ConversationEvent::ReplyQueued(m) => {
+                let direction = if matches!(e, ConversationEvent::MessageReceived(_)) {
+                    Direction::Inbound
+                } else {
+                    Direction::Outbound
+                };
+                let json =
+                    serde_json::to_vec(&codec::message_v1(m, conversation_id, state.inbox_id))
+                        .map_err(|e| StoreError::Serialization(e.to_string()))?;
+                let (key, sealed) = keyring
+                    .seal(
+                        tenant,
+                        &KeyScope::Tenant,
+                        &json,
+                        &aad(tenant, m.message_id, b"message"),
+                    )
+                    .await?;
+                messages.push((
+                    m.message_id,
+                    direction.as_str(),
+                    version,
+                    m.at_us,
+                    sealed,
+                    key,
+                ));
+            }
+            ConversationEvent::NoteAdded {
+                note_id,
+                author,
+                body,
+                mentions,
+                at_us,
+            } => {
+                let json = serde_json::to_vec(&postvak_proto::events::conversation::NoteAddedV1 {
+                    note_id: *note_id,
+                    author: *author,
+                    body: body.clone(),
+                    mentions: mentions.clone(),
+                    at_us: *at_us,
+                })
+                .map_err(|e| StoreError::Serialization(e.to_string()))?;
+                let (key, sealed) = keyring
+                    .seal(
+                        tenant,
+                        &KeyScope::Tenant,
+                        &json,
+                        &aad(tenant, *note_id, b"note"),
+                    )
+                    .await?;
+                notes.push((*note_id, version, *at_us, sealed, key));
+            }
+            ConversationEvent::MergedFrom { source, .. } => {
+                merged_from.push(source.conversation_id);
+            }
+            _ => {}
+        }
+    }
+    let row = if state.id.is_some() {
+        let summary = Summary {
+            subject: state.subject.clone(),
+            snippet: state.snippet.clone(),
+            contacts: state.reply_target.iter().map(codec::mailbox_v1).collect(),
+        };
+        let json =
+            serde_json::to_vec(&summary).map_err(|e| StoreError::Serialization(e.to_string()))?;
+        let (summary_key, sealed) = keyring
+            .seal(
+                tenant,
+                &KeyScope::Tenant,
+                &json,
+                &aad(tenant, conversation_id, b"summary"),
+            )
+            .await?;
+        Some(RowValues {
+            inbox_id: state.inbox_id,
+            status: state.status.as_str(),
+            priority: state.priority.as_str(),
+            assignee: state.assignee,
+            snoozed_until: state.snoozed_until_us,
+            merged_into: state.merged_into,
+            participants: state
+                .users
+                .iter()
+                .map(|(u, src)| {
+                    // `+`: added explicitly (may answer without an inbox grant).
+                    if src.contains(&None) {
+                        format!("{u}+")
+                    } else {
+                        u.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            inboxes: state
+                .inboxes
+                .iter()
+                .map(|(i, v)| format!("{i}:{}", u8::from(v.archived)))
+                .collect::<Vec<_>>()
+                .join(" "),
+            tags: state.tags.iter().cloned().collect::<Vec<_>>().join(" "),
+            message_count: i64_of(state.messages.len() as u64),
+            note_count: i64_of(state.notes),
+            summary: sealed,
+            summary_key,
+            created_us: state.opened_at_us,
+            updated_us: state.updated_at_us,
+            version: i64_of(state.version),
+            user_ids: state.users.keys().copied().collect(),
+            inbox_rows: state
+                .inboxes
+                .iter()
+                .map(|(i, v)| (*i, v.archived))
+                .collect(),
+            tag_list: state.tags.iter().cloned().collect(),
+        })
+    } else {
+        None
+    };
+    Ok(Prepared {
+        row,
+        messages,
+        notes,
+        merged_from,
+        conversation_id,
+    })
+}
+
+/// Writes a prepared change inside `tx` (bound to `tenant`). Idempotent.
+pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Result<(), StoreError> {
+    let t = tenant.0;
+    let conv = p.conversation_id;
+    for (id, direction, version, at_us, sealed, key) in &p.messages {
+        on_tx!(&mut *tx, |c| sqlx::query(
+            "INSERT INTO conversation_messages (tenant_id, message_id, conversation_id, direction, version, at_us, content, content_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, message_id) DO NOTHING"
+        )
+        .bind(t)
+        .bind(id)
+        .bind(conv)
+        .bind(*direction)
+        .bind(i64_of(*version))
+        .bind(at_us)
+        .bind(sealed)
+        .bind(key)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    for (id, version, at_us, sealed, key) in &p.notes {
+        on_tx!(&mut *tx, |c| sqlx::query(
+            "INSERT INTO conversation_notes (tenant_id, note_id, conversation_id, version, at_us, content, content_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, note_id) DO NOTHING"
+        )
+        .bind(t)
+        .bind(id)
+        .bind(conv)
+        .bind(i64_of(*version))
+        .bind(at_us)
+        .bind(sealed)
+        .bind(key)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    for source in &p.merged_from {
+        for sql in [
+            "UPDATE conversation_messages SET conversation_id = $1 WHERE tenant_id = $2 AND conversation_id = $3",
+            "UPDATE conversation_notes SET conversation_id = $1 WHERE tenant_id = $2 AND conversation_id = $3",
+        ] {
+            on_tx!(&mut *tx, |c| sqlx::query(sql)
+                .bind(conv)
+                .bind(t)
+                .bind(source)
+                .execute(c)
+                .await
+                .map(|_| ()))
+            .map_err(db_error)?;
+        }
+    }
+    let Some(r) = &p.row else { return Ok(()) };
+    let changed = on_tx!(&mut *tx, |c| sqlx::query(
+        "INSERT INTO conversations (tenant_id, conversation_id, inbox_id, status, priority, assignee, snoozed_until, merged_into, \
+           participants, inboxes, tags, message_count, note_count, summary, summary_key, created_us, updated_us, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+         ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET inbox_id = excluded.inbox_id, status = excluded.status, \
+           priority = excluded.priority, assignee = excluded.assignee, snoozed_until = excluded.snoozed_until, \
+           merged_into = excluded.merged_into, participants = excluded.participants, inboxes = excluded.inboxes, \
+           tags = excluded.tags, message_count = excluded.message_count, note_count = excluded.note_count, \
+           summary = excluded.summary, summary_key = excluded.summary_key, created_us = excluded.created_us, \
+           updated_us = excluded.updated_us, version = excluded.version \
+         WHERE conversations.version < excluded.version"
+    )
+    .bind(t)
+    .bind(conv)
+    .bind(r.inbox_id)
+    .bind(r.status)
+    .bind(r.priority)
+    .bind(r.assignee)
+    .bind(r.snoozed_until)
+    .bind(r.merged_into)
+    .bind(&r.participants)
+    .bind(&r.inboxes)
+    .bind(&r.tags)
+    .bind(r.message_count)
+    .bind(r.note_count)
+    .bind(&r.summary)
+    .bind(r.summary_key)
+    .bind(r.created_us)
+    .bind(r.updated_us)
+    .bind(r.version)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(db_error)?;
+    if changed == 0 {
+        // A newer version is already there.
+        return Ok(());
+    }
+    for sql in [
+        "DELETE FROM conversation_inboxes WHERE tenant_id = $1 AND conversation_id = $2",
+        "DELETE FROM conversation_participants WHERE tenant_id = $1 AND conversation_id = $2",
+        "DELETE FROM conversation_tags WHERE tenant_id = $1 AND conversation_id = $2",
+    ] {
+        on_tx!(&mut *tx, |c| sqlx::query(sql)
+            .bind(t)
+            .bind(conv)
+            .execute(c)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    for (inbox, archived) in &r.inbox_rows {
+        on_tx!(&mut *tx, |c| sqlx::query(
+            "INSERT INTO conversation_inboxes (tenant_id, conversation_id, inbox_id, archived) VALUES ($1, $2, $3, $4)"
+        )
+        .bind(t)
+        .bind(conv)
+        .bind(inbox)
+        .bind(archived)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    for user in &r.user_ids {
+        on_tx!(&mut *tx, |c| sqlx::query(
+            "INSERT INTO conversation_participants (tenant_id, conversation_id, user_id) VALUES ($1, $2, $3)"
+        )
+        .bind(t)
+        .bind(conv)
+        .bind(user)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    for tag in &r.tag_list {
+        on_tx!(&mut *tx, |c| sqlx::query(
+            "INSERT INTO conversation_tags (tenant_id, conversation_id, tag) VALUES ($1, $2, $3)"
+        )
+        .bind(t)
+        .bind(conv)
+        .bind(tag)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// A conversation row as read.
+#[derive(Debug, Clone)]
+pub(crate) struct ConversationRow {
+    pub id: Uuid,
+    pub inbox_id: Uuid,
+    pub status: String,
+    pub priority: String,
+    pub assignee: Option<Uuid>,
+    pub snoozed_until: Option<i64>,
+    pub merged_into: Option<Uuid>,
+    pub participants: Vec<Uuid>,
+    /// Participants added explicitly.
+    pub explicit: Vec<Uuid>,
+    pub inboxes: Vec<(Uuid, bool)>,
+    pub tags: Vec<String>,
+    pub message_count: i64,
+    pub note_count: i64,
+    pub summary: Vec<u8>,
+    pub summary_key: Uuid,
+    pub created_us: i64,
+    pub updated_us: i64,
+    pub version: i64,
+}
+
+const COLUMNS: &str = "c.conversation_id, c.inbox_id, c.status, c.priority, c.assignee, c.snoozed_until, c.merged_into, \
+    c.participants, c.inboxes, c.tags, c.message_count, c.note_count, c.summary, c.summary_key, c.created_us, c.updated_us, c.version";
+
+fn conversation_row<R: Row>(r: &R) -> Result<ConversationRow, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    Uuid: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let participants: String = r.try_get(7)?;
+    let inboxes: String = r.try_get(8)?;
+    let tags: String = r.try_get(9)?;
+    Ok(ConversationRow {
+        id: r.try_get(0)?,
+        inbox_id: r.try_get(1)?,
+        status: r.try_get(2)?,
+        priority: r.try_get(3)?,
+        assignee: r.try_get(4)?,
+        snoozed_until: r.try_get(5)?,
+        merged_into: r.try_get(6)?,
+        participants: participants
+            .split_whitespace()
+            .filter_map(|s| Uuid::try_parse(s.trim_end_matches('+')).ok())
+            .collect(),
+        explicit: participants
+            .split_whitespace()
+            .filter_map(|s| s.strip_suffix('+'))
+            .filter_map(|s| Uuid::try_parse(s).ok())
+            .collect(),
+        inboxes: inboxes
+            .split_whitespace()
+            .filter_map(|s| {
+                let (id, archived) = s.split_once(':')?;
+                Some((Uuid::try_parse(id).ok()?, archived == "1"))
+            })
+            .collect(),
+        tags: tags.split_whitespace().map(str::to_owned).collect(),
+        message_count: r.try_get(10)?,
+        note_count: r.try_get(11)?,
+        summary: r.try_get(12)?,
+        summary_key: r.try_get(13)?,
+        created_us: r.try_get(14)?,
+        updated_us: r.try_get(15)?,
+        version: r.try_get(16)?,
+    })
+}
+
+/// List filters (already validated).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListFilter {
+    pub inbox: Option<Uuid>,
+    pub archived: bool,
+    pub status: Option<String>,
+    pub assignee: Option<Uuid>,
+    pub unassigned: bool,
+    pub tag: Option<String>,
+    pub participant: Option<Uuid>,
+    pub snoozed: Option<bool>,
+    pub now_us: i64,
+    pub updated_since_us: Option<i64>,
+    pub include_merged: bool,
+}
+
+/// Position after which a page starts: `(updated_us, conversation_id)`, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub updated_us: i64,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    pub const START: Cursor = Cursor {
+        updated_us: i64::MAX,
+        id: Uuid::max(),
+    };
+
+    pub fn encode(self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}:{}", self.updated_us, self.id))
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (t, id) = text.split_once(':')?;
+        Some(Self {
+            updated_us: t.parse().ok()?,
+            id: Uuid::try_parse(id).ok()?,
+        })
+    }
+}
+
+pub(crate) async fn list(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    f: &ListFilter,
+    after: Cursor,
+    limit: i64,
+) -> Result<Vec<ConversationRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM conversations c WHERE c.tenant_id = $1 \
+         AND ($2 IS NULL OR EXISTS (SELECT 1 FROM conversation_inboxes ci WHERE ci.tenant_id = $1 \
+              AND ci.conversation_id = c.conversation_id AND ci.inbox_id = $2 AND ci.archived = $3)) \
+         AND ($4 IS NULL OR c.status = $4) \
+         AND ($5 IS NULL OR c.assignee = $5) \
+         AND (NOT $6 OR c.assignee IS NULL) \
+         AND ($7 IS NULL OR EXISTS (SELECT 1 FROM conversation_tags t WHERE t.tenant_id = $1 \
+              AND t.conversation_id = c.conversation_id AND t.tag = $7)) \
+         AND ($8 IS NULL OR EXISTS (SELECT 1 FROM conversation_participants p WHERE p.tenant_id = $1 \
+              AND p.conversation_id = c.conversation_id AND p.user_id = $8)) \
+         AND ($9 IS NULL OR ((c.snoozed_until IS NOT NULL AND c.snoozed_until > $10) = $9)) \
+         AND ($11 IS NULL OR c.updated_us >= $11) \
+         AND ($12 OR c.merged_into IS NULL) \
+         AND (c.updated_us < $13 OR (c.updated_us = $13 AND c.conversation_id < $14)) \
+         ORDER BY c.updated_us DESC, c.conversation_id DESC LIMIT $15"
+    ));
+    on_tx!(tx, |c| sqlx::query(sql)
+        .bind(tenant.0)
+        .bind(f.inbox)
+        .bind(f.archived)
+        .bind(&f.status)
+        .bind(f.assignee)
+        .bind(f.unassigned)
+        .bind(&f.tag)
+        .bind(f.participant)
+        .bind(f.snoozed)
+        .bind(f.now_us)
+        .bind(f.updated_since_us)
+        .bind(f.include_merged)
+        .bind(after.updated_us)
+        .bind(after.id)
+        .bind(limit)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows.iter().map(conversation_row).collect()))
+    .map_err(db_error)
+}
+
+pub(crate) async fn get(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<ConversationRow>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM conversations c WHERE c.tenant_id = $1 AND c.conversation_id = $2"
+    ));
+    on_tx!(tx, |c| sqlx::query(sql)
+        .bind(tenant.0)
+        .bind(id)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r.as_ref().map(conversation_row).transpose()))
+    .map_err(db_error)
+}
+
+/// Sealed messages of a conversation added after `after_version`, oldest first.
+pub(crate) async fn messages(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    conversation: Uuid,
+    after_version: i64,
+) -> Result<Vec<(Uuid, String, Vec<u8>, Uuid)>, StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "SELECT message_id, direction, content, content_key FROM conversation_messages \
+         WHERE tenant_id = $1 AND conversation_id = $2 AND version > $3 ORDER BY at_us, message_id"
+    )
+    .bind(tenant.0)
+    .bind(conversation)
+    .bind(after_version)
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect()))
+    .map_err(db_error)
+}
+
+pub(crate) async fn notes(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    conversation: Uuid,
+) -> Result<Vec<(Uuid, Vec<u8>, Uuid)>, StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "SELECT note_id, content, content_key FROM conversation_notes \
+         WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY at_us, note_id"
+    )
+    .bind(tenant.0)
+    .bind(conversation)
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()))
+    .map_err(db_error)
+}
+
+fn time_us(us: i64) -> time::OffsetDateTime {
+    postvak_platform::store::from_micros(us)
+}
+
+fn mailbox_dto(m: &postvak_proto::events::conversation::MailboxV1) -> dto::Mailbox {
+    dto::Mailbox {
+        name: m.name.clone(),
+        address: m.address.clone(),
+    }
+}
+
+pub(crate) async fn conversation_dto(
+    keyring: &Keyring,
+    tenant: TenantId,
+    r: &ConversationRow,
+) -> Result<dto::Conversation, StoreError> {
+    let plain = keyring
+        .open(
+            tenant,
+            r.summary_key,
+            &r.summary,
+            &aad(tenant, r.id, b"summary"),
+        )
+        .await?;
+    let s: Summary =
+        serde_json::from_slice(&plain).map_err(|e| StoreError::Serialization(e.to_string()))?;
+    Ok(dto::Conversation {
+        id: r.id,
+        inbox_id: r.inbox_id,
+        status: r.status.clone(),
+        priority: r.priority.clone(),
+        assignee: r.assignee,
+        tags: r.tags.clone(),
+        subject: s.subject,
+        snippet: s.snippet,
+        contacts: s.contacts.iter().map(mailbox_dto).collect(),
+        participants: r.participants.clone(),
+        inboxes: r
+            .inboxes
+            .iter()
+            .map(|(i, a)| dto::ConversationInbox {
+                inbox_id: *i,
+                archived: *a,
+            })
+            .collect(),
+        snoozed_until: r.snoozed_until.map(time_us),
+        message_count: u64::try_from(r.message_count).unwrap_or(0),
+        note_count: u64::try_from(r.note_count).unwrap_or(0),
+        merged_into: r.merged_into,
+        created_at: time_us(r.created_us),
+        updated_at: time_us(r.updated_us),
+        version: u64::try_from(r.version).unwrap_or(0),
+    })
+}
+
+pub(crate) async fn message_dto(
+    keyring: &Keyring,
+    tenant: TenantId,
+    (id, direction, sealed, key): &(Uuid, String, Vec<u8>, Uuid),
+) -> Result<dto::ConversationMessage, StoreError> {
+    let plain = keyring
+        .open(tenant, *key, sealed, &aad(tenant, *id, b"message"))
+        .await?;
+    let m: postvak_proto::events::conversation::MessageV1 =
+        serde_json::from_slice(&plain).map_err(|e| StoreError::Serialization(e.to_string()))?;
+    Ok(dto::ConversationMessage {
+        id: m.message_id,
+        direction: direction.clone(),
+        subject: m.subject,
+        from: m.from.iter().map(mailbox_dto).collect(),
+        to: m.to.iter().map(mailbox_dto).collect(),
+        cc: m.cc.iter().map(mailbox_dto).collect(),
+        snippet: m.snippet,
+        body_text: m.body_text,
+        text_blob_id: m.text_blob,
+        html_blob_id: m.html_blob,
+        attachments: m.attachments,
+        message_id_header: m.message_id_header,
+        in_reply_to: m.in_reply_to,
+        references: m.references,
+        author: m.author,
+        auto_reply: m.auto_reply,
+        at: time_us(m.at_us),
+    })
+}
+
+pub(crate) async fn note_dto(
+    keyring: &Keyring,
+    tenant: TenantId,
+    (id, sealed, key): &(Uuid, Vec<u8>, Uuid),
+) -> Result<dto::Note, StoreError> {
+    let plain = keyring
+        .open(tenant, *key, sealed, &aad(tenant, *id, b"note"))
+        .await?;
+    let n: postvak_proto::events::conversation::NoteAddedV1 =
+        serde_json::from_slice(&plain).map_err(|e| StoreError::Serialization(e.to_string()))?;
+    Ok(dto::Note {
+        id: n.note_id,
+        author: n.author,
+        body: n.body,
+        mentions: n.mentions,
+        at: time_us(n.at_us),
+    })
+}
