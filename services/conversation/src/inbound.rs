@@ -193,15 +193,14 @@ async fn run_worker(
     cancel: CancellationToken,
 ) {
     let db = cell.db().clone();
-    let mut failing = false;
     loop {
         if cancel.is_cancelled() {
             return;
         }
+        let mut failing = false;
         let mut progressed = false;
         match next_batch(&db).await {
             Ok(batch) => {
-                failing = false;
                 for q in batch {
                     if cancel.is_cancelled() {
                         return;

@@ -42,6 +42,9 @@ pub enum ServiceError {
     /// The caller's view (`If-Match`) is older than the conversation.
     #[error("the conversation is at version {current}, not {seen}")]
     Stale { seen: u64, current: u64 },
+    /// Holds a lesser role than the change needs.
+    #[error("this needs the {} permission on the conversation's inbox", .0.as_str())]
+    Forbidden(InboxRole),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -224,6 +224,8 @@ impl TestEnv {
             cancel.cancelled().await;
             handle.stop(false).await;
         });
+        // reqwest is built without a default TLS provider in this workspace.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         TestApp {
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
