@@ -33,6 +33,17 @@ CREATE TABLE ingest_thread_index (
     PRIMARY KEY (tenant_id, inbox_id, mid_hash)
 );
 
+-- The messages each inbox holds, written before the 250 in the same transaction as the thread
+-- index: ingest's own read model ("is it stored?") that never lags behind a commit.
+CREATE TABLE ingest_messages (
+    tenant_id  uuid NOT NULL,
+    message_id uuid NOT NULL,
+    inbox_id   uuid NOT NULL,
+    stream_id  text NOT NULL,
+    PRIMARY KEY (tenant_id, message_id)
+);
+CREATE INDEX ingest_messages_inbox ON ingest_messages (tenant_id, inbox_id, message_id);
+
 -- `Idempotency-Key`s of the raw-MIME endpoint: a key reused with another body is refused.
 CREATE TABLE ingest_idempotency (
     tenant_id    uuid        NOT NULL,
@@ -43,7 +54,8 @@ CREATE TABLE ingest_idempotency (
     PRIMARY KEY (tenant_id, inbox_id, key_hash)
 );
 
-GRANT SELECT, INSERT, UPDATE ON ingest_index_keys, ingest_blobs, ingest_thread_index, ingest_idempotency TO postvak_app;
+GRANT SELECT, INSERT, UPDATE ON ingest_index_keys, ingest_blobs, ingest_thread_index, ingest_messages,
+    ingest_idempotency TO postvak_app;
 
 -- Row-level security, the second wall behind every query's own `tenant_id` condition: the
 -- application sets `postvak.tenant_id` in each transaction.
@@ -51,7 +63,7 @@ DO $$
 DECLARE t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['ingest_index_keys', 'ingest_blobs', 'ingest_thread_index',
-                             'ingest_idempotency']
+                             'ingest_messages', 'ingest_idempotency']
     LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format(

@@ -25,6 +25,15 @@ CREATE TABLE ingest_thread_index (
     PRIMARY KEY (tenant_id, inbox_id, mid_hash)
 );
 
+CREATE TABLE ingest_messages (
+    tenant_id  BLOB NOT NULL,
+    message_id BLOB NOT NULL,
+    inbox_id   BLOB NOT NULL,
+    stream_id  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, message_id)
+);
+CREATE INDEX ingest_messages_inbox ON ingest_messages (tenant_id, inbox_id, message_id);
+
 CREATE TABLE ingest_idempotency (
     tenant_id    BLOB    NOT NULL,
     inbox_id     BLOB    NOT NULL,

@@ -416,8 +416,16 @@ impl Ingestor {
             }
             Err(e) => return Err(e.into()),
         }
-        self.record_thread(ctx, &key, inbox, mail, conversation_id)
-            .await?;
+        self.record(
+            ctx,
+            &key,
+            inbox,
+            mail,
+            message_id,
+            &stream_id,
+            conversation_id,
+        )
+        .await?;
         metrics::counter!("postvak_ingest_messages_total", "source" => source.as_str(), "outcome" => "stored")
             .increment(1);
         metrics::histogram!("postvak_ingest_deliver_seconds")
@@ -434,19 +442,31 @@ impl Ingestor {
         })
     }
 
-    async fn record_thread(
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
         &self,
         ctx: &TenantContext,
         key: &IndexKey,
         inbox: Uuid,
         mail: &ParsedMail,
+        message_id: Uuid,
+        stream_id: &str,
         conversation: Uuid,
     ) -> Result<(), IngestError> {
         let hashes: Vec<String> = thread::ids_to_record(mail)
             .into_iter()
             .map(|id| key.message_id_hash(id))
             .collect();
-        repo::record_thread(ctx.cell().db(), ctx.tenant(), inbox, &hashes, conversation).await?;
+        repo::record_message(
+            ctx.cell().db(),
+            ctx.tenant(),
+            inbox,
+            message_id,
+            stream_id,
+            &hashes,
+            conversation,
+        )
+        .await?;
         Ok(())
     }
 
@@ -465,8 +485,16 @@ impl Ingestor {
             .first()
             .ok_or_else(|| StoreError::Database(format!("stream {} vanished", stream.stream_id)))?;
         let p: MessageReceivedV1 = first.payload()?;
-        self.record_thread(ctx, key, inbox, mail, p.conversation_id)
-            .await?;
+        self.record(
+            ctx,
+            key,
+            inbox,
+            mail,
+            p.message_id,
+            &stream.stream_id,
+            p.conversation_id,
+        )
+        .await?;
         metrics::counter!("postvak_ingest_messages_total", "source" => p.source.clone(), "outcome" => "duplicate")
             .increment(1);
         Ok(Delivery {
@@ -499,51 +527,60 @@ impl Ingestor {
         Ok(Some(plain))
     }
 
-    /// Every `message.received` of the tenant, in commit order (tests, tools, rebuilds).
+    /// Every message stored for the tenant, oldest first. Reads ingest's own table (written
+    /// before the 250) and each message's stream: a message is listed as soon as it was
+    /// acknowledged, unlike the log, which a tailer sees only once older transactions end.
     pub async fn received_messages(
         &self,
         ctx: &TenantContext,
     ) -> Result<Vec<MessageReceivedV1>, IngestError> {
-        let store = &ctx.cell().store;
-        let mut after = LogPosition::START;
         let mut out = Vec::new();
-        loop {
-            let page = store.read_log(after, 1000, Some(ctx.tenant())).await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for e in &page {
-                if e.stream_type == ev::STREAM_INBOUND_MESSAGE
-                    && e.event_type == ev::MESSAGE_RECEIVED
-                {
-                    let opened = store.open(e).await?;
-                    out.push(opened.payload::<MessageReceivedV1>()?);
-                }
+        for stream_id in repo::message_streams(ctx.cell().db(), ctx.tenant()).await? {
+            let events = ctx.read_stream(&message_stream(&stream_id)).await?;
+            if let Some(first) = events.first() {
+                out.push(first.payload::<MessageReceivedV1>()?);
             }
         }
         Ok(out)
     }
 
-    /// Rebuilds a tenant's thread index from its `message.received` events (after a restore,
-    /// or if index writes were lost). Idempotent.
-    pub async fn rebuild_thread_index(&self, ctx: &TenantContext) -> Result<u64, IngestError> {
+    /// Rebuilds a tenant's message list and thread index from its `message.received` events in
+    /// the log (after a restore, or if those writes were lost). Idempotent.
+    pub async fn rebuild_index(&self, ctx: &TenantContext) -> Result<u64, IngestError> {
         let key = self.index_key(ctx).await?;
+        let store = &ctx.cell().store;
+        let mut after = LogPosition::START;
         let mut n = 0;
-        for m in self.received_messages(ctx).await? {
-            let ids = m
-                .message_id_header
-                .iter()
-                .chain(&m.in_reply_to)
-                .chain(&m.references);
-            let hashes: Vec<String> = ids.map(|id| key.message_id_hash(id)).collect();
-            repo::record_thread(
-                ctx.cell().db(),
-                ctx.tenant(),
-                m.inbox_id,
-                &hashes,
-                m.conversation_id,
-            )
-            .await?;
-            n += 1;
+        loop {
+            let page = store.read_log(after, 1000, Some(ctx.tenant())).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for e in &page {
+                if e.stream_type != ev::STREAM_INBOUND_MESSAGE
+                    || e.event_type != ev::MESSAGE_RECEIVED
+                {
+                    continue;
+                }
+                let m: MessageReceivedV1 = store.open(e).await?.payload()?;
+                let hashes: Vec<String> = m
+                    .message_id_header
+                    .iter()
+                    .chain(&m.in_reply_to)
+                    .chain(&m.references)
+                    .map(|id| key.message_id_hash(id))
+                    .collect();
+                repo::record_message(
+                    ctx.cell().db(),
+                    ctx.tenant(),
+                    m.inbox_id,
+                    m.message_id,
+                    &e.stream_id,
+                    &hashes,
+                    m.conversation_id,
+                )
+                .await?;
+                n += 1;
+            }
         }
         Ok(n)
     }

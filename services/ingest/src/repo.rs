@@ -246,51 +246,109 @@ pub async fn lookup_thread(
     Ok(rows)
 }
 
-/// Records blind indexes for a conversation; ids already claimed keep their conversation.
-pub async fn record_thread(
+/// Records a stored message: its row in `ingest_messages` and the blind indexes of the
+/// Message-IDs it names for its conversation (ids already claimed keep their conversation).
+/// One transaction; idempotent.
+pub async fn record_message(
     db: &Db,
     tenant: TenantId,
     inbox: Uuid,
+    message_id: Uuid,
+    stream_id: &str,
     hashes: &[String],
     conversation: Uuid,
 ) -> Result<(), StoreError> {
-    if hashes.is_empty() {
-        return Ok(());
-    }
     match db {
         Db::Postgres(p) => {
             let mut tx = pg_tx(p, tenant).await?;
             sqlx::query(
-                "INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
-                 SELECT $1, $2, h, $4 FROM unnest($3::text[]) AS h \
-                 ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
+                "INSERT INTO ingest_messages (tenant_id, message_id, inbox_id, stream_id) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, message_id) DO NOTHING",
             )
             .bind(tenant.0)
+            .bind(message_id)
             .bind(inbox)
-            .bind(hashes)
-            .bind(conversation)
+            .bind(stream_id)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            if !hashes.is_empty() {
+                sqlx::query(
+                    "INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
+                     SELECT $1, $2, h, $4 FROM unnest($3::text[]) AS h \
+                     ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
+                )
+                .bind(tenant.0)
+                .bind(inbox)
+                .bind(hashes)
+                .bind(conversation)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            }
             tx.commit().await.map_err(db_error)
         }
         Db::Sqlite(s) => {
-            let list = serde_json::to_string(hashes)
-                .map_err(|e| StoreError::Serialization(e.to_string()))?;
+            let mut tx = s.writer.begin().await.map_err(db_error)?;
             sqlx::query(
-                "INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
-                 SELECT ?1, ?2, value, ?3 FROM json_each(?4) WHERE true \
-                 ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
+                "INSERT INTO ingest_messages (tenant_id, message_id, inbox_id, stream_id) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, message_id) DO NOTHING",
             )
             .bind(tenant.0)
+            .bind(message_id)
             .bind(inbox)
-            .bind(conversation)
-            .bind(list)
-            .execute(&s.writer)
+            .bind(stream_id)
+            .execute(&mut *tx)
             .await
-            .map(|_| ())
-            .map_err(db_error)
+            .map_err(db_error)?;
+            if !hashes.is_empty() {
+                let list = serde_json::to_string(hashes)
+                    .map_err(|e| StoreError::Serialization(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
+                     SELECT ?1, ?2, value, ?3 FROM json_each(?4) WHERE true \
+                     ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
+                )
+                .bind(tenant.0)
+                .bind(inbox)
+                .bind(conversation)
+                .bind(list)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)
         }
+    }
+}
+
+/// The stream ids of a tenant's stored messages, oldest first (message ids are UUIDv7).
+pub async fn message_streams(db: &Db, tenant: TenantId) -> Result<Vec<String>, StoreError> {
+    match db {
+        Db::Postgres(p) => {
+            let mut tx = pg_tx(p, tenant).await?;
+            let rows = sqlx::query(
+                "SELECT stream_id FROM ingest_messages WHERE tenant_id = $1 ORDER BY message_id",
+            )
+            .bind(tenant.0)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(0).map_err(db_error))
+                .collect()
+        }
+        Db::Sqlite(s) => sqlx::query(
+            "SELECT stream_id FROM ingest_messages WHERE tenant_id = ?1 ORDER BY message_id",
+        )
+        .bind(tenant.0)
+        .fetch_all(&s.reader)
+        .await
+        .map_err(db_error)?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(db_error))
+        .collect(),
     }
 }
 
