@@ -37,6 +37,9 @@ fn aad(ctx: &TenantContext, key: &str) -> Vec<u8> {
     a
 }
 
+/// Fingerprint, sealed response, its key.
+type KeptRow = (Vec<u8>, Option<Vec<u8>>, Option<uuid::Uuid>);
+
 pub(crate) async fn begin(
     ctx: &TenantContext,
     key: &str,
@@ -60,7 +63,7 @@ pub(crate) async fn begin(
         tx.commit().await?;
         return Ok(Claim::Fresh);
     }
-    let row: Option<(Vec<u8>, Option<Vec<u8>>, Option<uuid::Uuid>)> = on_tx!(&mut tx, |c| sqlx::query(
+    let row: Option<KeptRow> = on_tx!(&mut tx, |c| sqlx::query(
         "SELECT fingerprint, response, response_key FROM conversation_idempotency WHERE tenant_id = $1 AND idem_key = $2"
     )
     .bind(t.0)

@@ -46,11 +46,14 @@ pub(crate) struct Summary {
     pub contacts: Vec<postvak_proto::events::conversation::MailboxV1>,
 }
 
+/// A message row: id, direction, stream version, time, sealed content, key.
+type MessageRow = (Uuid, &'static str, u64, i64, Vec<u8>, Uuid);
+
 /// What a batch of events changes, sealed and ready to write.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     row: Option<RowValues>,
-    messages: Vec<(Uuid, &'static str, u64, i64, Vec<u8>, Uuid)>,
+    messages: Vec<MessageRow>,
     notes: Vec<(Uuid, u64, i64, Vec<u8>, Uuid)>,
     merged_from: Vec<Uuid>,
     conversation_id: Uuid,

@@ -42,7 +42,6 @@ pub struct Agent {
 
 #[derive(Debug)]
 pub struct TestEnv {
-    pub backend: Backend,
     pub url: String,
     pub cells: Cells,
     pub directory: Directory,
@@ -95,7 +94,6 @@ impl TestEnv {
         let ingestor = Ingestor::new(cells.clone());
         let cancel = CancellationToken::new();
         let mut env = Self {
-            backend,
             url,
             cells: cells.clone(),
             directory,
