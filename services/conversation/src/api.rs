@@ -1090,14 +1090,11 @@ pub async fn wake_conversation(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, Failure> {
     let c = call(&cells, &dir, auth).await?;
-    let by = match actor_of(c.ctx.principal()) {
-        // By hand: any time, also for an API key.
-        core::Actor::System => core::Actor::Admin(Uuid::nil()),
-        a => a,
-    };
+    let by = actor_of(c.ctx.principal());
     Ok(simple(&c, &req, path.into_inner(), InboxRole::Reply, |_| {
         Ok(vec![C::Wake {
             by,
+            manual: true,
             at_us: crate::now_us(),
         }])
     })

@@ -446,9 +446,10 @@ pub enum ConversationCommand {
         by: Actor,
         at_us: i64,
     },
-    /// Ends a snooze: by hand, or by the timer once it is over (`by` = `System`).
+    /// Ends a snooze: by hand (`manual`, any time), or by the timer once it is over.
     Wake {
         by: Actor,
+        manual: bool,
         at_us: i64,
     },
     SetPriority {
@@ -801,13 +802,13 @@ impl Aggregate for Conversation {
                     at_us,
                 }])
             }
-            C::Wake { by, at_us } => {
+            C::Wake { by, manual, at_us } => {
                 self.live()?;
                 self.require_participant(by)?;
                 let Some(until) = self.snoozed_until_us else {
                     return Err(ConversationError::NotSnoozed);
                 };
-                if by == Actor::System && until > at_us {
+                if !manual && until > at_us {
                     return Err(ConversationError::SnoozeNotOver);
                 }
                 Ok(vec![E::Woken {
@@ -1629,12 +1630,14 @@ mod tests {
         assert_eq!(
             state.decide(ConversationCommand::Wake {
                 by: Actor::System,
+                manual: false,
                 at_us: T0 + 99
             }),
             Err(ConversationError::SnoozeNotOver)
         );
         let woken = Given(state.clone()).then_state(ConversationCommand::Wake {
             by: Actor::System,
+            manual: false,
             at_us: T0 + 100,
         });
         assert_eq!(woken.snoozed_until_us, None);
@@ -1643,6 +1646,7 @@ mod tests {
             state
                 .decide(ConversationCommand::Wake {
                     by: alice(),
+                    manual: true,
                     at_us: T0 + 1
                 })
                 .is_ok()
@@ -1650,6 +1654,7 @@ mod tests {
         assert_eq!(
             woken.decide(ConversationCommand::Wake {
                 by: alice(),
+                manual: true,
                 at_us: T0 + 101
             }),
             Err(ConversationError::NotSnoozed)
