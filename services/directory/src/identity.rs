@@ -448,6 +448,7 @@ impl Directory {
         .map(|_| ()))
         .map_err(db_error)?;
         tx.commit().await?;
+        self.caches().users.remove(&(ctx.tenant(), id));
         if disabled == Some(true) {
             self.end_sessions(ctx.tenant(), id).await?;
         }
@@ -805,18 +806,28 @@ impl Directory {
         token: &str,
         kind: SessionKind,
     ) -> Result<TenantContext, ApiError> {
-        let mut tx = global_tx(self.cells().directory(), false)
-            .await
-            .map_err(ApiError::from)?;
-        let row: Option<(Uuid, Uuid, String, i64, Option<i64>)> = on_tx!(&mut tx, |c| sqlx::query(
-            "SELECT tenant_id, user_id, kind, expires_at, revoked_at FROM sessions WHERE token_hash = $1"
-        )
-        .bind(token_hash(token))
-        .fetch_optional(c)
-        .await
-        .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?))).transpose()))
-        .map_err(|e| ApiError::from(db_error(e)))?;
-        tx.commit().await.map_err(ApiError::from)?;
+        let hash = token_hash(token);
+        let row = match self.caches().sessions.get(&hash) {
+            Some(r) => Some(r),
+            None => {
+                let mut tx = global_tx(self.cells().directory(), false)
+                    .await
+                    .map_err(ApiError::from)?;
+                let row: Option<SessionRow> = on_tx!(&mut tx, |c| sqlx::query(
+                    "SELECT tenant_id, user_id, kind, expires_at, revoked_at FROM sessions WHERE token_hash = $1"
+                )
+                .bind(&hash)
+                .fetch_optional(c)
+                .await
+                .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?))).transpose()))
+                .map_err(|e| ApiError::from(db_error(e)))?;
+                tx.commit().await.map_err(ApiError::from)?;
+                if let Some(r) = &row {
+                    self.caches().sessions.insert(hash, r.clone());
+                }
+                row
+            }
+        };
         let Some((tenant, user_id, stored_kind, expires, revoked)) = row else {
             return Err(ApiError::unauthorized());
         };
@@ -832,25 +843,31 @@ impl Directory {
             .with_detail("log in again"));
         }
         let tenant = TenantId(tenant);
-        let ctx = self
-            .cells()
-            .context(tenant, Principal::Service { name: "session" })
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
-        let user = self
-            .get_user(&ctx, user_id)
-            .await
-            .map_err(|_| ApiError::unauthorized())?;
-        if user.disabled {
+        let (role, disabled) = match self.caches().users.get(&(tenant, user_id)) {
+            Some(u) => u,
+            None => {
+                let ctx = self
+                    .cells()
+                    .context(tenant, Principal::Service { name: "session" })
+                    .await
+                    .map_err(|e| ApiError::internal(&e))?;
+                let user = self
+                    .get_user(&ctx, user_id)
+                    .await
+                    .map_err(|_| ApiError::unauthorized())?;
+                self.caches()
+                    .users
+                    .insert((tenant, user_id), (user.role, user.disabled));
+                (user.role, user.disabled)
+            }
+        };
+        if disabled {
             return Err(ApiError::unauthorized().with_detail("the user is disabled"));
         }
         self.cells()
             .context(
                 tenant,
-                Principal::User {
-                    user_id,
-                    role: user.role,
-                },
+                Principal::User { user_id, role },
             )
             .await
             .map_err(|e| ApiError::internal(&e))
@@ -858,6 +875,7 @@ impl Directory {
 
     /// Ends one session (logout).
     pub async fn logout(&self, token: &str) -> Result<(), ServiceError> {
+        self.caches().sessions.remove(&token_hash(token));
         let mut tx = global_tx(self.cells().directory(), true).await?;
         on_tx!(&mut tx, |c| sqlx::query(
             "UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2 AND revoked_at IS NULL"
@@ -1108,6 +1126,7 @@ impl Directory {
         }
         .map_err(db_error)?;
         tx.commit().await?;
+        self.permissions_changed(ctx.tenant());
         self.get_team(ctx, team_id).await
     }
 
@@ -1173,6 +1192,7 @@ impl Directory {
         .map(|_| ()))
         .map_err(db_error)?;
         tx.commit().await?;
+        self.permissions_changed(ctx.tenant());
         Ok(Grant {
             grant_id,
             inbox_id,
@@ -1217,6 +1237,7 @@ impl Directory {
         .map(|_| ()))
         .map_err(db_error)?;
         tx.commit().await?;
+        self.permissions_changed(ctx.tenant());
         Ok(())
     }
 
@@ -1246,7 +1267,11 @@ impl Directory {
         &self,
         ctx: &TenantContext,
         user_id: Uuid,
-    ) -> Result<(Vec<Uuid>, Vec<Grant>), ServiceError> {
+    ) -> Result<TeamsAndGrants, ServiceError> {
+        let key = (ctx.tenant(), user_id);
+        if let Some(hit) = self.caches().access.get(&key) {
+            return Ok(hit);
+        }
         let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
         let teams: Vec<Uuid> = on_tx!(&mut tx, |c| sqlx::query(
             "SELECT team_id FROM team_members WHERE tenant_id = $1 AND user_id = $2"
@@ -1269,7 +1294,14 @@ impl Directory {
         .and_then(|rows| rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?, r.try_get(6)?))).collect()))
         .map_err(db_error)?;
         tx.commit().await?;
-        Ok((teams, rows.into_iter().filter_map(grant_from_row).collect()))
+        let found = (teams, rows.into_iter().filter_map(grant_from_row).collect::<Vec<_>>());
+        self.caches().access.insert(key, found.clone());
+        Ok(found)
+    }
+
+    /// Drops cached permissions of a tenant after its grants or teams changed.
+    fn permissions_changed(&self, tenant: TenantId) {
+        self.caches().access.retain(|(t, _)| *t != tenant);
     }
 
     /// What the caller may do (a user's grants and teams: two indexed queries).
@@ -1290,14 +1322,12 @@ impl Directory {
                 })
             }
             Principal::ApiKey { key_id, .. } => {
-                let key = crate::projection::find_api_key(self.cells().directory(), *key_id)
-                    .await
-                    .map_err(ApiError::from)?;
+                let key = self.api_key(*key_id).await.map_err(ApiError::from)?;
                 Ok(Access {
                     principal: ctx.principal().clone(),
                     teams: Vec::new(),
                     grants: Vec::new(),
-                    key_inboxes: key.and_then(|k| k.inboxes),
+                    key_inboxes: key.and_then(|k| k.inboxes.clone()),
                     now,
                 })
             }
@@ -1316,6 +1346,10 @@ impl Directory {
 type UserRow = (Uuid, Vec<u8>, Uuid, String, bool, i64, bool);
 /// sealed TOTP secret, its key, last accepted step.
 type TotpRow = (Option<Vec<u8>>, Option<Uuid>, Option<i64>);
+/// A session row: tenant, user, kind, expires_at, revoked_at.
+pub(crate) type SessionRow = (Uuid, Uuid, String, i64, Option<i64>);
+/// A user's teams and the grants that reach them.
+pub(crate) type TeamsAndGrants = (Vec<Uuid>, Vec<Grant>);
 /// grant_id, inbox_id, grantee kind, grantee id, role, valid_from, valid_until.
 type GrantRow = (Uuid, Uuid, String, Uuid, String, Option<i64>, Option<i64>);
 

@@ -6,6 +6,7 @@
 //! own writes, idempotently, so a replay (`projections rebuild`) converges to the same rows.
 
 pub mod api;
+pub mod cache;
 mod codec;
 pub mod identity;
 pub mod sso;
@@ -99,6 +100,16 @@ pub struct IssuedKey {
 #[derive(Debug, Clone)]
 pub struct Directory {
     cells: Cells,
+    cache: std::sync::Arc<AuthCaches>,
+}
+
+/// The authentication hot path's caches (see `cache.rs` for the consistency they give).
+#[derive(Debug, Default)]
+pub(crate) struct AuthCaches {
+    pub keys: cache::TtlCache<Uuid, std::sync::Arc<projection::ApiKeyRow>>,
+    pub sessions: cache::TtlCache<Vec<u8>, identity::SessionRow>,
+    pub users: cache::TtlCache<(TenantId, Uuid), (postvak_core::access::TenantRole, bool)>,
+    pub access: cache::TtlCache<(TenantId, Uuid), identity::TeamsAndGrants>,
 }
 
 const SERVICE: Principal = Principal::Service { name: "directory" };
@@ -128,7 +139,14 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Directory {
     pub fn new(cells: Cells) -> Self {
-        Self { cells }
+        Self {
+            cells,
+            cache: std::sync::Arc::default(),
+        }
+    }
+
+    pub(crate) fn caches(&self) -> &AuthCaches {
+        &self.cache
     }
 
     pub fn cells(&self) -> &Cells {
@@ -329,7 +347,25 @@ impl Directory {
         Ok(IssuedKey { key_id, token })
     }
 
-    /// Revokes an API key of the tenant; it stops working at once.
+    /// An API key's row, from the cache when fresh.
+    pub(crate) async fn api_key(
+        &self,
+        key_id: Uuid,
+    ) -> Result<Option<std::sync::Arc<projection::ApiKeyRow>>, StoreError> {
+        if let Some(k) = self.cache.keys.get(&key_id) {
+            return Ok(Some(k));
+        }
+        let key = projection::find_api_key(self.cells.directory(), key_id)
+            .await?
+            .map(std::sync::Arc::new);
+        if let Some(k) = &key {
+            self.cache.keys.insert(key_id, k.clone());
+        }
+        Ok(key)
+    }
+
+    /// Revokes an API key of the tenant; it stops working at once (within the auth cache's TTL
+    /// on other replicas).
     pub async fn revoke_api_key(&self, ctx: &TenantContext, key_id: Uuid) -> Result<(), ServiceError> {
         let key = projection::find_api_key(self.cells.directory(), key_id).await?;
         if key.as_ref().is_none_or(|k| k.tenant_id != ctx.tenant()) {
@@ -339,6 +375,7 @@ impl Directory {
         ctx.append(&key_stream(key_id), ExpectedVersion::Any, vec![event])
             .await?;
         projection::revoke_api_key(self.cells.directory(), ctx.tenant(), key_id).await?;
+        self.cache.keys.remove(&key_id);
         Ok(())
     }
 
@@ -369,10 +406,7 @@ impl Directory {
         let rest = token.strip_prefix("pvk_").ok_or_else(ApiError::unauthorized)?;
         let (id, secret) = rest.split_once('_').ok_or_else(ApiError::unauthorized)?;
         let key_id = Uuid::try_parse(id).map_err(|_| ApiError::unauthorized())?;
-        let Some(key) = projection::find_api_key(self.cells.directory(), key_id)
-            .await
-            .map_err(ApiError::from)?
-        else {
+        let Some(key) = self.api_key(key_id).await.map_err(ApiError::from)? else {
             return Err(ApiError::unauthorized());
         };
         if !constant_time_eq(&key.secret_hash, &hash_secret(secret)) {
@@ -388,13 +422,16 @@ impl Directory {
         if key.last_used_at.is_none_or(|t| now - t >= 60) {
             // Recorded at most once a minute per key: auth must not write on every request.
             let _ = projection::touch_api_key(self.cells.directory(), key_id, now).await;
+            let mut touched = (*key).clone();
+            touched.last_used_at = Some(now);
+            self.cache.keys.insert(key_id, std::sync::Arc::new(touched));
         }
         self.cells
             .context(
                 key.tenant_id,
                 Principal::ApiKey {
                     key_id,
-                    scopes: key.scopes,
+                    scopes: key.scopes.clone(),
                 },
             )
             .await

@@ -341,7 +341,7 @@ pub(crate) async fn revoke_api_key(
     Ok(n > 0)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ApiKeyRow {
     pub key_id: Uuid,
     pub tenant_id: TenantId,
