@@ -70,6 +70,8 @@ enum Service {
     Relay,
     /// Inbound mail: the SMTP listener and the raw-MIME endpoint.
     Ingest,
+    /// Conversations: the agent API and the consumers behind it.
+    Conversation,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +138,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Authentication and permission checks per request: p50/p99 latency.
+    Auth {
+        /// A PostgreSQL server URL (a scratch database is created and dropped) or `sqlite`.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        target: String,
+        /// Calls per measurement.
+        #[arg(long, default_value_t = 5_000)]
+        calls: usize,
+    },
 }
 
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -160,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Service::Directory => Role::Directory,
                 Service::Relay => Role::Relay,
                 Service::Ingest => Role::Ingest,
+                Service::Conversation => Role::Conversation,
             };
             serve(&cfg, false, role).await?;
         }
@@ -202,6 +214,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await?;
             println!("{report}");
+        }
+        Command::Bench {
+            command: BenchCommand::Auth { target, calls },
+        } => {
+            println!("{}", crate::bench::auth(&target, calls.max(100)).await?);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+mod bench;
 mod cli;
 mod openapi;
 mod startup;

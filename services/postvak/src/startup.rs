@@ -32,6 +32,9 @@ pub enum Role {
     Relay,
     /// Inbound mail: the SMTP listener and the raw-MIME endpoint (`postvak run ingest`).
     Ingest,
+    /// Conversations: the agent API and the consumers that open and update conversations
+    /// (`postvak run conversation`).
+    Conversation,
 }
 
 /// The SMTP listener's settings from the `[smtp]` section; by default it listens on loopback
@@ -192,6 +195,18 @@ impl Application {
             None
         };
 
+        if matches!(role, Role::All | Role::Conversation) {
+            for cell in cells.all() {
+                for handle in postvak_conversation::start_consumers(&cells, cell.clone(), cancel.clone()) {
+                    tasks.spawn(async move {
+                        if let Err(e) = handle.await {
+                            tracing::error!(error = %e, "conversation worker ended abnormally");
+                        }
+                    });
+                }
+            }
+        }
+
         let _ = postvak_platform::telemetry::prometheus();
         let cells_data = web::Data::new(cells.clone());
         let directory_data = web::Data::new(directory);
@@ -209,6 +224,7 @@ impl Application {
                 .map_err(|e| anyhow::anyhow!("http.public_url: {e}"))?,
         );
         let serve_ingest = matches!(role, Role::All | Role::Ingest);
+        let serve_conversations = matches!(role, Role::All | Role::Conversation);
         let raw_settings: postvak_ingest::RawApiSettings = cfg.section("raw_api")?;
         let mut server = HttpServer::new(move || {
             let app = App::new()
@@ -230,8 +246,13 @@ impl Application {
             } else {
                 app
             };
-            if serve_ingest {
+            let app = if serve_ingest {
                 app.configure(postvak_ingest::api::routes_with(raw_settings.clone()))
+            } else {
+                app
+            };
+            if serve_conversations {
+                app.configure(postvak_conversation::api::routes)
             } else {
                 app
             }

@@ -296,7 +296,84 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("REFUSED 550"), "never an open relay: {stdout}");
-    // The accepted mail is one committed event (the refused one none); the log verifies.
+    // The accepted mail became one conversation with one message; the refused one nothing.
+    let key = server.api_key.clone().unwrap();
+    let c = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let page = loop {
+        let page: serde_json::Value = c.get(server.url("/v1/conversations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        if !page["items"].as_array().unwrap().is_empty() {
+            break page;
+        }
+        assert!(std::time::Instant::now() < deadline, "no conversation: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["items"][0]["message_count"], 1, "{page}");
     drop(server);
-    assert_eq!(events(&dir), before + 1);
+    assert!(events(&dir) > before);
+}
+
+#[tokio::test]
+async fn mail_in_becomes_a_conversation_and_the_reply_goes_out_as_the_inbox() {
+    let dir = TempDir::new();
+    let server = Server::start(command(&dir));
+    let key = server.api_key.clone().unwrap();
+    let port = server.smtp_port.unwrap();
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "Pat Ient <pat@example.net>"
+m["To"] = "support@demo.postvak.test"
+m["Subject"] = "Prescription renewal"
+m["Message-ID"] = "<rx-1@example.net>"
+m.set_content("Could you renew my prescription?")
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
+    s.send_message(m)
+"#;
+    let out = std::process::Command::new("python3").args(["-c", script, &port.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = client();
+    // The conversation service opens it from the message.received event, asynchronously.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let conv = loop {
+        let page: serde_json::Value = c.get(server.url("/v1/conversations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        if let Some(first) = page["items"].as_array().and_then(|a| a.first()) {
+            break first.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no conversation after 20 s: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(conv["subject"], "Prescription renewal");
+    assert_eq!(conv["status"], "open");
+    let id = conv["id"].as_str().unwrap();
+    let detail = c.get(server.url(&format!("/v1/conversations/{id}"))).bearer_auth(&key).send().await.unwrap();
+    let etag = detail.headers().get("etag").expect("an ETag").to_str().unwrap().to_owned();
+    let reply = c
+        .post(server.url(&format!("/v1/conversations/{id}/replies")))
+        .bearer_auth(&key)
+        .header("if-match", &etag)
+        .json(&json!({"body": "Renewed — you can pick it up tomorrow."}))
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.status().is_success(), "{}", reply.text().await.unwrap());
+    // A second reply against the same (now stale) view is refused.
+    let stale = c
+        .post(server.url(&format!("/v1/conversations/{id}/replies")))
+        .bearer_auth(&key)
+        .header("if-match", &etag)
+        .json(&json!({"body": "Duplicate answer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(stale, 409, "stale_conversation").await;
+    let detail: serde_json::Value = c.get(server.url(&format!("/v1/conversations/{id}"))).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let messages = detail["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{detail}");
+    let out = messages.iter().find(|m| m["direction"] == "outbound").unwrap();
+    assert_eq!(out["from"][0]["address"], "support@demo.postvak.test");
+    // Message-IDs are shown without their angle brackets.
+    assert_eq!(out["in_reply_to"], json!(["rx-1@example.net"]));
 }
