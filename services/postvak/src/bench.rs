@@ -144,6 +144,14 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
         }
     }
     rows.push(Latency::of("API key → tenant context", measure_key));
+    let mut cold = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        dir.forget_cached_credentials();
+        let t = Instant::now();
+        dir.authenticate_bearer(&key.token).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        cold.push(t.elapsed());
+    }
+    rows.push(Latency::of("API key, cache miss (database)", cold));
     let mut measure_session = Vec::with_capacity(calls);
     let mut user_ctx = None;
     for i in 0..calls + warm {
@@ -158,6 +166,14 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
         user_ctx = Some(c);
     }
     rows.push(Latency::of("session token → tenant context", measure_session));
+    let mut cold = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        dir.forget_cached_credentials();
+        let t = Instant::now();
+        dir.authenticate_bearer(&session.token).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        cold.push(t.elapsed());
+    }
+    rows.push(Latency::of("session, cache miss (database)", cold));
     let user_ctx = user_ctx.context("no session context")?;
     let mut measure_access = Vec::with_capacity(calls);
     for i in 0..calls + warm {
@@ -170,8 +186,103 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
         }
     }
     rows.push(Latency::of("user permission on an inbox", measure_access));
+    let mut cold = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        dir.forget_cached_credentials();
+        let t = Instant::now();
+        dir.access(&user_ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        cold.push(t.elapsed());
+    }
+    rows.push(Latency::of("permission, cache miss (database)", cold));
+    rows.push(id_token_validation(&dir, &cells, tenant, calls).await?);
     for cell in cells.all() {
         cell.store.db().close().await;
     }
     Ok(rows)
+}
+
+/// ID-token validation with the provider's JWKS cached: a loopback OpenID provider (discovery
+/// document and JWKS served here, RS256 key made by `openssl genrsa`) and tokens signed with it.
+async fn id_token_validation(
+    dir: &Directory,
+    cells: &postvak_platform::cell::Cells,
+    tenant: postvak_platform::store::TenantId,
+    calls: usize,
+) -> anyhow::Result<Latency> {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let pem = std::process::Command::new("openssl")
+        .args(["genrsa", "2048"])
+        .output()
+        .context("the ID-token measurement needs the openssl command to make a key")?;
+    anyhow::ensure!(pem.status.success(), "openssl genrsa failed");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem.stdout)?;
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::RS256)?;
+    jwk.common.key_id = Some("bench".into());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let issuer = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
+    let discovery = serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth"),
+        "token_endpoint": format!("{issuer}/token"),
+        "jwks_uri": format!("{issuer}/jwks"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    });
+    let jwks = serde_json::json!({ "keys": [jwk] });
+    let server = HttpServer::new(move || {
+        let (d, k) = (discovery.clone(), jwks.clone());
+        App::new()
+            .route(
+                "/.well-known/openid-configuration",
+                web::get().to(move || {
+                    let d = d.clone();
+                    async move { HttpResponse::Ok().json(d) }
+                }),
+            )
+            .route(
+                "/jwks",
+                web::get().to(move || {
+                    let k = k.clone();
+                    async move { HttpResponse::Ok().json(k) }
+                }),
+            )
+    })
+    .workers(1)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let sso = postvak_directory::sso::Sso::new(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ctx = cells.context(tenant, Principal::Service { name: "bench" }).await?;
+    let input: postvak_directory::sso::SsoSettingsInput = serde_json::from_value(serde_json::json!({
+        "issuer": issuer, "client_id": "postvak-bench", "client_secret": "bench-secret",
+        "allowed_domains": ["bench.example"], "default_role": "agent",
+    }))?;
+    sso.configure(dir, &ctx, &input)
+        .await
+        .map_err(|e| anyhow::anyhow!("configuring SSO: {e}"))?;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("bench".into());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut samples = Vec::with_capacity(calls);
+    let warm = calls / 10 + 1;
+    for i in 0..calls + warm {
+        let nonce = format!("nonce-{i}");
+        let claims = serde_json::json!({
+            "iss": issuer, "aud": "postvak-bench", "sub": format!("user-{i}"),
+            "iat": now, "exp": now + 300, "nonce": nonce, "email": "agent@bench.example",
+        });
+        let token = jsonwebtoken::encode(&header, &claims, &key)?;
+        let t = Instant::now();
+        sso.verify_id_token(dir, tenant, &token, &nonce)
+            .await
+            .map_err(|e| anyhow::anyhow!("ID token refused: {e}"))?;
+        if i >= warm {
+            samples.push(t.elapsed());
+        }
+    }
+    handle.stop(false).await;
+    Ok(Latency::of("ID token (cached JWKS) validation", samples))
 }

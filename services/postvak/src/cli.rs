@@ -138,6 +138,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Inbound mail: SMTP clients on loopback into the store; mails/s sustained and p99 time to
+    /// 250 at a fixed rate.
+    Ingest {
+        /// PostgreSQL server URLs and/or `sqlite`; each is measured in a scratch database.
+        #[arg(long = "target", default_values = ["postgres://postgres@127.0.0.1:5432/postgres", "sqlite"])]
+        targets: Vec<String>,
+        /// Concurrent SMTP clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds of the throughput measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Mails per second of the latency measurement.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
     /// Authentication and permission checks per request: p50/p99 latency.
     Auth {
         /// A PostgreSQL server URL (a scratch database is created and dropped) or `sqlite`.
@@ -211,6 +227,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 url: target,
                 phase: std::time::Duration::from_secs(seconds.max(1)),
                 ..Default::default()
+            })
+            .await?;
+            println!("{report}");
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Ingest {
+                    targets,
+                    clients,
+                    seconds,
+                    rate,
+                },
+        } => {
+            let report = postvak_ingest::bench::run(postvak_ingest::bench::BenchOptions {
+                targets,
+                clients: clients.max(1),
+                throughput: std::time::Duration::from_secs(seconds.max(1)),
+                rate: rate.max(1),
+                latency: std::time::Duration::from_secs(seconds.max(1)),
             })
             .await?;
             println!("{report}");

@@ -211,6 +211,8 @@ impl Application {
         let cells_data = web::Data::new(cells.clone());
         let directory_data = web::Data::new(directory);
         let auth_data = web::Data::new(authenticator);
+        // One ingestor per process: it caches the tenants' index keys.
+        let ingestor = web::Data::new(postvak_ingest::Ingestor::new(cells.clone()));
         let platform_token = web::Data::new(postvak_directory::api::PlatformAdminToken(
             cfg.security
                 .platform_admin_token
@@ -234,6 +236,7 @@ impl Application {
                 .app_data(auth_data.clone())
                 .app_data(platform_token.clone())
                 .app_data(sso.clone())
+                .app_data(ingestor.clone())
                 .app_data(postvak_platform::http::json_config())
                 .app_data(postvak_platform::http::query_config())
                 .app_data(postvak_platform::http::path_config())
