@@ -82,13 +82,25 @@ pub struct ApiKey {
     /// Limited to these inboxes; absent: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inboxes: Option<Vec<uuid::Uuid>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<time::OffsetDateTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<time::OffsetDateTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<time::OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
@@ -195,10 +207,18 @@ pub struct InboxMember {
     pub team_id: Option<uuid::Uuid>,
     /// `read`, `reply` or `admin`.
     pub role: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub valid_from: Option<time::OffsetDateTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub valid_until: Option<time::OffsetDateTime>,
 }
@@ -322,3 +342,4 @@ pub struct CreatedTenant {
 }
 
 pub mod conversation;
+pub mod notification;

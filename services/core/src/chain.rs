@@ -175,7 +175,10 @@ mod tests {
         }
     }
 
-    fn verify(rows: &[(u64, Vec<u8>, Vec<u8>, Hash)], head: (u64, Hash)) -> Vec<ChainFault> {
+    /// (version, payload, prev hash, hash)
+    type Row = (u64, Vec<u8>, Vec<u8>, Hash);
+
+    fn verify(rows: &[Row], head: (u64, Hash)) -> Vec<ChainFault> {
         let mut v = ChainVerifier::new();
         for (ver, payload, prev, hash) in rows {
             v.push(&input(prev, *ver, payload), hash);
@@ -183,7 +186,7 @@ mod tests {
         v.finish(Some((head.0, &head.1)))
     }
 
-    fn rows(n: u64) -> (Vec<(u64, Vec<u8>, Vec<u8>, Hash)>, (u64, Hash)) {
+    fn rows(n: u64) -> (Vec<Row>, (u64, Hash)) {
         let c = chain(n);
         let head = (n, c.last().map(|r| r.2).unwrap_or(GENESIS));
         (

@@ -36,18 +36,33 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/users/{user_id}", web::patch().to(update_user))
         .route("/v1/users/{user_id}/password", web::put().to(set_password))
         .route("/v1/users/{user_id}/totp", web::post().to(enroll_totp))
-        .route("/v1/users/{user_id}/totp/confirm", web::post().to(confirm_totp))
+        .route(
+            "/v1/users/{user_id}/totp/confirm",
+            web::post().to(confirm_totp),
+        )
         .route("/v1/teams", web::get().to(list_teams))
         .route("/v1/teams", web::post().to(create_team))
-        .route("/v1/teams/{team_id}/members/{user_id}", web::put().to(add_team_member))
-        .route("/v1/teams/{team_id}/members/{user_id}", web::delete().to(remove_team_member))
+        .route(
+            "/v1/teams/{team_id}/members/{user_id}",
+            web::put().to(add_team_member),
+        )
+        .route(
+            "/v1/teams/{team_id}/members/{user_id}",
+            web::delete().to(remove_team_member),
+        )
         .route("/v1/inboxes", web::get().to(list_inboxes))
         .route("/v1/inboxes", web::post().to(create_inbox))
         .route("/v1/inboxes/{inbox_id}", web::get().to(get_inbox))
         .route("/v1/inboxes/{inbox_id}", web::patch().to(update_inbox))
-        .route("/v1/inboxes/{inbox_id}/members", web::get().to(list_members))
+        .route(
+            "/v1/inboxes/{inbox_id}/members",
+            web::get().to(list_members),
+        )
         .route("/v1/inboxes/{inbox_id}/members", web::post().to(add_member))
-        .route("/v1/inboxes/{inbox_id}/members/{member_id}", web::delete().to(remove_member))
+        .route(
+            "/v1/inboxes/{inbox_id}/members/{member_id}",
+            web::delete().to(remove_member),
+        )
         .route("/v1/api-keys", web::get().to(list_api_keys))
         .route("/v1/api-keys", web::post().to(create_api_key))
         .route("/v1/api-keys/{key_id}", web::delete().to(revoke_api_key));
@@ -124,7 +139,13 @@ fn self_or_admin(a: &Access, user: Uuid) -> Result<(), ApiError> {
 
 /// Only tenant owners may create or promote owners.
 fn may_assign(a: &Access, role: TenantRole) -> Result<(), ApiError> {
-    let is_owner = matches!(a.principal, Principal::User { role: TenantRole::Owner, .. });
+    let is_owner = matches!(
+        a.principal,
+        Principal::User {
+            role: TenantRole::Owner,
+            ..
+        }
+    );
     if role == TenantRole::Owner && !is_owner {
         return Err(ApiError::forbidden("owner_required", "Owners only")
             .with_detail("only an owner can make someone an owner"));
@@ -267,15 +288,19 @@ pub async fn create_tenant(
     body: web::Json<rest::CreateTenant>,
 ) -> Result<HttpResponse, ApiError> {
     platform_admin(&req, &token)?;
-    postvak_core::directory::normalise_address(&body.owner_email)
-        .map_err(|e| err(e.into()))?;
+    postvak_core::directory::normalise_address(&body.owner_email).map_err(|e| err(e.into()))?;
     let tenant = dir
         .create_tenant(&body.name, body.cell.as_deref())
         .await
         .map_err(err)?;
     let ctx = dir
         .cells()
-        .context(tenant, Principal::Service { name: "platform-admin" })
+        .context(
+            tenant,
+            Principal::Service {
+                name: "platform-admin",
+            },
+        )
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let owner = dir
@@ -392,7 +417,10 @@ pub async fn get_user(
     auth: Authenticated,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = dir.get_user(&auth.0, path.into_inner()).await.map_err(err)?;
+    let user = dir
+        .get_user(&auth.0, path.into_inner())
+        .await
+        .map_err(err)?;
     Ok(HttpResponse::Ok().json(user_dto(user)))
 }
 
@@ -599,12 +627,13 @@ pub async fn list_inboxes(
             "limit must be between 1 and 200",
         ));
     }
-    let after = match &q.cursor {
-        Some(c) => Some(Uuid::try_parse(c).map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
-        None => None,
-    };
+    let after =
+        match &q.cursor {
+            Some(c) => Some(Uuid::try_parse(c).map_err(|_| {
+                ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+            })?),
+            None => None,
+        };
     let only = if a.administers_tenant() {
         None
     } else {
@@ -663,7 +692,9 @@ pub async fn get_inbox(
 ) -> Result<HttpResponse, ApiError> {
     let ctx = auth.0;
     let inbox = dir.get_inbox(&ctx, *path).await.map_err(err)?;
-    access(&dir, &ctx).await?.require_inbox(inbox.id, InboxRole::Read)?;
+    access(&dir, &ctx)
+        .await?
+        .require_inbox(inbox.id, InboxRole::Read)?;
     Ok(HttpResponse::Ok().json(inbox))
 }
 
@@ -683,7 +714,9 @@ pub async fn update_inbox(
 ) -> Result<HttpResponse, ApiError> {
     let ctx = auth.0;
     let inbox = dir.get_inbox(&ctx, *path).await.map_err(err)?;
-    access(&dir, &ctx).await?.require_inbox(inbox.id, InboxRole::Admin)?;
+    access(&dir, &ctx)
+        .await?
+        .require_inbox(inbox.id, InboxRole::Admin)?;
     let b = body.into_inner();
     let updated = dir
         .update_inbox(
@@ -715,7 +748,9 @@ pub async fn list_members(
 ) -> Result<HttpResponse, ApiError> {
     let ctx = auth.0;
     let inbox = dir.get_inbox(&ctx, *path).await.map_err(err)?;
-    access(&dir, &ctx).await?.require_inbox(inbox.id, InboxRole::Read)?;
+    access(&dir, &ctx)
+        .await?
+        .require_inbox(inbox.id, InboxRole::Read)?;
     let grants = dir.grants(&ctx, Some(inbox.id)).await.map_err(err)?;
     Ok(HttpResponse::Ok().json(grants.into_iter().map(member_dto).collect::<Vec<_>>()))
 }
@@ -738,7 +773,9 @@ pub async fn add_member(
 ) -> Result<HttpResponse, ApiError> {
     let ctx = auth.0;
     let inbox = dir.get_inbox(&ctx, *path).await.map_err(err)?;
-    access(&dir, &ctx).await?.require_inbox(inbox.id, InboxRole::Admin)?;
+    access(&dir, &ctx)
+        .await?
+        .require_inbox(inbox.id, InboxRole::Admin)?;
     let grantee = match (body.user_id, body.team_id) {
         (Some(u), None) => Grantee::User(u),
         (None, Some(t)) => Grantee::Team(t),
@@ -752,18 +789,27 @@ pub async fn add_member(
     let role = InboxRole::parse(&body.role).ok_or_else(|| {
         ApiError::unprocessable(
             "invalid_role",
-            format!("{:?} is not an inbox role: use read, reply or admin", body.role),
+            format!(
+                "{:?} is not an inbox role: use read, reply or admin",
+                body.role
+            ),
         )
     })?;
     let g = dir
-        .grant_inbox(&ctx, inbox.id, grantee, role, body.valid_from, body.valid_until)
+        .grant_inbox(
+            &ctx,
+            inbox.id,
+            grantee,
+            role,
+            body.valid_from,
+            body.valid_until,
+        )
         .await
         .map_err(|e| match e {
             // A grantee that doesn't exist is a bad request body, not a missing inbox.
-            ServiceError::NotFound => ApiError::unprocessable(
-                "unknown_grantee",
-                "no such user or team in this tenant",
-            ),
+            ServiceError::NotFound => {
+                ApiError::unprocessable("unknown_grantee", "no such user or team in this tenant")
+            }
             other => err(other),
         })?;
     Ok(HttpResponse::Created().json(member_dto(g)))
@@ -784,7 +830,9 @@ pub async fn remove_member(
     let ctx = auth.0;
     let (inbox_id, grant) = path.into_inner();
     let inbox = dir.get_inbox(&ctx, inbox_id).await.map_err(err)?;
-    access(&dir, &ctx).await?.require_inbox(inbox.id, InboxRole::Admin)?;
+    access(&dir, &ctx)
+        .await?
+        .require_inbox(inbox.id, InboxRole::Admin)?;
     dir.revoke_grant(&ctx, inbox.id, grant).await.map_err(err)?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -12,7 +12,9 @@ use postvak_platform::cell::{Principal, TenantContext};
 use postvak_platform::db::db_error;
 use postvak_platform::http::ApiError;
 use postvak_platform::on_tx;
-use postvak_platform::store::{ExpectedVersion, KeyScope, NewEvent, StoreError, StreamRef, TenantId};
+use postvak_platform::store::{
+    ExpectedVersion, KeyScope, NewEvent, StoreError, StreamRef, TenantId,
+};
 use postvak_proto::events::identity as ev;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -152,7 +154,11 @@ impl Access {
                 inbox_permission(*role, *user_id, &self.teams, inbox, &self.grants, self.now)
             }
             Principal::ApiKey { scopes, .. } => {
-                if self.key_inboxes.as_ref().is_some_and(|ids| !ids.contains(&inbox)) {
+                if self
+                    .key_inboxes
+                    .as_ref()
+                    .is_some_and(|ids| !ids.contains(&inbox))
+                {
                     return None;
                 }
                 scopes
@@ -191,8 +197,10 @@ impl Access {
         if self.administers_tenant() {
             Ok(())
         } else {
-            Err(ApiError::forbidden("tenant_admin_required", "Administrators only")
-                .with_detail("this needs the tenant admin or owner role (or an admin API key)"))
+            Err(
+                ApiError::forbidden("tenant_admin_required", "Administrators only")
+                    .with_detail("this needs the tenant admin or owner role (or an admin API key)"),
+            )
         }
     }
 
@@ -234,7 +242,11 @@ impl Directory {
             .cell()
             .store
             .keyring()
-            .blind_index(ctx.tenant(), EMAIL_INDEX, email.trim().to_lowercase().as_bytes())
+            .blind_index(
+                ctx.tenant(),
+                EMAIL_INDEX,
+                email.trim().to_lowercase().as_bytes(),
+            )
             .await
             .map_err(StoreError::from)?
             .to_vec())
@@ -289,7 +301,12 @@ impl Directory {
             .cell()
             .store
             .keyring()
-            .seal(ctx.tenant(), &KeyScope::Tenant, &profile, p.user_id.as_bytes())
+            .seal(
+                ctx.tenant(),
+                &KeyScope::Tenant,
+                &profile,
+                p.user_id.as_bytes(),
+            )
             .await
             .map_err(StoreError::from)?;
         let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
@@ -354,7 +371,15 @@ impl Directory {
         .await
         .and_then(|rows| rows
             .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?, r.try_get(6)?)))
+            .map(|r| Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?
+            )))
             .collect()))
         .map_err(db_error)?;
         tx.commit().await?;
@@ -422,7 +447,10 @@ impl Directory {
             )?);
         }
         if disabled == Some(true) && !user.disabled {
-            events.push(event(ev::USER_DISABLED, &ev::UserDisabledV1 { user_id: id })?);
+            events.push(event(
+                ev::USER_DISABLED,
+                &ev::UserDisabledV1 { user_id: id },
+            )?);
         }
         if disabled == Some(false) && user.disabled {
             return Err(ServiceError::Invalid(
@@ -561,8 +589,14 @@ impl Directory {
         user_id: Uuid,
         code: &str,
     ) -> Result<(), ServiceError> {
-        match self.check_totp(ctx.tenant(), ctx, user_id, code, true).await? {
-            Ok(()) => self.credentials_changed(ctx, user_id, "totp_enrolled").await,
+        match self
+            .check_totp(ctx.tenant(), ctx, user_id, code, true)
+            .await?
+        {
+            Ok(()) => {
+                self.credentials_changed(ctx, user_id, "totp_enrolled")
+                    .await
+            }
             Err(_) => Err(ServiceError::Invalid(
                 "the code does not match the enrolled generator".into(),
             )),
@@ -588,7 +622,9 @@ impl Directory {
         .bind(user_id)
         .fetch_optional(c)
         .await
-        .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()))
+        .and_then(|r| r
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()))
         .map_err(db_error)?;
         let Some((Some(sealed), Some(key), last)) = row else {
             return Ok(Err(LoginError::MfaEnrollmentRequired));
@@ -621,7 +657,11 @@ impl Directory {
         .map(|r| r.rows_affected()))
         .map_err(db_error)?;
         tx.commit().await?;
-        Ok(if updated == 1 { Ok(()) } else { Err(LoginError::BadTotp) })
+        Ok(if updated == 1 {
+            Ok(())
+        } else {
+            Err(LoginError::BadTotp)
+        })
     }
 
     /// Local login: email + password (+ TOTP code). On success a session.
@@ -638,7 +678,10 @@ impl Directory {
             .context(tenant, Principal::Service { name: "login" })
             .await
             .map_err(|_| ApiError::from(LoginError::BadCredentials))?;
-        let index = self.email_index(&ctx, email).await.map_err(ApiError::from)?;
+        let index = self
+            .email_index(&ctx, email)
+            .await
+            .map_err(ApiError::from)?;
         let user_id = self
             .user_by_index(&ctx, &index)
             .await
@@ -865,10 +908,7 @@ impl Directory {
             return Err(ApiError::unauthorized().with_detail("the user is disabled"));
         }
         self.cells()
-            .context(
-                tenant,
-                Principal::User { user_id, role },
-            )
+            .context(tenant, Principal::User { user_id, role })
             .await
             .map_err(|e| ApiError::internal(&e))
     }
@@ -964,7 +1004,9 @@ impl Directory {
         tx.commit().await?;
         match self.find_user_by_identity(issuer, subject).await? {
             Some((t, u)) if t == ctx.tenant() && u == user_id => Ok(()),
-            _ => Err(ServiceError::Exists("this identity is linked to another user")),
+            _ => Err(ServiceError::Exists(
+                "this identity is linked to another user",
+            )),
         }
     }
 
@@ -1050,7 +1092,10 @@ impl Directory {
         .bind(ctx.tenant().0)
         .fetch_all(c)
         .await
-        .and_then(|rows| rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()))
+        .and_then(|rows| rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()))
         .map_err(db_error)?;
         tx.commit().await?;
         Ok(teams
@@ -1282,7 +1327,8 @@ impl Directory {
         .await
         .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect()))
         .map_err(db_error)?;
-        let rows: Vec<GrantRow> = on_tx!(&mut tx, |c| sqlx::query(
+        let rows: Vec<GrantRow> = on_tx!(&mut tx, |c| {
+            sqlx::query(
             "SELECT grant_id, inbox_id, grantee_kind, grantee_id, role, valid_from, valid_until \
              FROM inbox_grants WHERE tenant_id = $1 AND (grantee_id = $2 OR grantee_id IN \
                (SELECT team_id FROM team_members WHERE tenant_id = $1 AND user_id = $2))"
@@ -1291,10 +1337,27 @@ impl Directory {
         .bind(user_id)
         .fetch_all(c)
         .await
-        .and_then(|rows| rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?, r.try_get(6)?))).collect()))
+        .and_then(|rows| rows
+            .iter()
+            .map(|r| Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?
+            )))
+            .collect())
+        })
         .map_err(db_error)?;
         tx.commit().await?;
-        let found = (teams, rows.into_iter().filter_map(grant_from_row).collect::<Vec<_>>());
+        let found = (
+            teams,
+            rows.into_iter()
+                .filter_map(grant_from_row)
+                .collect::<Vec<_>>(),
+        );
         self.caches().access.insert(key, found.clone());
         Ok(found)
     }
@@ -1386,5 +1449,4 @@ impl SessionKind {
 
 /// An argon2id hash of a random password nobody knows: verified against when the user is
 /// unknown, so a login for an unknown email takes as long as one with a wrong password.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2oTZ2ooBYXYHsLTpr6bmj6ZhG3Sqx6JiJjyBzLVWAdk";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2oTZ2ooBYXYHsLTpr6bmj6ZhG3Sqx6JiJjyBzLVWAdk";

@@ -9,8 +9,8 @@ pub mod api;
 pub mod cache;
 mod codec;
 pub mod identity;
-pub mod sso;
 mod projection;
+pub mod sso;
 
 use async_trait::async_trait;
 use postvak_core::Aggregate;
@@ -56,8 +56,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Domain(d) => {
                 let code = match d {
                     DirectoryError::TenantExists | DirectoryError::InboxExists => {
-                        return ApiError::new(StatusCode::CONFLICT, "already_exists", "Already exists")
-                            .with_detail(d.to_string());
+                        return ApiError::new(
+                            StatusCode::CONFLICT,
+                            "already_exists",
+                            "Already exists",
+                        )
+                        .with_detail(d.to_string());
                     }
                     DirectoryError::NameRequired => "name_required",
                     DirectoryError::InvalidAddress(_) => "invalid_address",
@@ -183,8 +187,13 @@ impl Directory {
         })?;
         self.cells.place_tenant(tenant, &cell.name).await?;
         let ctx = self.cells.context(tenant, SERVICE).await?;
-        self.append(&ctx, &tenant_stream(tenant), ExpectedVersion::NoStream, &events)
-            .await?;
+        self.append(
+            &ctx,
+            &tenant_stream(tenant),
+            ExpectedVersion::NoStream,
+            &events,
+        )
+        .await?;
         Ok(tenant)
     }
 
@@ -211,11 +220,16 @@ impl Directory {
         projection::reserve_addresses(self.cells.directory(), ctx.tenant(), inbox_id, addresses)
             .await?;
         if let Err(e) = self
-            .append(ctx, &inbox_stream(inbox_id), ExpectedVersion::NoStream, &events)
+            .append(
+                ctx,
+                &inbox_stream(inbox_id),
+                ExpectedVersion::NoStream,
+                &events,
+            )
             .await
         {
-            let _ = projection::release_addresses(self.cells.directory(), ctx.tenant(), inbox_id)
-                .await;
+            let _ =
+                projection::release_addresses(self.cells.directory(), ctx.tenant(), inbox_id).await;
             return Err(e);
         }
         self.get_inbox(ctx, inbox_id).await
@@ -226,9 +240,14 @@ impl Directory {
         ctx: &TenantContext,
         inbox_id: Uuid,
     ) -> Result<postvak_proto::rest::Inbox, ServiceError> {
-        projection::get_inbox(ctx.cell().db(), self.cells.directory(), ctx.tenant(), inbox_id)
-            .await?
-            .ok_or(ServiceError::NotFound)
+        projection::get_inbox(
+            ctx.cell().db(),
+            self.cells.directory(),
+            ctx.tenant(),
+            inbox_id,
+        )
+        .await?
+        .ok_or(ServiceError::NotFound)
     }
 
     /// A page of the tenant's inboxes ordered by id (UUIDv7: creation order); `only` limits it
@@ -282,9 +301,14 @@ impl Directory {
             return Err(DirectoryError::NameRequired.into());
         }
         if let Some(tz) = &update.timezone
-            && (tz.is_empty() || !tz.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c)))
+            && (tz.is_empty()
+                || !tz
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c)))
         {
-            return Err(ServiceError::Invalid(format!("{tz:?} is not an IANA time zone name")));
+            return Err(ServiceError::Invalid(format!(
+                "{tz:?} is not an IANA time zone name"
+            )));
         }
         if let Some(hours) = &update.business_hours {
             validate_business_hours(hours)?;
@@ -294,7 +318,8 @@ impl Directory {
             name: update.name.map(|n| n.trim().to_owned()),
             ..update
         };
-        let event = NewEvent::from_payload(postvak_proto::events::identity::INBOX_UPDATED, 1, &update)?;
+        let event =
+            NewEvent::from_payload(postvak_proto::events::identity::INBOX_UPDATED, 1, &update)?;
         ctx.append(&inbox_stream(inbox_id), ExpectedVersion::Any, vec![event])
             .await?;
         projection::apply_inbox_update(ctx.cell().db(), ctx.tenant(), &update).await?;
@@ -323,9 +348,14 @@ impl Directory {
     ) -> Result<IssuedKey, ServiceError> {
         use base64::Engine;
         if scopes.is_empty() {
-            return Err(ServiceError::Invalid("an API key needs at least one scope".into()));
+            return Err(ServiceError::Invalid(
+                "an API key needs at least one scope".into(),
+            ));
         }
-        if let Some(bad) = scopes.iter().find(|s| !matches!(s.as_str(), "read" | "write" | "admin")) {
+        if let Some(bad) = scopes
+            .iter()
+            .find(|s| !matches!(s.as_str(), "read" | "write" | "admin"))
+        {
             return Err(ServiceError::Invalid(format!(
                 "unknown scope {bad:?}: use read, write or admin"
             )));
@@ -339,7 +369,8 @@ impl Directory {
             }
         }
         let key_id = Uuid::now_v7();
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let secret =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let token = format!("pvk_{}_{}", key_id.simple(), secret);
         let payload = ev::ApiKeyIssuedV1 {
             key_id,
@@ -375,12 +406,17 @@ impl Directory {
 
     /// Revokes an API key of the tenant; it stops working at once (within the auth cache's TTL
     /// on other replicas).
-    pub async fn revoke_api_key(&self, ctx: &TenantContext, key_id: Uuid) -> Result<(), ServiceError> {
+    pub async fn revoke_api_key(
+        &self,
+        ctx: &TenantContext,
+        key_id: Uuid,
+    ) -> Result<(), ServiceError> {
         let key = projection::find_api_key(self.cells.directory(), key_id).await?;
         if key.as_ref().is_none_or(|k| k.tenant_id != ctx.tenant()) {
             return Err(ServiceError::NotFound);
         }
-        let event = NewEvent::from_payload(ev::API_KEY_REVOKED, 1, &ev::ApiKeyRevokedV1 { key_id })?;
+        let event =
+            NewEvent::from_payload(ev::API_KEY_REVOKED, 1, &ev::ApiKeyRevokedV1 { key_id })?;
         ctx.append(&key_stream(key_id), ExpectedVersion::Any, vec![event])
             .await?;
         projection::revoke_api_key(self.cells.directory(), ctx.tenant(), key_id).await?;
@@ -393,26 +429,30 @@ impl Directory {
         &self,
         ctx: &TenantContext,
     ) -> Result<Vec<postvak_proto::rest::ApiKey>, ServiceError> {
-        Ok(projection::list_api_keys(self.cells.directory(), ctx.tenant())
-            .await?
-            .into_iter()
-            .map(|k| postvak_proto::rest::ApiKey {
-                id: k.key_id,
-                name: k.name,
-                prefix: k.prefix,
-                scopes: k.scopes,
-                inboxes: k.inboxes,
-                expires_at: k.expires_at.map(projection::from_secs),
-                revoked_at: k.revoked_at.map(projection::from_secs),
-                last_used_at: k.last_used_at.map(projection::from_secs),
-                created_at: projection::from_secs(k.created_at),
-            })
-            .collect())
+        Ok(
+            projection::list_api_keys(self.cells.directory(), ctx.tenant())
+                .await?
+                .into_iter()
+                .map(|k| postvak_proto::rest::ApiKey {
+                    id: k.key_id,
+                    name: k.name,
+                    prefix: k.prefix,
+                    scopes: k.scopes,
+                    inboxes: k.inboxes,
+                    expires_at: k.expires_at.map(projection::from_secs),
+                    revoked_at: k.revoked_at.map(projection::from_secs),
+                    last_used_at: k.last_used_at.map(projection::from_secs),
+                    created_at: projection::from_secs(k.created_at),
+                })
+                .collect(),
+        )
     }
 
     /// Checks an API key token; a context for its tenant on success.
     pub async fn authenticate_api_key(&self, token: &str) -> Result<TenantContext, ApiError> {
-        let rest = token.strip_prefix("pvk_").ok_or_else(ApiError::unauthorized)?;
+        let rest = token
+            .strip_prefix("pvk_")
+            .ok_or_else(ApiError::unauthorized)?;
         let (id, secret) = rest.split_once('_').ok_or_else(ApiError::unauthorized)?;
         let key_id = Uuid::try_parse(id).map_err(|_| ApiError::unauthorized())?;
         let Some(key) = self.api_key(key_id).await.map_err(ApiError::from)? else {

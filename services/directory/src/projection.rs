@@ -171,7 +171,14 @@ async fn addresses_of(
 }
 
 /// inbox_id, name, created_at, signature, timezone, business_hours (JSON).
-type InboxRow = (Uuid, String, i64, Option<String>, Option<String>, Option<String>);
+type InboxRow = (
+    Uuid,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// Which inboxes to list.
 #[derive(Debug, Clone)]
@@ -193,34 +200,33 @@ pub(crate) async fn list_inboxes(
     let after = after.unwrap_or(Uuid::nil());
     let limit = i64::from(limit.clamp(1, 201));
     let mut tx = cell_db.tenant_tx(tenant, false).await?;
-    let rows: Vec<InboxRow> =
-        on_tx!(&mut tx, |c| sqlx::query(
-            "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
+    let rows: Vec<InboxRow> = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
              WHERE tenant_id = $1 AND inbox_id > $2 ORDER BY inbox_id LIMIT $3"
-        )
-        .bind(tenant.0)
-        .bind(after)
-        .bind(match filter {
-            InboxFilter::One(_) => i64::MAX,
-            _ => limit,
-        })
-        .fetch_all(c)
-        .await
-        .and_then(|rows| {
-            rows.iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get(0)?,
-                        r.try_get(1)?,
-                        r.try_get(2)?,
-                        r.try_get(3)?,
-                        r.try_get(4)?,
-                        r.try_get(5)?,
-                    ))
-                })
-                .collect()
-        }))
-        .map_err(db_error)?;
+    )
+    .bind(tenant.0)
+    .bind(after)
+    .bind(match filter {
+        InboxFilter::One(_) => i64::MAX,
+        _ => limit,
+    })
+    .fetch_all(c)
+    .await
+    .and_then(|rows| {
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                ))
+            })
+            .collect()
+    }))
+    .map_err(db_error)?;
     tx.commit().await?;
     let rows: Vec<_> = rows
         .into_iter()
@@ -275,11 +281,13 @@ pub(crate) async fn tenant_name(
     tenant: TenantId,
 ) -> Result<Option<String>, StoreError> {
     let mut tx = global_tx(directory, false).await?;
-    let name = on_tx!(&mut tx, |c| sqlx::query("SELECT name FROM tenants WHERE tenant_id = $1")
-        .bind(tenant.0)
-        .fetch_optional(c)
-        .await
-        .and_then(|r| r.map(|r| r.try_get::<String, _>(0)).transpose()))
+    let name = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT name FROM tenants WHERE tenant_id = $1"
+    )
+    .bind(tenant.0)
+    .fetch_optional(c)
+    .await
+    .and_then(|r| r.map(|r| r.try_get::<String, _>(0)).transpose()))
     .map_err(db_error)?;
     tx.commit().await?;
     Ok(name)
@@ -427,12 +435,14 @@ pub(crate) async fn list_api_keys(
 
 pub(crate) async fn touch_api_key(directory: &Db, key_id: Uuid, at: i64) -> Result<(), StoreError> {
     let mut tx = global_tx(directory, true).await?;
-    on_tx!(&mut tx, |c| sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2")
-        .bind(at)
-        .bind(key_id)
-        .execute(c)
-        .await
-        .map(|_| ()))
+    on_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2"
+    )
+    .bind(at)
+    .bind(key_id)
+    .execute(c)
+    .await
+    .map(|_| ()))
     .map_err(db_error)?;
     tx.commit().await
 }
@@ -462,7 +472,9 @@ pub(crate) async fn apply_inbox_update(
     tx.commit().await
 }
 
-pub(crate) async fn list_tenants(directory: &Db) -> Result<Vec<postvak_proto::rest::Tenant>, StoreError> {
+pub(crate) async fn list_tenants(
+    directory: &Db,
+) -> Result<Vec<postvak_proto::rest::Tenant>, StoreError> {
     let mut tx = global_tx(directory, false).await?;
     let rows = on_tx!(&mut tx, |c| sqlx::query(
         "SELECT tenant_id, name, cell FROM tenants ORDER BY tenant_id"
@@ -471,7 +483,11 @@ pub(crate) async fn list_tenants(directory: &Db) -> Result<Vec<postvak_proto::re
     .await
     .and_then(|rows| rows
         .iter()
-        .map(|r| Ok(postvak_proto::rest::Tenant { id: r.try_get(0)?, name: r.try_get(1)?, cell: r.try_get(2)? }))
+        .map(|r| Ok(postvak_proto::rest::Tenant {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            cell: r.try_get(2)?
+        }))
         .collect::<Result<Vec<_>, sqlx::Error>>()))
     .map_err(db_error)?;
     tx.commit().await?;

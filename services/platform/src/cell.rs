@@ -115,7 +115,8 @@ impl Cells {
                 n
             }
         };
-        self.get(&name).ok_or(CellError::CellNotServed { tenant, cell: name })
+        self.get(&name)
+            .ok_or(CellError::CellNotServed { tenant, cell: name })
     }
 
     /// Records that `tenant` lives in `cell` (idempotent for the same cell).
@@ -201,9 +202,14 @@ pub enum Principal {
         user_id: Uuid,
         role: postvak_core::access::TenantRole,
     },
-    ApiKey { key_id: Uuid, scopes: Vec<String> },
+    ApiKey {
+        key_id: Uuid,
+        scopes: Vec<String>,
+    },
     /// A service acting on its own (consumers, timers, bootstrap).
-    Service { name: &'static str },
+    Service {
+        name: &'static str,
+    },
 }
 
 impl Principal {

@@ -531,7 +531,12 @@ mod tests {
     #[test]
     fn master_key_required_for_configured_cells_and_generated_for_embedded() {
         let c = load("[cells.eu1]\ndatabase_url = \"postgres://x@h/db\"\n", &[]).unwrap();
-        assert!(c.master_key().unwrap_err().to_string().contains("master_key"));
+        assert!(
+            c.master_key()
+                .unwrap_err()
+                .to_string()
+                .contains("master_key")
+        );
         let dir = crate::testkit::TempDir::new();
         let c = Config::load_with_env(
             None,

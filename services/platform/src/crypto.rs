@@ -121,8 +121,11 @@ impl fmt::Debug for StoredKey {
 #[async_trait]
 pub trait KeyStore: Send + Sync + fmt::Debug {
     async fn get(&self, key_id: Uuid) -> Result<Option<StoredKey>, CryptoError>;
-    async fn find(&self, tenant: TenantId, scope: &KeyScope)
-    -> Result<Option<StoredKey>, CryptoError>;
+    async fn find(
+        &self,
+        tenant: TenantId,
+        scope: &KeyScope,
+    ) -> Result<Option<StoredKey>, CryptoError>;
     /// Inserts `key` for `scope` unless one exists; returns the key that is stored (the winner
     /// of a race).
     async fn insert(&self, key: StoredKey, scope: &KeyScope) -> Result<StoredKey, CryptoError>;
@@ -173,7 +176,13 @@ fn wrap_aad(key_id: Uuid, tenant: TenantId) -> Vec<u8> {
 fn seal_with(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let nonce = Nonce::generate();
     let ct = cipher
-        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .map_err(|_| CryptoError::Authentication)?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(nonce.as_slice());
@@ -465,7 +474,9 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
     }
 
     const T: TenantId = TenantId(Uuid::from_u128(1));
@@ -515,7 +526,10 @@ mod tests {
             let ring = ring();
             let a = ring.blind_index(T, "email", b"x@y.z").await.unwrap();
             assert_eq!(a, ring.blind_index(T, "email", b"x@y.z").await.unwrap());
-            assert_ne!(a, ring.blind_index(T, "message-id", b"x@y.z").await.unwrap());
+            assert_ne!(
+                a,
+                ring.blind_index(T, "message-id", b"x@y.z").await.unwrap()
+            );
             let other = TenantId(Uuid::from_u128(2));
             assert_ne!(a, ring.blind_index(other, "email", b"x@y.z").await.unwrap());
         });
@@ -528,7 +542,8 @@ mod tests {
             let (k, sealed) = ring.seal(T, &KeyScope::Tenant, b"x", b"aad").await.unwrap();
             assert!(ring.open(T, k, &sealed, b"other").await.is_err());
             assert!(matches!(
-                ring.open(TenantId(Uuid::from_u128(2)), k, &sealed, b"aad").await,
+                ring.open(TenantId(Uuid::from_u128(2)), k, &sealed, b"aad")
+                    .await,
                 Err(CryptoError::WrongTenant { .. })
             ));
         });

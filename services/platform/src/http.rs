@@ -70,7 +70,12 @@ impl ApiError {
     }
 
     pub fn problem(&self) -> Problem {
-        Problem::new(self.status.as_u16(), self.code, self.title, self.detail.clone())
+        Problem::new(
+            self.status.as_u16(),
+            self.code,
+            self.title,
+            self.detail.clone(),
+        )
     }
 }
 
@@ -105,7 +110,8 @@ impl From<StoreError> for ApiError {
             | StoreError::VersionOverflow { .. }
             | StoreError::EmptyAppend
             | StoreError::DuplicateEvent { .. } => {
-                Self::new(StatusCode::CONFLICT, e.code(), "Cannot append").with_detail(e.to_string())
+                Self::new(StatusCode::CONFLICT, e.code(), "Cannot append")
+                    .with_detail(e.to_string())
             }
             StoreError::Unavailable(_) => {
                 tracing::error!(error = %e, "database unavailable");
@@ -135,9 +141,7 @@ impl From<BusError> for ApiError {
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(1 << 20)
-        .error_handler(|err, _req| {
-            ApiError::bad_request("invalid_json", err.to_string()).into()
-        })
+        .error_handler(|err, _req| ApiError::bad_request("invalid_json", err.to_string()).into())
 }
 
 /// Query string errors as problem+json.

@@ -40,7 +40,10 @@ pub async fn fresh_postgres_database() -> String {
     };
     let name = format!("pv_test_{}", Uuid::new_v4().simple());
     let sql = format!("CREATE DATABASE {name}");
-    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+    {
         panic!("cannot create test database {name}: {e}");
     }
     let _ = conn.close().await;

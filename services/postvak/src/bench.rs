@@ -49,8 +49,16 @@ pub struct AuthReport {
 
 impl fmt::Display for AuthReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "auth overhead per request ({}), target p99 < 1 ms", self.backend)?;
-        writeln!(f, "{:<34} {:>7} {:>10} {:>10} {:>10}", "operation", "calls", "p50", "p99", "max")?;
+        writeln!(
+            f,
+            "auth overhead per request ({}), target p99 < 1 ms",
+            self.backend
+        )?;
+        writeln!(
+            f,
+            "{:<34} {:>7} {:>10} {:>10} {:>10}",
+            "operation", "calls", "p50", "p99", "max"
+        )?;
         for r in &self.rows {
             writeln!(
                 f,
@@ -73,10 +81,13 @@ pub async fn auth(target: &str, calls: usize) -> anyhow::Result<AuthReport> {
     let (url, scratch) = if target == "sqlite" {
         (format!("sqlite://{}/bench.db", dir.path().display()), None)
     } else {
-        let name = format!("postvak_bench_auth_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let mut c = sqlx::PgConnection::connect(target)
-            .await
-            .with_context(|| format!("connecting to {}", postvak_platform::db::redact_url(target)))?;
+        let name = format!(
+            "postvak_bench_auth_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let mut c = sqlx::PgConnection::connect(target).await.with_context(|| {
+            format!("connecting to {}", postvak_platform::db::redact_url(target))
+        })?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut c)
             .await?;
@@ -88,19 +99,28 @@ pub async fn auth(target: &str, calls: usize) -> anyhow::Result<AuthReport> {
     if let Some(name) = scratch
         && let Ok(mut c) = sqlx::PgConnection::connect(target).await
     {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut c)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut c)
+        .await;
     }
     result.map(|rows| AuthReport {
-        backend: if target == "sqlite" { "SQLite".into() } else { "PostgreSQL".into() },
+        backend: if target == "sqlite" {
+            "SQLite".into()
+        } else {
+            "PostgreSQL".into()
+        },
         rows,
     })
 }
 
 async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
     let env = vec![
-        ("POSTVAK_CELLS__BENCH__DATABASE_URL".to_owned(), url.to_owned()),
+        (
+            "POSTVAK_CELLS__BENCH__DATABASE_URL".to_owned(),
+            url.to_owned(),
+        ),
         (
             "POSTVAK_SECURITY__MASTER_KEY".to_owned(),
             postvak_platform::crypto::MasterKey::generate_base64(),
@@ -110,7 +130,9 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
     let cells = startup::open_cells(&cfg, true).await?;
     let dir = Directory::new(cells.clone());
     let tenant = dir.create_tenant("Bench", None).await?;
-    let ctx = cells.context(tenant, Principal::Service { name: "bench" }).await?;
+    let ctx = cells
+        .context(tenant, Principal::Service { name: "bench" })
+        .await?;
     let user = dir
         .create_user(&ctx, "agent@bench.example", "Agent", TenantRole::Agent)
         .await?;
@@ -138,7 +160,9 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
     let mut measure_key = Vec::with_capacity(calls);
     for i in 0..calls + warm {
         let t = Instant::now();
-        dir.authenticate_bearer(&key.token).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        dir.authenticate_bearer(&key.token)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if i >= warm {
             measure_key.push(t.elapsed());
         }
@@ -148,7 +172,9 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
     for _ in 0..calls {
         dir.forget_cached_credentials();
         let t = Instant::now();
-        dir.authenticate_bearer(&key.token).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        dir.authenticate_bearer(&key.token)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         cold.push(t.elapsed());
     }
     rows.push(Latency::of("API key, cache miss (database)", cold));
@@ -165,12 +191,17 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
         }
         user_ctx = Some(c);
     }
-    rows.push(Latency::of("session token → tenant context", measure_session));
+    rows.push(Latency::of(
+        "session token → tenant context",
+        measure_session,
+    ));
     let mut cold = Vec::with_capacity(calls);
     for _ in 0..calls {
         dir.forget_cached_credentials();
         let t = Instant::now();
-        dir.authenticate_bearer(&session.token).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        dir.authenticate_bearer(&session.token)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         cold.push(t.elapsed());
     }
     rows.push(Latency::of("session, cache miss (database)", cold));
@@ -178,7 +209,10 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
     let mut measure_access = Vec::with_capacity(calls);
     for i in 0..calls + warm {
         let t = Instant::now();
-        let a = dir.access(&user_ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let a = dir
+            .access(&user_ctx)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         a.require_inbox(inbox.id, postvak_core::access::InboxRole::Reply)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if i >= warm {
@@ -190,7 +224,9 @@ async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {
     for _ in 0..calls {
         dir.forget_cached_credentials();
         let t = Instant::now();
-        dir.access(&user_ctx).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        dir.access(&user_ctx)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         cold.push(t.elapsed());
     }
     rows.push(Latency::of("permission, cache miss (database)", cold));
@@ -255,11 +291,14 @@ async fn id_token_validation(
     tokio::spawn(server);
 
     let sso = postvak_directory::sso::Sso::new(None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ctx = cells.context(tenant, Principal::Service { name: "bench" }).await?;
-    let input: postvak_directory::sso::SsoSettingsInput = serde_json::from_value(serde_json::json!({
-        "issuer": issuer, "client_id": "postvak-bench", "client_secret": "bench-secret",
-        "allowed_domains": ["bench.example"], "default_role": "agent",
-    }))?;
+    let ctx = cells
+        .context(tenant, Principal::Service { name: "bench" })
+        .await?;
+    let input: postvak_directory::sso::SsoSettingsInput =
+        serde_json::from_value(serde_json::json!({
+            "issuer": issuer, "client_id": "postvak-bench", "client_secret": "bench-secret",
+            "allowed_domains": ["bench.example"], "default_role": "agent",
+        }))?;
     sso.configure(dir, &ctx, &input)
         .await
         .map_err(|e| anyhow::anyhow!("configuring SSO: {e}"))?;

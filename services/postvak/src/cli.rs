@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
-#[command(name = "postvak", version, about = "Multi-tenant, event-sourced shared-inbox backend")]
+#[command(
+    name = "postvak",
+    version,
+    about = "Multi-tenant, event-sourced shared-inbox backend"
+)]
 pub struct Cli {
     /// TOML configuration file (env `POSTVAK_*` overrides it). Without one: the embedded
     /// default (SQLite under ./data, in-process bus).
@@ -223,12 +227,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Store { target, seconds },
         } => {
-            let report = postvak_platform::bench::store_bench(postvak_platform::bench::StoreBenchOptions {
-                url: target,
-                phase: std::time::Duration::from_secs(seconds.max(1)),
-                ..Default::default()
-            })
-            .await?;
+            let report =
+                postvak_platform::bench::store_bench(postvak_platform::bench::StoreBenchOptions {
+                    url: target,
+                    phase: std::time::Duration::from_secs(seconds.max(1)),
+                    ..Default::default()
+                })
+                .await?;
             println!("{report}");
         }
         Command::Bench {
@@ -267,11 +272,20 @@ async fn serve(cfg: &Config, migrate: bool, role: Role) -> anyhow::Result<()> {
         None
     };
     let app = Application::build(cfg, cells, role).await?;
-    let host = cfg.http.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+    let host = cfg
+        .http
+        .addr
+        .rsplit_once(':')
+        .map_or("127.0.0.1", |(h, _)| h);
     println!("Postvak is running.");
-    println!("  HTTP API:  http://{host}:{}/v1  (OpenAPI: /openapi.json, health: /healthz, /readyz, metrics: /metrics)", app.port());
+    println!(
+        "  HTTP API:  http://{host}:{}/v1  (OpenAPI: /openapi.json, health: /healthz, /readyz, metrics: /metrics)",
+        app.port()
+    );
     match app.smtp_port() {
-        Some(port) => println!("  SMTP:      {host}:{port}  (mail to an inbox address becomes a conversation message)"),
+        Some(port) => println!(
+            "  SMTP:      {host}:{port}  (mail to an inbox address becomes a conversation message)"
+        ),
         None => println!("  SMTP:      not in this process"),
     }
     for cell in app.cells().all() {
@@ -284,7 +298,10 @@ async fn serve(cfg: &Config, migrate: bool, role: Role) -> anyhow::Result<()> {
     }
     if let Some(d) = &demo {
         println!("  demo tenant: {} ({})", d.tenant_name, d.tenant_id);
-        println!("  demo inbox:  {} <{}> ({})", d.inbox_name, d.inbox_address, d.inbox_id);
+        println!(
+            "  demo inbox:  {} <{}> ({})",
+            d.inbox_name, d.inbox_address, d.inbox_id
+        );
         println!("  admin API key: {}", d.api_key);
         println!(
             "  try: curl -H 'Authorization: Bearer {}' http://{host}:{}/v1/inboxes",
@@ -312,8 +329,12 @@ struct DemoInfo {
 async fn bootstrap_demo(dir: &Directory, data_dir: &Path) -> anyhow::Result<DemoInfo> {
     let path = data_dir.join("demo.json");
     if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged; delete it and ./data to start afresh", path.display()));
+        return serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged; delete it and ./data to start afresh",
+                path.display()
+            )
+        });
     }
     let tenant = dir.create_tenant("Demo", None).await?;
     let ctx = dir
@@ -382,7 +403,10 @@ async fn audit_verify(
             }
         );
         for f in &report.findings {
-            println!("  tenant {} stream {}: {:?}", f.tenant_id, f.stream_id, f.fault);
+            println!(
+                "  tenant {} stream {}: {:?}",
+                f.tenant_id, f.stream_id, f.fault
+            );
         }
         intact &= report.is_intact();
     }

@@ -8,9 +8,9 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
 use postvak_directory::Directory;
 use postvak_platform::auth::SharedAuthenticator;
-use postvak_platform::bus::{Bus, BusKind};
 use postvak_platform::bus::inproc::InProcessBus;
 use postvak_platform::bus::nats::NatsBus;
+use postvak_platform::bus::{Bus, BusKind};
 use postvak_platform::cell::{Cell, Cells};
 use postvak_platform::config::Config;
 use postvak_platform::db::{self, Db, DbOptions};
@@ -102,7 +102,9 @@ pub async fn open_cells(cfg: &Config, migrate: bool) -> anyhow::Result<Cells> {
         None => {
             let url = directory_url.expose();
             if migrate || db::kind_of(url)? == db::DbKind::Sqlite {
-                db::migrate(url).await.context("migrating the directory database")?;
+                db::migrate(url)
+                    .await
+                    .context("migrating the directory database")?;
             }
             db::connect(url, &DbOptions::default())
                 .await
@@ -128,11 +130,12 @@ fn ensure_parent_dir(sqlite_url: &str) -> anyhow::Result<()> {
 
 /// A clear message instead of "relation does not exist" on first query.
 async fn check_migrated(store: &dyn EventStore, cell: &str) -> anyhow::Result<()> {
-    match store.stream_version(
-        postvak_platform::store::TenantId(uuid::Uuid::nil()),
-        &postvak_platform::store::StreamRef::new("probe", "probe"),
-    )
-    .await
+    match store
+        .stream_version(
+            postvak_platform::store::TenantId(uuid::Uuid::nil()),
+            &postvak_platform::store::StreamRef::new("probe", "probe"),
+        )
+        .await
     {
         Ok(_) => Ok(()),
         Err(e @ postvak_platform::store::StoreError::Unavailable(_)) => Err(e.into()),
@@ -155,7 +158,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("port", &self.port).finish()
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish()
     }
 }
 
@@ -197,7 +202,9 @@ impl Application {
 
         if matches!(role, Role::All | Role::Conversation) {
             for cell in cells.all() {
-                for handle in postvak_conversation::start_consumers(&cells, cell.clone(), cancel.clone()) {
+                for handle in
+                    postvak_conversation::start_consumers(&cells, cell.clone(), cancel.clone())
+                {
                     tasks.spawn(async move {
                         if let Err(e) = handle.await {
                             tracing::error!(error = %e, "conversation worker ended abnormally");
@@ -312,9 +319,13 @@ fn spawn_relay(tasks: &mut JoinSet<()>, cell: &Arc<Cell>, cancel: CancellationTo
     let cell = cell.clone();
     tasks.spawn(async move {
         let options = postvak_platform::relay::RelayOptions::new(cell.name.clone());
-        if let Err(e) =
-            postvak_platform::relay::run_relay(cell.store.clone(), cell.bus.clone(), options, cancel)
-                .await
+        if let Err(e) = postvak_platform::relay::run_relay(
+            cell.store.clone(),
+            cell.bus.clone(),
+            options,
+            cancel,
+        )
+        .await
         {
             tracing::error!(cell = %cell.name, error = %e, "relay stopped");
         }
@@ -326,9 +337,9 @@ async fn openapi_json() -> HttpResponse {
         Ok(doc) => HttpResponse::Ok()
             .content_type("application/json")
             .body(doc),
-        Err(e) => {
-            actix_web::ResponseError::error_response(&postvak_platform::http::ApiError::internal(&e))
-        }
+        Err(e) => actix_web::ResponseError::error_response(
+            &postvak_platform::http::ApiError::internal(&e),
+        ),
     }
 }
 
@@ -343,7 +354,9 @@ async fn observe(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
     let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!("http", %method, %route);
     let res = tracing::Instrument::instrument(next.call(req), span).await;
     let status = match &res {

@@ -35,7 +35,8 @@ fn missing_config_file() {
 fn unknown_setting_is_named() {
     let dir = TempDir::new();
     let mut c = command(&dir);
-    c.env("POSTVAK_CELLS__EU1__DATABASE_URL", "mysql://nope").arg("migrate");
+    c.env("POSTVAK_CELLS__EU1__DATABASE_URL", "mysql://nope")
+        .arg("migrate");
     let (code, _, err) = run(c);
     assert_clean_failure(code, &err, "postgres:// or sqlite:");
 }
@@ -44,12 +45,22 @@ fn unknown_setting_is_named() {
 fn unreachable_postgres_fails_fast_and_clearly() {
     let dir = TempDir::new();
     let mut c = command(&dir);
-    c.env("POSTVAK_CELLS__EU1__DATABASE_URL", "postgres://postgres@127.0.0.1:1/postvak")
-        .env("POSTVAK_SECURITY__MASTER_KEY", postvak_platform::crypto::MasterKey::generate_base64())
-        .arg("migrate");
+    c.env(
+        "POSTVAK_CELLS__EU1__DATABASE_URL",
+        "postgres://postgres@127.0.0.1:1/postvak",
+    )
+    .env(
+        "POSTVAK_SECURITY__MASTER_KEY",
+        postvak_platform::crypto::MasterKey::generate_base64(),
+    )
+    .arg("migrate");
     let start = Instant::now();
     let (code, _, err) = run(c);
-    assert_clean_failure(code, &err, "cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/postvak");
+    assert_clean_failure(
+        code,
+        &err,
+        "cannot connect to PostgreSQL at postgres://postgres@127.0.0.1:1/postvak",
+    );
     assert!(start.elapsed() < Duration::from_secs(30));
 }
 
@@ -57,10 +68,16 @@ fn unreachable_postgres_fails_fast_and_clearly() {
 fn unreachable_nats_fails_fast_and_clearly() {
     let dir = TempDir::new();
     let mut c = command(&dir);
-    c.env("POSTVAK_CELLS__LOCAL__DATABASE_URL", format!("sqlite://{}/x.db", dir.path().display()))
-        .env("POSTVAK_CELLS__LOCAL__NATS_URL", "nats://127.0.0.1:1")
-        .env("POSTVAK_SECURITY__MASTER_KEY", postvak_platform::crypto::MasterKey::generate_base64())
-        .arg("serve");
+    c.env(
+        "POSTVAK_CELLS__LOCAL__DATABASE_URL",
+        format!("sqlite://{}/x.db", dir.path().display()),
+    )
+    .env("POSTVAK_CELLS__LOCAL__NATS_URL", "nats://127.0.0.1:1")
+    .env(
+        "POSTVAK_SECURITY__MASTER_KEY",
+        postvak_platform::crypto::MasterKey::generate_base64(),
+    )
+    .arg("serve");
     let start = Instant::now();
     let (code, _, err) = run(c);
     assert_clean_failure(code, &err, "NATS");
@@ -71,7 +88,11 @@ fn unreachable_nats_fails_fast_and_clearly() {
 fn missing_master_key_with_configured_cells() {
     let dir = TempDir::new();
     let mut c = command(&dir);
-    c.env("POSTVAK_CELLS__EU1__DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres").arg("migrate");
+    c.env(
+        "POSTVAK_CELLS__EU1__DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+    .arg("migrate");
     let (code, _, err) = run(c);
     assert_clean_failure(code, &err, "master_key");
 }
@@ -79,7 +100,10 @@ fn missing_master_key_with_configured_cells() {
 #[test]
 fn the_example_configuration_loads() {
     let dir = TempDir::new();
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/postvak.example.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/postvak.example.toml"
+    );
     let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
     let mut c = command(&dir);
     c.args(["--config", example, "openapi", "--check", doc]);

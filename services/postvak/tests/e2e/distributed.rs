@@ -45,7 +45,16 @@ async fn postgres_and_nats_relay_every_event_and_audit_detects_tampering() {
     env.ok(&["migrate"]);
     let tenant = env.ok(&["admin", "create-tenant", "--name", "Acme"]);
     for i in 0..5 {
-        env.ok(&["admin", "create-inbox", "--tenant", &tenant, "--name", &format!("Inbox {i}"), "--address", &format!("in{i}@acme.example")]);
+        env.ok(&[
+            "admin",
+            "create-inbox",
+            "--tenant",
+            &tenant,
+            "--name",
+            &format!("Inbox {i}"),
+            "--address",
+            &format!("in{i}@acme.example"),
+        ]);
     }
     let key = env.ok(&["admin", "issue-key", "--tenant", &tenant]);
     // 1 tenant + 5 inboxes + 1 key = 7 events.
@@ -57,7 +66,15 @@ async fn postgres_and_nats_relay_every_event_and_audit_detects_tampering() {
     let c = client();
     let ready = c.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
-    let page: serde_json::Value = c.get(server.url("/v1/inboxes")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let page: serde_json::Value = c
+        .get(server.url("/v1/inboxes"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
 
     // The relay publishes every committed event to the cell's JetStream stream, once.
@@ -86,7 +103,11 @@ async fn postgres_and_nats_relay_every_event_and_audit_detects_tampering() {
             .args([env.db_url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     psql(
         "SET session_replication_role = replica; \
@@ -121,13 +142,50 @@ async fn tenants_live_only_in_their_cell() {
         out.trim().to_owned()
     };
     ok(&["migrate"]);
-    let eu = ok(&["admin", "create-tenant", "--name", "Huisarts Noord", "--cell", "eu1"]);
-    let us = ok(&["admin", "create-tenant", "--name", "Clinic West", "--cell", "us1"]);
-    ok(&["admin", "create-inbox", "--tenant", &eu, "--name", "Intake", "--address", "intake@noord.example"]);
-    ok(&["admin", "create-inbox", "--tenant", &us, "--name", "Intake", "--address", "intake@west.example"]);
+    let eu = ok(&[
+        "admin",
+        "create-tenant",
+        "--name",
+        "Huisarts Noord",
+        "--cell",
+        "eu1",
+    ]);
+    let us = ok(&[
+        "admin",
+        "create-tenant",
+        "--name",
+        "Clinic West",
+        "--cell",
+        "us1",
+    ]);
+    ok(&[
+        "admin",
+        "create-inbox",
+        "--tenant",
+        &eu,
+        "--name",
+        "Intake",
+        "--address",
+        "intake@noord.example",
+    ]);
+    ok(&[
+        "admin",
+        "create-inbox",
+        "--tenant",
+        &us,
+        "--name",
+        "Intake",
+        "--address",
+        "intake@west.example",
+    ]);
     let count = |db: &str, tenant: &str| -> i64 {
         let out = std::process::Command::new("psql")
-            .args([db, "-At", "-c", &format!("SELECT count(*) FROM events WHERE tenant_id = '{tenant}'")])
+            .args([
+                db,
+                "-At",
+                "-c",
+                &format!("SELECT count(*) FROM events WHERE tenant_id = '{tenant}'"),
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
@@ -139,9 +197,29 @@ async fn tenants_live_only_in_their_cell() {
         c.arg("serve");
         c
     });
-    let ready: serde_json::Value = client().get(server.url("/readyz")).send().await.unwrap().json().await.unwrap();
-    let names: Vec<&str> = ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["cell:eu1:database", "cell:eu1:bus", "cell:us1:database", "cell:us1:bus"]);
+    let ready: serde_json::Value = client()
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cell:eu1:database",
+            "cell:eu1:bus",
+            "cell:us1:database",
+            "cell:us1:bus"
+        ]
+    );
     let nats = async_nats::connect(testkit::nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(nats);
     for cell in ["eu1", "us1"] {
@@ -155,7 +233,10 @@ async fn tenants_live_only_in_their_cell() {
             if n == 2 {
                 break;
             }
-            assert!(Instant::now() < deadline, "cell {cell}: {n} events on its stream");
+            assert!(
+                Instant::now() < deadline,
+                "cell {cell}: {n} events on its stream"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

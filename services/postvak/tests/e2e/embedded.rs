@@ -12,12 +12,24 @@ async fn first_start_serves_the_demo_tenant_and_survives_a_restart() {
     assert!(key.starts_with("pvk_"), "{key}");
     let c = client();
 
-    let health: serde_json::Value = c.get(server.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: serde_json::Value = c
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = c.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let ready: serde_json::Value = ready.json().await.unwrap();
-    let names: Vec<&str> = ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["cell:local:database", "cell:local:bus"]);
 
     let page: serde_json::Value = c
@@ -30,7 +42,10 @@ async fn first_start_serves_the_demo_tenant_and_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
-    assert_eq!(page["items"][0]["addresses"], json!(["support@demo.postvak.test"]));
+    assert_eq!(
+        page["items"][0]["addresses"],
+        json!(["support@demo.postvak.test"])
+    );
     let inbox_id = page["items"][0]["id"].as_str().unwrap().to_owned();
 
     // Create an inbox and read it back.
@@ -43,13 +58,20 @@ async fn first_start_serves_the_demo_tenant_and_survives_a_restart() {
         .unwrap();
     assert_eq!(created.status(), 201);
     let created: serde_json::Value = created.json().await.unwrap();
-    assert_eq!(created["addresses"], json!(["deals@demo.postvak.test", "sales@demo.postvak.test"]));
+    assert_eq!(
+        created["addresses"],
+        json!(["deals@demo.postvak.test", "sales@demo.postvak.test"])
+    );
 
     // Data and key survive a restart; the process stops cleanly on SIGTERM.
     let status = server.stop();
     assert!(status.success(), "exit status {status}");
     let server = Server::start(command(&dir));
-    assert_eq!(server.api_key.as_deref(), Some(key.as_str()), "same demo key shown again");
+    assert_eq!(
+        server.api_key.as_deref(),
+        Some(key.as_str()),
+        "same demo key shown again"
+    );
     let page: serde_json::Value = c
         .get(server.url("/v1/inboxes"))
         .bearer_auth(&key)
@@ -59,7 +81,12 @@ async fn first_start_serves_the_demo_tenant_and_survives_a_restart() {
         .json()
         .await
         .unwrap();
-    let ids: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 2);
     assert_eq!(ids[0], inbox_id);
 
@@ -81,16 +108,34 @@ async fn bad_requests_get_problem_json() {
     let key = server.api_key.clone().unwrap();
     let c = client();
 
-    assert_problem(c.get(server.url("/v1/inboxes")).send().await.unwrap(), 401, "unauthenticated").await;
     assert_problem(
-        c.get(server.url("/v1/inboxes")).bearer_auth("pvk_00000000000000000000000000000000_nope").send().await.unwrap(),
+        c.get(server.url("/v1/inboxes")).send().await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert_problem(
+        c.get(server.url("/v1/inboxes"))
+            .bearer_auth("pvk_00000000000000000000000000000000_nope")
+            .send()
+            .await
+            .unwrap(),
         401,
         "unauthenticated",
     )
     .await;
     // A well-formed key id with the wrong secret.
     let forged = format!("{}_{}", &key[..key.rfind('_').unwrap()], "AAAA");
-    assert_problem(c.get(server.url("/v1/inboxes")).bearer_auth(forged).send().await.unwrap(), 401, "unauthenticated").await;
+    assert_problem(
+        c.get(server.url("/v1/inboxes"))
+            .bearer_auth(forged)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
 
     let missing = c
         .get(server.url("/v1/inboxes/0190c5d2-0000-7000-8000-000000000000"))
@@ -99,38 +144,79 @@ async fn bad_requests_get_problem_json() {
         .await
         .unwrap();
     let missing_body = assert_problem(missing, 404, "not_found").await;
-    let malformed = c.get(server.url("/v1/inboxes/not-a-uuid")).bearer_auth(&key).send().await.unwrap();
+    let malformed = c
+        .get(server.url("/v1/inboxes/not-a-uuid"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     let malformed_body = assert_problem(malformed, 404, "not_found").await;
-    assert_eq!(missing_body, malformed_body, "a malformed id is indistinguishable from a missing one");
+    assert_eq!(
+        missing_body, malformed_body,
+        "a malformed id is indistinguishable from a missing one"
+    );
 
     assert_problem(
-        c.post(server.url("/v1/inboxes")).bearer_auth(&key).header("content-type", "application/json").body("{not json").send().await.unwrap(),
+        c.post(server.url("/v1/inboxes"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
         400,
         "invalid_json",
     )
     .await;
     assert_problem(
-        c.post(server.url("/v1/inboxes")).bearer_auth(&key).json(&json!({"name": "X", "addresses": ["nobody"]})).send().await.unwrap(),
+        c.post(server.url("/v1/inboxes"))
+            .bearer_auth(&key)
+            .json(&json!({"name": "X", "addresses": ["nobody"]}))
+            .send()
+            .await
+            .unwrap(),
         422,
         "invalid_address",
     )
     .await;
     assert_problem(
-        c.post(server.url("/v1/inboxes")).bearer_auth(&key).json(&json!({"name": "Dup", "addresses": ["support@demo.postvak.test"]})).send().await.unwrap(),
+        c.post(server.url("/v1/inboxes"))
+            .bearer_auth(&key)
+            .json(&json!({"name": "Dup", "addresses": ["support@demo.postvak.test"]}))
+            .send()
+            .await
+            .unwrap(),
         409,
         "address_taken",
     )
     .await;
     assert_problem(
-        c.get(server.url("/v1/inboxes?limit=0")).bearer_auth(&key).send().await.unwrap(),
+        c.get(server.url("/v1/inboxes?limit=0"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
         400,
         "invalid_limit",
     )
     .await;
-    assert_problem(c.get(server.url("/no/such/route")).send().await.unwrap(), 404, "not_found").await;
+    assert_problem(
+        c.get(server.url("/no/such/route")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
 
     // Nothing above changed anything: still one inbox.
-    let page: serde_json::Value = c.get(server.url("/v1/inboxes")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let page: serde_json::Value = c
+        .get(server.url("/v1/inboxes"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
 }
 
@@ -140,13 +226,40 @@ async fn metrics_and_openapi_are_served() {
     let server = Server::start(command(&dir));
     let c = client();
     let _ = c.get(server.url("/healthz")).send().await.unwrap();
-    let metrics = c.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("postvak_http_requests_total"), "{metrics}");
-    let doc: serde_json::Value = c.get(server.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
-    let committed: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).unwrap()).unwrap();
-    assert_eq!(doc, committed, "docs/openapi.json is stale: run `postvak openapi --out docs/openapi.json`");
+    let doc: serde_json::Value = c
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        doc, committed,
+        "docs/openapi.json is stale: run `postvak openapi --out docs/openapi.json`"
+    );
 }
 
 #[tokio::test]
@@ -162,27 +275,85 @@ async fn tenants_do_not_see_each_other() {
     };
     let a = admin(&["create-tenant", "--name", "A"]);
     let b = admin(&["create-tenant", "--name", "B"]);
-    let inbox_a = admin(&["create-inbox", "--tenant", &a, "--name", "Support", "--address", "help@a.example"]);
+    let inbox_a = admin(&[
+        "create-inbox",
+        "--tenant",
+        &a,
+        "--name",
+        "Support",
+        "--address",
+        "help@a.example",
+    ]);
     let key_a = admin(&["issue-key", "--tenant", &a, "--scope", "read"]);
     let key_b = admin(&["issue-key", "--tenant", &b, "--scope", "admin"]);
 
     let server = Server::start(command(&dir));
     let c = client();
-    let ok = c.get(server.url(&format!("/v1/inboxes/{inbox_a}"))).bearer_auth(&key_a).send().await.unwrap();
+    let ok = c
+        .get(server.url(&format!("/v1/inboxes/{inbox_a}")))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
-    let foreign = c.get(server.url(&format!("/v1/inboxes/{inbox_a}"))).bearer_auth(&key_b).send().await.unwrap();
+    let foreign = c
+        .get(server.url(&format!("/v1/inboxes/{inbox_a}")))
+        .bearer_auth(&key_b)
+        .send()
+        .await
+        .unwrap();
     let foreign = assert_problem(foreign, 404, "not_found").await;
-    let none = c.get(server.url("/v1/inboxes/0190c5d2-0000-7000-8000-000000000000")).bearer_auth(&key_b).send().await.unwrap();
+    let none = c
+        .get(server.url("/v1/inboxes/0190c5d2-0000-7000-8000-000000000000"))
+        .bearer_auth(&key_b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(foreign, assert_problem(none, 404, "not_found").await);
-    let list: serde_json::Value = c.get(server.url("/v1/inboxes")).bearer_auth(&key_b).send().await.unwrap().json().await.unwrap();
-    assert!(list["items"].as_array().unwrap().iter().all(|i| i["id"] != inbox_a.as_str()), "{list}");
+    let list: serde_json::Value = c
+        .get(server.url("/v1/inboxes"))
+        .bearer_auth(&key_b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["id"] != inbox_a.as_str()),
+        "{list}"
+    );
     // B can't take A's address either.
-    let taken = c.post(server.url("/v1/inboxes")).bearer_auth(&key_b).json(&json!({"name": "x", "addresses": ["help@a.example"]})).send().await.unwrap();
+    let taken = c
+        .post(server.url("/v1/inboxes"))
+        .bearer_auth(&key_b)
+        .json(&json!({"name": "x", "addresses": ["help@a.example"]}))
+        .send()
+        .await
+        .unwrap();
     assert_problem(taken, 409, "address_taken").await;
     // A read-only key can't create.
-    let denied = c.post(server.url("/v1/inboxes")).bearer_auth(&key_a).json(&json!({"name": "x", "addresses": ["x@a.example"]})).send().await.unwrap();
+    let denied = c
+        .post(server.url("/v1/inboxes"))
+        .bearer_auth(&key_a)
+        .json(&json!({"name": "x", "addresses": ["x@a.example"]}))
+        .send()
+        .await
+        .unwrap();
     assert_problem(denied, 403, "tenant_admin_required").await;
-    let me: serde_json::Value = c.get(server.url("/v1/me")).bearer_auth(&key_a).send().await.unwrap().json().await.unwrap();
+    let me: serde_json::Value = c
+        .get(server.url("/v1/me"))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(me["tenant_id"], a.as_str());
     assert_eq!(me["tenant_name"], "A");
 }
@@ -203,7 +374,11 @@ fn collector() -> (u16, std::sync::mpsc::Receiver<(String, String, usize)>) {
                     if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
                         return;
                     }
-                    let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let path = request_line
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_owned();
                     let (mut len, mut ctype) = (0usize, String::new());
                     loop {
                         let mut h = String::new();
@@ -236,12 +411,23 @@ async fn traces_are_exported_over_otlp_when_configured() {
     let (port, received) = collector();
     let dir = TempDir::new();
     let mut cmd = command(&dir);
-    cmd.env("POSTVAK_TELEMETRY__OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"));
+    cmd.env(
+        "POSTVAK_TELEMETRY__OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{port}"),
+    );
     let server = Server::start(cmd);
     let key = server.api_key.clone().unwrap();
     let c = client();
     for _ in 0..3 {
-        assert_eq!(c.get(server.url("/v1/inboxes")).bearer_auth(&key).send().await.unwrap().status(), 200);
+        assert_eq!(
+            c.get(server.url("/v1/inboxes"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
     // Stopping flushes the batch exporter.
     assert!(server.stop().success());
@@ -264,7 +450,13 @@ async fn mail_to_the_demo_inbox_is_accepted_and_strangers_are_refused() {
         let (code, out, err) = run(c);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("intact"), "{out}");
-        let n = out.split(" events").next().unwrap().rsplit(' ').next().unwrap();
+        let n = out
+            .split(" events")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap();
         n.parse().unwrap()
     };
     let before = events(&dir);
@@ -294,18 +486,36 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
         .output()
         .expect("python3 is needed for this test");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("REFUSED 550"), "never an open relay: {stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("REFUSED 550"),
+        "never an open relay: {stdout}"
+    );
     // The accepted mail became one conversation with one message; the refused one nothing.
     let key = server.api_key.clone().unwrap();
     let c = client();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let page = loop {
-        let page: serde_json::Value = c.get(server.url("/v1/conversations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        let page: serde_json::Value = c
+            .get(server.url("/v1/conversations"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if !page["items"].as_array().unwrap().is_empty() {
             break page;
         }
-        assert!(std::time::Instant::now() < deadline, "no conversation: {page}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no conversation: {page}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
@@ -332,24 +542,53 @@ m.set_content("Could you renew my prescription?")
 with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
     s.send_message(m)
 "#;
-    let out = std::process::Command::new("python3").args(["-c", script, &port.to_string()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let c = client();
     // The conversation service opens it from the message.received event, asynchronously.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let conv = loop {
-        let page: serde_json::Value = c.get(server.url("/v1/conversations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        let page: serde_json::Value = c
+            .get(server.url("/v1/conversations"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if let Some(first) = page["items"].as_array().and_then(|a| a.first()) {
             break first.clone();
         }
-        assert!(std::time::Instant::now() < deadline, "no conversation after 20 s: {page}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no conversation after 20 s: {page}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(conv["subject"], "Prescription renewal");
     assert_eq!(conv["status"], "open");
     let id = conv["id"].as_str().unwrap();
-    let detail = c.get(server.url(&format!("/v1/conversations/{id}"))).bearer_auth(&key).send().await.unwrap();
-    let etag = detail.headers().get("etag").expect("an ETag").to_str().unwrap().to_owned();
+    let detail = c
+        .get(server.url(&format!("/v1/conversations/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let etag = detail
+        .headers()
+        .get("etag")
+        .expect("an ETag")
+        .to_str()
+        .unwrap()
+        .to_owned();
     let reply = c
         .post(server.url(&format!("/v1/conversations/{id}/replies")))
         .bearer_auth(&key)
@@ -358,7 +597,11 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
         .send()
         .await
         .unwrap();
-    assert!(reply.status().is_success(), "{}", reply.text().await.unwrap());
+    assert!(
+        reply.status().is_success(),
+        "{}",
+        reply.text().await.unwrap()
+    );
     // A second reply against the same (now stale) view is refused.
     let stale = c
         .post(server.url(&format!("/v1/conversations/{id}/replies")))
@@ -369,10 +612,21 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
         .await
         .unwrap();
     assert_problem(stale, 409, "stale_conversation").await;
-    let detail: serde_json::Value = c.get(server.url(&format!("/v1/conversations/{id}"))).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let detail: serde_json::Value = c
+        .get(server.url(&format!("/v1/conversations/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let messages = detail["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 2, "{detail}");
-    let out = messages.iter().find(|m| m["direction"] == "outbound").unwrap();
+    let out = messages
+        .iter()
+        .find(|m| m["direction"] == "outbound")
+        .unwrap();
     assert_eq!(out["from"][0]["address"], "support@demo.postvak.test");
     // Message-IDs are shown without their angle brackets.
     assert_eq!(out["in_reply_to"], json!(["rx-1@example.net"]));

@@ -87,7 +87,10 @@ impl Server {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
-                        panic!("postvak exited with {status} before serving:\n{}", lines.join("\n"));
+                        panic!(
+                            "postvak exited with {status} before serving:\n{}",
+                            lines.join("\n")
+                        );
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -95,7 +98,10 @@ impl Server {
         }
         let Some(base) = base else {
             let _ = child.kill();
-            panic!("postvak did not print its address within 60 s:\n{}", lines.join("\n"));
+            panic!(
+                "postvak did not print its address within 60 s:\n{}",
+                lines.join("\n")
+            );
         };
         Server {
             child,

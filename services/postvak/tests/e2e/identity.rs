@@ -23,7 +23,10 @@ async fn stack() -> Stack {
         c.env("POSTVAK_CELLS__EU1__DATABASE_URL", &db_url)
             .env("POSTVAK_CELLS__EU1__NATS_URL", testkit::nats_url())
             .env("POSTVAK_BUS__PREFIX", testkit::unique_prefix())
-            .env("POSTVAK_SECURITY__MASTER_KEY", "LCa0a2j/xo/5m0U8HTBBNBNCLXBkg7+g+YpeiGL6VTk=")
+            .env(
+                "POSTVAK_SECURITY__MASTER_KEY",
+                "LCa0a2j/xo/5m0U8HTBBNBNCLXBkg7+g+YpeiGL6VTk=",
+            )
             .env("POSTVAK_SECURITY__PLATFORM_ADMIN_TOKEN", PLATFORM_TOKEN);
     };
     let mut m = command(&dir);
@@ -41,7 +44,13 @@ async fn stack() -> Stack {
     }
 }
 
-async fn call(server: &Server, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    server: &Server,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req = client().request(method, server.url(path));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -104,10 +113,27 @@ async fn tenant(server: &Server, name: &str) -> Tenant {
     let id = created["tenant"]["id"].as_str().unwrap().to_owned();
     let admin_key = created["api_key"]["token"].as_str().unwrap().to_owned();
     let owner_id = created["owner"]["id"].as_str().unwrap().to_owned();
-    ok(server, Method::PUT, &format!("/v1/users/{owner_id}/password"), &admin_key, json!({"password": "correct horse battery"})).await;
-    let inbox = ok(server, Method::POST, "/v1/inboxes", &admin_key, json!({"name": "Intake", "addresses": [format!("intake@{name}.example")]})).await;
+    ok(
+        server,
+        Method::PUT,
+        &format!("/v1/users/{owner_id}/password"),
+        &admin_key,
+        json!({"password": "correct horse battery"}),
+    )
+    .await;
+    let inbox = ok(
+        server,
+        Method::POST,
+        "/v1/inboxes",
+        &admin_key,
+        json!({"name": "Intake", "addresses": [format!("intake@{name}.example")]}),
+    )
+    .await;
     let inbox = inbox["id"].as_str().unwrap().to_owned();
-    let mut tokens = vec![("owner", login(server, &id, &format!("owner@{name}.example")).await)];
+    let mut tokens = vec![(
+        "owner",
+        login(server, &id, &format!("owner@{name}.example")).await,
+    )];
     let mut user_ids = vec![("owner", owner_id)];
     for (who, role, grant) in [
         ("admin", "admin", None),
@@ -127,15 +153,35 @@ async fn tenant(server: &Server, name: &str) -> Tenant {
         .await;
         let uid = u["id"].as_str().unwrap().to_owned();
         if let Some(g) = grant {
-            ok(server, Method::POST, &format!("/v1/inboxes/{inbox}/members"), &admin_key, json!({"user_id": uid, "role": g})).await;
+            ok(
+                server,
+                Method::POST,
+                &format!("/v1/inboxes/{inbox}/members"),
+                &admin_key,
+                json!({"user_id": uid, "role": g}),
+            )
+            .await;
         }
         tokens.push((who, login(server, &id, &email).await));
         user_ids.push((who, uid));
     }
-    let read_key = ok(server, Method::POST, "/v1/api-keys", &admin_key, json!({"name": "ro", "scopes": ["read"]})).await;
+    let read_key = ok(
+        server,
+        Method::POST,
+        "/v1/api-keys",
+        &admin_key,
+        json!({"name": "ro", "scopes": ["read"]}),
+    )
+    .await;
     tokens.push(("key-read", read_key["token"].as_str().unwrap().to_owned()));
     tokens.push(("key-admin", admin_key.clone()));
-    Tenant { id, admin_key, inbox, tokens, user_ids }
+    Tenant {
+        id,
+        admin_key,
+        inbox,
+        tokens,
+        user_ids,
+    }
 }
 
 #[tokio::test]
@@ -145,7 +191,17 @@ async fn rbac_matrix_every_route_every_role() {
     let t = tenant(s, "acme").await;
     let x = t.inbox.clone();
     let agent = t.user("agent").to_owned();
-    let who = ["owner", "admin", "agent", "reader", "viewer", "outsider", "key-read", "key-admin", "anonymous"];
+    let who = [
+        "owner",
+        "admin",
+        "agent",
+        "reader",
+        "viewer",
+        "outsider",
+        "key-read",
+        "key-admin",
+        "anonymous",
+    ];
     // Expected status per principal, in the order of `who`.
     let mut n = 0u32;
     let mut uniq = || {
@@ -153,19 +209,84 @@ async fn rbac_matrix_every_route_every_role() {
         n
     };
     let cases: Vec<(Method, String, Box<dyn FnMut() -> Option<Value>>, [u16; 9])> = vec![
-        (Method::GET, "/v1/me".into(), Box::new(|| None), [200, 200, 200, 200, 200, 200, 200, 200, 401]),
-        (Method::GET, "/v1/users".into(), Box::new(|| None), [200, 200, 200, 200, 200, 200, 200, 200, 401]),
-        (Method::GET, format!("/v1/users/{agent}"), Box::new(|| None), [200, 200, 200, 200, 200, 200, 200, 200, 401]),
-        (Method::GET, "/v1/teams".into(), Box::new(|| None), [200, 200, 200, 200, 200, 200, 200, 200, 401]),
-        (Method::GET, "/v1/inboxes".into(), Box::new(|| None), [200, 200, 200, 200, 200, 200, 200, 200, 401]),
-        (Method::GET, format!("/v1/inboxes/{x}"), Box::new(|| None), [200, 200, 200, 200, 200, 404, 200, 200, 401]),
-        (Method::GET, format!("/v1/inboxes/{x}/members"), Box::new(|| None), [200, 200, 200, 200, 200, 404, 200, 200, 401]),
-        (Method::PATCH, format!("/v1/inboxes/{x}"), Box::new(|| Some(json!({"signature": "— The intake team"}))), [200, 200, 403, 403, 403, 404, 403, 200, 401]),
-        (Method::POST, format!("/v1/inboxes/{x}/members"), Box::new(move || Some(json!({"user_id": agent, "role": "read"}))), [201, 201, 403, 403, 403, 404, 403, 201, 401]),
-        (Method::GET, "/v1/api-keys".into(), Box::new(|| None), [200, 200, 403, 403, 403, 403, 403, 200, 401]),
-        (Method::GET, "/v1/security".into(), Box::new(|| None), [200, 200, 403, 403, 403, 403, 403, 200, 401]),
-        (Method::PUT, "/v1/security".into(), Box::new(|| Some(json!({"mfa_required": false}))), [200, 200, 403, 403, 403, 403, 403, 200, 401]),
-        (Method::GET, "/v1/tenants".into(), Box::new(|| None), [401, 401, 401, 401, 401, 401, 401, 401, 401]),
+        (
+            Method::GET,
+            "/v1/me".into(),
+            Box::new(|| None),
+            [200, 200, 200, 200, 200, 200, 200, 200, 401],
+        ),
+        (
+            Method::GET,
+            "/v1/users".into(),
+            Box::new(|| None),
+            [200, 200, 200, 200, 200, 200, 200, 200, 401],
+        ),
+        (
+            Method::GET,
+            format!("/v1/users/{agent}"),
+            Box::new(|| None),
+            [200, 200, 200, 200, 200, 200, 200, 200, 401],
+        ),
+        (
+            Method::GET,
+            "/v1/teams".into(),
+            Box::new(|| None),
+            [200, 200, 200, 200, 200, 200, 200, 200, 401],
+        ),
+        (
+            Method::GET,
+            "/v1/inboxes".into(),
+            Box::new(|| None),
+            [200, 200, 200, 200, 200, 200, 200, 200, 401],
+        ),
+        (
+            Method::GET,
+            format!("/v1/inboxes/{x}"),
+            Box::new(|| None),
+            [200, 200, 200, 200, 200, 404, 200, 200, 401],
+        ),
+        (
+            Method::GET,
+            format!("/v1/inboxes/{x}/members"),
+            Box::new(|| None),
+            [200, 200, 200, 200, 200, 404, 200, 200, 401],
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/inboxes/{x}"),
+            Box::new(|| Some(json!({"signature": "— The intake team"}))),
+            [200, 200, 403, 403, 403, 404, 403, 200, 401],
+        ),
+        (
+            Method::POST,
+            format!("/v1/inboxes/{x}/members"),
+            Box::new(move || Some(json!({"user_id": agent, "role": "read"}))),
+            [201, 201, 403, 403, 403, 404, 403, 201, 401],
+        ),
+        (
+            Method::GET,
+            "/v1/api-keys".into(),
+            Box::new(|| None),
+            [200, 200, 403, 403, 403, 403, 403, 200, 401],
+        ),
+        (
+            Method::GET,
+            "/v1/security".into(),
+            Box::new(|| None),
+            [200, 200, 403, 403, 403, 403, 403, 200, 401],
+        ),
+        (
+            Method::PUT,
+            "/v1/security".into(),
+            Box::new(|| Some(json!({"mfa_required": false}))),
+            [200, 200, 403, 403, 403, 403, 403, 200, 401],
+        ),
+        (
+            Method::GET,
+            "/v1/tenants".into(),
+            Box::new(|| None),
+            [401, 401, 401, 401, 401, 401, 401, 401, 401],
+        ),
     ];
     let mut failures = Vec::new();
     for (method, path, mut body, expected) in cases {
@@ -173,57 +294,113 @@ async fn rbac_matrix_every_route_every_role() {
             let token = (*w != "anonymous").then(|| t.token(w));
             let (status, v) = call(s, method.clone(), &path, token, body()).await;
             if status.as_u16() != expected[i] {
-                failures.push(format!("{method} {path} as {w}: {status} (expected {}) {v}", expected[i]));
+                failures.push(format!(
+                    "{method} {path} as {w}: {status} (expected {}) {v}",
+                    expected[i]
+                ));
             }
             if !status.is_success() {
-                assert_eq!(v["status"], status.as_u16(), "problem body for {method} {path} as {w}: {v}");
+                assert_eq!(
+                    v["status"],
+                    status.as_u16(),
+                    "problem body for {method} {path} as {w}: {v}"
+                );
                 assert!(v["code"].is_string(), "{v}");
             }
         }
     }
     // Resource-creating routes, each with a fresh body.
     let creating: Vec<(Method, &str, [u16; 9])> = vec![
-        (Method::POST, "/v1/users", [201, 201, 403, 403, 403, 403, 403, 201, 401]),
-        (Method::POST, "/v1/teams", [201, 201, 403, 403, 403, 403, 403, 201, 401]),
-        (Method::POST, "/v1/inboxes", [201, 201, 403, 403, 403, 403, 403, 201, 401]),
-        (Method::POST, "/v1/api-keys", [201, 201, 403, 403, 403, 403, 403, 201, 401]),
+        (
+            Method::POST,
+            "/v1/users",
+            [201, 201, 403, 403, 403, 403, 403, 201, 401],
+        ),
+        (
+            Method::POST,
+            "/v1/teams",
+            [201, 201, 403, 403, 403, 403, 403, 201, 401],
+        ),
+        (
+            Method::POST,
+            "/v1/inboxes",
+            [201, 201, 403, 403, 403, 403, 403, 201, 401],
+        ),
+        (
+            Method::POST,
+            "/v1/api-keys",
+            [201, 201, 403, 403, 403, 403, 403, 201, 401],
+        ),
     ];
     for (method, path, expected) in creating {
         for (i, w) in who.iter().enumerate() {
             let k = uniq();
             let body = match path {
-                "/v1/users" => json!({"email": format!("new{k}@acme.example"), "display_name": "New"}),
+                "/v1/users" => {
+                    json!({"email": format!("new{k}@acme.example"), "display_name": "New"})
+                }
                 "/v1/teams" => json!({"name": format!("Team {k}"), "skills": ["billing"]}),
-                "/v1/inboxes" => json!({"name": format!("Inbox {k}"), "addresses": [format!("box{k}@acme.example")]}),
+                "/v1/inboxes" => {
+                    json!({"name": format!("Inbox {k}"), "addresses": [format!("box{k}@acme.example")]})
+                }
                 _ => json!({"name": format!("key {k}"), "scopes": ["read"]}),
             };
             let token = (*w != "anonymous").then(|| t.token(w));
             let (status, v) = call(s, method.clone(), path, token, Some(body)).await;
             if status.as_u16() != expected[i] {
-                failures.push(format!("{method} {path} as {w}: {status} (expected {}) {v}", expected[i]));
+                failures.push(format!(
+                    "{method} {path} as {w}: {status} (expected {}) {v}",
+                    expected[i]
+                ));
             }
         }
     }
     // Self-service: a user sets their own password; others' only as an administrator.
     for w in ["agent", "reader", "viewer", "outsider"] {
         let me = t.user(w).to_owned();
-        let (status, v) = call(s, Method::PUT, &format!("/v1/users/{me}/password"), Some(t.token(w)), Some(json!({"password": "correct horse battery"}))).await;
+        let (status, v) = call(
+            s,
+            Method::PUT,
+            &format!("/v1/users/{me}/password"),
+            Some(t.token(w)),
+            Some(json!({"password": "correct horse battery"})),
+        )
+        .await;
         if status != 204 {
             failures.push(format!("own password as {w}: {status} {v}"));
         }
         let owner = t.user("owner").to_owned();
-        let (status, v) = call(s, Method::PUT, &format!("/v1/users/{owner}/password"), Some(t.token(w)), Some(json!({"password": "pwned pwned pwned"}))).await;
+        let (status, v) = call(
+            s,
+            Method::PUT,
+            &format!("/v1/users/{owner}/password"),
+            Some(t.token(w)),
+            Some(json!({"password": "pwned pwned pwned"})),
+        )
+        .await;
         if status != 403 {
             failures.push(format!("owner's password as {w}: {status} {v}"));
         }
     }
     // An admin can't make an owner; an owner can.
     let agent = t.user("agent").to_owned();
-    let (status, v) = call(s, Method::PATCH, &format!("/v1/users/{agent}"), Some(t.token("admin")), Some(json!({"role": "owner"}))).await;
+    let (status, v) = call(
+        s,
+        Method::PATCH,
+        &format!("/v1/users/{agent}"),
+        Some(t.token("admin")),
+        Some(json!({"role": "owner"})),
+    )
+    .await;
     if status != 403 || v["code"] != "owner_required" {
         failures.push(format!("admin makes owner: {status} {v}"));
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -232,7 +409,14 @@ async fn read_member_is_refused_with_a_clear_code_and_another_tenant_sees_404() 
     let s = &st.server;
     let a = tenant(s, "alpha").await;
     let b = tenant(s, "beta").await;
-    let (status, v) = call(s, Method::PATCH, &format!("/v1/inboxes/{}", a.inbox), Some(a.token("reader")), Some(json!({"name": "x"}))).await;
+    let (status, v) = call(
+        s,
+        Method::PATCH,
+        &format!("/v1/inboxes/{}", a.inbox),
+        Some(a.token("reader")),
+        Some(json!({"name": "x"})),
+    )
+    .await;
     assert_eq!(status, 403);
     assert_eq!(v["code"], "inbox_permission_required");
     // Every route with another tenant's ids answers like a missing id.
@@ -243,23 +427,48 @@ async fn read_member_is_refused_with_a_clear_code_and_another_tenant_sees_404() 
         format!("/v1/users/{}", a.user("agent")),
     ] {
         let (sb, vb) = call(s, Method::GET, &path, Some(b.token("owner")), None).await;
-        let generic = path.replace(&a.inbox, missing).replace(a.user("agent"), missing);
+        let generic = path
+            .replace(&a.inbox, missing)
+            .replace(a.user("agent"), missing);
         let (sm, vm) = call(s, Method::GET, &generic, Some(b.token("owner")), None).await;
         assert_eq!((sb, &vb), (StatusCode::NOT_FOUND, &vm), "{path}");
         assert_eq!(sm, 404);
     }
     for (method, path, body) in [
-        (Method::PATCH, format!("/v1/inboxes/{}", a.inbox), json!({"name": "hijack"})),
-        (Method::POST, format!("/v1/inboxes/{}/members", a.inbox), json!({"user_id": b.user("agent"), "role": "admin"})),
-        (Method::PATCH, format!("/v1/users/{}", a.user("agent")), json!({"disabled": true})),
-        (Method::PUT, format!("/v1/teams/{}/members/{}", missing, a.user("agent")), json!({})),
+        (
+            Method::PATCH,
+            format!("/v1/inboxes/{}", a.inbox),
+            json!({"name": "hijack"}),
+        ),
+        (
+            Method::POST,
+            format!("/v1/inboxes/{}/members", a.inbox),
+            json!({"user_id": b.user("agent"), "role": "admin"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/users/{}", a.user("agent")),
+            json!({"disabled": true}),
+        ),
+        (
+            Method::PUT,
+            format!("/v1/teams/{}/members/{}", missing, a.user("agent")),
+            json!({}),
+        ),
     ] {
         let (status, v) = call(s, method.clone(), &path, Some(&b.admin_key), Some(body)).await;
         assert_eq!(status, 404, "{method} {path}: {v}");
         assert_eq!(v["code"], "not_found");
     }
     // A's agent can still work: nothing of A changed.
-    let (status, v) = call(s, Method::GET, &format!("/v1/inboxes/{}", a.inbox), Some(a.token("agent")), None).await;
+    let (status, v) = call(
+        s,
+        Method::GET,
+        &format!("/v1/inboxes/{}", a.inbox),
+        Some(a.token("agent")),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["name"], "Intake");
 }
@@ -270,7 +479,9 @@ async fn handover_grant_expires_by_itself() {
     let s = &st.server;
     let t = tenant(s, "handover").await;
     // Grant windows have second precision.
-    let until = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3)).replace_nanosecond(0).unwrap();
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::seconds(3))
+        .replace_nanosecond(0)
+        .unwrap();
     let outsider = t.user("outsider").to_owned();
     let g = ok(
         s,
@@ -291,7 +502,10 @@ async fn handover_grant_expires_by_itself() {
         if status == 404 {
             break;
         }
-        assert!(Instant::now() < deadline, "grant still works after valid_until");
+        assert!(
+            Instant::now() < deadline,
+            "grant still works after valid_until"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(time::OffsetDateTime::now_utc() >= until);
@@ -329,64 +543,176 @@ async fn local_login_with_totp_cookie_sessions_logout_and_expiry() {
     let agent = t.user("agent").to_owned();
 
     let (status, v) = call(s, Method::POST, "/v1/auth/login", None, Some(json!({"tenant_id": t.id, "email": "agent@login.example", "password": "wrong password!!"}))).await;
-    assert_eq!((status.as_u16(), v["code"].as_str()), (401, Some("invalid_credentials")));
+    assert_eq!(
+        (status.as_u16(), v["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
     let (status, v) = call(s, Method::POST, "/v1/auth/login", None, Some(json!({"tenant_id": t.id, "email": "nobody@login.example", "password": "correct horse battery"}))).await;
-    assert_eq!((status.as_u16(), v["code"].as_str()), (401, Some("invalid_credentials")));
+    assert_eq!(
+        (status.as_u16(), v["code"].as_str()),
+        (401, Some("invalid_credentials"))
+    );
 
     // Enrol TOTP as the agent; a wrong code does not confirm it.
-    let enrol = ok(s, Method::POST, &format!("/v1/users/{agent}/totp"), t.token("agent"), json!({})).await;
+    let enrol = ok(
+        s,
+        Method::POST,
+        &format!("/v1/users/{agent}/totp"),
+        t.token("agent"),
+        json!({}),
+    )
+    .await;
     let secret = enrol["secret"].as_str().unwrap().to_owned();
-    assert!(enrol["otpauth_url"].as_str().unwrap().starts_with("otpauth://totp/"));
-    let (status, _) = call(s, Method::POST, &format!("/v1/users/{agent}/totp/confirm"), Some(t.token("agent")), Some(json!({"code": "000000"}))).await;
+    assert!(
+        enrol["otpauth_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+    let (status, _) = call(
+        s,
+        Method::POST,
+        &format!("/v1/users/{agent}/totp/confirm"),
+        Some(t.token("agent")),
+        Some(json!({"code": "000000"})),
+    )
+    .await;
     assert_eq!(status, 422);
     let code = totp_code(&secret);
-    let (status, v) = call(s, Method::POST, &format!("/v1/users/{agent}/totp/confirm"), Some(t.token("agent")), Some(json!({"code": code}))).await;
+    let (status, v) = call(
+        s,
+        Method::POST,
+        &format!("/v1/users/{agent}/totp/confirm"),
+        Some(t.token("agent")),
+        Some(json!({"code": code})),
+    )
+    .await;
     assert_eq!(status, 204, "{v}");
 
     let creds = json!({"tenant_id": t.id, "email": "agent@login.example", "password": "correct horse battery"});
     let (status, v) = call(s, Method::POST, "/v1/auth/login", None, Some(creds.clone())).await;
-    assert_eq!((status.as_u16(), v["code"].as_str()), (401, Some("totp_required")));
+    assert_eq!(
+        (status.as_u16(), v["code"].as_str()),
+        (401, Some("totp_required"))
+    );
     // The code used to confirm can't be replayed.
     let mut with_code = creds.clone();
     with_code["totp"] = json!(code);
     let (status, v) = call(s, Method::POST, "/v1/auth/login", None, Some(with_code)).await;
-    assert_eq!((status.as_u16(), v["code"].as_str()), (401, Some("invalid_totp")), "{v}");
+    assert_eq!(
+        (status.as_u16(), v["code"].as_str()),
+        (401, Some("invalid_totp")),
+        "{v}"
+    );
 
     // The tenant requires MFA: a user without a generator can't log in.
-    ok(s, Method::PUT, "/v1/security", &t.admin_key, json!({"mfa_required": true})).await;
+    ok(
+        s,
+        Method::PUT,
+        "/v1/security",
+        &t.admin_key,
+        json!({"mfa_required": true}),
+    )
+    .await;
     let (status, v) = call(s, Method::POST, "/v1/auth/login", None, Some(json!({"tenant_id": t.id, "email": "reader@login.example", "password": "correct horse battery"}))).await;
-    assert_eq!((status.as_u16(), v["code"].as_str()), (401, Some("mfa_enrollment_required")));
-    ok(s, Method::PUT, "/v1/security", &t.admin_key, json!({"mfa_required": false})).await;
+    assert_eq!(
+        (status.as_u16(), v["code"].as_str()),
+        (401, Some("mfa_enrollment_required"))
+    );
+    ok(
+        s,
+        Method::PUT,
+        "/v1/security",
+        &t.admin_key,
+        json!({"mfa_required": false}),
+    )
+    .await;
 
     // Cookie session: works for reads, state changes need the CSRF header, logout ends it.
     let c = client();
     let resp = c.post(s.url("/v1/auth/login")).json(&json!({"tenant_id": t.id, "email": "owner@login.example", "password": "correct horse battery", "session": "cookie"})).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let set_cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
-    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("Secure") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    let set_cookie = resp
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly")
+            && set_cookie.contains("Secure")
+            && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
     let body: Value = resp.json().await.unwrap();
-    assert!(body.get("token").is_none(), "a cookie session's token stays in the cookie");
+    assert!(
+        body.get("token").is_none(),
+        "a cookie session's token stays in the cookie"
+    );
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
-    let me = c.get(s.url("/v1/me")).header("cookie", &cookie).send().await.unwrap();
+    let me = c
+        .get(s.url("/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(me.status(), 200);
-    let csrf = c.post(s.url("/v1/teams")).header("cookie", &cookie).json(&json!({"name": "Night shift"})).send().await.unwrap();
+    let csrf = c
+        .post(s.url("/v1/teams"))
+        .header("cookie", &cookie)
+        .json(&json!({"name": "Night shift"}))
+        .send()
+        .await
+        .unwrap();
     assert_problem(csrf, 403, "csrf_header_required").await;
-    let made = c.post(s.url("/v1/teams")).header("cookie", &cookie).header("x-postvak-csrf", "1").json(&json!({"name": "Night shift"})).send().await.unwrap();
+    let made = c
+        .post(s.url("/v1/teams"))
+        .header("cookie", &cookie)
+        .header("x-postvak-csrf", "1")
+        .json(&json!({"name": "Night shift"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(made.status(), 201);
-    let out = c.post(s.url("/v1/auth/logout")).header("cookie", &cookie).header("x-postvak-csrf", "1").send().await.unwrap();
+    let out = c
+        .post(s.url("/v1/auth/logout"))
+        .header("cookie", &cookie)
+        .header("x-postvak-csrf", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), 204);
-    let after = c.get(s.url("/v1/me")).header("cookie", &cookie).send().await.unwrap();
+    let after = c
+        .get(s.url("/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_problem(after, 401, "unauthenticated").await;
 
     // Bearer session expiry (as if 12 hours passed) and logout.
     let outsider = t.token("outsider").to_owned();
     let psql = |sql: &str| {
-        let out = std::process::Command::new("psql").args([st.db_url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("psql")
+            .args([st.db_url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    psql(&format!("UPDATE sessions SET expires_at = expires_at - 13*3600 WHERE user_id = '{}'", t.user("outsider")));
+    psql(&format!(
+        "UPDATE sessions SET expires_at = expires_at - 13*3600 WHERE user_id = '{}'",
+        t.user("outsider")
+    ));
     let (status, v) = call(s, Method::GET, "/v1/me", Some(&outsider), None).await;
-    assert_eq!((status.as_u16(), v["code"].as_str()), (401, Some("session_expired")));
+    assert_eq!(
+        (status.as_u16(), v["code"].as_str()),
+        (401, Some("session_expired"))
+    );
     let viewer = t.token("viewer").to_owned();
     let (status, _) = call(s, Method::POST, "/v1/auth/logout", Some(&viewer), None).await;
     assert_eq!(status, 204);
@@ -395,14 +721,36 @@ async fn local_login_with_totp_cookie_sessions_logout_and_expiry() {
 
     // Disabling a user ends their sessions; a revoked key stops at once.
     let reader_token = t.token("reader").to_owned();
-    ok(s, Method::PATCH, &format!("/v1/users/{}", t.user("reader")), &t.admin_key, json!({"disabled": true})).await;
+    ok(
+        s,
+        Method::PATCH,
+        &format!("/v1/users/{}", t.user("reader")),
+        &t.admin_key,
+        json!({"disabled": true}),
+    )
+    .await;
     let (status, _) = call(s, Method::GET, "/v1/me", Some(&reader_token), None).await;
     assert_eq!(status, 401);
     let keys = ok(s, Method::GET, "/v1/api-keys", &t.admin_key, Value::Null).await;
-    let ro = keys.as_array().unwrap().iter().find(|k| k["name"] == "ro").unwrap()["id"].as_str().unwrap().to_owned();
+    let ro = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ro")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (status, _) = call(s, Method::GET, "/v1/me", Some(t.token("key-read")), None).await;
     assert_eq!(status, 200);
-    let (status, _) = call(s, Method::DELETE, &format!("/v1/api-keys/{ro}"), Some(&t.admin_key), None).await;
+    let (status, _) = call(
+        s,
+        Method::DELETE,
+        &format!("/v1/api-keys/{ro}"),
+        Some(&t.admin_key),
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
     let (status, v) = call(s, Method::GET, "/v1/me", Some(t.token("key-read")), None).await;
     assert_eq!(status, 401, "{v}");
@@ -416,22 +764,62 @@ async fn row_level_security_alone_keeps_tenants_apart() {
     let b = tenant(s, "rls-b").await;
     // As the application role, with the tenant set to B and no tenant condition in the query.
     let q = |tenant: Option<&str>, sql: &str| -> (bool, String) {
-        let set = tenant.map(|t| format!("SELECT set_config('postvak.tenant_id', '{t}', false);")).unwrap_or_default();
+        let set = tenant
+            .map(|t| format!("SELECT set_config('postvak.tenant_id', '{t}', false);"))
+            .unwrap_or_default();
         let out = std::process::Command::new("psql")
-            .args([st.db_url.as_str(), "-At", "-v", "ON_ERROR_STOP=1", "-c", &format!("SET ROLE postvak_app; {set} {sql}")])
+            .args([
+                st.db_url.as_str(),
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("SET ROLE postvak_app; {set} {sql}"),
+            ])
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     };
-    let (okq, out) = q(Some(&b.id), &format!("SELECT count(*) FROM inboxes WHERE inbox_id = '{}'", a.inbox));
+    let (okq, out) = q(
+        Some(&b.id),
+        &format!(
+            "SELECT count(*) FROM inboxes WHERE inbox_id = '{}'",
+            a.inbox
+        ),
+    );
     assert!(okq && out.trim().ends_with('0'), "{out}");
     let (okq, out) = q(Some(&b.id), "SELECT count(DISTINCT tenant_id) FROM users");
-    assert!(okq && out.trim().ends_with('1'), "B sees only its own users: {out}");
+    assert!(
+        okq && out.trim().ends_with('1'),
+        "B sees only its own users: {out}"
+    );
     let (okq, out) = q(None, "SELECT count(*) FROM users");
-    assert!(okq && out.trim().ends_with('0'), "no tenant set: no rows: {out}");
-    let (okq, out) = q(Some(&b.id), &format!("UPDATE inboxes SET name = 'x' WHERE inbox_id = '{}'", a.inbox));
+    assert!(
+        okq && out.trim().ends_with('0'),
+        "no tenant set: no rows: {out}"
+    );
+    let (okq, out) = q(
+        Some(&b.id),
+        &format!(
+            "UPDATE inboxes SET name = 'x' WHERE inbox_id = '{}'",
+            a.inbox
+        ),
+    );
     assert!(okq && out.contains("UPDATE 0"), "{out}");
-    let (okq, out) = q(Some(&b.id), &format!("INSERT INTO teams (tenant_id, team_id, name) VALUES ('{}', gen_random_uuid(), 'x')", a.id));
+    let (okq, out) = q(
+        Some(&b.id),
+        &format!(
+            "INSERT INTO teams (tenant_id, team_id, name) VALUES ('{}', gen_random_uuid(), 'x')",
+            a.id
+        ),
+    );
     assert!(!okq && out.contains("row-level security"), "{out}");
     let (okq, out) = q(Some(&b.id), "DELETE FROM events");
     assert!(!okq && out.contains("permission denied"), "{out}");

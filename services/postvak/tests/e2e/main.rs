@@ -5,5 +5,5 @@ mod helpers;
 
 mod cli_errors;
 mod distributed;
-mod identity;
 mod embedded;
+mod identity;
