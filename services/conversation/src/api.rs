@@ -508,6 +508,10 @@ pub struct ListQuery {
     pub snoozed: Option<bool>,
     /// RFC 3339: changed at or after.
     pub updated_since: Option<String>,
+    /// Search: conversations whose subjects, messages or notes contain every word (case does
+    /// not matter; `invoi*` matches words starting so). Answered from a blind index: no
+    /// plaintext is stored for it.
+    pub q: Option<String>,
     /// 1–200 (default 50).
     pub limit: Option<u32>,
     pub cursor: Option<String>,
@@ -560,6 +564,10 @@ pub async fn list_conversations(
         Some(t) => Some(core::normalise_tag(t).map_err(domain_error)?),
         None => None,
     };
+    let search = match &q.q {
+        Some(text) => search_terms(&c, text).await?,
+        None => Vec::new(),
+    };
     let limit = q.limit.unwrap_or(50).clamp(1, 200) as usize;
     // A user sees only what they take part in: the participant filter does it in SQL.
     let me = match &c.access.principal {
@@ -578,6 +586,7 @@ pub async fn list_conversations(
         now_us: crate::now_us(),
         updated_since_us,
         include_merged: false,
+        search,
     };
     let wanted = q.participant;
     let page = c
@@ -592,6 +601,26 @@ pub async fn list_conversations(
         items: page.items,
         next_cursor: page.next_cursor,
     }))
+}
+
+/// The blind-index terms of a search query.
+async fn search_terms(c: &Call, text: &str) -> Result<Vec<Vec<u8>>, Failure> {
+    let terms = core::parse_search(text)
+        .map_err(|e| Failure::Api(ApiError::bad_request("invalid_search", e.to_string())))?;
+    let keyring = c.ctx.cell().store.keyring();
+    let mut out = Vec::with_capacity(terms.len());
+    for t in terms {
+        let (purpose, word) = match &t {
+            core::SearchTerm::Word(w) => (crate::projection::SEARCH_WORD, w),
+            core::SearchTerm::Prefix(p) => (crate::projection::SEARCH_PREFIX, p),
+        };
+        out.push(
+            crate::projection::search_term(keyring, c.ctx.tenant(), purpose, word)
+                .await
+                .map_err(|e| service_error(e.into()))?,
+        );
+    }
+    Ok(out)
 }
 
 /// A conversation with its messages and notes. `ETag` = its version.

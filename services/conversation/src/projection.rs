@@ -16,7 +16,45 @@ use postvak_platform::store::{KeyScope, StoreError, TenantId};
 use postvak_proto::rest::conversation as dto;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use std::collections::BTreeSet;
 use uuid::Uuid;
+
+/// Blind-index purposes of the search index: whole words and their prefixes.
+pub(crate) const SEARCH_WORD: &str = "conversation.search.word";
+pub(crate) const SEARCH_PREFIX: &str = "conversation.search.prefix";
+/// Bytes of the HMAC kept per term: collisions within one tenant are negligible at 128 bits.
+const TERM_BYTES: usize = 16;
+
+/// The stored term of `word` under `purpose`.
+pub(crate) async fn search_term(
+    keyring: &Keyring,
+    tenant: TenantId,
+    purpose: &str,
+    word: &str,
+) -> Result<Vec<u8>, StoreError> {
+    let mac = keyring
+        .blind_index(tenant, purpose, word.as_bytes())
+        .await?;
+    Ok(mac[..TERM_BYTES].to_vec())
+}
+
+/// Adds the terms of `text`'s words and their prefixes to `out`.
+async fn search_terms(
+    keyring: &Keyring,
+    tenant: TenantId,
+    text: &str,
+    out: &mut BTreeSet<Vec<u8>>,
+) -> Result<(), StoreError> {
+    let mut prefixes = BTreeSet::new();
+    for word in postvak_core::conversation::search_words(text) {
+        prefixes.extend(postvak_core::conversation::search_prefixes(&word));
+        out.insert(search_term(keyring, tenant, SEARCH_WORD, &word).await?);
+    }
+    for p in prefixes {
+        out.insert(search_term(keyring, tenant, SEARCH_PREFIX, &p).await?);
+    }
+    Ok(())
+}
 
 /// Binds a consumer's (tenant-less) transaction to a tenant, arming row-level security.
 pub(crate) async fn bind_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
@@ -56,6 +94,8 @@ pub(crate) struct Prepared {
     messages: Vec<MessageRow>,
     notes: Vec<(Uuid, u64, i64, Vec<u8>, Uuid)>,
     merged_from: Vec<Uuid>,
+    /// Blind-index terms of the words the events add (see [`search_terms`]).
+    search: BTreeSet<Vec<u8>>,
     conversation_id: Uuid,
 }
 
@@ -99,6 +139,7 @@ pub(crate) async fn prepare(
     let mut messages = Vec::new();
     let mut notes = Vec::new();
     let mut merged_from = Vec::new();
+    let mut search = BTreeSet::new();
     for (i, e) in events.iter().enumerate() {
         let version = first_version + i as u64;
         match e {
@@ -119,6 +160,15 @@ pub(crate) async fn prepare(
                         &aad(tenant, m.message_id, b"message"),
                     )
                     .await?;
+                // Inbound: ingest hands over the subject and the snippet (the body itself stays
+                // in its sealed blob); outbound: what the agent wrote.
+                let text = [
+                    m.subject.as_deref().unwrap_or(""),
+                    &m.snippet,
+                    m.body_text.as_deref().unwrap_or(""),
+                ]
+                .join("\n");
+                search_terms(keyring, tenant, &text, &mut search).await?;
                 messages.push((
                     m.message_id,
                     direction.as_str(),
@@ -152,6 +202,7 @@ pub(crate) async fn prepare(
                     )
                     .await?;
                 notes.push((*note_id, version, *at_us, sealed, key));
+                search_terms(keyring, tenant, body, &mut search).await?;
             }
             ConversationEvent::MergedFrom { source, .. } => {
                 merged_from.push(source.conversation_id);
@@ -225,9 +276,13 @@ pub(crate) async fn prepare(
         messages,
         notes,
         merged_from,
+        search,
         conversation_id,
     })
 }
+
+/// Terms per multi-row insert (well below SQLite's bound-parameter limit).
+const SEARCH_INSERT_CHUNK: usize = 200;
 
 /// Writes a prepared change inside `tx` (bound to `tenant`). Idempotent.
 pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Result<(), StoreError> {
@@ -268,7 +323,39 @@ pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Resu
         .map(|_| ()))
         .map_err(db_error)?;
     }
+    let terms: Vec<&Vec<u8>> = p.search.iter().collect();
+    for chunk in terms.chunks(SEARCH_INSERT_CHUNK) {
+        let values = (0..chunk.len())
+            .map(|i| format!("($1, $2, ${})", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO conversation_search (tenant_id, conversation_id, term) VALUES {values} \
+             ON CONFLICT (tenant_id, term, conversation_id) DO NOTHING"
+        ));
+        on_tx!(&mut *tx, |c| {
+            let mut q = sqlx::query(sql).bind(t).bind(conv);
+            for term in chunk {
+                q = q.bind(term.as_slice());
+            }
+            q.execute(c).await.map(|_| ())
+        })
+        .map_err(db_error)?;
+    }
     for source in &p.merged_from {
+        // The merged conversation's words now find the target.
+        on_tx!(&mut *tx, |c| sqlx::query(
+            "INSERT INTO conversation_search (tenant_id, conversation_id, term) \
+             SELECT tenant_id, $1, term FROM conversation_search WHERE tenant_id = $2 AND conversation_id = $3 \
+             ON CONFLICT (tenant_id, term, conversation_id) DO NOTHING"
+        )
+        .bind(conv)
+        .bind(t)
+        .bind(source)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
         for sql in [
             "UPDATE conversation_messages SET conversation_id = $1 WHERE tenant_id = $2 AND conversation_id = $3",
             "UPDATE conversation_notes SET conversation_id = $1 WHERE tenant_id = $2 AND conversation_id = $3",
@@ -462,6 +549,8 @@ pub(crate) struct ListFilter {
     pub now_us: i64,
     pub updated_since_us: Option<i64>,
     pub include_merged: bool,
+    /// Blind-index terms that must all be present (a search).
+    pub search: Vec<Vec<u8>>,
 }
 
 /// Position after which a page starts: `(updated_us, conversation_id)`, newest first.
@@ -502,6 +591,19 @@ pub(crate) async fn list(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<ConversationRow>, StoreError> {
+    // Placeholders are numbered in order of first use (SQLite numbers them so): the search
+    // terms come after $12, the cursor and the limit after them.
+    let n = f.search.len();
+    let search: String = (0..n)
+        .map(|i| {
+            format!(
+                " AND c.conversation_id IN (SELECT s.conversation_id FROM conversation_search s \
+                  WHERE s.tenant_id = $1 AND s.term = ${})",
+                13 + i
+            )
+        })
+        .collect();
+    let (p_us, p_id, p_limit) = (13 + n, 14 + n, 15 + n);
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM conversations c WHERE c.tenant_id = $1 \
          AND ($2 IS NULL OR EXISTS (SELECT 1 FROM conversation_inboxes ci WHERE ci.tenant_id = $1 \
@@ -515,29 +617,34 @@ pub(crate) async fn list(
               AND p.conversation_id = c.conversation_id AND p.user_id = $8)) \
          AND ($9 IS NULL OR ((c.snoozed_until IS NOT NULL AND c.snoozed_until > $10) = $9)) \
          AND ($11 IS NULL OR c.updated_us >= $11) \
-         AND ($12 OR c.merged_into IS NULL) \
-         AND (c.updated_us < $13 OR (c.updated_us = $13 AND c.conversation_id < $14)) \
-         ORDER BY c.updated_us DESC, c.conversation_id DESC LIMIT $15"
+         AND ($12 OR c.merged_into IS NULL){search} \
+         AND (c.updated_us < ${p_us} OR (c.updated_us = ${p_us} AND c.conversation_id < ${p_id})) \
+         ORDER BY c.updated_us DESC, c.conversation_id DESC LIMIT ${p_limit}"
     ));
-    on_tx!(tx, |c| sqlx::query(sql)
-        .bind(tenant.0)
-        .bind(f.inbox)
-        .bind(f.archived)
-        .bind(&f.status)
-        .bind(f.assignee)
-        .bind(f.unassigned)
-        .bind(&f.tag)
-        .bind(f.participant)
-        .bind(f.snoozed)
-        .bind(f.now_us)
-        .bind(f.updated_since_us)
-        .bind(f.include_merged)
-        .bind(after.updated_us)
-        .bind(after.id)
-        .bind(limit)
-        .fetch_all(c)
-        .await
-        .and_then(|rows| rows.iter().map(conversation_row).collect()))
+    on_tx!(tx, |c| {
+        let mut q = sqlx::query(sql)
+            .bind(tenant.0)
+            .bind(f.inbox)
+            .bind(f.archived)
+            .bind(&f.status)
+            .bind(f.assignee)
+            .bind(f.unassigned)
+            .bind(&f.tag)
+            .bind(f.participant)
+            .bind(f.snoozed)
+            .bind(f.now_us)
+            .bind(f.updated_since_us)
+            .bind(f.include_merged);
+        for term in &f.search {
+            q = q.bind(term.as_slice());
+        }
+        q.bind(after.updated_us)
+            .bind(after.id)
+            .bind(limit)
+            .fetch_all(c)
+            .await
+            .and_then(|rows| rows.iter().map(conversation_row).collect())
+    })
     .map_err(db_error)
 }
 

@@ -658,6 +658,87 @@ pub fn normalise_tag(tag: &str) -> Result<String, ConversationError> {
     }
 }
 
+/// Words shorter than this are not indexed (and not searched for).
+pub const SEARCH_MIN_CHARS: usize = 2;
+/// Longer words are indexed by their first this-many characters.
+pub const SEARCH_MAX_CHARS: usize = 64;
+/// Prefixes of this many characters…
+pub const SEARCH_PREFIX_MIN: usize = 3;
+/// …up to this many are indexed too (`invoi*` finds "invoice").
+pub const SEARCH_PREFIX_MAX: usize = 12;
+
+/// The words of a text as the search index keeps them: lower case (Unicode-aware), split at
+/// every character that is neither a letter nor a digit, 2–64 characters, no stemming.
+pub fn search_words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= SEARCH_MIN_CHARS)
+        .map(|w| w.to_lowercase().chars().take(SEARCH_MAX_CHARS).collect())
+        .collect()
+}
+
+/// The prefixes of `word` that are indexed: its first 3–12 characters (the word itself when
+/// it is that short, so that `invoice*` finds "invoice" too).
+pub fn search_prefixes(word: &str) -> impl Iterator<Item = String> + '_ {
+    let n = word.chars().count();
+    (SEARCH_PREFIX_MIN..=SEARCH_PREFIX_MAX.min(n)).map(move |k| word.chars().take(k).collect())
+}
+
+/// One term of a search query.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SearchTerm {
+    /// A whole word.
+    Word(String),
+    /// `abc*`: words starting so (matched on at most the first 12 characters).
+    Prefix(String),
+}
+
+/// A query could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SearchQueryError {
+    #[error("the query has no word of at least {SEARCH_MIN_CHARS} letters or digits")]
+    Empty,
+    #[error("a prefix search needs at least {SEARCH_PREFIX_MIN} letters before `*`: {0}")]
+    ShortPrefix(String),
+    #[error("at most {max} search terms, not {got}")]
+    TooManyTerms { max: usize, got: usize },
+}
+
+/// Most terms a query may have.
+pub const SEARCH_MAX_TERMS: usize = 16;
+
+/// Parses a query: words (all must match), a trailing `*` makes a word a prefix.
+pub fn parse_search(q: &str) -> Result<Vec<SearchTerm>, SearchQueryError> {
+    let mut out = BTreeSet::new();
+    for raw in q.split_whitespace() {
+        let prefix = raw.ends_with('*');
+        let words = search_words(raw);
+        let n = words.len();
+        for (i, w) in words.into_iter().enumerate() {
+            // `foo-bar*` is two whole words: a star only makes a single word a prefix.
+            if prefix && n == 1 && i == 0 {
+                if w.chars().count() < SEARCH_PREFIX_MIN {
+                    return Err(SearchQueryError::ShortPrefix(raw.to_owned()));
+                }
+                out.insert(SearchTerm::Prefix(
+                    w.chars().take(SEARCH_PREFIX_MAX).collect(),
+                ));
+            } else {
+                out.insert(SearchTerm::Word(w));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(SearchQueryError::Empty);
+    }
+    if out.len() > SEARCH_MAX_TERMS {
+        return Err(SearchQueryError::TooManyTerms {
+            max: SEARCH_MAX_TERMS,
+            got: out.len(),
+        });
+    }
+    Ok(out.into_iter().collect())
+}
+
 fn push_unique(list: &mut Vec<String>, id: &str) {
     if !id.is_empty() && !list.iter().any(|x| x == id) {
         list.push(id.to_owned());
@@ -2136,5 +2217,58 @@ mod tests {
                 prop_assert_eq!(r, Err(ConversationError::ClaimedBy { holder: id(first) }));
             }
         }
+    }
+
+    #[test]
+    fn search_words_are_lower_case_unicode_words() {
+        let w = search_words("Grüße, ÖLTANK-Prüfung! a x2 e-mail: Eve@Example.org ΣΊΣΥΦΟΣ");
+        for expected in [
+            "grüße",
+            "öltank",
+            "prüfung",
+            "x2",
+            "mail",
+            "eve",
+            "example",
+            "org",
+            "σίσυφος",
+        ] {
+            assert!(w.contains(expected), "{expected} in {w:?}");
+        }
+        assert!(!w.contains("a"), "one letter is not a word");
+        assert!(!w.contains("e"));
+    }
+
+    #[test]
+    fn prefixes_run_from_three_to_twelve_characters() {
+        let p: Vec<String> = search_prefixes("invoice").collect();
+        assert_eq!(p.first().map(String::as_str), Some("inv"));
+        assert_eq!(p.last().map(String::as_str), Some("invoice"));
+        assert_eq!(search_prefixes("abcdefghijklmnop").count(), 10);
+        assert_eq!(search_prefixes("ab").count(), 0);
+    }
+
+    #[test]
+    fn queries_parse_into_words_and_prefixes() {
+        assert_eq!(
+            parse_search("Printer INVOI*").unwrap(),
+            vec![
+                SearchTerm::Word("printer".into()),
+                SearchTerm::Prefix("invoi".into())
+            ]
+        );
+        assert_eq!(parse_search("  ?! "), Err(SearchQueryError::Empty));
+        assert!(matches!(
+            parse_search("ab*"),
+            Err(SearchQueryError::ShortPrefix(_))
+        ));
+        let many = (0..20)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(matches!(
+            parse_search(&many),
+            Err(SearchQueryError::TooManyTerms { .. })
+        ));
     }
 }

@@ -48,6 +48,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "conversation",
         include_str!("../../../migrations/postgres/0006_conversation.sql"),
     ),
+    (
+        8,
+        "conversation_search",
+        include_str!("../../../migrations/postgres/0008_conversation_search.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -77,6 +82,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "conversation",
         include_str!("../../../migrations/sqlite/0006_conversation.sql"),
+    ),
+    (
+        8,
+        "conversation_search",
+        include_str!("../../../migrations/sqlite/0008_conversation_search.sql"),
     ),
 ];
 

@@ -1,0 +1,226 @@
+//! Search without plaintext: a blind index of words, and the canary — a word of a message body
+//! is nowhere in the database in plaintext (SQLite file bytes, `pg_dump`), yet search finds it.
+
+use crate::helpers::*;
+use postvak_core::access::{InboxRole, TenantRole};
+use serde_json::json;
+use uuid::Uuid;
+
+fn ids(r: &Resp) -> Vec<Uuid> {
+    r.body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a page: {r:?}"))
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Every byte the database holds, as the operator would see it on disk or in a dump.
+async fn database_bytes(env: &TestEnv, backend: Backend) -> Vec<u8> {
+    match backend {
+        Backend::Sqlite => {
+            let path = env.url.trim_start_matches("sqlite://").to_owned();
+            let dir = std::path::Path::new(&path).parent().unwrap().to_owned();
+            let mut all = Vec::new();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+            }
+            all
+        }
+        Backend::Postgres => {
+            let out = tokio::process::Command::new("pg_dump")
+                .arg("--no-owner")
+                .arg(&env.url)
+                .output()
+                .await
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "pg_dump: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        }
+    }
+}
+
+fn contains(hay: &[u8], word: &str) -> bool {
+    let lower = hay.to_ascii_lowercase();
+    let w = word.to_ascii_lowercase();
+    lower.windows(w.len()).any(|x| x == w.as_bytes())
+}
+
+#[tokio::test]
+async fn canary_a_body_word_is_not_in_the_database_in_plaintext_yet_search_finds_it() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let app = env.spawn_app().await;
+        let d = env
+            .deliver(
+                env.inbox,
+                &mail(
+                    "canary@example.org",
+                    "Zebrasubject question",
+                    "",
+                    "Our Quokkacanary printer is broken.",
+                ),
+            )
+            .await;
+        env.wait_for_conversation(d.conversation_id, 1).await;
+        let id = d.conversation_id;
+        // A note and a reply are indexed too.
+        let note = app
+            .post(
+                &format!("/v1/conversations/{id}/notes"),
+                &env.alice,
+                json!({"body": "Wombatnote: call them back"}),
+            )
+            .await;
+        assert_eq!(note.status, 201, "{backend:?}: {note:?}");
+        let reply = app
+            .post(
+                &format!("/v1/conversations/{id}/replies"),
+                &env.alice,
+                json!({"body": "Try the Platypusreply trick."}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{backend:?}: {reply:?}");
+        // Another conversation that must not match.
+        let other = env
+            .deliver(
+                env.inbox,
+                &mail("other@example.org", "Lunch", "", "Sandwiches today."),
+            )
+            .await;
+        env.wait_for_conversation(other.conversation_id, 1).await;
+
+        let dump = database_bytes(&env, backend).await;
+        assert!(
+            contains(&dump, "conversation_search"),
+            "{backend:?}: the dump holds the schema"
+        );
+        for word in [
+            "Quokkacanary",
+            "Zebrasubject",
+            "Wombatnote",
+            "Platypusreply",
+        ] {
+            assert!(
+                !contains(&dump, word),
+                "{backend:?}: {word} found in plaintext"
+            );
+        }
+
+        for q in [
+            "QUOKKACANARY",
+            "quokkacanary printer",
+            "zebrasubject",
+            "wombatnote",
+            "platypusreply",
+            "quokka*",
+        ] {
+            let r = app
+                .get(
+                    &format!(
+                        "/v1/conversations?q={}",
+                        q.replace(' ', "%20").replace('*', "%2A")
+                    ),
+                    &env.bob,
+                )
+                .await;
+            assert_eq!(r.status, 200, "{backend:?} {q}: {r:?}");
+            assert_eq!(ids(&r), vec![id], "{backend:?} {q}");
+        }
+        // Every word must match; unknown words find nothing.
+        let none = app
+            .get("/v1/conversations?q=quokkacanary%20sandwiches", &env.bob)
+            .await;
+        assert_eq!(ids(&none), Vec::<Uuid>::new(), "{backend:?}");
+        let lunch = app.get("/v1/conversations?q=sandwiches", &env.bob).await;
+        assert_eq!(ids(&lunch), vec![other.conversation_id], "{backend:?}");
+        // Search combines with the other filters.
+        let closed = app
+            .get("/v1/conversations?q=quokkacanary&status=closed", &env.bob)
+            .await;
+        assert_eq!(ids(&closed), Vec::<Uuid>::new(), "{backend:?}");
+        // A query without words is a 400 problem.
+        let bad = app.get("/v1/conversations?q=%3F%21", &env.bob).await;
+        assert_eq!(bad.status, 400, "{backend:?}");
+        assert_eq!(bad.body["code"], "invalid_search");
+    }
+}
+
+#[tokio::test]
+async fn search_answers_only_conversations_the_caller_may_read() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let app = env.spawn_app().await;
+        let d = env
+            .deliver(
+                env.inbox,
+                &mail("m1@example.org", "Help", "", "Secret Narwhalword inside."),
+            )
+            .await;
+        env.wait_for_conversation(d.conversation_id, 1).await;
+        let q = "/v1/conversations?q=narwhalword";
+        // A `read` member who took part from the start finds it.
+        assert_eq!(
+            ids(&app.get(q, &env.reader).await),
+            vec![d.conversation_id],
+            "{backend:?}"
+        );
+        // Someone who joined the inbox later is not a participant: nothing.
+        let carol = env.agent("carol@acme.test", InboxRole::Reply).await;
+        assert_eq!(
+            ids(&app.get(q, &carol).await),
+            Vec::<Uuid>::new(),
+            "{backend:?}"
+        );
+        // Without any grant: nothing.
+        let stranger = env.user("stranger@acme.test", TenantRole::Agent).await;
+        assert_eq!(
+            ids(&app.get(q, &stranger).await),
+            Vec::<Uuid>::new(),
+            "{backend:?}"
+        );
+        // A tenant admin sees everything.
+        let admin = env.user("admin@acme.test", TenantRole::Admin).await;
+        assert_eq!(
+            ids(&app.get(q, &admin).await),
+            vec![d.conversation_id],
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_merged_conversation_s_words_find_the_target() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let app = env.spawn_app().await;
+        let a = env
+            .deliver(
+                env.inbox,
+                &mail("a@example.org", "First", "", "Alpacaword."),
+            )
+            .await;
+        let b = env
+            .deliver(
+                env.inbox,
+                &mail("b@example.org", "Second", "", "Bisonword."),
+            )
+            .await;
+        env.wait_for_conversation(a.conversation_id, 1).await;
+        env.wait_for_conversation(b.conversation_id, 1).await;
+        let m = app
+            .post(
+                &format!("/v1/conversations/{}/merge", b.conversation_id),
+                &env.alice,
+                json!({"into": a.conversation_id}),
+            )
+            .await;
+        assert!(m.status < 300, "{backend:?}: {m:?}");
+        let r = app.get("/v1/conversations?q=bisonword", &env.alice).await;
+        assert_eq!(ids(&r), vec![a.conversation_id], "{backend:?}");
+    }
+}
