@@ -189,3 +189,4 @@ pub mod identity {
 
 pub mod conversation;
 pub mod ingest;
+pub mod notification;

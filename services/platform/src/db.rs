@@ -49,6 +49,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0006_conversation.sql"),
     ),
     (
+        7,
+        "notification",
+        include_str!("../../../migrations/postgres/0007_notification.sql"),
+    ),
+    (
         8,
         "conversation_search",
         include_str!("../../../migrations/postgres/0008_conversation_search.sql"),
@@ -82,6 +87,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "conversation",
         include_str!("../../../migrations/sqlite/0006_conversation.sql"),
+    ),
+    (
+        7,
+        "notification",
+        include_str!("../../../migrations/sqlite/0007_notification.sql"),
     ),
     (
         8,

@@ -1,0 +1,34 @@
+//! Stored shapes of the notification service.
+//!
+//! `reply.failed` is appended to the notification service's own `outbound_mail` stream
+//! (`mail-<message uuid>`), one stream per outbound message: only the owning service appends
+//! to a stream type, and the conversation service's decoder refuses event types it does not
+//! know. The payload names the conversation so that its owner can show the failure. Times are
+//! Unix microseconds.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const STREAM_OUTBOUND_MAIL: &str = "outbound_mail";
+
+/// A reply could not be delivered (the relay refused it for good, retries ran out, or the
+/// sender was interrupted mid-transaction so that delivery is uncertain).
+pub const REPLY_FAILED: &str = "reply.failed";
+
+/// `reply.failed` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyFailedV1 {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub inbox_id: Uuid,
+    /// `rejected` (a 5xx), `retries_exhausted`, `uncertain` (interrupted after the relay may
+    /// have accepted it: not resent automatically).
+    pub reason: String,
+    /// The SMTP reply code, when the relay gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_code: Option<u16>,
+    /// The relay's answer or the error, for the agent.
+    pub detail: String,
+    pub attempts: u32,
+    pub at_us: i64,
+}

@@ -1,0 +1,110 @@
+//! REST DTOs of the notification service (`/v1/webhooks…`) and the body of a webhook.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Event names a webhook can subscribe to.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "convo.created",
+    "convo.assigned",
+    "convo.customer.reply.created",
+    "convo.agent.reply.created",
+    "convo.note.created",
+    "convo.status",
+    "convo.tags",
+];
+
+/// A new subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// `http` or `https` endpoint.
+    pub url: String,
+    /// Event names (see `WEBHOOK_EVENTS`); at least one.
+    pub events: Vec<String>,
+    /// Only events of conversations in this inbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_id: Option<Uuid>,
+}
+
+/// A subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_id: Option<Uuid>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+}
+
+/// A subscription just created, with its signing secret (shown this once only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// `whsec_<base64>`: verify `webhook-signature` with it (Standard Webhooks).
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookList {
+    pub items: Vec<Webhook>,
+}
+
+/// One delivery of one event to one subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDelivery {
+    /// Also the `webhook-id` header: the same on every retry and redelivery.
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// `pending`, `delivered`, `dead` (retries exhausted: the dead-letter list).
+    pub state: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub delivered_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDeliveryList {
+    pub items: Vec<WebhookDelivery>,
+}
+
+/// The JSON body POSTed to an endpoint (Standard Webhooks shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookPayload {
+    /// e.g. `convo.created`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: OffsetDateTime,
+    pub data: WebhookData,
+}
+
+/// What happened to which conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookData {
+    pub conversation_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_id: Option<Uuid>,
+    /// The stored event's id (stable: receivers may dedupe on it).
+    pub event_id: Uuid,
+    /// The event's own fields as the conversation service stores them.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}

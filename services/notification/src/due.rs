@@ -1,0 +1,179 @@
+//! Due work of every tenant (`notification_due`) and the dispatcher that runs it with limits
+//! per lane (one webhook endpoint, the relay) and overall. The table holds only ids and times,
+//! so it carries no row-level security: it is read before any tenant is bound. Each job checks
+//! its own row again in a tenant transaction; a stale due row is harmless.
+
+use async_trait::async_trait;
+use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{StoreError, TenantId};
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub(crate) const MAIL: &str = "mail";
+
+#[derive(Debug, Clone)]
+pub(crate) struct DueItem {
+    pub item_id: Uuid,
+    pub tenant: TenantId,
+    pub lane: String,
+}
+
+const DUE_SQL: &str = "SELECT item_id, tenant_id, lane FROM notification_due \
+                       WHERE kind = $1 AND due_at <= $2 ORDER BY due_at LIMIT $3";
+
+async fn due_items(db: &Db, kind: &str, now: i64, limit: i64) -> Result<Vec<DueItem>, StoreError> {
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query(DUE_SQL)
+                .bind(kind)
+                .bind(now)
+                .bind(limit)
+                .fetch_all($pool)
+                .await
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            Ok(DueItem {
+                                item_id: r.try_get(0)?,
+                                tenant: TenantId(r.try_get(1)?),
+                                lane: r.try_get(2)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()
+                })
+        };
+    }
+    match db {
+        Db::Postgres(p) => fetch!(p),
+        Db::Sqlite(s) => fetch!(&s.reader),
+    }
+    .map_err(db_error)
+}
+
+/// Schedules (or reschedules) an item.
+pub(crate) async fn schedule(
+    tx: &mut DbTx,
+    kind: &str,
+    item: Uuid,
+    tenant: TenantId,
+    lane: &str,
+    due_at: i64,
+) -> Result<(), StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO notification_due (kind, item_id, tenant_id, lane, due_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (kind, item_id) DO UPDATE SET due_at = excluded.due_at"
+    )
+    .bind(kind)
+    .bind(item)
+    .bind(tenant.0)
+    .bind(lane)
+    .bind(due_at)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)
+}
+
+pub(crate) async fn unschedule(tx: &mut DbTx, kind: &str, item: Uuid) -> Result<(), StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "DELETE FROM notification_due WHERE kind = $1 AND item_id = $2"
+    )
+    .bind(kind)
+    .bind(item)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)
+}
+
+/// One kind of work.
+#[async_trait]
+pub(crate) trait Job: Send + Sync + 'static {
+    async fn run(&self, item: DueItem);
+}
+
+#[derive(Default)]
+struct InFlight {
+    items: HashSet<Uuid>,
+    lanes: HashMap<String, usize>,
+}
+
+/// Limits of a dispatcher.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub per_lane: usize,
+    pub total: usize,
+}
+
+/// Runs due items of `kind` until `cancel` fires. A lane at its limit is skipped, never
+/// waited for, so a slow lane delays only itself.
+pub(crate) async fn dispatch(
+    db: Db,
+    kind: &'static str,
+    job: Arc<dyn Job>,
+    limits: Limits,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let state = Arc::new(Mutex::new(InFlight::default()));
+    let per_lane = limits.per_lane.max(1);
+    let total = limits.total.max(1);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let now = crate::now_us();
+        let fetch = i64::try_from(total.saturating_mul(4)).unwrap_or(1024);
+        let mut pause = Duration::from_millis(200);
+        match due_items(&db, kind, now, fetch).await {
+            Ok(items) => {
+                for item in items {
+                    {
+                        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                        if s.items.contains(&item.item_id) || s.items.len() >= total {
+                            continue;
+                        }
+                        let lane = s.lanes.entry(item.lane.clone()).or_default();
+                        if *lane >= per_lane {
+                            continue;
+                        }
+                        *lane += 1;
+                        s.items.insert(item.item_id);
+                    }
+                    let (job, state, wake) = (job.clone(), state.clone(), wake.clone());
+                    tokio::spawn(async move {
+                        let (id, lane) = (item.item_id, item.lane.clone());
+                        job.run(item).await;
+                        {
+                            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                            s.items.remove(&id);
+                            if let Some(n) = s.lanes.get_mut(&lane) {
+                                *n = n.saturating_sub(1);
+                                if *n == 0 {
+                                    s.lanes.remove(&lane);
+                                }
+                            }
+                        }
+                        wake.notify_one();
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind, "cannot read due work");
+                pause = Duration::from_secs(2);
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! Outbound mail: every `reply.queued` is sent once through the relay, from the inbox address,
+//! with our Message-ID and the thread's `In-Reply-To`/`References` (ADR 0006).
+//!
+//! - The consumer records the reply in `outbound_mail` (content sealed, state `queued`) and
+//!   schedules it, all through the consumer's transaction.
+//! - The sender claims a due row by moving it to `sending` in a committed transaction, then
+//!   talks SMTP, then records `sent` (250) or schedules a retry (4xx, connection trouble) or
+//!   gives up (5xx, attempts exhausted) with a `reply.failed` event.
+//! - A row found still `sending` after its lease was interrupted mid-transaction: it may have
+//!   been delivered, so it is not resent; it fails with reason `uncertain` for a person to
+//!   decide.
+
+use crate::due::{self, DueItem, Job, Limits};
+use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
+use crate::{SERVICE, backoff, bind_tenant, duration_us, now_us};
+use async_trait::async_trait;
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use postvak_platform::cell::{Cell, Cells, TenantContext};
+use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{
+    EventStore, ExpectedVersion, KeyScope, NewEvent, RecordedEvent, StoreError, StreamRef, TenantId,
+};
+use postvak_proto::events::conversation::{self as cev, MailboxV1, MessageV1};
+use postvak_proto::events::notification::{self as nev, ReplyFailedV1};
+use sqlx::Row;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Durable consumer name.
+pub const OUTBOX_CONSUMER: &str = "notification-outbox";
+
+/// The one lane of the default relay.
+const RELAY_LANE: &str = "relay";
+
+/// State of an outbound mail as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundStatus {
+    /// `queued`, `sending`, `sent`, `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub sent_us: Option<i64>,
+}
+
+/// Why the sender could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    #[error("cannot read the relay's CA certificate {path}: {reason}")]
+    CaCert { path: String, reason: String },
+    #[error("TLS settings of the relay: {0}")]
+    Tls(String),
+}
+
+/// Starts the outbox consumer and the sender for one cell.
+pub fn start(
+    cells: &Cells,
+    cell: Arc<Cell>,
+    settings: OutboundSmtpSettings,
+    cancel: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let wake = Arc::new(Notify::new());
+    let handler = Arc::new(OutboxHandler {
+        wake: wake.clone(),
+        store: cell.store.clone(),
+    });
+    let mut tasks = vec![tokio::spawn({
+        let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
+        async move {
+            run_consumer(store, bus, handler, cancel).await;
+        }
+    })];
+    let transport = match transport(&settings) {
+        Ok(t) => t,
+        Err(e) => {
+            // Queued mail waits in the outbox until the settings are fixed.
+            tracing::error!(error = %e, "outbound SMTP is misconfigured; nothing will be sent");
+            return tasks;
+        }
+    };
+    let limits = Limits {
+        per_lane: settings.concurrency,
+        total: settings.concurrency,
+    };
+    let job: Arc<dyn Job> = Arc::new(Sender {
+        cells: cells.clone(),
+        transport,
+        settings,
+    });
+    tasks.push(tokio::spawn(due::dispatch(
+        cell.db().clone(),
+        due::MAIL,
+        job,
+        limits,
+        wake,
+        cancel,
+    )));
+    tasks
+}
+
+/// The pooled relay connection.
+pub fn transport(
+    s: &OutboundSmtpSettings,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, SenderError> {
+    let tls = if s.security == SmtpSecurity::None {
+        Tls::None
+    } else {
+        let mut params = TlsParameters::builder(s.host.clone());
+        if let Some(path) = &s.ca_cert_file {
+            let pem = std::fs::read(path).map_err(|e| SenderError::CaCert {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| SenderError::CaCert {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            params = params.add_root_certificate(cert);
+        }
+        let params = params
+            .build_rustls()
+            .map_err(|e| SenderError::Tls(e.to_string()))?;
+        match s.security {
+            SmtpSecurity::Tls => Tls::Wrapper(params),
+            _ => Tls::Required(params),
+        }
+    };
+    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+        .port(s.port)
+        .tls(tls)
+        .timeout(Some(s.timeout()))
+        .pool_config(PoolConfig::new().max_size(s.pool_size.max(1)));
+    if let Some(user) = &s.username {
+        let pw = s
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default();
+        b = b.credentials(Credentials::new(user.clone(), pw));
+    }
+    Ok(b.build())
+}
+
+struct OutboxHandler {
+    wake: Arc<Notify>,
+    store: Arc<dyn EventStore>,
+}
+
+fn aad(tenant: TenantId, message_id: Uuid) -> Vec<u8> {
+    let mut a = b"postvak.outbound_mail".to_vec();
+    a.extend_from_slice(tenant.0.as_bytes());
+    a.extend_from_slice(message_id.as_bytes());
+    a
+}
+
+#[async_trait]
+impl EventHandler for OutboxHandler {
+    fn name(&self) -> &str {
+        OUTBOX_CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![cev::STREAM_CONVERSATION.to_owned()]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        if event.event_type != cev::REPLY_QUEUED {
+            return Ok(());
+        }
+        if event.event_version != 1 {
+            return Err(HandlerError::Permanent(format!(
+                "reply.queued v{} is unknown",
+                event.event_version
+            )));
+        }
+        let m: MessageV1 = match event.payload() {
+            Ok(m) => m,
+            // Erased before it was sent: nothing to send.
+            Err(StoreError::Shredded { .. }) => return Ok(()),
+            Err(e) => return Err(HandlerError::Permanent(e.to_string())),
+        };
+        let tenant = event.tenant_id;
+        let plain = serde_json::to_vec(&m).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let (key, sealed) = self
+            .store
+            .keyring()
+            .seal(
+                tenant,
+                &KeyScope::Tenant,
+                &plain,
+                &aad(tenant, m.message_id),
+            )
+            .await
+            .map_err(|e| HandlerError::Store(StoreError::Crypto(e)))?;
+        let now = now_us();
+        bind_tenant(tx, tenant).await?;
+        on_tx!(tx, |c| sqlx::query(
+            "INSERT INTO outbound_mail (tenant_id, message_id, conversation_id, inbox_id, event_id, \
+             content, content_key, state, attempts, next_attempt_at, created_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $8) \
+             ON CONFLICT (tenant_id, message_id) DO NOTHING"
+        )
+        .bind(tenant.0)
+        .bind(m.message_id)
+        .bind(m.conversation_id)
+        .bind(m.inbox_id)
+        .bind(event.event_id)
+        .bind(sealed)
+        .bind(key)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(|e| HandlerError::Store(db_error(e)))?;
+        due::schedule(tx, due::MAIL, m.message_id, tenant, RELAY_LANE, now).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+struct Sender {
+    cells: Cells,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    settings: OutboundSmtpSettings,
+}
+
+/// A claimed mail.
+struct Claimed {
+    content: MessageV1,
+    attempts: u32,
+}
+
+/// What the row said when the sender looked.
+enum Found {
+    Gone,
+    NotYet,
+    Claimed(Box<Claimed>),
+    /// Interrupted while sending (lease over): fail as uncertain.
+    Interrupted {
+        conversation_id: Uuid,
+        inbox_id: Uuid,
+        attempts: u32,
+    },
+}
+
+#[async_trait]
+impl Job for Sender {
+    async fn run(&self, item: DueItem) {
+        if let Err(e) = self.send_one(&item).await {
+            // The due row stays; the dispatcher tries again.
+            tracing::warn!(error = %e, message_id = %item.item_id, "outbound mail step failed");
+        }
+    }
+}
+
+type Row5 = (String, i64, i64, Vec<u8>, Uuid);
+
+impl Sender {
+    async fn claim(&self, ctx: &TenantContext, id: Uuid) -> Result<Found, StoreError> {
+        let t = ctx.tenant();
+        let now = now_us();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        let row: Option<(Row5, Uuid, Uuid)> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT state, attempts, next_attempt_at, content, content_key, conversation_id, inbox_id \
+             FROM outbound_mail WHERE tenant_id = $1 AND message_id = $2"
+        )
+        .bind(t.0)
+        .bind(id)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r
+            .map(|r| Ok((
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?),
+                r.try_get(5)?,
+                r.try_get(6)?
+            )))
+            .transpose()))
+        .map_err(db_error)?;
+        let Some(((state, attempts, next_at, content, key), conversation_id, inbox_id)) = row
+        else {
+            due::unschedule(&mut tx, due::MAIL, id).await?;
+            tx.commit().await?;
+            return Ok(Found::Gone);
+        };
+        let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+        match state.as_str() {
+            "queued" if next_at > now => {
+                due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, next_at).await?;
+                tx.commit().await?;
+                Ok(Found::NotYet)
+            }
+            "queued" => {
+                let lease_end = now.saturating_add(duration_us(self.settings.sending_lease()));
+                on_tx!(&mut tx, |c| sqlx::query(
+                    "UPDATE outbound_mail SET state = 'sending', attempts = attempts + 1, \
+                     next_attempt_at = $1 WHERE tenant_id = $2 AND message_id = $3 AND state = 'queued'"
+                )
+                .bind(lease_end)
+                .bind(t.0)
+                .bind(id)
+                .execute(c)
+                .await
+                .map(|_| ()))
+                .map_err(db_error)?;
+                // Comes back after the lease if this process dies while sending.
+                due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, lease_end).await?;
+                // Committed before the first SMTP byte: a crash from here on is never resent.
+                tx.commit().await?;
+                let plain = ctx
+                    .cell()
+                    .store
+                    .keyring()
+                    .open(t, key, &content, &aad(t, id))
+                    .await
+                    .map_err(StoreError::Crypto)?;
+                let content: MessageV1 = serde_json::from_slice(&plain)
+                    .map_err(|e| StoreError::Database(format!("outbound mail {id}: {e}")))?;
+                Ok(Found::Claimed(Box::new(Claimed {
+                    content,
+                    attempts: attempts.saturating_add(1),
+                })))
+            }
+            "sending" if next_at > now => {
+                due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, next_at).await?;
+                tx.commit().await?;
+                Ok(Found::NotYet)
+            }
+            "sending" => {
+                tx.commit().await?;
+                Ok(Found::Interrupted {
+                    conversation_id,
+                    inbox_id,
+                    attempts,
+                })
+            }
+            _ => {
+                due::unschedule(&mut tx, due::MAIL, id).await?;
+                tx.commit().await?;
+                Ok(Found::Gone)
+            }
+        }
+    }
+
+    async fn send_one(&self, item: &DueItem) -> Result<(), StoreError> {
+        let ctx = self
+            .cells
+            .context(item.tenant, SERVICE)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let id = item.item_id;
+        let claimed = match self.claim(&ctx, id).await? {
+            Found::Gone | Found::NotYet => return Ok(()),
+            Found::Interrupted {
+                conversation_id,
+                inbox_id,
+                attempts,
+            } => {
+                tracing::error!(message_id = %id, "mail interrupted while sending; not resent");
+                let failed = ReplyFailedV1 {
+                    message_id: id,
+                    conversation_id,
+                    inbox_id,
+                    reason: "uncertain".into(),
+                    smtp_code: None,
+                    detail: "sending was interrupted; the relay may or may not have accepted it"
+                        .into(),
+                    attempts,
+                    at_us: now_us(),
+                };
+                return self.fail(&ctx, failed).await;
+            }
+            Found::Claimed(c) => *c,
+        };
+        let m = &claimed.content;
+        let started = std::time::Instant::now();
+        let outcome = match build(m) {
+            Ok(mail) => self.transport.send(mail).await.map_err(SendFailure::Smtp),
+            Err(e) => Err(SendFailure::Build(e)),
+        };
+        match outcome {
+            Ok(_) => {
+                metrics::counter!("postvak_outbound_mail_total", "outcome" => "sent").increment(1);
+                metrics::histogram!("postvak_outbound_mail_send_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                self.record_sent(&ctx, id).await
+            }
+            Err(f) => {
+                let (permanent, code, detail) = f.describe();
+                let out_of_attempts = claimed.attempts >= self.settings.max_attempts;
+                if permanent || out_of_attempts {
+                    metrics::counter!("postvak_outbound_mail_total", "outcome" => "failed")
+                        .increment(1);
+                    tracing::warn!(message_id = %id, %detail, "outbound mail failed for good");
+                    let failed = ReplyFailedV1 {
+                        message_id: id,
+                        conversation_id: m.conversation_id,
+                        inbox_id: m.inbox_id,
+                        reason: if permanent {
+                            "rejected".into()
+                        } else {
+                            "retries_exhausted".into()
+                        },
+                        smtp_code: code,
+                        detail,
+                        attempts: claimed.attempts,
+                        at_us: now_us(),
+                    };
+                    self.fail(&ctx, failed).await
+                } else {
+                    metrics::counter!("postvak_outbound_mail_total", "outcome" => "retried")
+                        .increment(1);
+                    tracing::info!(message_id = %id, %detail, attempts = claimed.attempts, "outbound mail will be retried");
+                    let delay = backoff(
+                        self.settings.retry_base(),
+                        self.settings.retry_max(),
+                        claimed.attempts,
+                    );
+                    self.retry_later(
+                        &ctx,
+                        id,
+                        now_us().saturating_add(duration_us(delay)),
+                        &detail,
+                    )
+                    .await
+                }
+            }
+        }
+    }
+
+    async fn record_sent(&self, ctx: &TenantContext, id: Uuid) -> Result<(), StoreError> {
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE outbound_mail SET state = 'sent', sent_us = $1, last_error = NULL \
+             WHERE tenant_id = $2 AND message_id = $3"
+        )
+        .bind(now_us())
+        .bind(t.0)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+        due::unschedule(&mut tx, due::MAIL, id).await?;
+        tx.commit().await
+    }
+
+    async fn retry_later(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE outbound_mail SET state = 'queued', next_attempt_at = $1, last_error = $2 \
+             WHERE tenant_id = $3 AND message_id = $4 AND state = 'sending'"
+        )
+        .bind(at)
+        .bind(error)
+        .bind(t.0)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+        due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, at).await?;
+        tx.commit().await
+    }
+
+    /// Appends `reply.failed` (once: the stream holds only it), then marks the row failed.
+    async fn fail(&self, ctx: &TenantContext, failed: ReplyFailedV1) -> Result<(), StoreError> {
+        let id = failed.message_id;
+        let event = NewEvent::from_payload(nev::REPLY_FAILED, 1, &failed)?;
+        match ctx
+            .append(&failure_stream(id), ExpectedVersion::NoStream, vec![event])
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE outbound_mail SET state = 'failed', last_error = $1 \
+             WHERE tenant_id = $2 AND message_id = $3"
+        )
+        .bind(&failed.detail)
+        .bind(t.0)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+        due::unschedule(&mut tx, due::MAIL, id).await?;
+        tx.commit().await
+    }
+}
+
+/// The stream that records the fate of one outbound message.
+pub fn failure_stream(message_id: Uuid) -> StreamRef {
+    StreamRef::new(nev::STREAM_OUTBOUND_MAIL, format!("mail-{message_id}"))
+}
+
+/// The state of an outbound message in the outbox (`None`: not recorded yet).
+pub async fn status(
+    ctx: &TenantContext,
+    message_id: Uuid,
+) -> Result<Option<OutboundStatus>, StoreError> {
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+    let row = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT state, attempts, last_error, sent_us FROM outbound_mail \
+         WHERE tenant_id = $1 AND message_id = $2"
+    )
+    .bind(t.0)
+    .bind(message_id)
+    .fetch_optional(c)
+    .await
+    .and_then(|r| r
+        .map(|r| Ok(OutboundStatus {
+            state: r.try_get(0)?,
+            attempts: u32::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0),
+            last_error: r.try_get(2)?,
+            sent_us: r.try_get(3)?,
+        }))
+        .transpose()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+enum SendFailure {
+    Smtp(lettre::transport::smtp::Error),
+    Build(String),
+}
+
+impl SendFailure {
+    /// (permanent, SMTP code, detail)
+    fn describe(&self) -> (bool, Option<u16>, String) {
+        match self {
+            Self::Smtp(e) => (e.is_permanent(), e.status().map(u16::from), e.to_string()),
+            // A message we can't even build will never go out.
+            Self::Build(e) => (true, None, e.clone()),
+        }
+    }
+}
+
+fn mailbox(m: &MailboxV1) -> Result<Mailbox, String> {
+    let address = m
+        .address
+        .parse()
+        .map_err(|e| format!("bad address {}: {e}", m.address))?;
+    Ok(Mailbox::new(m.name.clone(), address))
+}
+
+fn ids(v: &[String]) -> String {
+    v.iter()
+        .map(|i| format!("<{}>", i.trim_matches(|c| c == '<' || c == '>')))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The RFC 5322 message of a queued reply: from the inbox address (the event's `from`), our
+/// Message-ID, the thread's `In-Reply-To` and full `References`, the text the agent wrote.
+pub(crate) fn build(m: &MessageV1) -> Result<Message, String> {
+    let from = m
+        .from
+        .first()
+        .ok_or_else(|| "the reply has no sender".to_owned())?;
+    let mut b = Message::builder().from(mailbox(from)?);
+    for r in &m.reply_to {
+        b = b.reply_to(mailbox(r)?);
+    }
+    for t in &m.to {
+        b = b.to(mailbox(t)?);
+    }
+    for c in &m.cc {
+        b = b.cc(mailbox(c)?);
+    }
+    if m.to.is_empty() && m.cc.is_empty() {
+        return Err("the reply has no recipients".into());
+    }
+    if let Some(id) = &m.message_id_header {
+        b = b.message_id(Some(ids(std::slice::from_ref(id))));
+    }
+    if !m.in_reply_to.is_empty() {
+        b = b.in_reply_to(ids(&m.in_reply_to));
+    }
+    if !m.references.is_empty() {
+        b = b.references(ids(&m.references));
+    }
+    b = b.subject(m.subject.clone().unwrap_or_default());
+    b.header(ContentType::TEXT_PLAIN)
+        .body(m.body_text.clone().unwrap_or_default())
+        .map_err(|e| e.to_string())
+}

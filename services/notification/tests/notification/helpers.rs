@@ -1,0 +1,295 @@
+//! A fresh database per test, a tenant with an inbox and agents made by the real directory,
+//! mail delivered through ingest's real pipeline, replies through the real conversation
+//! service, and the notification service started with the test's settings.
+
+#![allow(dead_code)] // shared by every test module; not each uses all of it
+
+use postvak_conversation::Conversations;
+use postvak_core::access::{Grantee, InboxRole, TenantRole};
+use postvak_core::conversation::{Actor, ConversationCommand, Mailbox, Reply};
+use postvak_directory::Directory;
+use postvak_directory::identity::SessionKind;
+use postvak_ingest::{Ingestor, pipeline, standalone};
+use postvak_notification::NotificationSettings;
+use postvak_platform::cell::{Cells, Principal, TenantContext};
+use postvak_platform::store::TenantId;
+use postvak_platform::testkit;
+use postvak_proto::events::conversation::MessageV1;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    pub id: Uuid,
+    pub token: String,
+}
+
+/// One tenant with one inbox.
+#[derive(Debug)]
+pub struct Tenant {
+    pub tenant: TenantId,
+    pub ctx: TenantContext,
+    pub inbox: Uuid,
+    pub address: String,
+    pub alice: Agent,
+    pub admin: Agent,
+}
+
+#[derive(Debug)]
+pub struct TestEnv {
+    pub url: String,
+    pub cells: Cells,
+    pub directory: Directory,
+    pub service: Conversations,
+    pub ingestor: Ingestor,
+    pub acme: Tenant,
+    pub cancel: CancellationToken,
+    _tmp: Option<testkit::TempDir>,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> Self {
+        init_logs();
+        let (tmp, url) = match backend {
+            Backend::Sqlite => {
+                let (t, u) = testkit::fresh_sqlite_database();
+                (Some(t), u)
+            }
+            Backend::Postgres => (None, testkit::fresh_postgres_database().await),
+        };
+        let cells = standalone::open_cells(&url, testkit::master_key(), true)
+            .await
+            .unwrap();
+        let directory = Directory::new(cells.clone());
+        let service = Conversations::new(cells.clone());
+        let ingestor = Ingestor::new(cells.clone());
+        let cancel = CancellationToken::new();
+        let acme = make_tenant(&cells, &directory, "Acme", "support@acme.test").await;
+        postvak_conversation::start_consumers(&cells, cells.default_cell(), cancel.clone());
+        Self {
+            url,
+            cells,
+            directory,
+            service,
+            ingestor,
+            acme,
+            cancel,
+            _tmp: tmp,
+        }
+    }
+
+    pub async fn tenant(&self, name: &str, address: &str) -> Tenant {
+        make_tenant(&self.cells, &self.directory, name, address).await
+    }
+
+    pub fn start_notification(&self, settings: NotificationSettings) -> CancellationToken {
+        let stop = self.cancel.child_token();
+        postvak_notification::start(
+            &self.cells,
+            self.cells.default_cell(),
+            settings,
+            stop.clone(),
+        );
+        stop
+    }
+
+    /// Delivers a mail to a tenant's inbox through ingest's pipeline; waits for its
+    /// conversation.
+    pub async fn deliver(&self, t: &Tenant, raw: &[u8]) -> pipeline::Delivery {
+        let raw = Arc::new(raw.to_vec());
+        let parsed = Ingestor::parse(raw.clone()).await.unwrap();
+        let d = self
+            .ingestor
+            .deliver_to_inbox(
+                &t.ctx,
+                t.inbox,
+                &raw,
+                &parsed,
+                None,
+                Default::default(),
+                pipeline::Source::Api,
+            )
+            .await
+            .unwrap();
+        self.wait_for_message(t, d.conversation_id, d.message_id)
+            .await;
+        d
+    }
+
+    /// Waits until the conversation holds `message`.
+    pub async fn wait_for_message(&self, t: &Tenant, id: Uuid, message: Uuid) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(l) = self.service.load(&t.ctx, id).await
+                && l.events.iter().any(|e| {
+                    e.payload::<MessageV1>()
+                        .is_ok_and(|m| m.message_id == message)
+                })
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no conversation {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Alice replies as the inbox; returns the message id.
+    pub async fn reply(&self, t: &Tenant, conversation: Uuid, body: &str) -> Uuid {
+        let message_id = Uuid::now_v7();
+        let from = Mailbox {
+            name: Some("Support".into()),
+            address: t.address.clone(),
+        };
+        let by = Actor::User(t.alice.id);
+        self.service
+            .change(&t.ctx, conversation, None, |_| {
+                Ok(vec![ConversationCommand::Reply {
+                    reply: Reply {
+                        message_id,
+                        from: from.clone(),
+                        to: vec![],
+                        cc: vec![],
+                        subject: None,
+                        body: body.to_owned(),
+                    },
+                    by,
+                    at_us: postvak_platform::store::micros(time::OffsetDateTime::now_utc()),
+                }])
+            })
+            .await
+            .unwrap();
+        message_id
+    }
+
+    /// Polls the outbox until `message_id` is in `state`.
+    pub async fn wait_for_state(
+        &self,
+        t: &Tenant,
+        message_id: Uuid,
+        state: &str,
+    ) -> postvak_notification::outbound::OutboundStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = postvak_notification::outbound::status(&t.ctx, message_id)
+                .await
+                .unwrap();
+            if let Some(s) = &s
+                && s.state == state
+            {
+                return s.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mail {message_id} never reached {state}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn make_tenant(cells: &Cells, directory: &Directory, name: &str, address: &str) -> Tenant {
+    let tenant = directory.create_tenant(name, None).await.unwrap();
+    let ctx = cells
+        .context(tenant, Principal::Service { name: "test" })
+        .await
+        .unwrap();
+    let inbox = directory
+        .create_inbox(&ctx, "Support", &[address.to_owned()])
+        .await
+        .unwrap()
+        .id;
+    let session = |user: Uuid| {
+        let directory = directory.clone();
+        async move {
+            let s = directory
+                .create_session(tenant, user, SessionKind::Bearer, &[])
+                .await
+                .unwrap();
+            Agent {
+                id: user,
+                token: s.token,
+            }
+        }
+    };
+    let alice = directory
+        .create_user(
+            &ctx,
+            &format!("alice@{name}.test"),
+            "Alice",
+            TenantRole::Agent,
+        )
+        .await
+        .unwrap();
+    directory
+        .grant_inbox(
+            &ctx,
+            inbox,
+            Grantee::User(alice.id),
+            InboxRole::Reply,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let admin = directory
+        .create_user(
+            &ctx,
+            &format!("admin@{name}.test"),
+            "Admin",
+            TenantRole::Admin,
+        )
+        .await
+        .unwrap();
+    Tenant {
+        tenant,
+        ctx,
+        inbox,
+        address: address.to_owned(),
+        alice: session(alice.id).await,
+        admin: session(admin.id).await,
+    }
+}
+
+/// A mail from a customer with CRLF line endings.
+pub fn mail(to: &str, message_id: &str, subject: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    let mut m = format!(
+        "From: Eve Customer <eve@example.org>\r\nTo: {to}\r\nSubject: {subject}\r\n\
+         Message-ID: <{message_id}>\r\nDate: Mon, 2 Mar 2026 10:00:00 +0100\r\n"
+    );
+    if !extra_headers.is_empty() {
+        m.push_str(extra_headers.trim_end_matches("\r\n"));
+        m.push_str("\r\n");
+    }
+    m.push_str("\r\n");
+    m.push_str(&body.replace('\n', "\r\n"));
+    m.push_str("\r\n");
+    m.into_bytes()
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the notification service against real SQLite and PostgreSQL (with
+//! row-level security armed), the real directory, ingest and conversation services, a real
+//! SMTP relay (aiosmtpd with STARTTLS and AUTH) and real HTTP webhook receivers. One binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+mod outbound;
+mod smtp_sink;

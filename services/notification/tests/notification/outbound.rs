@@ -1,0 +1,161 @@
+//! Replies go out through a real relay (aiosmtpd, STARTTLS + AUTH) as the inbox.
+
+use crate::helpers::*;
+use crate::smtp_sink::SmtpSink;
+use postvak_notification::NotificationSettings;
+use postvak_proto::events::notification::{REPLY_FAILED, ReplyFailedV1};
+
+fn header<'a>(mail: &'a str, name: &str) -> Option<&'a str> {
+    let head = mail.split("\r\n\r\n").next()?;
+    head.split("\r\n")
+        .find(|l| {
+            l.len() > name.len()
+                && l[..name.len()].eq_ignore_ascii_case(name)
+                && l.as_bytes()[name.len()] == b':'
+        })
+        .map(|l| l[name.len() + 1..].trim())
+}
+
+#[tokio::test]
+async fn a_reply_arrives_at_the_relay_from_the_inbox_with_its_threading_headers() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start(false).await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: sink.settings(),
+            ..Default::default()
+        });
+        let t = &env.acme;
+        let first = env
+            .deliver(
+                t,
+                &mail(
+                    &t.address,
+                    "m1@example.org",
+                    "Printer on fire",
+                    "",
+                    "It burns.",
+                ),
+            )
+            .await;
+        env.deliver(
+            t,
+            &mail(
+                &t.address,
+                "m2@example.org",
+                "Re: Printer on fire",
+                "In-Reply-To: <m1@example.org>\r\nReferences: <m1@example.org>",
+                "Still burning.",
+            ),
+        )
+        .await;
+        let id = env
+            .reply(t, first.conversation_id, "We are on our way.\nBring water.")
+            .await;
+        let got = sink.wait_for(1).await;
+        assert_eq!(got.len(), 1, "{backend:?}");
+        let m = &got[0];
+        assert!(
+            header(m, "From").unwrap().contains("<support@acme.test>"),
+            "{m}"
+        );
+        assert_eq!(header(m, "X-Envelope-From"), Some("support@acme.test"));
+        assert_eq!(header(m, "X-Envelope-To"), Some("eve@example.org"));
+        assert_eq!(
+            header(m, "Message-ID"),
+            Some(format!("<{id}@acme.test>").as_str())
+        );
+        assert_eq!(header(m, "In-Reply-To"), Some("<m2@example.org>"));
+        assert_eq!(
+            header(m, "References"),
+            Some("<m1@example.org> <m2@example.org>")
+        );
+        assert_eq!(header(m, "Subject"), Some("Re: Printer on fire"));
+        assert!(header(m, "Content-Type").unwrap().starts_with("text/plain"));
+        assert!(m.contains("We are on our way.\r\nBring water."), "{m}");
+        let s = env.wait_for_state(t, id, "sent").await;
+        assert_eq!(s.attempts, 1);
+        // Exactly once: nothing more arrives.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(sink.received().len(), 1);
+        sink.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_relay_that_is_down_gets_the_mail_once_it_is_back() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        env.start_notification(NotificationSettings {
+            outbound_smtp: sink.settings(),
+            ..Default::default()
+        });
+        let t = &env.acme;
+        let c = env
+            .deliver(t, &mail(&t.address, "down@example.org", "Hello", "", "Hi."))
+            .await;
+        let id = env.reply(t, c.conversation_id, "Answer.").await;
+        // Refused connections are retried with backoff.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let s = postvak_notification::outbound::status(&t.ctx, id)
+                .await
+                .unwrap();
+            if let Some(s) = s
+                && s.attempts >= 2
+            {
+                assert_ne!(s.state, "sent");
+                assert!(s.last_error.is_some());
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no retries");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        sink.start(false).await;
+        let got = sink.wait_for(1).await;
+        assert!(got[0].contains("Answer."));
+        env.wait_for_state(t, id, "sent").await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(sink.received().len(), 1, "{backend:?}: sent once");
+        sink.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_reply_becomes_reply_failed_for_its_conversation() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start(true).await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: sink.settings(),
+            ..Default::default()
+        });
+        let t = &env.acme;
+        let c = env
+            .deliver(t, &mail(&t.address, "rej@example.org", "Hello", "", "Hi."))
+            .await;
+        let id = env.reply(t, c.conversation_id, "Answer.").await;
+        let s = env.wait_for_state(t, id, "failed").await;
+        assert_eq!(s.attempts, 1, "a 5xx is not retried");
+        let events = t
+            .ctx
+            .read_stream(&postvak_notification::outbound::failure_stream(id))
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, REPLY_FAILED);
+        let f: ReplyFailedV1 = events[0].payload().unwrap();
+        assert_eq!(f.conversation_id, c.conversation_id);
+        assert_eq!(f.inbox_id, t.inbox);
+        assert_eq!(f.reason, "rejected");
+        assert_eq!(f.smtp_code, Some(550));
+        assert!(f.detail.contains("Relaying denied"), "{}", f.detail);
+        assert!(sink.received().is_empty());
+        // The conversation itself still loads and works.
+        env.service.load(&t.ctx, c.conversation_id).await.unwrap();
+        sink.stop().await;
+    }
+}
