@@ -279,3 +279,38 @@ pub struct ClaimedProblem {
     /// The user who holds it.
     pub holder: Uuid,
 }
+
+/// Body of `POST /v1/conversations/{id}/presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPresence {
+    /// `viewing` or `replying`.
+    pub state: String,
+}
+
+/// `event: conversation` on `/v1/stream`: a conversation the caller may read changed. The
+/// SSE `id` is the position in the event log (send it back as `Last-Event-ID` to resume).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationStreamEvent {
+    pub conversation_id: Uuid,
+    /// The conversation's version after the change (its new `ETag`).
+    pub version: u64,
+    /// The event type, e.g. `conversation.note_added`.
+    pub change: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
+/// `event: presence` on `/v1/stream`: someone else is looking at or answering a conversation
+/// the caller may read. Ephemeral: not kept, not replayed on resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PresenceStreamEvent {
+    pub conversation_id: Uuid,
+    pub user_id: Uuid,
+    /// `viewing` or `replying`.
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}

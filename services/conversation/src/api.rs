@@ -102,7 +102,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/conversations/{conversation_id}/merge",
             web::post().to(merge_conversation),
-        );
+        )
+        .route(
+            "/v1/conversations/{conversation_id}/presence",
+            web::post().to(set_presence),
+        )
+        .route("/v1/stream", web::get().to(stream_changes));
 }
 
 /// An error response: a plain problem, or one of the two 409s with extra members.
@@ -1426,4 +1431,102 @@ pub async fn merge_conversation(
         summary_done(&c, target, &ch).await
     })
     .await
+}
+
+// ----- live -----
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Seconds between heartbeats (`: heartbeat` comments) when nothing else is sent: 1–60,
+    /// default 15.
+    pub heartbeat_secs: Option<u32>,
+}
+
+/// Live changes of the conversations the caller may read, as Server-Sent Events:
+/// `event: conversation` (`id:` = the log position; send it back as `Last-Event-ID` to resume
+/// after it) and `event: presence` (ephemeral), with heartbeats.
+#[utoipa::path(get, path = "/v1/stream", tag = "conversations", security(("bearer" = [])),
+    params(StreamQuery, ("Last-Event-ID" = Option<String>, Header)),
+    responses((status = 200, content_type = "text/event-stream", body = dto::ConversationStreamEvent,
+               description = "`event: conversation` carries a ConversationStreamEvent, `event: presence` a PresenceStreamEvent"),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn stream_changes(
+    cells: web::Data<Cells>,
+    dir: web::Data<Directory>,
+    auth: Authenticated,
+    req: HttpRequest,
+    q: web::Query<StreamQuery>,
+) -> Result<HttpResponse, Failure> {
+    let c = call(&cells, &dir, auth).await?;
+    let resume = match req.headers().get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(crate::live::decode_position)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be an id this stream sent",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let heartbeat =
+        std::time::Duration::from_secs(u64::from(q.heartbeat_secs.unwrap_or(15).clamp(1, 60)));
+    let start = match resume {
+        Some(p) => p,
+        None => crate::live::head(c.ctx.cell().db(), c.ctx.tenant())
+            .await
+            .map_err(|e| service_error(e.into()))?,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(crate::live::run_stream(
+        c.svc, c.ctx, c.access, start, heartbeat, tx,
+    ));
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .body(crate::live::ChannelBody(rx)))
+}
+
+/// Tells the others who may read the conversation that the caller is viewing or replying to
+/// it (pushed on their `/v1/stream`; ephemeral, not kept in the log).
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/presence", tag = "conversations", security(("bearer" = [])),
+    request_body = dto::SetPresence,
+    params(("conversation_id" = Uuid, Path)),
+    responses((status = 204, description = "Sent to the others watching"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn set_presence(
+    cells: web::Data<Cells>,
+    dir: web::Data<Directory>,
+    auth: Authenticated,
+    path: web::Path<Uuid>,
+    body: web::Json<dto::SetPresence>,
+) -> Result<HttpResponse, Failure> {
+    let c = call(&cells, &dir, auth).await?;
+    let id = path.into_inner();
+    let loaded = c.svc.load(&c.ctx, id).await.map_err(service_error)?;
+    require(&c.access, &loaded.state, InboxRole::Read).map_err(service_error)?;
+    let state = body.into_inner().state;
+    if state != "viewing" && state != "replying" {
+        return Err(
+            ApiError::unprocessable("invalid_presence", "state is viewing or replying").into(),
+        );
+    }
+    // Only people have presence; a machine has nobody to show.
+    if let Some(user_id) = c.access.user_id() {
+        crate::live::publish_presence(crate::live::Presence {
+            tenant: c.ctx.tenant(),
+            conversation_id: id,
+            user_id,
+            state,
+            at: OffsetDateTime::now_utc(),
+        });
+    }
+    Ok(HttpResponse::NoContent().finish())
 }

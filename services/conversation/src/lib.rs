@@ -15,6 +15,7 @@ pub mod api;
 mod codec;
 mod idempotency;
 pub mod inbound;
+mod live;
 mod projection;
 
 use postvak_core::Aggregate;

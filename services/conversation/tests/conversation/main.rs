@@ -7,4 +7,5 @@
 mod api;
 mod helpers;
 mod inbound;
+mod live;
 mod search;

@@ -1,0 +1,271 @@
+//! Live updates: `GET /v1/stream` (Server-Sent Events) and presence.
+//!
+//! The stream tails the event log of the caller's tenant (`read_log`, woken by the store's
+//! `append_signal()` and polled once a second, since another process may append) and sends
+//! `event: conversation` for every change of a conversation the caller may read at that
+//! moment (the same rule as `GET /v1/conversations/{id}`), with `id:` = the log position, so a
+//! client resumes with `Last-Event-ID`. Without one it starts at the head of the log.
+//!
+//! Presence (`POST /v1/conversations/{id}/presence`) is ephemeral: never an event in the log,
+//! broadcast in-process to the streams of the others who may read the conversation. With
+//! several replicas, presence reaches only the streams held by the same process (a NATS core
+//! subject would carry it across; not built yet).
+
+use crate::{Conversations, conversation_role, participation};
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::web::Bytes;
+use postvak_directory::identity::Access;
+use postvak_platform::cell::TenantContext;
+use postvak_platform::db::{Db, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{LogPosition, StoreError, StoredEvent, TenantId};
+use postvak_proto::events::conversation as ev;
+use postvak_proto::rest::conversation as dto;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+/// A presence signal as broadcast inside the process.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    pub tenant: TenantId,
+    pub conversation_id: Uuid,
+    pub user_id: Uuid,
+    pub state: String,
+    pub at: OffsetDateTime,
+}
+
+/// The process-wide presence channel (ephemeral; a slow stream loses old signals).
+fn hub() -> &'static broadcast::Sender<Presence> {
+    static HUB: OnceLock<broadcast::Sender<Presence>> = OnceLock::new();
+    HUB.get_or_init(|| broadcast::channel(1024).0)
+}
+
+pub(crate) fn publish_presence(p: Presence) {
+    // No stream listening is fine.
+    let _ = hub().send(p);
+}
+
+/// `id:` of an event: `tx-global_position`.
+pub(crate) fn encode_position(p: LogPosition) -> String {
+    format!("{}-{}", p.tx, p.global_position)
+}
+
+pub(crate) fn decode_position(s: &str) -> Option<LogPosition> {
+    let (tx, g) = s.trim().split_once('-')?;
+    Some(LogPosition {
+        tx: tx.parse().ok()?,
+        global_position: g.parse().ok()?,
+    })
+}
+
+/// The newest position of the tenant's log that `read_log` would return now.
+pub(crate) async fn head(db: &Db, tenant: TenantId) -> Result<LogPosition, StoreError> {
+    let sql = match db {
+        Db::Postgres(_) => {
+            "SELECT tx::text::bigint, global_position FROM events WHERE tenant_id = $1 \
+             AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tenant_id DESC, tx DESC, global_position DESC LIMIT 1"
+        }
+        Db::Sqlite(_) => {
+            "SELECT tx, global_position FROM events WHERE tenant_id = $1 \
+             ORDER BY global_position DESC LIMIT 1"
+        }
+    };
+    let mut tx = db.begin().await?;
+    let row: Option<(i64, i64)> = on_tx!(&mut tx, |c| sqlx::query(sql)
+        .bind(tenant.0)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(row.map_or(LogPosition::START, |(t, g)| LogPosition {
+        tx: u64::try_from(t).unwrap_or(0),
+        global_position: g,
+    }))
+}
+
+/// A response body fed by a channel: ends when the sender is dropped; dropping it (the client
+/// went away) stops the task feeding it.
+pub(crate) struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl MessageBody for ChannelBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        self.get_mut().0.poll_recv(cx).map(|b| b.map(Ok))
+    }
+}
+
+fn frame(event: &str, id: Option<&str>, data: &impl serde::Serialize) -> Bytes {
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
+    let mut s = String::new();
+    if let Some(id) = id {
+        s.push_str("id: ");
+        s.push_str(id);
+        s.push('\n');
+    }
+    s.push_str("event: ");
+    s.push_str(event);
+    s.push_str("\ndata: ");
+    s.push_str(&json);
+    s.push_str("\n\n");
+    Bytes::from(s)
+}
+
+/// Whether the caller may read the conversation now (404 rules of the API).
+async fn may_read(svc: &Conversations, ctx: &TenantContext, access: &Access, id: Uuid) -> bool {
+    match svc.load(ctx, id).await {
+        Ok(l) if l.state.is_open() || l.state.merged_into.is_some() => {
+            let inboxes: Vec<Uuid> = l.state.inboxes.keys().copied().collect();
+            conversation_role(access, &inboxes, participation(&l.state, access.user_id())).is_some()
+        }
+        _ => false,
+    }
+}
+
+fn conversation_of(e: &StoredEvent) -> Option<Uuid> {
+    if e.stream_type != ev::STREAM_CONVERSATION {
+        return None;
+    }
+    Uuid::try_parse(e.stream_id.strip_prefix("conv-")?).ok()
+}
+
+/// How many log entries are read at once.
+const BATCH: usize = 256;
+/// Polls the log this often even without a signal (another process may have appended).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Feeds one stream until the client goes away.
+pub(crate) async fn run_stream(
+    svc: Conversations,
+    ctx: TenantContext,
+    access: Access,
+    mut pos: LogPosition,
+    heartbeat: Duration,
+    out: mpsc::Sender<Bytes>,
+) {
+    let store = ctx.cell().store.clone();
+    let signal = store.append_signal();
+    let mut presence = hub().subscribe();
+    let tenant = ctx.tenant();
+    let me = access.user_id();
+    let mut last_sent = tokio::time::Instant::now();
+    // Tells the client how long to wait before reconnecting.
+    if out
+        .send(Bytes::from_static(b"retry: 2000\n\n"))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let batch = match store.read_log(pos, BATCH, Some(tenant)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "live stream cannot read the log");
+                Vec::new()
+            }
+        };
+        let full = batch.len() == BATCH;
+        let mut seen: HashMap<Uuid, bool> = HashMap::new();
+        for e in batch {
+            pos = e.position;
+            let Some(id) = conversation_of(&e) else {
+                continue;
+            };
+            let visible = match seen.get(&id) {
+                Some(v) => *v,
+                None => {
+                    let v = may_read(&svc, &ctx, &access, id).await;
+                    seen.insert(id, v);
+                    v
+                }
+            };
+            if !visible {
+                continue;
+            }
+            let data = dto::ConversationStreamEvent {
+                conversation_id: id,
+                version: e.stream_version,
+                change: e.event_type.clone(),
+                at: e.recorded_at,
+            };
+            let id_text = encode_position(e.position);
+            if out
+                .send(frame("conversation", Some(&id_text), &data))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            last_sent = tokio::time::Instant::now();
+        }
+        if full {
+            continue;
+        }
+        let beat_at = last_sent + heartbeat;
+        tokio::select! {
+            () = out.closed() => return,
+            () = &mut notified => {}
+            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep_until(beat_at) => {
+                if out.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+            p = presence.recv() => match p {
+                Ok(p) if p.tenant == tenant && Some(p.user_id) != me => {
+                    if may_read(&svc, &ctx, &access, p.conversation_id).await {
+                        let data = dto::PresenceStreamEvent {
+                            conversation_id: p.conversation_id,
+                            user_id: p.user_id,
+                            state: p.state,
+                            at: p.at,
+                        };
+                        if out.send(frame("presence", None, &data)).await.is_err() {
+                            return;
+                        }
+                        last_sent = tokio::time::Instant::now();
+                    }
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip() {
+        let p = LogPosition {
+            tx: 42,
+            global_position: 7,
+        };
+        assert_eq!(decode_position(&encode_position(p)), Some(p));
+        assert_eq!(decode_position("x"), None);
+        assert_eq!(decode_position("1-"), None);
+    }
+}
