@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub(crate) const MAIL: &str = "mail";
+pub(crate) const WEBHOOK: &str = "webhook";
 
 #[derive(Debug, Clone)]
 pub(crate) struct DueItem {

@@ -1,15 +1,803 @@
-//! Tenant webhooks (placeholder while outbound mail lands).
+//! Tenant webhooks, signed per the Standard Webhooks spec.
+//!
+//! - The consumer maps conversation events to Help Scout-style names and, for every matching
+//!   subscription of the tenant (optionally limited to one inbox), records a delivery with its
+//!   body (sealed) and schedules it — all in the consumer's transaction, so an event is fanned
+//!   out once.
+//! - The deliverer POSTs due deliveries with `webhook-id` (the delivery id: the same on every
+//!   retry and redelivery, for the receiver's dedupe), `webhook-timestamp` and
+//!   `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`. Each
+//!   subscription is its own lane with a small concurrency limit and every request has a
+//!   timeout, so a slow endpoint delays only its own deliveries. A 2xx is success; anything
+//!   else is retried with backoff until `max_attempts`, then the delivery is `dead` (the
+//!   dead-letter list), from where the API can redeliver it.
+//! - Delivery is at least once (a crash after the POST and before recording it repeats it).
+
+use crate::due::{self, DueItem, Job, Limits};
 use crate::settings::WebhookSettings;
-use postvak_platform::cell::{Cell, Cells};
+use crate::{backoff, bind_tenant, duration_us, now_us};
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use postvak_platform::cell::{Cell, Cells, TenantContext};
+use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{
+    EventData, EventStore, KeyScope, RecordedEvent, StoreError, TenantId, from_micros,
+};
+use postvak_proto::events::conversation as cev;
+use postvak_proto::rest::notification::{self as dto, WEBHOOK_EVENTS, WebhookData, WebhookPayload};
+use sha2::Sha256;
+use sqlx::Row;
 use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
+/// Durable consumer name.
+pub const WEBHOOK_CONSUMER: &str = "notification-webhooks";
+
+/// Why a webhook request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The webhook name of a conversation event, if webhooks announce it.
+pub fn event_name(event_type: &str) -> Option<&'static str> {
+    Some(match event_type {
+        cev::OPENED => "convo.created",
+        cev::ASSIGNED => "convo.assigned",
+        cev::MESSAGE_RECEIVED => "convo.customer.reply.created",
+        cev::REPLY_QUEUED => "convo.agent.reply.created",
+        cev::NOTE_ADDED => "convo.note.created",
+        cev::STATUS_CHANGED => "convo.status",
+        cev::TAGGED | cev::UNTAGGED => "convo.tags",
+        _ => return None,
+    })
+}
+
+/// `webhook-signature` value for a body: `v1,<base64 HMAC-SHA256>` under the secret's key.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .map_err(|e| format!("bad webhook secret: {e}"))?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(&key).map_err(|e| format!("bad webhook secret: {e}"))?;
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    Ok(format!(
+        "v1,{}",
+        STANDARD.encode(mac.finalize().into_bytes())
+    ))
+}
+
+fn secret_aad(tenant: TenantId, webhook: Uuid) -> Vec<u8> {
+    let mut a = b"postvak.webhook_secret".to_vec();
+    a.extend_from_slice(tenant.0.as_bytes());
+    a.extend_from_slice(webhook.as_bytes());
+    a
+}
+
+fn payload_aad(tenant: TenantId, delivery: Uuid) -> Vec<u8> {
+    let mut a = b"postvak.webhook_payload".to_vec();
+    a.extend_from_slice(tenant.0.as_bytes());
+    a.extend_from_slice(delivery.as_bytes());
+    a
+}
+
+/// Starts the webhook consumer and deliverer for one cell.
 pub fn start(
-    _cells: &Cells,
-    _cell: Arc<Cell>,
-    _settings: WebhookSettings,
-    _cancel: CancellationToken,
+    cells: &Cells,
+    cell: Arc<Cell>,
+    settings: WebhookSettings,
+    cancel: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    Vec::new()
+    let wake = Arc::new(Notify::new());
+    let handler = Arc::new(FanOut {
+        wake: wake.clone(),
+        store: cell.store.clone(),
+    });
+    let mut tasks = vec![tokio::spawn({
+        let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
+        async move {
+            run_consumer(store, bus, handler, cancel).await;
+        }
+    })];
+    // reqwest is built without a default TLS provider in this workspace.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(settings.timeout_ms.max(1)))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook HTTP client; nothing will be delivered");
+            return tasks;
+        }
+    };
+    let limits = Limits {
+        per_lane: settings.per_endpoint_concurrency,
+        total: settings.total_concurrency,
+    };
+    let job: Arc<dyn Job> = Arc::new(Deliverer {
+        cells: cells.clone(),
+        client,
+        settings,
+    });
+    tasks.push(tokio::spawn(due::dispatch(
+        cell.db().clone(),
+        due::WEBHOOK,
+        job,
+        limits,
+        wake,
+        cancel,
+    )));
+    tasks
+}
+
+struct FanOut {
+    wake: Arc<Notify>,
+    store: Arc<dyn EventStore>,
+}
+
+fn conversation_of(event: &RecordedEvent) -> Option<Uuid> {
+    event
+        .stream_id
+        .strip_prefix("conv-")
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+fn uuid_field(v: &serde_json::Value, name: &str) -> Option<Uuid> {
+    v.get(name)
+        .and_then(|x| x.as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+#[async_trait]
+impl EventHandler for FanOut {
+    fn name(&self) -> &str {
+        WEBHOOK_CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![cev::STREAM_CONVERSATION.to_owned()]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let Some(conversation) = conversation_of(event) else {
+            return Ok(());
+        };
+        let EventData::Json(data) = &event.data else {
+            // Erased: nothing to announce.
+            return Ok(());
+        };
+        let tenant = event.tenant_id;
+        bind_tenant(tx, tenant).await?;
+        // Keep conversation → inbox, for subscriptions limited to one inbox.
+        let named_inbox = match event.event_type.as_str() {
+            cev::OPENED => uuid_field(data, "inbox_id"),
+            cev::MOVED => uuid_field(data, "to_inbox"),
+            _ => None,
+        };
+        if let Some(inbox) = named_inbox {
+            on_tx!(tx, |c| sqlx::query(
+                "INSERT INTO notification_conversations (tenant_id, conversation_id, inbox_id) \
+                 VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET inbox_id = excluded.inbox_id"
+            )
+            .bind(tenant.0)
+            .bind(conversation)
+            .bind(inbox)
+            .execute(c)
+            .await
+            .map(|_| ()))
+            .map_err(|e| HandlerError::Store(db_error(e)))?;
+        }
+        let Some(name) = event_name(&event.event_type) else {
+            return Ok(());
+        };
+        let subs: Vec<(Uuid, String, Option<Uuid>)> = on_tx!(tx, |c| {
+            sqlx::query(
+            "SELECT webhook_id, events, inbox_id FROM webhook_subscriptions WHERE tenant_id = $1"
+        )
+        .bind(tenant.0)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect())
+        })
+        .map_err(|e| HandlerError::Store(db_error(e)))?;
+        let subs: Vec<_> = subs
+            .into_iter()
+            .filter(|(_, events, _)| events.split(' ').any(|e| e == name))
+            .collect();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let inbox = match uuid_field(data, "inbox_id").or(named_inbox) {
+            Some(i) => Some(i),
+            None => on_tx!(tx, |c| sqlx::query(
+                "SELECT inbox_id FROM notification_conversations \
+                 WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(tenant.0)
+            .bind(conversation)
+            .fetch_optional(c)
+            .await
+            .and_then(|r| r.map(|r| r.try_get::<Uuid, _>(0)).transpose()))
+            .map_err(|e| HandlerError::Store(db_error(e)))?,
+        };
+        let body = serde_json::to_vec(&WebhookPayload {
+            event_type: name.to_owned(),
+            timestamp: event.recorded_at,
+            data: WebhookData {
+                conversation_id: conversation,
+                inbox_id: inbox,
+                event_id: event.event_id,
+                event: data.clone(),
+            },
+        })
+        .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let now = now_us();
+        for (webhook, _, only_inbox) in subs {
+            if only_inbox.is_some() && only_inbox != inbox {
+                continue;
+            }
+            let delivery = Uuid::now_v7();
+            let (key, sealed) = self
+                .store
+                .keyring()
+                .seal(
+                    tenant,
+                    &KeyScope::Tenant,
+                    &body,
+                    &payload_aad(tenant, delivery),
+                )
+                .await
+                .map_err(|e| HandlerError::Store(StoreError::Crypto(e)))?;
+            let inserted = on_tx!(tx, |c| sqlx::query(
+                "INSERT INTO webhook_deliveries (tenant_id, delivery_id, webhook_id, event_id, \
+                 event_type, payload, payload_key, state, attempts, next_attempt_at, created_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8) \
+                 ON CONFLICT (tenant_id, webhook_id, event_id) DO NOTHING"
+            )
+            .bind(tenant.0)
+            .bind(delivery)
+            .bind(webhook)
+            .bind(event.event_id)
+            .bind(name)
+            .bind(sealed)
+            .bind(key)
+            .bind(now)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))
+            .map_err(|e| HandlerError::Store(db_error(e)))?;
+            if inserted == 1 {
+                due::schedule(
+                    tx,
+                    due::WEBHOOK,
+                    delivery,
+                    tenant,
+                    &webhook.to_string(),
+                    now,
+                )
+                .await?;
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+struct Deliverer {
+    cells: Cells,
+    client: reqwest::Client,
+    settings: WebhookSettings,
+}
+
+#[async_trait]
+impl Job for Deliverer {
+    async fn run(&self, item: DueItem) {
+        if let Err(e) = self.deliver(&item).await {
+            tracing::warn!(error = %e, delivery_id = %item.item_id, "webhook delivery step failed");
+        }
+    }
+}
+
+struct Pending {
+    webhook: Uuid,
+    attempts: u32,
+    body: Vec<u8>,
+    url: String,
+    secret: String,
+}
+
+impl Deliverer {
+    async fn load(&self, ctx: &TenantContext, id: Uuid) -> Result<Option<Pending>, StoreError> {
+        let t = ctx.tenant();
+        let now = now_us();
+        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        type DeliveryRow = (Uuid, String, i64, i64, Vec<u8>, Uuid);
+        let row: Option<DeliveryRow> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT webhook_id, state, attempts, next_attempt_at, payload, payload_key \
+             FROM webhook_deliveries WHERE tenant_id = $1 AND delivery_id = $2"
+        )
+        .bind(t.0)
+        .bind(id)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r
+            .map(|r| Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?
+            )))
+            .transpose()))
+        .map_err(db_error)?;
+        let Some((webhook, state, attempts, next_at, payload, payload_key)) = row else {
+            tx.commit().await?;
+            self.finish(ctx, id, None).await?;
+            return Ok(None);
+        };
+        if state != "pending" {
+            tx.commit().await?;
+            self.finish(ctx, id, None).await?;
+            return Ok(None);
+        }
+        if next_at > now {
+            tx.commit().await?;
+            let mut w = ctx.cell().db().tenant_tx(t, true).await?;
+            due::schedule(&mut w, due::WEBHOOK, id, t, &webhook.to_string(), next_at).await?;
+            w.commit().await?;
+            return Ok(None);
+        }
+        let sub: Option<(String, Vec<u8>, Uuid)> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT url, secret, secret_key FROM webhook_subscriptions \
+             WHERE tenant_id = $1 AND webhook_id = $2"
+        )
+        .bind(t.0)
+        .bind(webhook)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()))
+        .map_err(db_error)?;
+        tx.commit().await?;
+        let Some((url, secret, secret_key)) = sub else {
+            self.finish(
+                ctx,
+                id,
+                Some(Outcome {
+                    state: "dead",
+                    status: None,
+                    error: Some("the subscription was deleted".into()),
+                    retry_at: None,
+                }),
+            )
+            .await?;
+            return Ok(None);
+        };
+        let keyring = ctx.cell().store.keyring();
+        let body = keyring
+            .open(t, payload_key, &payload, &payload_aad(t, id))
+            .await
+            .map_err(StoreError::Crypto)?;
+        let secret = keyring
+            .open(t, secret_key, &secret, &secret_aad(t, webhook))
+            .await
+            .map_err(StoreError::Crypto)?;
+        Ok(Some(Pending {
+            webhook,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            body,
+            url,
+            secret: String::from_utf8_lossy(&secret).into_owned(),
+        }))
+    }
+
+    async fn deliver(&self, item: &DueItem) -> Result<(), StoreError> {
+        let ctx = self
+            .cells
+            .context(item.tenant, crate::SERVICE)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let id = item.item_id;
+        let Some(p) = self.load(&ctx, id).await? else {
+            return Ok(());
+        };
+        let attempts = p.attempts.saturating_add(1);
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let msg_id = id.to_string();
+        let signature = sign(&p.secret, &msg_id, timestamp, &p.body)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let sent = self
+            .client
+            .post(&p.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(p.body)
+            .send()
+            .await;
+        let (ok, status, error) = match sent {
+            Ok(r) if r.status().is_success() => (true, Some(r.status().as_u16()), None),
+            Ok(r) => (
+                false,
+                Some(r.status().as_u16()),
+                Some(format!("endpoint answered {}", r.status())),
+            ),
+            Err(e) => (false, None, Some(format!("{e}"))),
+        };
+        let outcome = if ok {
+            metrics::counter!("postvak_webhook_deliveries_total", "outcome" => "delivered")
+                .increment(1);
+            Outcome {
+                state: "delivered",
+                status,
+                error: None,
+                retry_at: None,
+            }
+        } else if attempts >= self.settings.max_attempts {
+            metrics::counter!("postvak_webhook_deliveries_total", "outcome" => "dead").increment(1);
+            tracing::warn!(delivery_id = %id, webhook_id = %p.webhook, ?error, "webhook delivery dead-lettered");
+            Outcome {
+                state: "dead",
+                status,
+                error,
+                retry_at: None,
+            }
+        } else {
+            metrics::counter!("postvak_webhook_deliveries_total", "outcome" => "retried")
+                .increment(1);
+            let delay = backoff(
+                std::time::Duration::from_millis(self.settings.retry_base_ms),
+                std::time::Duration::from_millis(self.settings.retry_max_ms),
+                attempts,
+            );
+            Outcome {
+                state: "pending",
+                status,
+                error,
+                retry_at: Some((now_us().saturating_add(duration_us(delay)), p.webhook)),
+            }
+        };
+        self.finish(&ctx, id, Some(outcome)).await
+    }
+
+    /// Records an attempt's outcome (`None`: only drop the due row).
+    async fn finish(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        outcome: Option<Outcome>,
+    ) -> Result<(), StoreError> {
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        if let Some(o) = &outcome {
+            let counts = i64::from(o.status.is_some() || o.error.is_some());
+            on_tx!(&mut tx, |c| sqlx::query(
+                "UPDATE webhook_deliveries SET state = $1, attempts = attempts + $2, \
+                 last_status = $3, last_error = $4, next_attempt_at = $5, \
+                 delivered_us = CASE WHEN $1 = 'delivered' THEN $6 ELSE delivered_us END \
+                 WHERE tenant_id = $7 AND delivery_id = $8 AND state = 'pending'"
+            )
+            .bind(o.state)
+            .bind(counts)
+            .bind(o.status.map(i64::from))
+            .bind(o.error.as_deref())
+            .bind(o.retry_at.map_or(0, |(at, _)| at))
+            .bind(now_us())
+            .bind(t.0)
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+        }
+        match outcome.as_ref().and_then(|o| o.retry_at) {
+            Some((at, webhook)) => {
+                due::schedule(&mut tx, due::WEBHOOK, id, t, &webhook.to_string(), at).await?;
+            }
+            None => due::unschedule(&mut tx, due::WEBHOOK, id).await?,
+        }
+        tx.commit().await
+    }
+}
+
+struct Outcome {
+    state: &'static str,
+    status: Option<u16>,
+    error: Option<String>,
+    retry_at: Option<(i64, Uuid)>,
+}
+
+// ---- management (the API's store functions) ----
+
+fn webhook_dto(
+    id: Uuid,
+    url: String,
+    events: &str,
+    inbox: Option<Uuid>,
+    created_us: i64,
+) -> dto::Webhook {
+    dto::Webhook {
+        id,
+        url,
+        events: events
+            .split(' ')
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        inbox_id: inbox,
+        created_at: from_micros(created_us),
+    }
+}
+
+/// Creates a subscription; the secret is in the answer only.
+pub async fn create(
+    ctx: &TenantContext,
+    req: &dto::CreateWebhook,
+) -> Result<dto::CreatedWebhook, WebhookError> {
+    let url =
+        reqwest::Url::parse(&req.url).map_err(|e| WebhookError::Invalid(format!("url: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(WebhookError::Invalid(
+            "url: must be an http(s) URL with a host".into(),
+        ));
+    }
+    if req.events.is_empty() {
+        return Err(WebhookError::Invalid("events: at least one".into()));
+    }
+    let mut events: Vec<String> = Vec::new();
+    for e in &req.events {
+        if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+            return Err(WebhookError::Invalid(format!(
+                "events: unknown event {e:?} (known: {})",
+                WEBHOOK_EVENTS.join(", ")
+            )));
+        }
+        if !events.contains(e) {
+            events.push(e.clone());
+        }
+    }
+    let t = ctx.tenant();
+    let id = Uuid::now_v7();
+    let secret = format!("whsec_{}", STANDARD.encode(rand::random::<[u8; 32]>()));
+    let (key, sealed) = ctx
+        .cell()
+        .store
+        .keyring()
+        .seal(t, &KeyScope::Tenant, secret.as_bytes(), &secret_aad(t, id))
+        .await
+        .map_err(StoreError::Crypto)?;
+    let now = now_us();
+    let joined = events.join(" ");
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "INSERT INTO webhook_subscriptions (tenant_id, webhook_id, url, inbox_id, events, secret, \
+         secret_key, created_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    )
+    .bind(t.0)
+    .bind(id)
+    .bind(url.as_str())
+    .bind(req.inbox_id)
+    .bind(&joined)
+    .bind(sealed)
+    .bind(key)
+    .bind(now)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(dto::CreatedWebhook {
+        webhook: webhook_dto(id, url.to_string(), &joined, req.inbox_id, now),
+        secret,
+    })
+}
+
+/// The tenant's subscriptions, oldest first.
+pub async fn list(ctx: &TenantContext) -> Result<Vec<dto::Webhook>, WebhookError> {
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+    let rows: Vec<dto::Webhook> = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT webhook_id, url, events, inbox_id, created_us FROM webhook_subscriptions \
+         WHERE tenant_id = $1 ORDER BY created_us, webhook_id"
+    )
+    .bind(t.0)
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok(webhook_dto(
+            r.try_get(0)?,
+            r.try_get(1)?,
+            &r.try_get::<String, _>(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?
+        )))
+        .collect()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Deletes a subscription; its pending deliveries end as dead letters.
+pub async fn delete(ctx: &TenantContext, id: Uuid) -> Result<(), WebhookError> {
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    let n = on_tx!(&mut tx, |c| sqlx::query(
+        "DELETE FROM webhook_subscriptions WHERE tenant_id = $1 AND webhook_id = $2"
+    )
+    .bind(t.0)
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    if n == 0 {
+        return Err(WebhookError::NotFound);
+    }
+    Ok(())
+}
+
+async fn exists(tx: &mut DbTx, t: TenantId, id: Uuid) -> Result<bool, WebhookError> {
+    let n: Option<i64> = on_tx!(tx, |c| sqlx::query(
+        "SELECT 1 FROM webhook_subscriptions WHERE tenant_id = $1 AND webhook_id = $2"
+    )
+    .bind(t.0)
+    .bind(id)
+    .fetch_optional(c)
+    .await
+    .and_then(|r| r.map(|r| r.try_get::<i32, _>(0).map(i64::from)).transpose()))
+    .map_err(db_error)?;
+    Ok(n.is_some())
+}
+
+const DELIVERY_COLUMNS: &str = "delivery_id, webhook_id, event_id, event_type, state, attempts, \
+                                last_status, last_error, created_us, delivered_us";
+
+type DeliveryRow = (
+    Uuid,
+    Uuid,
+    Uuid,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+fn delivery_dto(r: DeliveryRow) -> dto::WebhookDelivery {
+    let (id, webhook, event, event_type, state, attempts, status, error, created, delivered) = r;
+    dto::WebhookDelivery {
+        id,
+        webhook_id: webhook,
+        event_id: event,
+        event_type,
+        state,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        last_status: status.and_then(|s| u16::try_from(s).ok()),
+        last_error: error,
+        created_at: from_micros(created),
+        delivered_at: delivered.map(from_micros),
+    }
+}
+
+macro_rules! delivery_row {
+    ($r:expr) => {
+        (
+            $r.try_get(0)?,
+            $r.try_get(1)?,
+            $r.try_get(2)?,
+            $r.try_get(3)?,
+            $r.try_get(4)?,
+            $r.try_get(5)?,
+            $r.try_get(6)?,
+            $r.try_get(7)?,
+            $r.try_get(8)?,
+            $r.try_get(9)?,
+        )
+    };
+}
+
+/// A subscription's deliveries, newest first (at most `limit`).
+pub async fn deliveries(
+    ctx: &TenantContext,
+    webhook: Uuid,
+    limit: i64,
+) -> Result<Vec<dto::WebhookDelivery>, WebhookError> {
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+    if !exists(&mut tx, t, webhook).await? {
+        return Err(WebhookError::NotFound);
+    }
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE tenant_id = $1 AND webhook_id = $2 \
+         ORDER BY created_us DESC, delivery_id DESC LIMIT $3"
+    );
+    let rows: Vec<DeliveryRow> = on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(t.0)
+        .bind(webhook)
+        .bind(limit)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows.iter().map(|r| Ok(delivery_row!(r))).collect()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(rows.into_iter().map(delivery_dto).collect())
+}
+
+/// Sends a delivery again now (a dead letter gets one more attempt).
+pub async fn redeliver(
+    ctx: &TenantContext,
+    webhook: Uuid,
+    delivery: Uuid,
+) -> Result<dto::WebhookDelivery, WebhookError> {
+    let t = ctx.tenant();
+    let now = now_us();
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    if !exists(&mut tx, t, webhook).await? {
+        return Err(WebhookError::NotFound);
+    }
+    let n = on_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = $1 \
+         WHERE tenant_id = $2 AND webhook_id = $3 AND delivery_id = $4"
+    )
+    .bind(now)
+    .bind(t.0)
+    .bind(webhook)
+    .bind(delivery)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(db_error)?;
+    if n == 0 {
+        return Err(WebhookError::NotFound);
+    }
+    due::schedule(
+        &mut tx,
+        due::WEBHOOK,
+        delivery,
+        t,
+        &webhook.to_string(),
+        now,
+    )
+    .await?;
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE tenant_id = $1 AND delivery_id = $2"
+    );
+    let row: DeliveryRow = on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(t.0)
+        .bind(delivery)
+        .fetch_one(c)
+        .await
+        .and_then(|r| Ok(delivery_row!(r))))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(delivery_dto(row))
 }

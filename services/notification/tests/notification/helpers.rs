@@ -293,3 +293,93 @@ pub fn mail(to: &str, message_id: &str, subject: &str, extra_headers: &str, body
     m.push_str("\r\n");
     m.into_bytes()
 }
+
+/// The notification API on a real HTTP server bound to a free port.
+#[derive(Debug, Clone)]
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+/// A response: status and JSON body.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub body: serde_json::Value,
+}
+
+impl TestEnv {
+    pub async fn spawn_app(&self) -> TestApp {
+        use actix_web::{App, HttpServer, web};
+        let auth: postvak_platform::auth::SharedAuthenticator = Arc::new(self.directory.clone());
+        let cells = web::Data::new(self.cells.clone());
+        let directory = web::Data::new(self.directory.clone());
+        let auth = web::Data::new(auth);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(cells.clone())
+                .app_data(directory.clone())
+                .app_data(auth.clone())
+                .app_data(postvak_platform::http::json_config())
+                .app_data(postvak_platform::http::query_config())
+                .app_data(postvak_platform::http::path_config())
+                .configure(postvak_notification::api::routes)
+        })
+        .workers(2)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            handle.stop(false).await;
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        TestApp {
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        who: &Agent,
+        body: Option<serde_json::Value>,
+    ) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&who.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let text = r.text().await.unwrap();
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        Resp {
+            status,
+            content_type,
+            body,
+        }
+    }
+}

@@ -6,4 +6,6 @@
 
 mod helpers;
 mod outbound;
+mod receiver;
 mod smtp_sink;
+mod webhooks;
