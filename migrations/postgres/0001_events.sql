@@ -63,7 +63,7 @@ CREATE TABLE streams (
     version     bigint NOT NULL CHECK (version > 0),
     head_hash   bytea  NOT NULL,
     CONSTRAINT streams_pkey PRIMARY KEY (tenant_id, stream_id)
-);
+) WITH (fillfactor = 70); -- every append updates its head: leave room for HOT updates
 
 CREATE TABLE data_keys (
     key_id       uuid        NOT NULL PRIMARY KEY,

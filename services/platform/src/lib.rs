@@ -3,6 +3,7 @@
 //! tenant contexts, configuration, telemetry and the HTTP error mapping.
 
 pub mod auth;
+pub mod bench;
 pub mod bus;
 pub mod cell;
 pub mod command;

@@ -39,9 +39,11 @@ pub const DEFAULT_HEAD_CACHE: usize = 100_000;
 /// How many times the slow path retries when a stream it found missing was created under it.
 const CREATE_RACE_RETRIES: usize = 8;
 
+// `tx` is read as `commit_tx`: an output column named `tx` would shadow the column in
+// `ORDER BY tx`, and the sort would no longer come from the index.
 macro_rules! event_columns {
     () => {
-        "tx::text::bigint AS tx, global_position, event_id, tenant_id, stream_type, stream_id, \
+        "tx::text::bigint AS commit_tx, global_position, event_id, tenant_id, stream_type, stream_id, \
          stream_version, event_type, event_version, key_id, payload, metadata, recorded_at, \
          prev_hash, hash"
     };
@@ -62,6 +64,31 @@ macro_rules! insert_events {
          WHERE EXISTS (SELECT 1 FROM head)"
     };
 }
+
+/// The same for one event, with scalars instead of arrays (the common case): `$7` event id,
+/// `$8` type, `$9` type version, `$10` key, `$11` payload, `$12` metadata, `$13` prev hash; its
+/// hash is the new head's, `$5`. The expected head is then `$14`, `$15`.
+macro_rules! insert_one_event {
+    () => {
+        "INSERT INTO events (event_id, tenant_id, stream_type, stream_id, stream_version, \
+             event_type, event_version, key_id, payload, metadata, recorded_at, prev_hash, hash) \
+         SELECT $7, $1, $3, $2, $4, $8, $9, $10, $11, $12, $6, $13, $5 \
+         WHERE EXISTS (SELECT 1 FROM head)"
+    };
+}
+
+const APPEND_NEW_ONE: &str = concat!(
+    "WITH head AS (INSERT INTO streams (tenant_id, stream_id, stream_type, version, head_hash) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1) ",
+    insert_one_event!()
+);
+
+const APPEND_NEXT_ONE: &str = concat!(
+    "WITH head AS (UPDATE streams SET version = $4, head_hash = $5 \
+     WHERE tenant_id = $1 AND stream_id = $2 AND stream_type = $3 \
+       AND version = $14 AND head_hash = $15 RETURNING 1) ",
+    insert_one_event!()
+);
 
 /// Creates the head (`$4` version, `$5` hash) and the events, or nothing if the stream exists.
 const APPEND_NEW: &str = concat!(
@@ -280,44 +307,66 @@ impl PostgresStore {
         batch: &SealedBatch,
         chained: &ChainedBatch,
     ) -> Result<u64, StoreError> {
-        let n = batch.events.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut type_versions = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        for e in &batch.events {
-            ids.push(e.event_id);
-            types.push(e.event_type.as_str());
-            type_versions.push(i32::try_from(e.event_version).map_err(|_| {
-                StoreError::Serialization(format!("event_version {} too large", e.event_version))
-            })?);
-            keys.push(e.key_id);
-            payloads.push(e.payload.as_slice());
-            metadata.push(e.metadata.as_slice());
-        }
         let head_hash = chained.head_hash();
-        let query = sqlx::query(if head.is_some() {
-            APPEND_NEXT
+        let ids = batch.event_ids();
+        let query = if let ([e], [version], [prev]) = (
+            batch.events.as_slice(),
+            chained.versions.as_slice(),
+            chained.prev_hashes.as_slice(),
+        ) {
+            sqlx::query(if head.is_some() {
+                APPEND_NEXT_ONE
+            } else {
+                APPEND_NEW_ONE
+            })
+            .bind(tenant.0)
+            .bind(&stream.stream_id)
+            .bind(&stream.stream_type)
+            .bind(*version)
+            .bind(head_hash.as_slice())
+            .bind(batch.recorded_at)
+            .bind(e.event_id)
+            .bind(&e.event_type)
+            .bind(event_version(e.event_version)?)
+            .bind(e.key_id)
+            .bind(e.payload.as_slice())
+            .bind(e.metadata.as_slice())
+            .bind(prev.as_slice())
         } else {
-            APPEND_NEW
-        })
-        .bind(tenant.0)
-        .bind(&stream.stream_id)
-        .bind(&stream.stream_type)
-        .bind(to_i64(chained.last_version()))
-        .bind(head_hash.as_slice())
-        .bind(batch.recorded_at)
-        .bind(&ids)
-        .bind(&chained.versions)
-        .bind(&types)
-        .bind(&type_versions)
-        .bind(&keys)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(&chained.prev_hashes)
-        .bind(&chained.hashes);
+            let n = batch.events.len();
+            let mut types = Vec::with_capacity(n);
+            let mut type_versions = Vec::with_capacity(n);
+            let mut keys = Vec::with_capacity(n);
+            let mut payloads = Vec::with_capacity(n);
+            let mut metadata = Vec::with_capacity(n);
+            for e in &batch.events {
+                types.push(e.event_type.as_str());
+                type_versions.push(event_version(e.event_version)?);
+                keys.push(e.key_id);
+                payloads.push(e.payload.as_slice());
+                metadata.push(e.metadata.as_slice());
+            }
+            sqlx::query(if head.is_some() {
+                APPEND_NEXT
+            } else {
+                APPEND_NEW
+            })
+            .bind(tenant.0)
+            .bind(&stream.stream_id)
+            .bind(&stream.stream_type)
+            .bind(to_i64(chained.last_version()))
+            .bind(head_hash.as_slice())
+            .bind(batch.recorded_at)
+            .bind(ids.clone())
+            .bind(chained.versions.clone())
+            .bind(types)
+            .bind(type_versions)
+            .bind(keys)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(chained.prev_hashes.clone())
+            .bind(chained.hashes.clone())
+        };
         let query = match head {
             Some(h) => query.bind(to_i64(h.version)).bind(h.hash.as_slice()),
             None => query,
@@ -487,7 +536,7 @@ fn stored_from_row(row: &PgRow) -> Result<StoredEvent, StoreError> {
     let get = |e: sqlx::Error| db_error(e);
     Ok(StoredEvent {
         position: LogPosition {
-            tx: to_u64(row.try_get("tx").map_err(get)?, "tx")?,
+            tx: to_u64(row.try_get("commit_tx").map_err(get)?, "tx")?,
             global_position: row.try_get("global_position").map_err(get)?,
         },
         event_id: row.try_get("event_id").map_err(get)?,
@@ -510,6 +559,10 @@ fn stored_from_row(row: &PgRow) -> Result<StoredEvent, StoreError> {
         prev_hash: row.try_get("prev_hash").map_err(get)?,
         hash: row.try_get("hash").map_err(get)?,
     })
+}
+
+fn event_version(v: u32) -> Result<i32, StoreError> {
+    i32::try_from(v).map_err(|_| StoreError::Serialization(format!("event_version {v} too large")))
 }
 
 fn limit(n: usize) -> i64 {

@@ -6,3 +6,4 @@ mod bus;
 mod command;
 mod relay;
 mod consumer;
+mod store_bench;
