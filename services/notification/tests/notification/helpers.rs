@@ -57,6 +57,8 @@ pub struct Tenant {
 #[derive(Debug)]
 pub struct TestEnv {
     pub url: String,
+    /// The master key, to open the same cells again (a second "process").
+    pub master: String,
     pub cells: Cells,
     pub directory: Directory,
     pub service: Conversations,
@@ -82,9 +84,14 @@ impl TestEnv {
             }
             Backend::Postgres => (None, testkit::fresh_postgres_database().await),
         };
-        let cells = standalone::open_cells(&url, testkit::master_key(), true)
-            .await
-            .unwrap();
+        let master = postvak_platform::crypto::MasterKey::generate_base64();
+        let cells = standalone::open_cells(
+            &url,
+            postvak_platform::crypto::MasterKey::from_base64(&master).unwrap(),
+            true,
+        )
+        .await
+        .unwrap();
         let directory = Directory::new(cells.clone());
         let service = Conversations::new(cells.clone());
         let ingestor = Ingestor::new(cells.clone());
@@ -93,6 +100,7 @@ impl TestEnv {
         postvak_conversation::start_consumers(&cells, cells.default_cell(), cancel.clone());
         Self {
             url,
+            master,
             cells,
             directory,
             service,
@@ -380,6 +388,60 @@ impl TestApp {
             status,
             content_type,
             body,
+        }
+    }
+}
+
+/// The notification service in a runtime of its own, standing for another process: `crash()`
+/// drops the runtime, so its tasks stop at whatever await they were in, like a killed process.
+#[derive(Debug)]
+pub struct Crashable {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestEnv {
+    pub async fn start_crashable(&self, settings: NotificationSettings) -> Crashable {
+        let (url, master) = (self.url.clone(), self.master.clone());
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let key = postvak_platform::crypto::MasterKey::from_base64(&master).unwrap();
+                let cells = standalone::open_cells(&url, key, false).await.unwrap();
+                postvak_notification::start(
+                    &cells,
+                    cells.default_cell(),
+                    settings,
+                    CancellationToken::new(),
+                );
+                let _ = ready_tx.send(());
+            });
+            let _ = stop_rx.recv();
+            rt.shutdown_background();
+        });
+        ready_rx.await.unwrap();
+        Crashable {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Crashable {
+    pub async fn crash(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join().unwrap())
+                .await
+                .unwrap();
         }
     }
 }

@@ -159,3 +159,147 @@ async fn a_rejected_reply_becomes_reply_failed_for_its_conversation() {
         sink.stop().await;
     }
 }
+
+/// A relay that accepts connections and never says a word.
+fn silent_relay() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming() {
+            held.push(c);
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_mail_interrupted_while_sending_is_not_resent_but_reported_uncertain() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let t = &env.acme;
+        let c = env
+            .deliver(
+                t,
+                &mail(&t.address, "crash@example.org", "Hello", "", "Hi."),
+            )
+            .await;
+        // "Process one" claims the mail and is killed mid-SMTP.
+        let first = env
+            .start_crashable(NotificationSettings {
+                outbound_smtp: postvak_notification::OutboundSmtpSettings {
+                    host: "127.0.0.1".into(),
+                    port: silent_relay(),
+                    security: postvak_notification::SmtpSecurity::None,
+                    timeout_ms: 60_000,
+                    sending_lease_ms: 1_000,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .await;
+        let id = env.reply(t, c.conversation_id, "Answer.").await;
+        env.wait_for_state(t, id, "sending").await;
+        first.crash().await;
+
+        // "Process two" has a working relay, and still does not send it blindly.
+        let mut sink = SmtpSink::new();
+        sink.start(false).await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: postvak_notification::OutboundSmtpSettings {
+                sending_lease_ms: 1_000,
+                ..sink.settings()
+            },
+            ..Default::default()
+        });
+        let s = env.wait_for_state(t, id, "failed").await;
+        assert_eq!(s.attempts, 1);
+        let events = t
+            .ctx
+            .read_stream(&postvak_notification::outbound::failure_stream(id))
+            .await
+            .unwrap();
+        let f: ReplyFailedV1 = events[0].payload().unwrap();
+        assert_eq!(f.reason, "uncertain", "{backend:?}");
+        assert!(sink.received().is_empty());
+        sink.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_during_a_burst_sends_every_reply_and_none_twice() {
+    const N: usize = 60;
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let t = &env.acme;
+        let c = env
+            .deliver(
+                t,
+                &mail(&t.address, "burst@example.org", "Burst", "", "Hi."),
+            )
+            .await;
+        let mut sink = SmtpSink::new();
+        sink.start(false).await;
+        let settings = NotificationSettings {
+            outbound_smtp: postvak_notification::OutboundSmtpSettings {
+                sending_lease_ms: 1_000,
+                ..sink.settings()
+            },
+            ..Default::default()
+        };
+        let first = env.start_crashable(settings.clone()).await;
+        let mut ids = Vec::new();
+        for i in 0..N {
+            ids.push(
+                env.reply(t, c.conversation_id, &format!("Reply {i}."))
+                    .await,
+            );
+        }
+        // Kill it somewhere in the middle of the burst.
+        sink.wait_for(N / 3).await;
+        first.crash().await;
+        env.start_notification(settings);
+
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let (sent, uncertain) = loop {
+            let (mut s, mut u, mut open) = (0, 0, 0);
+            for id in &ids {
+                match postvak_notification::outbound::status(&t.ctx, *id)
+                    .await
+                    .unwrap()
+                    .map(|s| s.state)
+                    .as_deref()
+                {
+                    Some("sent") => s += 1,
+                    Some("failed") => u += 1,
+                    _ => open += 1,
+                }
+            }
+            if open == 0 {
+                break (s, u);
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{open} still open");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let got = sink.received();
+        let mut seen = std::collections::HashSet::new();
+        for m in &got {
+            let mid = header(m, "Message-ID").unwrap().to_owned();
+            assert!(seen.insert(mid.clone()), "{backend:?}: {mid} arrived twice");
+        }
+        // Every reply was sent, except those caught mid-SMTP, which are reported and not
+        // resent (and may or may not have arrived: ADR 0006).
+        assert_eq!(sent + uncertain, N);
+        assert!(
+            got.len() >= sent && got.len() <= N,
+            "{} arrived, {sent} sent",
+            got.len()
+        );
+        assert!(
+            uncertain <= 8,
+            "at most one per connection in flight: {uncertain}"
+        );
+        sink.stop().await;
+    }
+}

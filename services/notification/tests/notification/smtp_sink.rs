@@ -13,7 +13,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const SCRIPT: &str = r#"
-import asyncio, os, ssl, sys, time
+import asyncio, os, ssl, sys, time, warnings
+warnings.simplefilter("ignore")
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
