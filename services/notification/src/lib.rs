@@ -8,6 +8,7 @@
 //! so that one slow relay or endpoint never holds up the others.
 
 pub mod api;
+pub mod bench;
 mod due;
 pub mod outbound;
 mod settings;
