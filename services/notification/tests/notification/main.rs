@@ -10,3 +10,4 @@ mod outbound;
 mod receiver;
 mod smtp_sink;
 mod webhooks;
+mod openapi;
