@@ -107,7 +107,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/conversations/{conversation_id}/presence",
             web::post().to(set_presence),
         )
-        .route("/v1/stream", web::get().to(stream_changes));
+        .route("/v1/stream", web::get().to(stream_changes))
+        .configure(crate::drafts::routes);
 }
 
 /// An error response: a plain problem, or one of the two 409s with extra members.
@@ -116,6 +117,7 @@ pub enum Failure {
     Api(ApiError),
     Stale(Box<dto::StaleConversationProblem>),
     Claimed(dto::ClaimedProblem),
+    DraftLocked(Box<dto::DraftLockedProblem>),
 }
 
 impl fmt::Display for Failure {
@@ -124,6 +126,7 @@ impl fmt::Display for Failure {
             Self::Api(e) => e.fmt(f),
             Self::Stale(_) => f.write_str("409 stale_conversation"),
             Self::Claimed(_) => f.write_str("409 conversation_claimed"),
+            Self::DraftLocked(_) => f.write_str("409 draft_locked"),
         }
     }
 }
@@ -132,7 +135,7 @@ impl ResponseError for Failure {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Api(e) => e.status,
-            Self::Stale(_) | Self::Claimed(_) => StatusCode::CONFLICT,
+            Self::Stale(_) | Self::Claimed(_) | Self::DraftLocked(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -146,6 +149,7 @@ impl ResponseError for Failure {
                 r.json(p)
             }
             Self::Claimed(p) => r.json(p),
+            Self::DraftLocked(p) => r.json(p),
         }
     }
 }
@@ -191,7 +195,7 @@ fn domain_error(e: ConversationError) -> Failure {
     Failure::Api(api.with_detail(e.to_string()))
 }
 
-fn service_error(e: ServiceError) -> Failure {
+pub(crate) fn service_error(e: ServiceError) -> Failure {
     match e {
         ServiceError::Domain(d) => domain_error(d),
         ServiceError::NotFound => Failure::Api(ApiError::not_found()),
@@ -218,13 +222,13 @@ fn service_error(e: ServiceError) -> Failure {
 }
 
 /// Per-request plumbing.
-struct Call {
-    svc: Conversations,
-    ctx: TenantContext,
-    access: Access,
+pub(crate) struct Call {
+    pub(crate) svc: Conversations,
+    pub(crate) ctx: TenantContext,
+    pub(crate) access: Access,
 }
 
-async fn call(
+pub(crate) async fn call(
     cells: &web::Data<Cells>,
     dir: &web::Data<Directory>,
     auth: Authenticated,
@@ -241,12 +245,12 @@ async fn call(
     })
 }
 
-fn etag(version: u64) -> String {
+pub(crate) fn etag(version: u64) -> String {
     format!("\"{version}\"")
 }
 
 /// `If-Match: "7"` → 7; absent or `*` → none.
-fn if_match(req: &HttpRequest) -> Result<Option<u64>, Failure> {
+pub(crate) fn if_match(req: &HttpRequest) -> Result<Option<u64>, Failure> {
     let Some(v) = req.headers().get("if-match") else {
         return Ok(None);
     };
@@ -267,7 +271,11 @@ fn if_match(req: &HttpRequest) -> Result<Option<u64>, Failure> {
 }
 
 /// Requires `needed` on a conversation as the aggregate knows it.
-fn require(access: &Access, state: &Conversation, needed: InboxRole) -> Result<(), ServiceError> {
+pub(crate) fn require(
+    access: &Access,
+    state: &Conversation,
+    needed: InboxRole,
+) -> Result<(), ServiceError> {
     if !state.is_open() {
         return Err(ServiceError::NotFound);
     }
@@ -352,11 +360,11 @@ fn actor_of_event(e: &ConversationEvent) -> Option<Uuid> {
 }
 
 /// A change's result before it becomes a response (so that it can be kept for replay).
-struct Done {
-    status: StatusCode,
-    version: u64,
-    location: Option<String>,
-    body: serde_json::Value,
+pub(crate) struct Done {
+    pub(crate) status: StatusCode,
+    pub(crate) version: u64,
+    pub(crate) location: Option<String>,
+    pub(crate) body: serde_json::Value,
 }
 
 impl Done {
@@ -370,7 +378,7 @@ impl Done {
     }
 }
 
-fn json<T: Serialize>(t: &T) -> Result<serde_json::Value, Failure> {
+pub(crate) fn json<T: Serialize>(t: &T) -> Result<serde_json::Value, Failure> {
     serde_json::to_value(t).map_err(|e| Failure::Api(ApiError::internal(&e)))
 }
 
@@ -412,7 +420,7 @@ async fn summary_done(c: &Call, id: Uuid, ch: &crate::Changed) -> Result<Done, F
 }
 
 /// Wraps a POST with `Idempotency-Key` handling.
-async fn idempotent<B, F, Fut>(
+pub(crate) async fn idempotent<B, F, Fut>(
     c: &Call,
     req: &HttpRequest,
     body: &B,
@@ -656,7 +664,7 @@ pub async fn get_conversation(
 
 // ----- changes -----
 
-fn mailboxes(v: &[dto::Mailbox]) -> Result<Vec<Mailbox>, Failure> {
+pub(crate) fn mailboxes(v: &[dto::Mailbox]) -> Result<Vec<Mailbox>, Failure> {
     v.iter()
         .map(|m| {
             let address = postvak_core::directory::normalise_address(&m.address).map_err(|e| {

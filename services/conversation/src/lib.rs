@@ -13,6 +13,7 @@
 
 pub mod api;
 mod codec;
+pub mod drafts;
 mod idempotency;
 pub mod inbound;
 mod live;

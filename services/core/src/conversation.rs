@@ -739,6 +739,60 @@ pub fn parse_search(q: &str) -> Result<Vec<SearchTerm>, SearchQueryError> {
     Ok(out.into_iter().collect())
 }
 
+/// Variables a template may use.
+pub const TEMPLATE_VARIABLES: [&str; 4] = [
+    "contact.name",
+    "agent.name",
+    "agent.signature",
+    "inbox.name",
+];
+
+/// A template names a variable nobody fills in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown template variable {{{{{0}}}}}; known: contact.name, agent.name, agent.signature, inbox.name"
+)]
+pub struct UnknownVariable(pub String);
+
+/// The `{{name}}` placeholders of a template (spaces inside the braces allowed).
+fn placeholders(text: &str) -> impl Iterator<Item = (usize, usize, &str)> {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let start = from + text.get(from..)?.find("{{")?;
+        let end = start + 2 + text.get(start + 2..)?.find("}}")?;
+        from = end + 2;
+        Some((start, end + 2, text.get(start + 2..end)?.trim()))
+    })
+}
+
+/// Checks that a template uses only known variables.
+pub fn check_template(text: &str) -> Result<(), UnknownVariable> {
+    for (_, _, name) in placeholders(text) {
+        if !TEMPLATE_VARIABLES.contains(&name) {
+            return Err(UnknownVariable(name.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// Fills a template in: each known `{{variable}}` becomes its value (empty when unknown for
+/// this conversation); anything else is left as written.
+pub fn render_template(text: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (start, end, name) in placeholders(text) {
+        out.push_str(&text[last..start]);
+        if TEMPLATE_VARIABLES.contains(&name) {
+            out.push_str(&value(name).unwrap_or_default());
+        } else {
+            out.push_str(&text[start..end]);
+        }
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
 fn push_unique(list: &mut Vec<String>, id: &str) {
     if !id.is_empty() && !list.iter().any(|x| x == id) {
         list.push(id.to_owned());
@@ -2270,5 +2324,18 @@ mod tests {
             parse_search(&many),
             Err(SearchQueryError::TooManyTerms { .. })
         ));
+    }
+
+    #[test]
+    fn templates_render_known_variables_and_refuse_unknown_ones() {
+        let t = "Dear {{contact.name}},\n\n{{ agent.signature }}\n{{inbox.name}} {{x}} {{";
+        assert_eq!(check_template(t), Err(UnknownVariable("x".into())));
+        assert!(check_template("Hi {{contact.name}}").is_ok());
+        let out = render_template(t, |v| match v {
+            "contact.name" => Some("Eve".into()),
+            "agent.signature" => Some("Alice".into()),
+            _ => None,
+        });
+        assert_eq!(out, "Dear Eve,\n\nAlice\n {{x}} {{");
     }
 }
