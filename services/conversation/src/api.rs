@@ -108,7 +108,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(set_presence),
         )
         .route("/v1/stream", web::get().to(stream_changes))
-        .configure(crate::drafts::routes);
+        .configure(crate::drafts::routes)
+        .configure(crate::templates::routes);
 }
 
 /// An error response: a plain problem, or one of the two 409s with extra members.

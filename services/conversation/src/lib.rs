@@ -18,6 +18,7 @@ mod idempotency;
 pub mod inbound;
 mod live;
 mod projection;
+pub mod templates;
 
 use postvak_core::Aggregate;
 use postvak_core::access::{Grantee, InboxRole};

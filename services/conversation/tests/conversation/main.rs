@@ -10,3 +10,4 @@ mod helpers;
 mod inbound;
 mod live;
 mod search;
+mod templates;
