@@ -64,6 +64,32 @@ CREATE TABLE notification_conversations (
     PRIMARY KEY (tenant_id, conversation_id)
 );
 
+-- agent notifications (assigned, mentioned): sent one by one or as a digest per preference
+CREATE TABLE agent_notifications (
+    tenant_id       uuid   NOT NULL,
+    notification_id uuid   NOT NULL,
+    user_id         uuid   NOT NULL,
+    kind            text   NOT NULL CHECK (kind IN ('assigned', 'mentioned')),
+    conversation_id uuid   NOT NULL,
+    event_id        uuid   NOT NULL,
+    actor           uuid   NULL,
+    state           text   NOT NULL CHECK (state IN ('pending', 'sent', 'skipped')),
+    created_us      bigint NOT NULL,
+    sent_us         bigint NULL,
+    PRIMARY KEY (tenant_id, notification_id),
+    UNIQUE (tenant_id, user_id, event_id)
+);
+CREATE INDEX agent_notifications_pending ON agent_notifications (tenant_id, user_id, state);
+
+CREATE TABLE agent_notification_prefs (
+    tenant_id       uuid   NOT NULL,
+    user_id         uuid   NOT NULL,
+    delivery        text   NOT NULL CHECK (delivery IN ('each', 'digest', 'off')),
+    digest_secs     bigint NOT NULL,
+    updated_us      bigint NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);
+
 -- due work of every tenant: `kind` is `mail` or `webhook`; `lane` groups work that shares a
 -- concurrency limit (one webhook endpoint, or the relay)
 CREATE TABLE notification_due (
@@ -77,13 +103,15 @@ CREATE TABLE notification_due (
 CREATE INDEX notification_due_at ON notification_due (due_at);
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbound_mail, webhook_subscriptions,
-    webhook_deliveries, notification_conversations, notification_due TO postvak_app;
+    webhook_deliveries, notification_conversations, agent_notifications,
+    agent_notification_prefs, notification_due TO postvak_app;
 
 DO $$
 DECLARE t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['outbound_mail', 'webhook_subscriptions', 'webhook_deliveries',
-                             'notification_conversations']
+                             'notification_conversations', 'agent_notifications',
+                             'agent_notification_prefs']
     LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format(

@@ -56,6 +56,31 @@ CREATE TABLE notification_conversations (
     PRIMARY KEY (tenant_id, conversation_id)
 );
 
+CREATE TABLE agent_notifications (
+    tenant_id       BLOB    NOT NULL,
+    notification_id BLOB    NOT NULL,
+    user_id         BLOB    NOT NULL,
+    kind            TEXT    NOT NULL CHECK (kind IN ('assigned', 'mentioned')),
+    conversation_id BLOB    NOT NULL,
+    event_id        BLOB    NOT NULL,
+    actor           BLOB    NULL,
+    state           TEXT    NOT NULL CHECK (state IN ('pending', 'sent', 'skipped')),
+    created_us      INTEGER NOT NULL,
+    sent_us         INTEGER NULL,
+    PRIMARY KEY (tenant_id, notification_id),
+    UNIQUE (tenant_id, user_id, event_id)
+);
+CREATE INDEX agent_notifications_pending ON agent_notifications (tenant_id, user_id, state);
+
+CREATE TABLE agent_notification_prefs (
+    tenant_id       BLOB    NOT NULL,
+    user_id         BLOB    NOT NULL,
+    delivery        TEXT    NOT NULL CHECK (delivery IN ('each', 'digest', 'off')),
+    digest_secs     INTEGER NOT NULL,
+    updated_us      INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);
+
 CREATE TABLE notification_due (
     kind      TEXT    NOT NULL,
     item_id   BLOB    NOT NULL,

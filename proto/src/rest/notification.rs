@@ -108,3 +108,18 @@ pub struct WebhookData {
     #[schema(value_type = Object)]
     pub event: serde_json::Value,
 }
+
+/// How a user is told about assignments and mentions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationPreferences {
+    /// `each` (one mail per notification), `digest` (one mail per interval), `off`.
+    pub delivery: String,
+    /// The digest interval in seconds (default 3600).
+    #[serde(default = "default_digest_secs")]
+    pub digest_secs: u32,
+}
+
+fn default_digest_secs() -> u32 {
+    3_600
+}

@@ -1,6 +1,7 @@
-//! `/v1/webhooks` — tenant webhook subscriptions, their deliveries and redelivery. Tenant
-//! administrators only (`tenant_admin_required` otherwise). Needs `web::Data<Directory>` and
-//! the shared authenticator as app data.
+//! `/v1/webhooks` — tenant webhook subscriptions, their deliveries and redelivery (tenant
+//! administrators only: `tenant_admin_required` otherwise) — and
+//! `/v1/me/notification-preferences` (the calling user's). Needs `web::Data<Directory>` and the
+//! shared authenticator as app data.
 
 use crate::webhooks::{self, WebhookError};
 use actix_web::http::StatusCode;
@@ -30,6 +31,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
             web::post().to(redeliver_webhook_delivery),
+        )
+        .route(
+            "/v1/me/notification-preferences",
+            web::get().to(get_notification_preferences),
+        )
+        .route(
+            "/v1/me/notification-preferences",
+            web::put().to(set_notification_preferences),
         );
 }
 
@@ -139,4 +148,42 @@ pub async fn redeliver_webhook_delivery(
     let (webhook, delivery) = path.into_inner();
     let d = webhooks::redeliver(&ctx, webhook, delivery).await?;
     Ok(HttpResponse::build(StatusCode::ACCEPTED).json(d))
+}
+
+fn me(ctx: &TenantContext) -> Result<Uuid, ApiError> {
+    crate::agents::user_of(ctx.principal()).ok_or_else(|| {
+        ApiError::forbidden("user_required", "Users only")
+            .with_detail("notification preferences belong to a user, not an API key")
+    })
+}
+
+/// The caller's notification preferences (assigned, mentioned): each, digest or off.
+#[utoipa::path(get, path = "/v1/me/notification-preferences", tag = "notifications", security(("bearer" = [])),
+    responses((status = 200, body = dto::NotificationPreferences),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_notification_preferences(auth: Authenticated) -> Result<HttpResponse, ApiError> {
+    let ctx = auth.0;
+    let user = me(&ctx)?;
+    let p = crate::agents::preferences(&ctx, user).await?;
+    Ok(HttpResponse::Ok().json(p))
+}
+
+/// Sets the caller's notification preferences.
+#[utoipa::path(put, path = "/v1/me/notification-preferences", tag = "notifications", security(("bearer" = [])),
+    request_body = dto::NotificationPreferences,
+    responses((status = 200, body = dto::NotificationPreferences),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn set_notification_preferences(
+    auth: Authenticated,
+    body: web::Json<dto::NotificationPreferences>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = auth.0;
+    let user = me(&ctx)?;
+    crate::agents::set_preferences(&ctx, user, &body)
+        .await?
+        .map_err(|d| ApiError::unprocessable("invalid_preferences", d))?;
+    Ok(HttpResponse::Ok().json(body.into_inner()))
 }

@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 pub(crate) const MAIL: &str = "mail";
 pub(crate) const WEBHOOK: &str = "webhook";
+/// Agent notifications: one item per user.
+pub(crate) const AGENT: &str = "agent";
 
 #[derive(Debug, Clone)]
 pub(crate) struct DueItem {
@@ -70,6 +72,33 @@ pub(crate) async fn schedule(
         "INSERT INTO notification_due (kind, item_id, tenant_id, lane, due_at) \
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (kind, item_id) DO UPDATE SET due_at = excluded.due_at"
+    )
+    .bind(kind)
+    .bind(item)
+    .bind(tenant.0)
+    .bind(lane)
+    .bind(due_at)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)
+}
+
+/// Schedules an item no later than `due_at` (an earlier schedule stays).
+pub(crate) async fn schedule_earliest(
+    tx: &mut DbTx,
+    kind: &str,
+    item: Uuid,
+    tenant: TenantId,
+    lane: &str,
+    due_at: i64,
+) -> Result<(), StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO notification_due (kind, item_id, tenant_id, lane, due_at) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (kind, item_id) DO UPDATE SET due_at = CASE \
+           WHEN excluded.due_at < notification_due.due_at THEN excluded.due_at \
+           ELSE notification_due.due_at END"
     )
     .bind(kind)
     .bind(item)

@@ -7,6 +7,7 @@
 //! `notification_due` and does it outside any transaction, with per-lane concurrency limits
 //! so that one slow relay or endpoint never holds up the others.
 
+pub mod agents;
 pub mod api;
 pub mod bench;
 mod due;

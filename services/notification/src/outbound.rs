@@ -90,6 +90,13 @@ pub fn start(
         per_lane: settings.concurrency,
         total: settings.concurrency,
     };
+    tasks.extend(crate::agents::start(
+        cells,
+        cell.clone(),
+        settings.clone(),
+        transport.clone(),
+        cancel.clone(),
+    ));
     let job: Arc<dyn Job> = Arc::new(Sender {
         cells: cells.clone(),
         transport,

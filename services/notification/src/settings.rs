@@ -43,6 +43,8 @@ pub struct OutboundSmtpSettings {
     /// A mail found `sending` this long after it was claimed was interrupted: its delivery is
     /// uncertain and it is not resent (ADR 0006).
     pub sending_lease_ms: u64,
+    /// Sender of agent notifications (assigned, mentioned, digests).
+    pub notification_from: String,
 }
 
 impl Default for OutboundSmtpSettings {
@@ -61,6 +63,7 @@ impl Default for OutboundSmtpSettings {
             retry_max_ms: 3_600_000,
             max_attempts: 12,
             sending_lease_ms: 600_000,
+            notification_from: "Postvak <notifications@localhost>".into(),
         }
     }
 }

@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod agents;
 mod bench;
 mod helpers;
+mod openapi;
 mod outbound;
 mod receiver;
 mod smtp_sink;
 mod webhooks;
-mod openapi;

@@ -9,6 +9,8 @@ use utoipa::OpenApi;
     postvak_notification::api::delete_webhook,
     postvak_notification::api::list_webhook_deliveries,
     postvak_notification::api::redeliver_webhook_delivery,
+    postvak_notification::api::get_notification_preferences,
+    postvak_notification::api::set_notification_preferences,
 ))]
 struct Doc;
 
@@ -25,11 +27,18 @@ fn the_webhook_routes_are_in_the_openapi_document() {
             "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
             "post",
         ),
+        ("/v1/me/notification-preferences", "get"),
+        ("/v1/me/notification-preferences", "put"),
     ] {
         assert!(paths[path].get(method).is_some(), "{method} {path} missing");
     }
     let schemas = doc["components"]["schemas"].as_object().unwrap();
-    for s in ["CreateWebhook", "CreatedWebhook", "WebhookDeliveryList", "Problem"] {
+    for s in [
+        "CreateWebhook",
+        "CreatedWebhook",
+        "WebhookDeliveryList",
+        "Problem",
+    ] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
 }

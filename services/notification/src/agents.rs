@@ -1,0 +1,445 @@
+//! Agent notifications by email: "assigned to you" and "mentioned in a note", one mail each or
+//! a digest per interval, per the user's preference (`off` records them as skipped).
+//!
+//! The consumer records each notification and schedules the user (one due item per user) in
+//! its transaction; the worker sends what is pending for a user through the relay and marks it
+//! sent. Delivery is at least once (a crash between the 250 and the mark repeats a mail: these
+//! go to our own agents, not to customers). Mails name the conversation and the actor, never
+//! the conversation's content (it stays sealed in the conversation service).
+
+use crate::due::{self, DueItem, Job, Limits};
+use crate::settings::OutboundSmtpSettings;
+use crate::{SERVICE, bind_tenant, duration_us, now_us};
+use async_trait::async_trait;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use postvak_directory::Directory;
+use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
+use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{RecordedEvent, StoreError, TenantId};
+use postvak_proto::events::conversation::{self as cev, AssignedV1, NoteAddedV1};
+use postvak_proto::rest::notification::NotificationPreferences;
+use sqlx::Row;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Durable consumer name.
+pub const AGENT_CONSUMER: &str = "notification-agents";
+
+const LANE: &str = "agents";
+const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
+const DEFAULT_DIGEST_SECS: i64 = 3_600;
+/// After a send, look at the user once more a little later (catches a notification whose
+/// schedule raced with the send's bookkeeping).
+const SWEEP_AFTER_US: i64 = 60_000_000;
+
+/// Starts the agent-notification consumer and mailer for one cell.
+pub fn start(
+    cells: &Cells,
+    cell: Arc<Cell>,
+    settings: OutboundSmtpSettings,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    cancel: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let wake = Arc::new(Notify::new());
+    let handler = Arc::new(Recorder { wake: wake.clone() });
+    let job: Arc<dyn Job> = Arc::new(Mailer {
+        cells: cells.clone(),
+        directory: Directory::new(cells.clone()),
+        transport,
+        settings,
+    });
+    vec![
+        tokio::spawn({
+            let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
+            async move {
+                run_consumer(store, bus, handler, cancel).await;
+            }
+        }),
+        tokio::spawn(due::dispatch(
+            cell.db().clone(),
+            due::AGENT,
+            job,
+            Limits {
+                per_lane: 4,
+                total: 4,
+            },
+            wake,
+            cancel,
+        )),
+    ]
+}
+
+struct Recorder {
+    wake: Arc<Notify>,
+}
+
+async fn prefs(tx: &mut DbTx, t: TenantId, user: Uuid) -> Result<(String, i64), StoreError> {
+    let row: Option<(String, i64)> = on_tx!(tx, |c| sqlx::query(
+        "SELECT delivery, digest_secs FROM agent_notification_prefs \
+         WHERE tenant_id = $1 AND user_id = $2"
+    )
+    .bind(t.0)
+    .bind(user)
+    .fetch_optional(c)
+    .await
+    .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()))
+    .map_err(db_error)?;
+    Ok(row.unwrap_or_else(|| ("each".into(), DEFAULT_DIGEST_SECS)))
+}
+
+impl Recorder {
+    async fn notify(
+        &self,
+        tx: &mut DbTx,
+        event: &RecordedEvent,
+        user: Uuid,
+        kind: &str,
+        actor: Option<Uuid>,
+    ) -> Result<(), HandlerError> {
+        let Some(conversation) = event
+            .stream_id
+            .strip_prefix("conv-")
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            return Ok(());
+        };
+        let t = event.tenant_id;
+        let (delivery, digest_secs) = prefs(tx, t, user).await?;
+        let now = now_us();
+        let state = if delivery == "off" {
+            "skipped"
+        } else {
+            "pending"
+        };
+        let inserted = on_tx!(tx, |c| sqlx::query(
+            "INSERT INTO agent_notifications (tenant_id, notification_id, user_id, kind, \
+             conversation_id, event_id, actor, state, created_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (tenant_id, user_id, event_id) DO NOTHING"
+        )
+        .bind(t.0)
+        .bind(Uuid::now_v7())
+        .bind(user)
+        .bind(kind)
+        .bind(conversation)
+        .bind(event.event_id)
+        .bind(actor)
+        .bind(state)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(|e| HandlerError::Store(db_error(e)))?;
+        if inserted == 1 && state == "pending" {
+            let due_at = if delivery == "digest" {
+                now.saturating_add(digest_secs.saturating_mul(1_000_000))
+            } else {
+                now
+            };
+            due::schedule_earliest(tx, due::AGENT, user, t, LANE, due_at).await?;
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventHandler for Recorder {
+    fn name(&self) -> &str {
+        AGENT_CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![cev::STREAM_CONVERSATION.to_owned()]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let decode = |e: StoreError| match e {
+            StoreError::Shredded { .. } => None,
+            other => Some(HandlerError::Permanent(other.to_string())),
+        };
+        match event.event_type.as_str() {
+            cev::ASSIGNED => {
+                let a: AssignedV1 = match event.payload() {
+                    Ok(a) => a,
+                    Err(e) => return decode(e).map_or(Ok(()), Err),
+                };
+                // Taking it yourself needs no mail.
+                if a.claimed || a.by == Some(a.assignee) {
+                    return Ok(());
+                }
+                bind_tenant(tx, event.tenant_id).await?;
+                self.notify(tx, event, a.assignee, "assigned", a.by).await
+            }
+            cev::NOTE_ADDED => {
+                let n: NoteAddedV1 = match event.payload() {
+                    Ok(n) => n,
+                    Err(e) => return decode(e).map_or(Ok(()), Err),
+                };
+                bind_tenant(tx, event.tenant_id).await?;
+                let mut seen = std::collections::BTreeSet::new();
+                for m in n.mentions {
+                    if Some(m) != n.author && seen.insert(m) {
+                        self.notify(tx, event, m, "mentioned", n.author).await?;
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Mailer {
+    cells: Cells,
+    directory: Directory,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    settings: OutboundSmtpSettings,
+}
+
+#[derive(Debug)]
+struct PendingNote {
+    id: Uuid,
+    kind: String,
+    conversation: Uuid,
+    actor: Option<Uuid>,
+    created_us: i64,
+}
+
+#[async_trait]
+impl Job for Mailer {
+    async fn run(&self, item: DueItem) {
+        if let Err(e) = self.run_user(&item).await {
+            tracing::warn!(error = %e, user_id = %item.item_id, "agent notification step failed");
+        }
+    }
+}
+
+impl Mailer {
+    async fn reschedule(
+        &self,
+        ctx: &TenantContext,
+        user: Uuid,
+        at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        match at {
+            Some(at) => due::schedule(&mut tx, due::AGENT, user, t, LANE, at).await?,
+            None => due::unschedule(&mut tx, due::AGENT, user).await?,
+        }
+        tx.commit().await
+    }
+
+    async fn run_user(&self, item: &DueItem) -> Result<(), StoreError> {
+        let ctx = self
+            .cells
+            .context(item.tenant, SERVICE)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let t = ctx.tenant();
+        let user = item.item_id;
+        let now = now_us();
+        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let (delivery, digest_secs) = prefs(&mut tx, t, user).await?;
+        let pending: Vec<PendingNote> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT notification_id, kind, conversation_id, actor, created_us \
+             FROM agent_notifications WHERE tenant_id = $1 AND user_id = $2 AND state = 'pending' \
+             ORDER BY created_us, notification_id"
+        )
+        .bind(t.0)
+        .bind(user)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows
+            .iter()
+            .map(|r| Ok(PendingNote {
+                id: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                conversation: r.try_get(2)?,
+                actor: r.try_get(3)?,
+                created_us: r.try_get(4)?,
+            }))
+            .collect()))
+        .map_err(db_error)?;
+        tx.commit().await?;
+        let Some(oldest) = pending.first() else {
+            return self.reschedule(&ctx, user, None).await;
+        };
+        if delivery == "digest" {
+            let due_at = oldest
+                .created_us
+                .saturating_add(digest_secs.saturating_mul(1_000_000));
+            if due_at > now {
+                return self.reschedule(&ctx, user, Some(due_at)).await;
+            }
+        }
+        let recipient = match self.directory.get_user(&ctx, user).await {
+            Ok(u) if !u.disabled => u,
+            Ok(_) | Err(postvak_directory::ServiceError::NotFound) => {
+                let ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
+                self.mark(&ctx, &ids, "skipped").await?;
+                return self.reschedule(&ctx, user, None).await;
+            }
+            Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+        };
+        let mut lines = Vec::with_capacity(pending.len());
+        for p in &pending {
+            let who = match p.actor {
+                Some(a) => self
+                    .directory
+                    .get_user(&ctx, a)
+                    .await
+                    .map(|u| u.display_name)
+                    .unwrap_or_else(|_| "Someone".into()),
+                None => "Postvak".into(),
+            };
+            lines.push(match p.kind.as_str() {
+                "assigned" => format!("{who} assigned conversation {} to you.", p.conversation),
+                _ => format!("{who} mentioned you in conversation {}.", p.conversation),
+            });
+        }
+        let batches: Vec<(String, Vec<Uuid>, String)> = if delivery == "digest" {
+            vec![(
+                format!("[Postvak] {} notifications", pending.len()),
+                pending.iter().map(|p| p.id).collect(),
+                lines.join("\n"),
+            )]
+        } else {
+            pending
+                .iter()
+                .zip(lines)
+                .map(|(p, line)| {
+                    let subject = if p.kind == "assigned" {
+                        "[Postvak] A conversation was assigned to you".to_owned()
+                    } else {
+                        "[Postvak] You were mentioned".to_owned()
+                    };
+                    (subject, vec![p.id], line)
+                })
+                .collect()
+        };
+        for (subject, ids, body) in batches {
+            let mail = self.mail(&recipient.email, &recipient.display_name, &subject, &body);
+            let sent = match mail {
+                Ok(m) => self.transport.send(m).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, user_id = %user, "agent notification not sent; will retry");
+                let at = now_us().saturating_add(duration_us(self.settings.retry_base()));
+                return self.reschedule(&ctx, user, Some(at)).await;
+            }
+            metrics::counter!("postvak_agent_notifications_total").increment(ids.len() as u64);
+            self.mark(&ctx, &ids, "sent").await?;
+        }
+        self.reschedule(&ctx, user, Some(now_us().saturating_add(SWEEP_AFTER_US)))
+            .await
+    }
+
+    fn mail(&self, to: &str, name: &str, subject: &str, body: &str) -> Result<Message, String> {
+        let from = self
+            .settings
+            .notification_from
+            .parse()
+            .map_err(|e| format!("notification_from: {e}"))?;
+        let to = lettre::message::Mailbox::new(
+            Some(name.to_owned()),
+            to.parse().map_err(|e| format!("bad address {to}: {e}"))?,
+        );
+        let mut m = Message::builder()
+            .from(from)
+            .to(to)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(format!("{body}\n"))
+            .map_err(|e| e.to_string())?;
+        // RFC 3834: nobody's auto-responder should answer it.
+        m.headers_mut()
+            .insert_raw(HeaderValue::new(AUTO_SUBMITTED, "auto-generated".into()));
+        Ok(m)
+    }
+
+    async fn mark(&self, ctx: &TenantContext, ids: &[Uuid], state: &str) -> Result<(), StoreError> {
+        let t = ctx.tenant();
+        let now = now_us();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        for id in ids {
+            on_tx!(&mut tx, |c| sqlx::query(
+                "UPDATE agent_notifications SET state = $1, sent_us = $2 \
+                 WHERE tenant_id = $3 AND notification_id = $4 AND state = 'pending'"
+            )
+            .bind(state)
+            .bind(now)
+            .bind(t.0)
+            .bind(*id)
+            .execute(c)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+        }
+        tx.commit().await
+    }
+}
+
+/// A user's preferences (defaults when never set).
+pub async fn preferences(
+    ctx: &TenantContext,
+    user: Uuid,
+) -> Result<NotificationPreferences, StoreError> {
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+    let (delivery, secs) = prefs(&mut tx, t, user).await?;
+    tx.commit().await?;
+    Ok(NotificationPreferences {
+        delivery,
+        digest_secs: u32::try_from(secs).unwrap_or(u32::MAX),
+    })
+}
+
+/// Sets a user's preferences; `Err(reason)` for values out of range.
+pub async fn set_preferences(
+    ctx: &TenantContext,
+    user: Uuid,
+    p: &NotificationPreferences,
+) -> Result<Result<(), String>, StoreError> {
+    if !matches!(p.delivery.as_str(), "each" | "digest" | "off") {
+        return Ok(Err("delivery: one of each, digest, off".into()));
+    }
+    if p.digest_secs == 0 || p.digest_secs > 7 * 86_400 {
+        return Ok(Err("digest_secs: 1 to 604800".into()));
+    }
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "INSERT INTO agent_notification_prefs (tenant_id, user_id, delivery, digest_secs, updated_us) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, user_id) DO UPDATE \
+         SET delivery = excluded.delivery, digest_secs = excluded.digest_secs, \
+             updated_us = excluded.updated_us"
+    )
+    .bind(t.0)
+    .bind(user)
+    .bind(&p.delivery)
+    .bind(i64::from(p.digest_secs))
+    .bind(now_us())
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(Ok(()))
+}
+
+/// The user behind a principal, if it is one.
+pub(crate) fn user_of(p: &Principal) -> Option<Uuid> {
+    match p {
+        Principal::User { user_id, .. } => Some(*user_id),
+        _ => None,
+    }
+}

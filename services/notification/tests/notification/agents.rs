@@ -1,0 +1,123 @@
+//! Agents hear about assignments and mentions by mail (through the real relay), one by one or
+//! as a digest, per their own preference set over the API.
+
+use crate::helpers::*;
+use crate::smtp_sink::SmtpSink;
+use postvak_core::conversation::{Actor, ConversationCommand};
+use postvak_notification::{NotificationSettings, OutboundSmtpSettings};
+use serde_json::json;
+use uuid::Uuid;
+
+fn now_us() -> i64 {
+    postvak_platform::store::micros(time::OffsetDateTime::now_utc())
+}
+
+fn to_of(m: &str) -> String {
+    m.lines()
+        .find_map(|l| l.strip_prefix("X-Envelope-To: "))
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn assignment_and_mentions_are_mailed_one_by_one_or_as_a_digest() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start(false).await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: OutboundSmtpSettings {
+                notification_from: "Postvak <notify@postvak.test>".into(),
+                ..sink.settings()
+            },
+            ..Default::default()
+        });
+        let app = env.spawn_app().await;
+        let t = &env.acme;
+        let c = env
+            .deliver(
+                t,
+                &mail(&t.address, "agents@example.org", "Help", "", "Please."),
+            )
+            .await;
+        let id = c.conversation_id;
+        let alice_email = env
+            .directory
+            .get_user(&t.ctx, t.alice.id)
+            .await
+            .unwrap()
+            .email;
+        let admin_email = env
+            .directory
+            .get_user(&t.ctx, t.admin.id)
+            .await
+            .unwrap()
+            .email;
+
+        // The admin assigns it to Alice: Alice gets a mail.
+        env.service
+            .change(&t.ctx, id, None, |_| {
+                Ok(vec![ConversationCommand::Assign {
+                    assignee: t.alice.id,
+                    by: Actor::Admin(t.admin.id),
+                    at_us: now_us(),
+                }])
+            })
+            .await
+            .unwrap();
+        let got = sink.wait_for(1).await;
+        assert_eq!(to_of(&got[0]), alice_email, "{backend:?}");
+        assert!(got[0].contains("Subject: [Postvak] A conversation was assigned to you"));
+        assert!(got[0].contains(&id.to_string()));
+        assert!(got[0].contains("Auto-Submitted: auto-generated"));
+
+        // The admin wants a digest every 2 s; Alice mentions them twice.
+        let put = app
+            .call(
+                "PUT",
+                "/v1/me/notification-preferences",
+                &t.admin,
+                Some(json!({"delivery": "digest", "digest_secs": 2})),
+            )
+            .await;
+        assert_eq!(put.status, 200, "{:?}", put.body);
+        let bad = app
+            .call(
+                "PUT",
+                "/v1/me/notification-preferences",
+                &t.admin,
+                Some(json!({"delivery": "sometimes"})),
+            )
+            .await;
+        assert_eq!(bad.status, 422);
+        let got = app
+            .call("GET", "/v1/me/notification-preferences", &t.admin, None)
+            .await;
+        assert_eq!(got.body["delivery"], "digest");
+        for body in ["@admin look", "@admin again"] {
+            env.service
+                .change(&t.ctx, id, None, |_| {
+                    Ok(vec![ConversationCommand::AddNote {
+                        note_id: Uuid::now_v7(),
+                        body: body.into(),
+                        mentions: vec![t.admin.id],
+                        by: Actor::User(t.alice.id),
+                        at_us: now_us(),
+                    }])
+                })
+                .await
+                .unwrap();
+        }
+        let got = sink.wait_for(2).await;
+        assert_eq!(to_of(&got[1]), admin_email);
+        assert!(
+            got[1].contains("Subject: [Postvak] 2 notifications"),
+            "{}",
+            got[1]
+        );
+        assert!(got[1].contains("Alice mentioned you in conversation"));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(sink.received().len(), 2, "one digest, not one mail each");
+        sink.stop().await;
+    }
+}
