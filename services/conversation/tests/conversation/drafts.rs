@@ -106,3 +106,61 @@ async fn a_shared_draft_is_edited_by_one_agent_at_a_time_against_its_latest_vers
         assert_eq!(app.get(&draft, &env.alice).await.status, 404);
     }
 }
+
+#[tokio::test]
+async fn an_expired_lock_lets_someone_else_edit() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let app = env.spawn_app().await;
+        let d = env
+            .deliver(env.inbox, &mail("m1@example.org", "Help", "", "Broken."))
+            .await;
+        env.wait_for_conversation(d.conversation_id, 1).await;
+        let base = format!("/v1/conversations/{}/drafts", d.conversation_id);
+        let created = app.post(&base, &env.alice, json!({"body": "Draft"})).await;
+        assert_eq!(created.status, 201);
+        let id: uuid::Uuid = created.body["id"].as_str().unwrap().parse().unwrap();
+        let draft = format!("{base}/{id}");
+        let r = app
+            .post(&format!("{draft}/lock"), &env.bob, json!(null))
+            .await;
+        assert_eq!(r.status, 409, "{backend:?}");
+
+        // Two minutes pass (the lock's expiry moved into the past).
+        let mut tx = env
+            .cells
+            .default_cell()
+            .db()
+            .tenant_tx(env.tenant, true)
+            .await
+            .unwrap();
+        postvak_platform::on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE conversation_drafts SET lock_expires_us = lock_expires_us - 121000000 \
+             WHERE tenant_id = $1 AND draft_id = $2"
+        )
+        .bind(env.tenant.0)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        let r = app.get(&draft, &env.bob).await;
+        assert!(
+            r.body.get("locked_by").is_none(),
+            "{backend:?}: expired: {r:?}"
+        );
+        let r = app
+            .call(
+                "PUT",
+                &draft,
+                &env.bob,
+                Some(json!({"body": "Bob's now"})),
+                &[("If-Match", "\"1\"")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{backend:?}: {r:?}");
+        assert_eq!(r.body["locked_by"], json!(env.bob.id));
+    }
+}
