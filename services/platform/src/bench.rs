@@ -342,6 +342,8 @@ async fn run(opts: &StoreBenchOptions, target: &Target) -> anyhow::Result<StoreB
     let (store, raw): (Arc<dyn EventStore>, Raw) = match &db {
         Db::Postgres(pool) => {
             let keyring = Keyring::new(master, Arc::new(PgKeyStore::new(pool.clone())));
+            // Pool settings as the store's (sqlx defaults, which ping a connection before each
+            // acquire: about a quarter of a single-row INSERT's cost here).
             let owner = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(db_opts.max_connections)
                 .connect(url)
