@@ -9,13 +9,13 @@
 
 use crate::due::{self, DueItem, Job, Limits};
 use crate::settings::OutboundSmtpSettings;
-use crate::{SERVICE, bind_tenant, duration_us, now_us};
+use crate::{Part, SERVICE, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postvak_directory::Directory;
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{RecordedEvent, StoreError, TenantId};
@@ -24,7 +24,6 @@ use postvak_proto::rest::notification::NotificationPreferences;
 use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -38,41 +37,42 @@ const DEFAULT_DIGEST_SECS: i64 = 3_600;
 /// schedule raced with the send's bookkeeping).
 const SWEEP_AFTER_US: i64 = 60_000_000;
 
-/// Starts the agent-notification consumer and mailer for one cell.
-pub fn start(
+/// The agent-notification handler (always: nothing is lost while the relay is misconfigured)
+/// and, with a relay, the mailer for one cell.
+pub(crate) fn start(
     cells: &Cells,
     cell: Arc<Cell>,
     settings: OutboundSmtpSettings,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
     cancel: CancellationToken,
-) -> Vec<JoinHandle<()>> {
+) -> Part {
     let wake = Arc::new(Notify::new());
-    let handler = Arc::new(Recorder { wake: wake.clone() });
+    let handler: Arc<dyn EventHandler> = Arc::new(Recorder { wake: wake.clone() });
+    let mut part = Part {
+        handlers: vec![handler],
+        tasks: Vec::new(),
+    };
+    let Some(transport) = transport else {
+        return part;
+    };
     let job: Arc<dyn Job> = Arc::new(Mailer {
         cells: cells.clone(),
         directory: Directory::new(cells.clone()),
         transport,
         settings,
     });
-    vec![
-        tokio::spawn({
-            let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
-            async move {
-                run_consumer(store, bus, handler, cancel).await;
-            }
-        }),
-        tokio::spawn(due::dispatch(
-            cell.db().clone(),
-            due::AGENT,
-            job,
-            Limits {
-                per_lane: 4,
-                total: 4,
-            },
-            wake,
-            cancel,
-        )),
-    ]
+    part.tasks.push(tokio::spawn(due::dispatch(
+        cell.db().clone(),
+        due::AGENT,
+        job,
+        Limits {
+            per_lane: 4,
+            total: 4,
+        },
+        wake,
+        cancel,
+    )));
+    part
 }
 
 struct Recorder {

@@ -18,8 +18,9 @@ pub mod webhooks;
 pub use settings::{NotificationSettings, OutboundSmtpSettings, SmtpSecurity, WebhookSettings};
 
 use postvak_platform::cell::{Cell, Cells, Principal};
+use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
 use postvak_platform::db::{DbTx, db_error};
-use postvak_platform::store::{StoreError, TenantId};
+use postvak_platform::store::{RecordedEvent, StoreError, TenantId};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,17 +30,64 @@ pub(crate) const SERVICE: Principal = Principal::Service {
     name: "notification",
 };
 
-/// Starts the notification service's background work for one cell: the outbox consumer and
-/// sender, and the webhook consumer and deliverer. They stop when `cancel` fires.
+/// Durable consumer name: one consumer feeds the outbox, the webhooks and the agent
+/// notifications, so each conversation event costs one transaction here, not three.
+pub const CONSUMER: &str = "notification";
+
+/// Starts the notification service's background work for one cell: the consumer of
+/// conversation events, the mail sender, the webhook deliverer and the agent-notification
+/// mailer. They stop when `cancel` fires.
 pub fn start(
     cells: &Cells,
     cell: Arc<Cell>,
     settings: NotificationSettings,
     cancel: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    let mut tasks = outbound::start(cells, cell.clone(), settings.outbound_smtp, cancel.clone());
-    tasks.extend(webhooks::start(cells, cell, settings.webhooks, cancel));
-    tasks
+    let mut part = outbound::start(cells, cell.clone(), settings.outbound_smtp, cancel.clone());
+    let hooks = webhooks::start(cells, cell.clone(), settings.webhooks, cancel.clone());
+    part.handlers.extend(hooks.handlers);
+    part.tasks.extend(hooks.tasks);
+    let handler = Arc::new(Combined {
+        handlers: part.handlers,
+    });
+    part.tasks.push(tokio::spawn({
+        let (store, bus) = (cell.store.clone(), cell.bus.clone());
+        async move {
+            run_consumer(store, bus, handler, cancel).await;
+        }
+    }));
+    part.tasks
+}
+
+/// What one part of the service contributes: event handlers and worker tasks.
+pub(crate) struct Part {
+    pub handlers: Vec<Arc<dyn EventHandler>>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Runs every part's handler on each event in the one consumer transaction. Each is
+/// idempotent, so a retry after one of them failed repeats the others harmlessly; a
+/// permanent failure of one dead-letters the event for all.
+struct Combined {
+    handlers: Vec<Arc<dyn EventHandler>>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Combined {
+    fn name(&self) -> &str {
+        CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![postvak_proto::events::conversation::STREAM_CONVERSATION.to_owned()]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        for h in &self.handlers {
+            h.handle(tx, event).await?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn now_us() -> i64 {

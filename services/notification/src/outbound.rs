@@ -12,7 +12,7 @@
 
 use crate::due::{self, DueItem, Job, Limits};
 use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
-use crate::{SERVICE, backoff, bind_tenant, duration_us, now_us};
+use crate::{Part, SERVICE, backoff, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::PoolConfig;
@@ -20,7 +20,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postvak_platform::cell::{Cell, Cells, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
@@ -31,7 +31,6 @@ use postvak_proto::events::notification::{self as nev, ReplyFailedV1};
 use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -60,49 +59,48 @@ pub enum SenderError {
     Tls(String),
 }
 
-/// Starts the outbox consumer and the sender for one cell.
-pub fn start(
+/// The outbox handler and the sender for one cell (and the agent notifications, which share
+/// the relay).
+pub(crate) fn start(
     cells: &Cells,
     cell: Arc<Cell>,
     settings: OutboundSmtpSettings,
     cancel: CancellationToken,
-) -> Vec<JoinHandle<()>> {
+) -> Part {
     let wake = Arc::new(Notify::new());
-    let handler = Arc::new(OutboxHandler {
+    let handler: Arc<dyn EventHandler> = Arc::new(OutboxHandler {
         wake: wake.clone(),
         store: cell.store.clone(),
     });
-    let mut tasks = vec![tokio::spawn({
-        let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
-        async move {
-            run_consumer(store, bus, handler, cancel).await;
-        }
-    })];
     let transport = match transport(&settings) {
-        Ok(t) => t,
+        Ok(t) => Some(t),
         Err(e) => {
             // Queued mail waits in the outbox until the settings are fixed.
             tracing::error!(error = %e, "outbound SMTP is misconfigured; nothing will be sent");
-            return tasks;
+            None
         }
     };
-    let limits = Limits {
-        per_lane: settings.concurrency,
-        total: settings.concurrency,
-    };
-    tasks.extend(crate::agents::start(
+    let mut part = crate::agents::start(
         cells,
         cell.clone(),
         settings.clone(),
         transport.clone(),
         cancel.clone(),
-    ));
+    );
+    part.handlers.push(handler);
+    let Some(transport) = transport else {
+        return part;
+    };
+    let limits = Limits {
+        per_lane: settings.concurrency,
+        total: settings.concurrency,
+    };
     let job: Arc<dyn Job> = Arc::new(Sender {
         cells: cells.clone(),
         transport,
         settings,
     });
-    tasks.push(tokio::spawn(due::dispatch(
+    part.tasks.push(tokio::spawn(due::dispatch(
         cell.db().clone(),
         due::MAIL,
         job,
@@ -110,7 +108,7 @@ pub fn start(
         wake,
         cancel,
     )));
-    tasks
+    part
 }
 
 /// The pooled relay connection.

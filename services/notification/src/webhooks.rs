@@ -15,13 +15,13 @@
 
 use crate::due::{self, DueItem, Job, Limits};
 use crate::settings::WebhookSettings;
-use crate::{backoff, bind_tenant, duration_us, now_us};
+use crate::{Part, backoff, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use postvak_platform::cell::{Cell, Cells, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
@@ -33,7 +33,6 @@ use sha2::Sha256;
 use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -97,24 +96,22 @@ fn payload_aad(tenant: TenantId, delivery: Uuid) -> Vec<u8> {
     a
 }
 
-/// Starts the webhook consumer and deliverer for one cell.
-pub fn start(
+/// The webhook fan-out handler and the deliverer for one cell.
+pub(crate) fn start(
     cells: &Cells,
     cell: Arc<Cell>,
     settings: WebhookSettings,
     cancel: CancellationToken,
-) -> Vec<JoinHandle<()>> {
+) -> Part {
     let wake = Arc::new(Notify::new());
-    let handler = Arc::new(FanOut {
+    let handler: Arc<dyn EventHandler> = Arc::new(FanOut {
         wake: wake.clone(),
         store: cell.store.clone(),
     });
-    let mut tasks = vec![tokio::spawn({
-        let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
-        async move {
-            run_consumer(store, bus, handler, cancel).await;
-        }
-    })];
+    let mut part = Part {
+        handlers: vec![handler],
+        tasks: Vec::new(),
+    };
     // reqwest is built without a default TLS provider in this workspace.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder()
@@ -125,7 +122,7 @@ pub fn start(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook HTTP client; nothing will be delivered");
-            return tasks;
+            return part;
         }
     };
     let limits = Limits {
@@ -137,7 +134,7 @@ pub fn start(
         client,
         settings,
     });
-    tasks.push(tokio::spawn(due::dispatch(
+    part.tasks.push(tokio::spawn(due::dispatch(
         cell.db().clone(),
         due::WEBHOOK,
         job,
@@ -145,7 +142,7 @@ pub fn start(
         wake,
         cancel,
     )));
-    tasks
+    part
 }
 
 struct FanOut {
