@@ -1,6 +1,5 @@
-//! The store benchmark as a smoke test (short phases, both backends), and the full run:
-//! `cargo test --release -p postvak-platform --test platform store_bench_full -- --ignored --nocapture`
-//! (`POSTVAK_BENCH_URL` picks the database; default the test PostgreSQL server).
+//! The store benchmark as a smoke test (short phases, both backends). The full run, with its
+//! figures, is `cargo run --release -- bench store [--target URL]`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -58,17 +57,4 @@ async fn store_bench_smoke_sqlite() {
     );
     // The fresh file was removed afterwards.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "takes about a minute; run with --release --ignored --nocapture"]
-async fn store_bench_full() {
-    let url = std::env::var("POSTVAK_BENCH_URL").unwrap_or_else(|_| testkit::admin_database_url());
-    let report = store_bench(StoreBenchOptions {
-        url,
-        ..StoreBenchOptions::default()
-    })
-    .await
-    .unwrap();
-    println!("{report}");
 }
