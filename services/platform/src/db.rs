@@ -248,6 +248,10 @@ pub async fn connect(url: &str, opts: &DbOptions) -> Result<Db, StoreError> {
             let role = opts.app_role.clone();
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
+                // sqlx pings a pooled connection before every use by default: one round trip
+                // more per query. A broken connection fails the query instead, which is
+                // retried or answered 503 like any other outage.
+                .test_before_acquire(false)
                 .acquire_timeout(opts.connect_timeout)
                 .after_connect(move |conn, _| {
                     let role = role.clone();
