@@ -27,7 +27,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Durable consumer name.
+/// This part's name inside the combined [`crate::CONSUMER`] (logs only; the checkpoint is
+/// the combined consumer's).
 pub const AGENT_CONSUMER: &str = "notification-agents";
 
 const LANE: &str = "agents";

@@ -1,11 +1,16 @@
 //! The notification service: replies sent as the inbox through an SMTP relay (the outbound
-//! outbox, ADR 0006) and signed tenant webhooks (Standard Webhooks).
+//! outbox, ADR 0006), signed tenant webhooks (Standard Webhooks), and agent notifications
+//! (assigned, mentioned; one mail each or a digest).
 //!
-//! Both follow one pattern: a durable consumer of `conversation` streams records work in a
-//! table through the consumer's transaction (on SQLite that transaction holds the only writer
-//! connection, so the handler never does I/O of its own), and a worker finds due work in
-//! `notification_due` and does it outside any transaction, with per-lane concurrency limits
-//! so that one slow relay or endpoint never holds up the others.
+//! All three follow one pattern: one durable consumer of `conversation` streams records work in
+//! tables through the consumer's transaction (on SQLite that transaction holds the only writer
+//! connection, so the handlers do no I/O of their own), and workers find due work in
+//! `notification_due` and do it outside any transaction, with per-lane concurrency limits so
+//! that one slow relay or endpoint never holds up the others.
+//!
+//! Wiring: `start(cells, cell, NotificationSettings { outbound_smtp: config.section(
+//! "outbound_smtp")?, webhooks: config.section("webhooks")? }, cancel)` per cell, and
+//! `api::routes` in the HTTP app (needs `web::Data<Directory>` and the authenticator).
 
 pub mod agents;
 pub mod api;

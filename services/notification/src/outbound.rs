@@ -34,7 +34,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Durable consumer name.
+/// This part's name inside the combined [`crate::CONSUMER`] (logs only; the checkpoint is
+/// the combined consumer's).
 pub const OUTBOX_CONSUMER: &str = "notification-outbox";
 
 /// The one lane of the default relay.

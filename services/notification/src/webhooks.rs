@@ -36,7 +36,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Durable consumer name.
+/// This part's name inside the combined [`crate::CONSUMER`] (logs only; the checkpoint is
+/// the combined consumer's).
 pub const WEBHOOK_CONSUMER: &str = "notification-webhooks";
 
 /// Why a webhook request was refused.
