@@ -187,6 +187,11 @@ impl TestEnv {
                         cc: vec![],
                         subject: None,
                         body: body.to_owned(),
+                        message_id_header: None,
+                        reply_to: vec![Mailbox {
+                            name: None,
+                            address: t.address.replacen('@', "+r-token@", 1),
+                        }],
                     },
                     by,
                     at_us: postvak_platform::store::micros(time::OffsetDateTime::now_utc()),

@@ -72,6 +72,7 @@ async fn a_reply_arrives_at_the_relay_from_the_inbox_with_its_threading_headers(
             Some("<m1@example.org> <m2@example.org>")
         );
         assert_eq!(header(m, "Subject"), Some("Re: Printer on fire"));
+        assert_eq!(header(m, "Reply-To"), Some("support+r-token@acme.test"));
         assert!(header(m, "Content-Type").unwrap().starts_with("text/plain"));
         assert!(m.contains("We are on our way.\r\nBring water."), "{m}");
         let s = env.wait_for_state(t, id, "sent").await;
