@@ -679,6 +679,37 @@ pub(crate) fn mailboxes(v: &[dto::Mailbox]) -> Result<Vec<Mailbox>, Failure> {
         .collect()
 }
 
+/// Our Message-ID for an outbound mail and its `Reply-To`, both carrying the ingest service's
+/// signed reply token for (inbox, conversation): an answer that keeps only `In-Reply-To`, or
+/// only our address, still lands in this conversation. Without an ingestor (a process that
+/// doesn't receive mail) the plain `<uuid>@domain` form is used.
+async fn outbound_ids(
+    c: &Call,
+    ingestor: Option<&postvak_ingest::Ingestor>,
+    inbox: Uuid,
+    conversation: Uuid,
+    from: &Mailbox,
+) -> Result<(Option<String>, Vec<Mailbox>), Failure> {
+    let Some(ingestor) = ingestor else {
+        return Ok((None, Vec::new()));
+    };
+    let Some((local, domain)) = from.address.rsplit_once('@') else {
+        return Ok((None, Vec::new()));
+    };
+    let key = ingestor
+        .index_key(&c.ctx)
+        .await
+        .map_err(|e| Failure::Api(ApiError::internal(&e)))?;
+    let token = key.reply_token(inbox, conversation);
+    Ok((
+        Some(key.outbound_message_id(inbox, conversation, domain)),
+        vec![Mailbox {
+            name: from.name.clone(),
+            address: format!("{local}+{token}@{domain}"),
+        }],
+    ))
+}
+
 async fn inbox_sender(c: &Call, inbox: Uuid) -> Result<Mailbox, Failure> {
     let i = c
         .svc
@@ -753,6 +784,7 @@ fn message_body(
 pub async fn create_conversation(
     cells: web::Data<Cells>,
     dir: web::Data<Directory>,
+    ingestor: Option<web::Data<postvak_ingest::Ingestor>>,
     auth: Authenticated,
     req: HttpRequest,
     body: web::Json<dto::CreateConversation>,
@@ -773,6 +805,7 @@ pub async fn create_conversation(
             .await
             .map_err(service_error)?;
         let id = Uuid::now_v7();
+        let outbound = outbound_ids(&c, ingestor.as_ref().map(|i| i.get_ref()), body.inbox_id, id, &from).await?;
         let by = actor_of(c.ctx.principal());
         let now = crate::now_us();
         let ch = c
@@ -794,6 +827,8 @@ pub async fn create_conversation(
                             cc: cc.clone(),
                             subject: Some(body.subject.clone()),
                             body: body.body.clone(),
+                            message_id_header: outbound.0.clone(),
+                            reply_to: outbound.1.clone(),
                         },
                         by,
                         at_us: now,
@@ -824,6 +859,7 @@ pub async fn create_conversation(
 pub async fn create_reply(
     cells: web::Data<Cells>,
     dir: web::Data<Directory>,
+    ingestor: Option<web::Data<postvak_ingest::Ingestor>>,
     auth: Authenticated,
     req: HttpRequest,
     path: web::Path<Uuid>,
@@ -837,6 +873,8 @@ pub async fn create_reply(
         let loaded = c.svc.load(&c.ctx, id).await.map_err(service_error)?;
         require(&c.access, &loaded.state, InboxRole::Reply).map_err(service_error)?;
         let from = inbox_sender(&c, loaded.state.inbox_id).await?;
+        let outbound =
+            outbound_ids(&c, ingestor.as_ref().map(|i| i.get_ref()), loaded.state.inbox_id, id, &from).await?;
         let to = mailboxes(&body.to)?;
         let cc = mailboxes(&body.cc)?;
         let by = actor_of(c.ctx.principal());
@@ -851,6 +889,8 @@ pub async fn create_reply(
                     cc: cc.clone(),
                     subject: body.subject.clone(),
                     body: body.body.clone(),
+                    message_id_header: outbound.0.clone(),
+                    reply_to: outbound.1.clone(),
                 },
                 by,
                 at_us: crate::now_us(),

@@ -184,6 +184,12 @@ pub struct Reply {
     /// Empty = `Re: ` + the conversation's subject.
     pub subject: Option<String>,
     pub body: String,
+    /// Our Message-ID for it (without angle brackets); `None`: `<message_id>@<inbox domain>`.
+    /// The service passes one that carries a signed reply token, so an answer that keeps only
+    /// `In-Reply-To` still finds this conversation.
+    pub message_id_header: Option<String>,
+    /// `Reply-To`, e.g. the inbox's plus-address with the reply token.
+    pub reply_to: Vec<Mailbox>,
 }
 
 /// What a merged-away conversation hands to the one it is merged into.
@@ -608,12 +614,16 @@ impl Conversation {
             .or_else(|| self.subject.as_deref().map(reply_subject));
         Ok(Message {
             message_id: reply.message_id,
-            message_id_header: Some(format!("{}@{domain}", reply.message_id)),
+            message_id_header: Some(
+                reply
+                    .message_id_header
+                    .unwrap_or_else(|| format!("{}@{domain}", reply.message_id)),
+            ),
             in_reply_to: self.thread_ids.last().cloned().into_iter().collect(),
             references: self.thread_ids.clone(),
             subject,
             from: vec![reply.from],
-            reply_to: Vec::new(),
+            reply_to: reply.reply_to,
             to,
             cc: reply.cc,
             snippet: snippet(&body),
@@ -1559,6 +1569,8 @@ mod tests {
             cc: vec![],
             subject: None,
             body: body.into(),
+            message_id_header: None,
+            reply_to: vec![],
         }
     }
 

@@ -630,4 +630,35 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
     assert_eq!(out["from"][0]["address"], "support@demo.postvak.test");
     // Message-IDs are shown without their angle brackets.
     assert_eq!(out["in_reply_to"], json!(["rx-1@example.net"]));
+    let our_id = out["message_id_header"].as_str().unwrap().to_owned();
+    assert!(our_id.ends_with("@demo.postvak.test"), "{our_id}");
+
+    // The customer answers from a client that keeps only In-Reply-To, with a new subject:
+    // it still lands in this conversation (never by subject).
+    let answer = r#"
+import smtplib, sys
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "Pat Ient <pat@example.net>"
+m["To"] = "support@demo.postvak.test"
+m["Subject"] = "thanks!"
+m["Message-ID"] = "<rx-2@example.net>"
+m["In-Reply-To"] = "<" + sys.argv[2] + ">"
+m.set_content("Great, thank you.")
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
+    s.send_message(m)
+"#;
+    let out = std::process::Command::new("python3").args(["-c", answer, &port.to_string(), &our_id]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let page: serde_json::Value = c.get(server.url("/v1/conversations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "the answer must not open a new conversation: {page}");
+        if items[0]["message_count"] == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the answer did not arrive: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
