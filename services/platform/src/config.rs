@@ -56,6 +56,12 @@ pub struct Config {
     /// The raw-MIME endpoint's settings (read by the ingest service, like `smtp`).
     #[serde(default)]
     pub raw_api: Option<serde::de::IgnoredAny>,
+    /// The relay replies are sent through (read by the notification service).
+    #[serde(default)]
+    pub outbound_smtp: Option<serde::de::IgnoredAny>,
+    /// Webhook delivery limits (read by the notification service).
+    #[serde(default)]
+    pub webhooks: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub security: SecurityConfig,
     #[serde(default)]

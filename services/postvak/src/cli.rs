@@ -76,6 +76,8 @@ enum Service {
     Ingest,
     /// Conversations: the agent API and the consumers behind it.
     Conversation,
+    /// Replies out through the SMTP relay, webhooks and agent notifications.
+    Notification,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +176,7 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     // Sections owned by other crates are checked now, so a typo fails every command at once.
     startup::smtp_settings(&cfg)?;
     cfg.section::<postvak_ingest::RawApiSettings>("raw_api")?;
+    startup::notification_settings(&cfg)?;
     Ok(cfg)
 }
 
@@ -192,6 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Service::Relay => Role::Relay,
                 Service::Ingest => Role::Ingest,
                 Service::Conversation => Role::Conversation,
+                Service::Notification => Role::Notification,
             };
             serve(&cfg, false, role).await?;
         }

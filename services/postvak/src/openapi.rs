@@ -62,6 +62,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_conversation::api::move_conversation,
         postvak_conversation::api::merge_conversation,
         postvak_conversation::api::stream_changes,
+        postvak_notification::api::list_webhooks,
+        postvak_notification::api::create_webhook,
+        postvak_notification::api::delete_webhook,
+        postvak_notification::api::list_webhook_deliveries,
+        postvak_notification::api::redeliver_webhook_delivery,
+        postvak_notification::api::get_notification_preferences,
+        postvak_notification::api::set_notification_preferences,
         postvak_conversation::api::set_presence,
         postvak_conversation::drafts::list_drafts,
         postvak_conversation::drafts::create_draft,
@@ -87,6 +94,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "ingest", description = "Mail in: raw MIME"),
         (name = "conversations", description = "Conversations, replies as the inbox, notes, hand-offs, drafts, live updates"),
         (name = "templates", description = "Reply templates per tenant or inbox"),
+        (name = "webhooks", description = "Signed tenant webhooks, deliveries and redelivery"),
+        (name = "notifications", description = "Agent notification preferences"),
     )
 )]
 pub struct ApiDoc;

@@ -35,6 +35,19 @@ pub enum Role {
     /// Conversations: the agent API and the consumers that open and update conversations
     /// (`postvak run conversation`).
     Conversation,
+    /// Replies out through the SMTP relay, webhooks, agent notifications
+    /// (`postvak run notification`).
+    Notification,
+}
+
+/// The notification service's settings from `[outbound_smtp]` and `[webhooks]`.
+pub fn notification_settings(
+    cfg: &Config,
+) -> anyhow::Result<postvak_notification::NotificationSettings> {
+    Ok(postvak_notification::NotificationSettings {
+        outbound_smtp: cfg.section("outbound_smtp")?,
+        webhooks: cfg.section("webhooks")?,
+    })
 }
 
 /// The SMTP listener's settings from the `[smtp]` section; by default it listens on loopback
@@ -214,6 +227,24 @@ impl Application {
             }
         }
 
+        if matches!(role, Role::All | Role::Notification) {
+            let settings = notification_settings(cfg)?;
+            for cell in cells.all() {
+                for handle in postvak_notification::start(
+                    &cells,
+                    cell.clone(),
+                    settings.clone(),
+                    cancel.clone(),
+                ) {
+                    tasks.spawn(async move {
+                        if let Err(e) = handle.await {
+                            tracing::error!(error = %e, "notification worker ended abnormally");
+                        }
+                    });
+                }
+            }
+        }
+
         let _ = postvak_platform::telemetry::prometheus();
         let cells_data = web::Data::new(cells.clone());
         let directory_data = web::Data::new(directory);
@@ -234,6 +265,7 @@ impl Application {
         );
         let serve_ingest = matches!(role, Role::All | Role::Ingest);
         let serve_conversations = matches!(role, Role::All | Role::Conversation);
+        let serve_notifications = matches!(role, Role::All | Role::Notification);
         let raw_settings: postvak_ingest::RawApiSettings = cfg.section("raw_api")?;
         let mut server = HttpServer::new(move || {
             let app = App::new()
@@ -261,8 +293,13 @@ impl Application {
             } else {
                 app
             };
-            if serve_conversations {
+            let app = if serve_conversations {
                 app.configure(postvak_conversation::api::routes)
+            } else {
+                app
+            };
+            if serve_notifications {
+                app.configure(postvak_notification::api::routes)
             } else {
                 app
             }

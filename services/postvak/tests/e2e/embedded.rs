@@ -648,17 +648,135 @@ m.set_content("Great, thank you.")
 with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
     s.send_message(m)
 "#;
-    let out = std::process::Command::new("python3").args(["-c", answer, &port.to_string(), &our_id]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .args(["-c", answer, &port.to_string(), &our_id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let page: serde_json::Value = c.get(server.url("/v1/conversations")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+        let page: serde_json::Value = c
+            .get(server.url("/v1/conversations"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let items = page["items"].as_array().unwrap();
-        assert_eq!(items.len(), 1, "the answer must not open a new conversation: {page}");
+        assert_eq!(
+            items.len(),
+            1,
+            "the answer must not open a new conversation: {page}"
+        );
         if items[0]["message_count"] == 3 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the answer did not arrive: {page}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answer did not arrive: {page}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// A minimal SMTP sink: accepts every mail and hands over its DATA.
+fn smtp_sink() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let _ = out.write_all(b"220 sink ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let cmd = line.trim_end().to_ascii_uppercase();
+                    let reply: &[u8] = if cmd.starts_with("EHLO") {
+                        b"250-sink\r\n250 8BITMIME\r\n"
+                    } else if cmd.starts_with("DATA") {
+                        let _ = out.write_all(b"354 go on\r\n");
+                        let mut data = String::new();
+                        loop {
+                            let mut l = String::new();
+                            if reader.read_line(&mut l).unwrap_or(0) == 0 || l == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(&l);
+                        }
+                        let _ = tx.send(data);
+                        b"250 2.0.0 queued\r\n"
+                    } else if cmd.starts_with("QUIT") {
+                        let _ = out.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    let _ = out.write_all(reply);
+                    line.clear();
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn a_reply_is_sent_through_the_relay_from_the_inbox_address() {
+    let (relay, mails) = smtp_sink();
+    let dir = TempDir::new();
+    let mut cmd = command(&dir);
+    cmd.env("POSTVAK_OUTBOUND_SMTP__HOST", "127.0.0.1")
+        .env("POSTVAK_OUTBOUND_SMTP__PORT", relay.to_string())
+        .env("POSTVAK_OUTBOUND_SMTP__SECURITY", "none");
+    let server = Server::start(cmd);
+    let key = server.api_key.clone().unwrap();
+    let c = client();
+    let inbox: serde_json::Value = c
+        .get(server.url("/v1/inboxes"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let inbox_id = inbox["items"][0]["id"].as_str().unwrap().to_owned();
+    // An agent writes first: a new conversation with an outbound message.
+    let created = c
+        .post(server.url("/v1/conversations"))
+        .bearer_auth(&key)
+        .json(&json!({"inbox_id": inbox_id, "to": [{"name": "Pat", "address": "pat@example.net"}], "subject": "Your results", "body": "Your results are in."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    let mail = mails
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the reply reached the relay");
+    let headers = mail.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(
+        headers.contains("from: support <support@demo.postvak.test>")
+            || headers.contains("from: \"support\" <support@demo.postvak.test>"),
+        "{mail}"
+    );
+    assert!(
+        headers.contains("to: pat <pat@example.net>") || headers.contains("pat@example.net"),
+        "{mail}"
+    );
+    assert!(headers.contains("message-id: <"), "{mail}");
+    assert!(
+        headers.contains("reply-to:") && headers.contains("support+"),
+        "{mail}"
+    );
+    assert!(mail.contains("Your results are in."), "{mail}");
 }
