@@ -100,7 +100,7 @@ CREATE TABLE notification_due (
     due_at    bigint NOT NULL,
     PRIMARY KEY (kind, item_id)
 );
-CREATE INDEX notification_due_at ON notification_due (due_at);
+CREATE INDEX notification_due_at ON notification_due (kind, due_at);
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbound_mail, webhook_subscriptions,
     webhook_deliveries, notification_conversations, agent_notifications,

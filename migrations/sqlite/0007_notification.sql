@@ -89,4 +89,4 @@ CREATE TABLE notification_due (
     due_at    INTEGER NOT NULL,
     PRIMARY KEY (kind, item_id)
 );
-CREATE INDEX notification_due_at ON notification_due (due_at);
+CREATE INDEX notification_due_at ON notification_due (kind, due_at);

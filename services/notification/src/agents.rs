@@ -68,6 +68,7 @@ pub(crate) fn start(
         job,
         Limits {
             per_lane: 4,
+            per_tenant: 4,
             total: 4,
         },
         wake,

@@ -140,6 +140,7 @@ pub async fn run(cells: &Cells, options: &BenchOptions) -> Result<BenchReport, B
         },
         webhooks: WebhookSettings {
             per_endpoint_concurrency: options.webhook_concurrency,
+            per_tenant_concurrency: options.webhook_concurrency,
             total_concurrency: options.webhook_concurrency,
             ..WebhookSettings::default()
         },

@@ -27,15 +27,27 @@ pub(crate) struct DueItem {
     pub lane: String,
 }
 
-const DUE_SQL: &str = "SELECT item_id, tenant_id, lane FROM notification_due \
-                       WHERE kind = $1 AND due_at <= $2 ORDER BY due_at LIMIT $3";
+/// Due items, at most `$3` per lane: a lane with a large backlog (a slow endpoint) can't fill
+/// the page and hide the other lanes' work.
+const DUE_SQL: &str = "SELECT item_id, tenant_id, lane FROM ( \
+                         SELECT item_id, tenant_id, lane, due_at, ROW_NUMBER() OVER \
+                           (PARTITION BY lane ORDER BY due_at, item_id) AS rn \
+                         FROM notification_due WHERE kind = $1 AND due_at <= $2) d \
+                       WHERE rn <= $3 ORDER BY due_at LIMIT $4";
 
-async fn due_items(db: &Db, kind: &str, now: i64, limit: i64) -> Result<Vec<DueItem>, StoreError> {
+async fn due_items(
+    db: &Db,
+    kind: &str,
+    now: i64,
+    per_lane: i64,
+    limit: i64,
+) -> Result<Vec<DueItem>, StoreError> {
     macro_rules! fetch {
         ($pool:expr) => {
             sqlx::query(DUE_SQL)
                 .bind(kind)
                 .bind(now)
+                .bind(per_lane)
                 .bind(limit)
                 .fetch_all($pool)
                 .await
@@ -133,12 +145,16 @@ pub(crate) trait Job: Send + Sync + 'static {
 struct InFlight {
     items: HashSet<Uuid>,
     lanes: HashMap<String, usize>,
+    tenants: HashMap<TenantId, usize>,
 }
 
 /// Limits of a dispatcher.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub per_lane: usize,
+    /// In flight for one tenant over all its lanes (many slow endpoints of one tenant can't
+    /// take every slot).
+    pub per_tenant: usize,
     pub total: usize,
 }
 
@@ -155,6 +171,7 @@ pub(crate) async fn dispatch(
     let state = Arc::new(Mutex::new(InFlight::default()));
     let per_lane = limits.per_lane.max(1);
     let total = limits.total.max(1);
+    let per_tenant = limits.per_tenant.max(1);
     loop {
         if cancel.is_cancelled() {
             return;
@@ -162,7 +179,8 @@ pub(crate) async fn dispatch(
         let now = crate::now_us();
         let fetch = i64::try_from(total.saturating_mul(4)).unwrap_or(1024);
         let mut pause = Duration::from_millis(200);
-        match due_items(&db, kind, now, fetch).await {
+        let lane_page = i64::try_from(per_lane).unwrap_or(i64::MAX);
+        match due_items(&db, kind, now, lane_page, fetch).await {
             Ok(items) => {
                 for item in items {
                     {
@@ -170,20 +188,30 @@ pub(crate) async fn dispatch(
                         if s.items.contains(&item.item_id) || s.items.len() >= total {
                             continue;
                         }
+                        if s.tenants.get(&item.tenant).copied().unwrap_or(0) >= per_tenant {
+                            continue;
+                        }
                         let lane = s.lanes.entry(item.lane.clone()).or_default();
                         if *lane >= per_lane {
                             continue;
                         }
                         *lane += 1;
+                        *s.tenants.entry(item.tenant).or_default() += 1;
                         s.items.insert(item.item_id);
                     }
                     let (job, state, wake) = (job.clone(), state.clone(), wake.clone());
                     tokio::spawn(async move {
-                        let (id, lane) = (item.item_id, item.lane.clone());
+                        let (id, lane, tenant) = (item.item_id, item.lane.clone(), item.tenant);
                         job.run(item).await;
                         {
                             let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
                             s.items.remove(&id);
+                            if let Some(n) = s.tenants.get_mut(&tenant) {
+                                *n = n.saturating_sub(1);
+                                if *n == 0 {
+                                    s.tenants.remove(&tenant);
+                                }
+                            }
                             if let Some(n) = s.lanes.get_mut(&lane) {
                                 *n = n.saturating_sub(1);
                                 if *n == 0 {

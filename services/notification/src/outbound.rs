@@ -92,8 +92,10 @@ pub(crate) fn start(
     let Some(transport) = transport else {
         return part;
     };
+    // One relay for everyone: a tenant may use all of it (per-inbox relays come later).
     let limits = Limits {
         per_lane: settings.concurrency,
+        per_tenant: settings.concurrency,
         total: settings.concurrency,
     };
     let job: Arc<dyn Job> = Arc::new(Sender {

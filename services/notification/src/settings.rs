@@ -91,6 +91,8 @@ pub struct WebhookSettings {
     pub timeout_ms: u64,
     /// Requests in flight to one endpoint (subscription) at once.
     pub per_endpoint_concurrency: usize,
+    /// Requests in flight for one tenant over all its endpoints.
+    pub per_tenant_concurrency: usize,
     /// Requests in flight over all endpoints.
     pub total_concurrency: usize,
     pub retry_base_ms: u64,
@@ -104,6 +106,7 @@ impl Default for WebhookSettings {
         Self {
             timeout_ms: 10_000,
             per_endpoint_concurrency: 4,
+            per_tenant_concurrency: 32,
             total_concurrency: 256,
             retry_base_ms: 5_000,
             retry_max_ms: 3_600_000,

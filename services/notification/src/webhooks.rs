@@ -128,6 +128,7 @@ pub(crate) fn start(
     };
     let limits = Limits {
         per_lane: settings.per_endpoint_concurrency,
+        per_tenant: settings.per_tenant_concurrency,
         total: settings.total_concurrency,
     };
     let job: Arc<dyn Job> = Arc::new(Deliverer {

@@ -29,7 +29,8 @@ pub struct Received {
 
 #[derive(Debug)]
 struct State {
-    secret: Option<String>,
+    /// Every subscription's secret that points here.
+    secrets: Vec<String>,
     mode: Mode,
     received: Vec<Received>,
     bad_signatures: usize,
@@ -77,8 +78,8 @@ async fn hook(
     );
     let mode = {
         let mut s = state.lock().unwrap();
-        let secret = s.secret.clone().expect("the test sets the secret first");
-        if !verify(&secret, &id, &ts, &body, &sig) {
+        assert!(!s.secrets.is_empty(), "the test sets the secret first");
+        if !s.secrets.iter().any(|k| verify(k, &id, &ts, &body, &sig)) {
             s.bad_signatures += 1;
             return HttpResponse::BadRequest().finish();
         }
@@ -105,7 +106,7 @@ async fn hook(
 impl Receiver {
     pub async fn start(mode: Mode, cancel: tokio_util::sync::CancellationToken) -> Self {
         let state = Arc::new(Mutex::new(State {
-            secret: None,
+            secrets: Vec::new(),
             mode,
             received: Vec::new(),
             bad_signatures: 0,
@@ -134,8 +135,9 @@ impl Receiver {
         }
     }
 
+    /// Trusts one more subscription's secret.
     pub fn set_secret(&self, secret: &str) {
-        self.state.lock().unwrap().secret = Some(secret.to_owned());
+        self.state.lock().unwrap().secrets.push(secret.to_owned());
     }
 
     pub fn set_mode(&self, mode: Mode) {

@@ -12,10 +12,13 @@ fn settings() -> NotificationSettings {
         webhooks: WebhookSettings {
             timeout_ms: 1_000,
             per_endpoint_concurrency: 2,
+            // Small, so that one tenant's endpoints could take every slot and one endpoint's
+            // backlog is larger than a dispatcher page.
+            per_tenant_concurrency: 3,
+            total_concurrency: 6,
             retry_base_ms: 100,
             retry_max_ms: 300,
             max_attempts: 3,
-            ..WebhookSettings::default()
         },
         ..Default::default()
     }
@@ -168,13 +171,16 @@ async fn an_endpoint_that_hangs_does_not_delay_another_tenant() {
         let fast_tenant = env.tenant("Globex", "help@globex.test").await;
         let slow = Receiver::start(Mode::Hang, env.cancel.clone()).await;
         let fast = Receiver::start(Mode::Accept, env.cancel.clone()).await;
-        subscribe(
-            &app,
-            slow_tenant,
-            &slow,
-            &["convo.created", "convo.customer.reply.created"],
-        )
-        .await;
+        // Three subscriptions to the hanging endpoint: 3 × 2 requests would fill all 6 slots.
+        for _ in 0..3 {
+            subscribe(
+                &app,
+                slow_tenant,
+                &slow,
+                &["convo.created", "convo.customer.reply.created"],
+            )
+            .await;
+        }
         subscribe(&app, &fast_tenant, &fast, &["convo.created"]).await;
 
         // The slow tenant's endpoint gets a backlog: every request hangs until the timeout.
@@ -200,7 +206,7 @@ async fn an_endpoint_that_hangs_does_not_delay_another_tenant() {
         let got = fast
             .wait_for("convo.created", Duration::from_secs(10))
             .await;
-        // 16 hanging requests, 2 at a time, 1 s each: the backlog alone takes ≥ 8 s.
+        // 48 hanging requests, 3 at a time, 1 s each: the backlog alone takes ≥ 16 s.
         assert!(
             got.at.duration_since(started) < Duration::from_secs(4),
             "{backend:?}: the fast tenant waited {:?}",
