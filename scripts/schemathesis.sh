@@ -28,7 +28,7 @@ if [ ! -x "${VENV}/bin/schemathesis" ]; then
 fi
 
 cargo build --locked --quiet --bin postvak
-BIN="$(pwd)/target/debug/postvak"
+BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/debug/postvak"
 
 WORK="$(mktemp -d)"
 LOG="${WORK}/postvak.log"
