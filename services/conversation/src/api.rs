@@ -805,7 +805,14 @@ pub async fn create_conversation(
             .await
             .map_err(service_error)?;
         let id = Uuid::now_v7();
-        let outbound = outbound_ids(&c, ingestor.as_ref().map(|i| i.get_ref()), body.inbox_id, id, &from).await?;
+        let outbound = outbound_ids(
+            &c,
+            ingestor.as_ref().map(|i| i.get_ref()),
+            body.inbox_id,
+            id,
+            &from,
+        )
+        .await?;
         let by = actor_of(c.ctx.principal());
         let now = crate::now_us();
         let ch = c
@@ -873,8 +880,14 @@ pub async fn create_reply(
         let loaded = c.svc.load(&c.ctx, id).await.map_err(service_error)?;
         require(&c.access, &loaded.state, InboxRole::Reply).map_err(service_error)?;
         let from = inbox_sender(&c, loaded.state.inbox_id).await?;
-        let outbound =
-            outbound_ids(&c, ingestor.as_ref().map(|i| i.get_ref()), loaded.state.inbox_id, id, &from).await?;
+        let outbound = outbound_ids(
+            &c,
+            ingestor.as_ref().map(|i| i.get_ref()),
+            loaded.state.inbox_id,
+            id,
+            &from,
+        )
+        .await?;
         let to = mailboxes(&body.to)?;
         let cc = mailboxes(&body.cc)?;
         let by = actor_of(c.ctx.principal());

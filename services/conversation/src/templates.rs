@@ -87,9 +87,8 @@ async fn tx_of(c: &Call, write: bool) -> Result<DbTx, Failure> {
 
 async fn fetch(c: &Call, id: Option<Uuid>) -> Result<Vec<TemplateRow>, Failure> {
     let mut tx = tx_of(c, false).await?;
-    let rows =
-        on_tx!(&mut tx, |x| {
-            sqlx::query(
+    let rows = on_tx!(&mut tx, |x| {
+        sqlx::query(
         "SELECT template_id, inbox_id, name, content, content_key, version, created_us, updated_us \
          FROM conversation_templates WHERE tenant_id = $1 AND ($2 IS NULL OR template_id = $2) \
          ORDER BY name, template_id"
@@ -111,8 +110,8 @@ async fn fetch(c: &Call, id: Option<Uuid>) -> Result<Vec<TemplateRow>, Failure> 
             updated_us: r.try_get(7)?,
         }))
         .collect::<Result<Vec<_>, sqlx::Error>>())
-        })
-        .map_err(|e| store_err(db_error(e)))?;
+    })
+    .map_err(|e| store_err(db_error(e)))?;
     tx.commit().await.map_err(store_err)?;
     Ok(rows)
 }

@@ -156,7 +156,10 @@ mod tests {
             ..grant(Grantee::User(OTHER), InboxRole::Reply)
         };
         let grants = [old, new];
-        assert_eq!(inbox_permission(TenantRole::Agent, U, &[], INBOX, &grants, now), None);
+        assert_eq!(
+            inbox_permission(TenantRole::Agent, U, &[], INBOX, &grants, now),
+            None
+        );
         assert_eq!(
             inbox_permission(TenantRole::Agent, OTHER, &[], INBOX, &grants, now),
             Some(InboxRole::Reply)
@@ -196,7 +199,10 @@ mod tests {
             inbox_permission(TenantRole::Admin, OTHER, &[], INBOX, &[], now),
             Some(InboxRole::Admin)
         );
-        assert_eq!(inbox_permission(TenantRole::Agent, OTHER, &[], INBOX, &grants, now), None);
+        assert_eq!(
+            inbox_permission(TenantRole::Agent, OTHER, &[], INBOX, &grants, now),
+            None
+        );
     }
 
     #[test]

@@ -67,7 +67,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "events",
         include_str!("../../../migrations/sqlite/0001_events.sql"),
     ),
-    (2, "bus", include_str!("../../../migrations/sqlite/0002_bus.sql")),
+    (
+        2,
+        "bus",
+        include_str!("../../../migrations/sqlite/0002_bus.sql"),
+    ),
     (
         3,
         "directory",

@@ -134,8 +134,7 @@ pub trait Bus: Send + Sync + fmt::Debug {
     async fn publish_events(&self, events: &[StoredEvent]) -> Result<Vec<PublishAck>, BusError>;
 
     /// A durable consumer; created on first use, resumed after.
-    async fn event_consumer(&self, spec: ConsumerSpec)
-    -> Result<Box<dyn EventConsumer>, BusError>;
+    async fn event_consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn EventConsumer>, BusError>;
 
     /// Sends a command to `service` and waits for its reply.
     async fn request(

@@ -94,7 +94,11 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// A new event with a fresh UUIDv7 id, sealed under the tenant key.
-    pub fn new(event_type: impl Into<String>, event_version: u32, payload: serde_json::Value) -> Self {
+    pub fn new(
+        event_type: impl Into<String>,
+        event_version: u32,
+        payload: serde_json::Value,
+    ) -> Self {
         Self {
             event_id: Uuid::now_v7(),
             event_type: event_type.into(),
@@ -379,20 +383,26 @@ pub trait EventStore: Send + Sync + fmt::Debug {
 
 /// Decrypts a stored event with a keyring (shared by both backends and bus consumers).
 pub async fn open_stored(keyring: &Keyring, e: &StoredEvent) -> Result<RecordedEvent, StoreError> {
-    let data = match keyring
-        .open(e.tenant_id, e.key_id, &e.payload, &payload_aad(e.tenant_id, e.event_id))
-        .await
-    {
-        Ok(plain) => EventData::Json(serde_json::from_slice(&plain).map_err(|err| {
-            StoreError::Decode {
-                event_type: e.event_type.clone(),
-                event_version: e.event_version,
-                reason: err.to_string(),
-            }
-        })?),
-        Err(CryptoError::KeyDestroyed { .. }) => EventData::Shredded,
-        Err(other) => return Err(other.into()),
-    };
+    let data =
+        match keyring
+            .open(
+                e.tenant_id,
+                e.key_id,
+                &e.payload,
+                &payload_aad(e.tenant_id, e.event_id),
+            )
+            .await
+        {
+            Ok(plain) => EventData::Json(serde_json::from_slice(&plain).map_err(|err| {
+                StoreError::Decode {
+                    event_type: e.event_type.clone(),
+                    event_version: e.event_version,
+                    reason: err.to_string(),
+                }
+            })?),
+            Err(CryptoError::KeyDestroyed { .. }) => EventData::Shredded,
+            Err(other) => return Err(other.into()),
+        };
     let metadata = serde_json::from_slice(&e.metadata).map_err(|err| StoreError::Decode {
         event_type: e.event_type.clone(),
         event_version: e.event_version,

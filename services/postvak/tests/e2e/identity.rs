@@ -184,6 +184,9 @@ async fn tenant(server: &Server, name: &str) -> Tenant {
     }
 }
 
+/// (method, path, body maker, expected status per principal)
+type Case = (Method, String, Box<dyn FnMut() -> Option<Value>>, [u16; 9]);
+
 #[tokio::test]
 async fn rbac_matrix_every_route_every_role() {
     let st = stack().await;
@@ -208,7 +211,7 @@ async fn rbac_matrix_every_route_every_role() {
         n += 1;
         n
     };
-    let cases: Vec<(Method, String, Box<dyn FnMut() -> Option<Value>>, [u16; 9])> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::GET,
             "/v1/me".into(),
