@@ -74,15 +74,26 @@ impl fmt::Display for AuthReport {
     }
 }
 
-/// Runs against a scratch database on the PostgreSQL server at `target` (created and dropped),
-/// or a scratch SQLite file when `target` is `sqlite`.
-pub async fn auth(target: &str, calls: usize) -> anyhow::Result<AuthReport> {
-    let dir = postvak_platform::testkit::TempDir::new();
-    let (url, scratch) = if target == "sqlite" {
-        (format!("sqlite://{}/bench.db", dir.path().display()), None)
-    } else {
+/// A scratch database for one benchmark: a fresh database on the PostgreSQL server at
+/// `target` (dropped afterwards), or a fresh SQLite file when `target` is `sqlite`.
+struct Scratch {
+    url: String,
+    admin: Option<(String, String)>,
+    _dir: postvak_platform::testkit::TempDir,
+}
+
+impl Scratch {
+    async fn create(target: &str) -> anyhow::Result<Self> {
+        let dir = postvak_platform::testkit::TempDir::new();
+        if target == "sqlite" {
+            return Ok(Self {
+                url: format!("sqlite://{}/bench.db", dir.path().display()),
+                admin: None,
+                _dir: dir,
+            });
+        }
         let name = format!(
-            "postvak_bench_auth_{}",
+            "postvak_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let mut c = sqlx::PgConnection::connect(target).await.with_context(|| {
@@ -93,26 +104,71 @@ pub async fn auth(target: &str, calls: usize) -> anyhow::Result<AuthReport> {
             .await?;
         let _ = c.close().await;
         let base = target.rsplit_once('/').map_or(target, |(b, _)| b);
-        (format!("{base}/{name}"), Some(name))
-    };
-    let result = run(&url, calls).await;
-    if let Some(name) = scratch
-        && let Ok(mut c) = sqlx::PgConnection::connect(target).await
-    {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut c)
-        .await;
+        Ok(Self {
+            url: format!("{base}/{name}"),
+            admin: Some((target.to_owned(), name)),
+            _dir: dir,
+        })
     }
-    result.map(|rows| AuthReport {
-        backend: if target == "sqlite" {
-            "SQLite".into()
+
+    fn backend(&self) -> String {
+        if self.admin.is_some() {
+            "PostgreSQL"
         } else {
-            "PostgreSQL".into()
-        },
-        rows,
-    })
+            "SQLite"
+        }
+        .to_owned()
+    }
+
+    async fn drop_database(self) {
+        if let Some((admin, name)) = self.admin
+            && let Ok(mut c) = sqlx::PgConnection::connect(&admin).await
+        {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut c)
+            .await;
+        }
+    }
+}
+
+/// `postvak bench auth`.
+pub async fn auth(target: &str, calls: usize) -> anyhow::Result<AuthReport> {
+    let scratch = Scratch::create(target).await?;
+    let result = run(&scratch.url, calls).await;
+    let backend = scratch.backend();
+    scratch.drop_database().await;
+    result.map(|rows| AuthReport { backend, rows })
+}
+
+/// `postvak bench notification`: replies out to a local SMTP sink through the pool, and
+/// webhook deliveries to a local receiver.
+pub async fn notification(target: &str, mails: usize, webhooks: usize) -> anyhow::Result<String> {
+    let scratch = Scratch::create(target).await?;
+    let result = async {
+        let cells = postvak_ingest::standalone::open_cells(
+            &scratch.url,
+            postvak_platform::crypto::MasterKey::from_base64(
+                &postvak_platform::crypto::MasterKey::generate_base64(),
+            )?,
+            true,
+        )
+        .await?;
+        let report = postvak_notification::bench::run(
+            &cells,
+            &postvak_notification::bench::BenchOptions {
+                mails,
+                webhooks,
+                ..postvak_notification::bench::BenchOptions::default()
+            },
+        )
+        .await?;
+        anyhow::Ok(format!("{} backend\n{report}", scratch.backend()))
+    }
+    .await;
+    scratch.drop_database().await;
+    result
 }
 
 async fn run(url: &str, calls: usize) -> anyhow::Result<Vec<Latency>> {

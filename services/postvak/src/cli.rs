@@ -160,6 +160,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         rate: u32,
     },
+    /// Outbound mail to a local SMTP sink and webhook deliveries to a local receiver.
+    Notification {
+        /// A PostgreSQL server URL (a scratch database is created and dropped) or `sqlite`.
+        #[arg(long, default_value = "sqlite")]
+        target: String,
+        #[arg(long, default_value_t = 1_000)]
+        mails: usize,
+        #[arg(long, default_value_t = 1_000)]
+        webhooks: usize,
+    },
     /// Authentication and permission checks per request: p50/p99 latency.
     Auth {
         /// A PostgreSQL server URL (a scratch database is created and dropped) or `sqlite`.
@@ -258,6 +268,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await?;
             println!("{report}");
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Notification {
+                    target,
+                    mails,
+                    webhooks,
+                },
+        } => {
+            println!(
+                "{}",
+                crate::bench::notification(&target, mails, webhooks).await?
+            );
         }
         Command::Bench {
             command: BenchCommand::Auth { target, calls },
