@@ -568,13 +568,7 @@ pub async fn add_team_member(
     auth: Authenticated,
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
-    access(&dir, &auth.0).await?.require_tenant_admin()?;
-    let (team, user) = path.into_inner();
-    let t = dir
-        .set_team_member(&auth.0, team, user, true)
-        .await
-        .map_err(err)?;
-    Ok(HttpResponse::Ok().json(team_dto(t)))
+    team_membership(&dir, auth, path.into_inner(), true).await
 }
 
 /// Removes a user from a team (tenant admin).
@@ -589,10 +583,18 @@ pub async fn remove_team_member(
     auth: Authenticated,
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
-    access(&dir, &auth.0).await?.require_tenant_admin()?;
-    let (team, user) = path.into_inner();
+    team_membership(&dir, auth, path.into_inner(), false).await
+}
+
+async fn team_membership(
+    dir: &Directory,
+    auth: Authenticated,
+    (team, user): (Uuid, Uuid),
+    add: bool,
+) -> Result<HttpResponse, ApiError> {
+    access(dir, &auth.0).await?.require_tenant_admin()?;
     let t = dir
-        .set_team_member(&auth.0, team, user, false)
+        .set_team_member(&auth.0, team, user, add)
         .await
         .map_err(err)?;
     Ok(HttpResponse::Ok().json(team_dto(t)))

@@ -497,27 +497,10 @@ with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
     );
     // The accepted mail became one conversation with one message; the refused one nothing.
     let key = server.api_key.clone().unwrap();
-    let c = client();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let page = loop {
-        let page: serde_json::Value = c
-            .get(server.url("/v1/conversations"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !page["items"].as_array().unwrap().is_empty() {
-            break page;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no conversation: {page}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let page = conversations_until(&server, &key, |p| {
+        !p["items"].as_array().unwrap().is_empty()
+    })
+    .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
     assert_eq!(page["items"][0]["message_count"], 1, "{page}");
     drop(server);
@@ -553,26 +536,11 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
     );
     let c = client();
     // The conversation service opens it from the message.received event, asynchronously.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let conv = loop {
-        let page: serde_json::Value = c
-            .get(server.url("/v1/conversations"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(first) = page["items"].as_array().and_then(|a| a.first()) {
-            break first.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no conversation after 20 s: {page}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let page = conversations_until(&server, &key, |p| {
+        p["items"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let conv = page["items"][0].clone();
     assert_eq!(conv["subject"], "Prescription renewal");
     assert_eq!(conv["status"], "open");
     let id = conv["id"].as_str().unwrap();
@@ -657,32 +625,16 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as s:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let page: serde_json::Value = c
-            .get(server.url("/v1/conversations"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    conversations_until(&server, &key, |page| {
         let items = page["items"].as_array().unwrap();
         assert_eq!(
             items.len(),
             1,
             "the answer must not open a new conversation: {page}"
         );
-        if items[0]["message_count"] == 3 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the answer did not arrive: {page}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        items[0]["message_count"] == 3
+    })
+    .await;
 }
 
 /// A minimal SMTP sink: accepts every mail and hands over its DATA.

@@ -172,3 +172,32 @@ pub async fn assert_problem(resp: reqwest::Response, status: u16, code: &str) ->
     assert_eq!(body["status"], status, "{body}");
     body
 }
+
+/// Polls `GET /v1/conversations` (up to 20 s) until `done` holds for the page; returns it.
+pub async fn conversations_until(
+    server: &Server,
+    key: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: serde_json::Value = c
+            .get(server.url("/v1/conversations"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done(&page) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conversations after 20 s: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
