@@ -5,7 +5,9 @@
 pub mod access;
 pub mod aggregate;
 pub mod chain;
+pub mod contact;
 pub mod conversation;
 pub mod directory;
+pub mod sla;
 
 pub use aggregate::Aggregate;
