@@ -18,6 +18,7 @@ mod idempotency;
 pub mod inbound;
 mod live;
 mod projection;
+pub mod seed;
 pub mod templates;
 
 use postvak_core::Aggregate;

@@ -76,14 +76,14 @@ impl fmt::Display for AuthReport {
 
 /// A scratch database for one benchmark: a fresh database on the PostgreSQL server at
 /// `target` (dropped afterwards), or a fresh SQLite file when `target` is `sqlite`.
-struct Scratch {
-    url: String,
+pub(crate) struct Scratch {
+    pub(crate) url: String,
     admin: Option<(String, String)>,
     _dir: postvak_platform::testkit::TempDir,
 }
 
 impl Scratch {
-    async fn create(target: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(target: &str) -> anyhow::Result<Self> {
         let dir = postvak_platform::testkit::TempDir::new();
         if target == "sqlite" {
             return Ok(Self {
@@ -120,7 +120,7 @@ impl Scratch {
         .to_owned()
     }
 
-    async fn drop_database(self) {
+    pub(crate) async fn drop_database(self) {
         if let Some((admin, name)) = self.admin
             && let Ok(mut c) = sqlx::PgConnection::connect(&admin).await
         {

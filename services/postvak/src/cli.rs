@@ -170,6 +170,35 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000)]
         webhooks: usize,
     },
+    /// The agent API under `wrk` against a tenant with many conversations: list (first page,
+    /// filtered), get, reply — p50/p99 and requests/s, beside `/healthz` as the baseline.
+    Api {
+        /// A PostgreSQL server URL (a scratch database is created; dropped unless `--keep`) or
+        /// `sqlite`.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        target: String,
+        /// Conversations seeded (about 9 events each).
+        #[arg(long, default_value_t = 1_000_000)]
+        conversations: u64,
+        /// Seconds per measured scenario.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections of the read scenarios.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Connections of the reply scenario.
+        #[arg(long, default_value_t = 4)]
+        reply_connections: u32,
+        /// Conversations written at once while seeding.
+        #[arg(long, default_value_t = 16)]
+        seed_concurrency: usize,
+        /// Keep the seeded database; write how to reach it (secrets inside, mode 0600) here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        /// Measure a database kept by an earlier `--keep FILE` instead of seeding.
+        #[arg(long, conflicts_with = "keep")]
+        reuse: Option<PathBuf>,
+    },
     /// Authentication and permission checks per request: p50/p99 latency.
     Auth {
         /// A PostgreSQL server URL (a scratch database is created and dropped) or `sqlite`.
@@ -281,6 +310,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{}",
                 crate::bench::notification(&target, mails, webhooks).await?
             );
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Api {
+                    target,
+                    conversations,
+                    seconds,
+                    connections,
+                    reply_connections,
+                    seed_concurrency,
+                    keep,
+                    reuse,
+                },
+        } => {
+            let report = crate::bench_api::run(crate::bench_api::ApiBenchOptions {
+                target,
+                conversations: conversations.max(1),
+                seconds,
+                connections,
+                reply_connections,
+                seed_concurrency,
+                keep,
+                reuse,
+            })
+            .await?;
+            println!("{report}");
         }
         Command::Bench {
             command: BenchCommand::Auth { target, calls },

@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 mod bench;
+mod bench_api;
 mod cli;
 mod openapi;
 mod startup;

@@ -38,6 +38,8 @@ pub enum Role {
     /// Replies out through the SMTP relay, webhooks, agent notifications
     /// (`postvak run notification`).
     Notification,
+    /// The conversation API alone, without consumers or workers (`postvak bench api`).
+    Api,
 }
 
 /// The notification service's settings from `[outbound_smtp]` and `[webhooks]`.
@@ -258,13 +260,13 @@ impl Application {
                 .filter(|t| !t.is_empty())
                 .map(|t| t.expose().to_owned()),
         ));
-        let serve_api = matches!(role, Role::All | Role::Directory);
+        let serve_api = matches!(role, Role::All | Role::Directory | Role::Api);
         let sso = web::Data::new(
             postvak_directory::sso::Sso::new(cfg.http.public_url.as_deref())
                 .map_err(|e| anyhow::anyhow!("http.public_url: {e}"))?,
         );
         let serve_ingest = matches!(role, Role::All | Role::Ingest);
-        let serve_conversations = matches!(role, Role::All | Role::Conversation);
+        let serve_conversations = matches!(role, Role::All | Role::Conversation | Role::Api);
         let serve_notifications = matches!(role, Role::All | Role::Notification);
         let raw_settings: postvak_ingest::RawApiSettings = cfg.section("raw_api")?;
         let mut server = HttpServer::new(move || {
