@@ -9,5 +9,6 @@ pub mod contact;
 pub mod conversation;
 pub mod directory;
 pub mod sla;
+pub mod routing;
 
 pub use aggregate::Aggregate;
