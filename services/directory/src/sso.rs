@@ -1587,6 +1587,7 @@ async fn resolve_user(
         .await
         .map_err(ServiceError::from)?;
     if let Some(user) = linked_user(dir, &ctx, id).await? {
+        sync_role(dir, &ctx, settings, id, user).await?;
         return Ok(user);
     }
     let email = id.email.as_deref().ok_or(SsoError::EmailMissing)?;
@@ -1632,6 +1633,36 @@ async fn resolve_user(
         Err(ServiceError::Exists(_)) => Err(SsoError::IdentityConflict),
         Err(e) => Err(e.into()),
     }
+}
+
+/// With a role claim configured, the provider decides the role at every login, not only at
+/// the first: a user moved to another group at the provider gets the mapped role (or the
+/// default one) when they next log in. An owner is never changed this way (no mapping can
+/// name the owner role); without a role claim, roles are managed in Postvak only.
+async fn sync_role(
+    dir: &Directory,
+    ctx: &TenantContext,
+    settings: &SsoSettings,
+    id: &VerifiedIdentity,
+    user_id: Uuid,
+) -> Result<(), SsoError> {
+    if settings.role_claim.is_none() {
+        return Ok(());
+    }
+    let want = mapped_role(settings, id);
+    let user = dir.get_user(ctx, user_id).await?;
+    if user.role == TenantRole::Owner || user.role == want {
+        return Ok(());
+    }
+    dir.update_user(ctx, user_id, Some(want), None).await?;
+    tracing::info!(
+        tenant_id = %settings.tenant.0,
+        user_id = %user_id,
+        from = user.role.as_str(),
+        to = want.as_str(),
+        "role changed by the identity provider's role claim"
+    );
+    Ok(())
 }
 
 async fn linked_user(

@@ -93,6 +93,8 @@ struct World {
     idps: Idps,
     tenant_a: TenantId,
     tenant_b: TenantId,
+    /// Tenant A's admin API key.
+    key_a: String,
 }
 
 async fn world(backend: Backend) -> World {
@@ -114,6 +116,7 @@ async fn world(backend: Backend) -> World {
         idps,
         tenant_a,
         tenant_b,
+        key_a,
     }
 }
 
@@ -244,6 +247,73 @@ async fn full_login_creates_the_user_just_in_time_with_the_mapped_role_and_a_wor
         w.app.dir.list_users(&ctx, None).await.unwrap().len(),
         users.len()
     );
+}
+
+/// The role of `email` in tenant A.
+async fn role_in_a(w: &World, email: &str) -> TenantRole {
+    let ctx = w.app.ctx(w.tenant_a).await;
+    let users = w.app.dir.list_users(&ctx, None).await.unwrap();
+    users
+        .iter()
+        .find(|u| u.email == email)
+        .unwrap_or_else(|| panic!("{email} in {users:?}"))
+        .role
+}
+
+async fn login_a(w: &World, account: &str) {
+    let (query, state) = provider_login(w, w.tenant_a, account, "session=bearer").await;
+    let resp = w.app.callback(&query, Some(&state)).await;
+    let (status, body) = status_json(resp).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_later_login_takes_the_role_the_provider_now_gives() {
+    let w = world(Backend::Sqlite).await;
+    login_a(&w, "alice").await;
+    assert_eq!(role_in_a(&w, "alice@a.example").await, TenantRole::Admin);
+
+    // The provider's group `support-lead` now means agent: the next login demotes her.
+    let mut policy = policy_a();
+    policy["role_mapping"] = json!({"support-lead": "agent"});
+    w.app
+        .configure(&w.key_a, w.idps.get("a"), "tenant-a", policy)
+        .await;
+    login_a(&w, "alice").await;
+    assert_eq!(role_in_a(&w, "alice@a.example").await, TenantRole::Agent);
+
+    // No mapping matches any more: the default role.
+    let mut policy = policy_a();
+    policy["role_mapping"] = json!({"someone-else": "admin"});
+    w.app
+        .configure(&w.key_a, w.idps.get("a"), "tenant-a", policy)
+        .await;
+    login_a(&w, "alice").await;
+    assert_eq!(role_in_a(&w, "alice@a.example").await, TenantRole::Viewer);
+
+    // Without a role claim, Postvak owns roles: a role set by hand stays.
+    let ctx = w.app.ctx(w.tenant_a).await;
+    let alice = w
+        .app
+        .dir
+        .find_user_by_identity(&w.idps.get("a").issuer, "alice")
+        .await
+        .unwrap()
+        .expect("linked")
+        .1;
+    w.app
+        .dir
+        .update_user(&ctx, alice, Some(TenantRole::Admin), None)
+        .await
+        .unwrap();
+    let mut policy = policy_a();
+    policy.as_object_mut().unwrap().remove("role_claim");
+    policy.as_object_mut().unwrap().remove("role_mapping");
+    w.app
+        .configure(&w.key_a, w.idps.get("a"), "tenant-a", policy)
+        .await;
+    login_a(&w, "alice").await;
+    assert_eq!(role_in_a(&w, "alice@a.example").await, TenantRole::Admin);
 }
 
 #[tokio::test]
