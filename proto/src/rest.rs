@@ -342,4 +342,5 @@ pub struct CreatedTenant {
 }
 
 pub mod conversation;
+pub mod imap;
 pub mod notification;

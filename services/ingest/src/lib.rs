@@ -9,10 +9,12 @@
 //!   indexes and reply tokens.
 //! - [`bench`]: `postvak bench ingest`.
 //!
-//! The IMAP connector of the ingest issue is not built yet.
+//! - [`imap`]: the IMAP connector (accounts per inbox over `/v1/inboxes/{id}/imap-accounts`,
+//!   a supervisor per cell syncing them into the pipeline).
 
 pub mod api;
 pub mod bench;
+pub mod imap;
 pub mod keys;
 pub mod parse;
 pub mod pipeline;
@@ -23,4 +25,4 @@ pub mod standalone;
 pub mod thread;
 
 pub use pipeline::{Delivery, IngestError, Ingestor, Recipient, Source};
-pub use settings::{RawApiSettings, SmtpSettings};
+pub use settings::{ImapSettings, RawApiSettings, SmtpSettings};

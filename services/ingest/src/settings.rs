@@ -66,3 +66,57 @@ impl Default for RawApiSettings {
         }
     }
 }
+
+/// Settings of the IMAP connector (the `[imap]` section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImapSettings {
+    /// Run the connector at all (`postvak serve` / `run ingest`).
+    pub enabled: bool,
+    /// Seconds between polls of a server that does not offer IDLE.
+    pub poll_interval_secs: u64,
+    /// Seconds an IDLE lasts before it is renewed (RFC 2177: servers may drop it after 30
+    /// minutes).
+    pub idle_renew_secs: u64,
+    /// Accounts syncing at the same time per cell; the others wait their turn (an account in
+    /// IDLE or between polls holds no slot).
+    pub max_concurrent_accounts: usize,
+    /// Larger messages are quarantined without being downloaded.
+    pub max_message_size: u64,
+    /// Seconds between looks at the account list (created, changed, deleted accounts).
+    pub discovery_interval_secs: u64,
+    /// Seconds to connect, log in and select; and the limit of any one command.
+    pub connect_timeout_secs: u64,
+    pub command_timeout_secs: u64,
+    /// Backoff of a failing account: doubles from `backoff_initial_secs` up to
+    /// `backoff_max_secs`.
+    pub backoff_initial_secs: u64,
+    pub backoff_max_secs: u64,
+    /// Attempts at one message while the database answers before it is quarantined as
+    /// `pipeline_failed` (a database that does not answer never quarantines anything).
+    pub max_message_attempts: u32,
+    /// Accept accounts with `tls = "plain"` (no encryption: loopback tests only).
+    pub allow_plaintext: bool,
+    /// A PEM file of extra trust anchors (a private CA; tests), besides the Web PKI roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ImapSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval_secs: 60,
+            idle_renew_secs: 25 * 60,
+            max_concurrent_accounts: 16,
+            max_message_size: 25 * 1024 * 1024,
+            discovery_interval_secs: 10,
+            connect_timeout_secs: 30,
+            command_timeout_secs: 300,
+            backoff_initial_secs: 5,
+            backoff_max_secs: 600,
+            max_message_attempts: 5,
+            allow_plaintext: false,
+            ca_file: None,
+        }
+    }
+}

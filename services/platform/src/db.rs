@@ -58,6 +58,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "conversation_search",
         include_str!("../../../migrations/postgres/0008_conversation_search.sql"),
     ),
+    (
+        11,
+        "imap",
+        include_str!("../../../migrations/postgres/0011_imap.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -101,6 +106,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "conversation_search",
         include_str!("../../../migrations/sqlite/0008_conversation_search.sql"),
+    ),
+    (
+        11,
+        "imap",
+        include_str!("../../../migrations/sqlite/0011_imap.sql"),
     ),
 ];
 

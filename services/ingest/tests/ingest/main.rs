@@ -9,5 +9,6 @@ mod corpora;
 mod crash;
 mod dedupe;
 mod helpers;
+mod imap;
 mod props;
 mod smtp;
