@@ -190,3 +190,4 @@ pub mod identity {
 pub mod conversation;
 pub mod ingest;
 pub mod notification;
+pub mod timers;

@@ -344,3 +344,4 @@ pub struct CreatedTenant {
 pub mod conversation;
 pub mod imap;
 pub mod notification;
+pub mod sla;

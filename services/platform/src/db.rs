@@ -59,6 +59,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0008_conversation_search.sql"),
     ),
     (
+        10,
+        "routing_timers",
+        include_str!("../../../migrations/postgres/0010_routing_timers.sql"),
+    ),
+    (
         11,
         "imap",
         include_str!("../../../migrations/postgres/0011_imap.sql"),
@@ -106,6 +111,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "conversation_search",
         include_str!("../../../migrations/sqlite/0008_conversation_search.sql"),
+    ),
+    (
+        10,
+        "routing_timers",
+        include_str!("../../../migrations/sqlite/0010_routing_timers.sql"),
     ),
     (
         11,

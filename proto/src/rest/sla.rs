@@ -1,0 +1,129 @@
+//! REST DTOs of the routing service's SLA policies (`/v1/inboxes/{id}/sla-policy`), timer
+//! settings (`/v1/inboxes/{id}/automation`) and metrics (`/v1/metrics`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Targets in business seconds (counted in the inbox's business hours and time zone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlaTargets {
+    /// From the first customer message to the first agent reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_response_secs: Option<i64>,
+    /// From a customer message after an agent reply to the next agent reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_response_secs: Option<i64>,
+    /// From opening to closing; paused while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution_secs: Option<i64>,
+}
+
+/// An inbox's SLA policy, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSlaPolicy {
+    pub name: String,
+    #[serde(flatten)]
+    pub targets: SlaTargets,
+    /// Overrides per priority (`low`, `normal`, `high`, `urgent`), clock by clock.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_priority: BTreeMap<String, SlaTargets>,
+    /// Warn when this fraction of a target has elapsed (default 0.8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_at: Option<f64>,
+    /// Local dates (`YYYY-MM-DD`) without business hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holidays: Vec<String>,
+}
+
+/// An inbox's SLA policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SlaPolicy {
+    pub id: Uuid,
+    pub inbox_id: Uuid,
+    #[serde(flatten)]
+    pub policy: PutSlaPolicy,
+}
+
+/// Escalation of conversations left unassigned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateSettings {
+    /// Hours unassigned before escalating (1 … 8760).
+    pub after_hours: i64,
+    /// Raise the priority to this (`low`, `normal`, `high`, `urgent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_priority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_tag: Option<String>,
+    /// Notify the participants with an internal note.
+    #[serde(default)]
+    pub notify: bool,
+}
+
+/// Closing conversations the customer did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutoCloseSettings {
+    /// Days after the last agent reply without a customer reply (1 … 365).
+    pub after_days: i64,
+}
+
+/// An inbox's timer settings; an absent section is off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Automation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate: Option<EscalateSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_close: Option<AutoCloseSettings>,
+}
+
+/// A distribution of durations in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DurationStats {
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_secs: Option<f64>,
+}
+
+/// One agent's open conversations now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentWorkload {
+    pub user_id: Uuid,
+    pub open: u64,
+    /// Replies sent in the period.
+    pub replies: u64,
+}
+
+/// The team's metrics over a period (`from` ≤ t < `to`, Unix seconds) and now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Metrics {
+    pub from: i64,
+    pub to: i64,
+    /// First responses made in the period: time from the first customer message.
+    pub first_response: DurationStats,
+    /// Conversations closed in the period: time from opening.
+    pub resolution: DurationStats,
+    /// Open conversations with nobody assigned, now.
+    pub unassigned_now: u64,
+    /// Open and unassigned at the end of the last business day in the period (the inbox's
+    /// business hours; only with `inbox_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassigned_at_end_of_shift: Option<u64>,
+    pub workload: Vec<AgentWorkload>,
+    pub sla_breaches: u64,
+    pub sla_warnings: u64,
+    pub reopened: u64,
+    /// Agent replies in the period divided by the conversations they went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies_per_conversation: Option<f64>,
+    /// Writes refused because the writer's view was stale (409 `stale_conversation`).
+    pub duplicate_replies_prevented: u64,
+    pub template_uses: u64,
+}

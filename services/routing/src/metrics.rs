@@ -1,0 +1,553 @@
+//! The team's metrics: projections fed from the event log (conversation events and the
+//! routing timers' `routing.sla_*` events), rebuildable by replay ([`rebuild`], run by
+//! `postvak admin rebuild-projections`), served at `GET /v1/metrics`.
+//!
+//! Two tables: `routing_metric_conversations` (one row per conversation: inbox, status,
+//! assignee, when it opened, since when the customer waits) and `routing_metric_facts` (one
+//! row per measured fact, keyed by the event that produced it, so applying an event twice
+//! changes nothing). Durations are measured between the events' own times (`at_us`), in
+//! seconds of real time.
+
+use actix_web::{HttpResponse, web};
+use async_trait::async_trait;
+use postvak_core::access::InboxRole;
+use postvak_directory::Directory;
+use postvak_platform::auth::Authenticated;
+use postvak_platform::cell::TenantContext;
+use postvak_platform::consumer::{EventHandler, HandlerError};
+use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::http::ApiError;
+use postvak_platform::on_tx;
+use postvak_platform::store::{
+    EventData, LogPosition, RecordedEvent, StoreError, TenantId, micros,
+};
+use postvak_proto::Problem;
+use postvak_proto::events::conversation as cev;
+use postvak_proto::events::timers as tev;
+use postvak_proto::rest::sla as dto;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use time::OffsetDateTime;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+pub const CONSUMER: &str = "routing-metrics";
+
+/// Fact kinds.
+pub const FIRST_RESPONSE: &str = "first_response";
+pub const RESOLUTION: &str = "resolution";
+pub const REPLY: &str = "reply";
+pub const REOPENED: &str = "reopened";
+pub const SLA_BREACH: &str = "sla_breach";
+pub const SLA_WARNING: &str = "sla_warning";
+pub const STALE_REFUSED: &str = "stale_refused";
+pub const TEMPLATE_USED: &str = "template_used";
+
+/// Feeds the metrics tables from the log.
+#[derive(Debug, Default)]
+pub struct MetricsProjection;
+
+#[async_trait]
+impl EventHandler for MetricsProjection {
+    fn name(&self) -> &str {
+        CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![
+            cev::STREAM_CONVERSATION.to_owned(),
+            tev::STREAM_ROUTING_TIMER.to_owned(),
+        ]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        crate::sla::bind_tenant(tx, event.tenant_id).await?;
+        apply(tx, event).await.map_err(|e| match e {
+            e @ (StoreError::Decode { .. } | StoreError::UnknownEventType { .. }) => {
+                HandlerError::Permanent(e.to_string())
+            }
+            e => HandlerError::Store(e),
+        })
+    }
+}
+
+struct MetricConv {
+    inbox_id: Uuid,
+    status: String,
+    assignee: Option<Uuid>,
+    opened_us: i64,
+    awaiting_since_us: Option<i64>,
+    first_response_us: Option<i64>,
+}
+
+async fn load(tx: &mut DbTx, t: TenantId, id: Uuid) -> Result<Option<MetricConv>, StoreError> {
+    type Row = (Uuid, String, Option<Uuid>, i64, Option<i64>, Option<i64>);
+    let row: Option<Row> = on_tx!(tx, |c| sqlx::query_as(
+        "SELECT inbox_id, status, assignee, opened_us, awaiting_since_us, first_response_us \
+         FROM routing_metric_conversations WHERE tenant_id = $1 AND conversation_id = $2"
+    )
+    .bind(t.0)
+    .bind(id)
+    .fetch_optional(c)
+    .await)
+    .map_err(db_error)?;
+    Ok(row.map(
+        |(inbox_id, status, assignee, opened_us, awaiting, first)| MetricConv {
+            inbox_id,
+            status,
+            assignee,
+            opened_us,
+            awaiting_since_us: awaiting,
+            first_response_us: first,
+        },
+    ))
+}
+
+async fn save(tx: &mut DbTx, t: TenantId, id: Uuid, m: &MetricConv) -> Result<(), StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO routing_metric_conversations (tenant_id, conversation_id, inbox_id, status, \
+           assignee, opened_us, awaiting_since_us, first_response_us) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET inbox_id = excluded.inbox_id, \
+           status = excluded.status, assignee = excluded.assignee, \
+           awaiting_since_us = excluded.awaiting_since_us, \
+           first_response_us = excluded.first_response_us"
+    )
+    .bind(t.0)
+    .bind(id)
+    .bind(m.inbox_id)
+    .bind(&m.status)
+    .bind(m.assignee)
+    .bind(m.opened_us)
+    .bind(m.awaiting_since_us)
+    .bind(m.first_response_us)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fact(
+    tx: &mut DbTx,
+    t: TenantId,
+    event_id: Uuid,
+    kind: &str,
+    inbox: Uuid,
+    conv: Uuid,
+    user: Option<Uuid>,
+    at_us: i64,
+    value: Option<i64>,
+) -> Result<(), StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO routing_metric_facts (tenant_id, event_id, kind, inbox_id, conversation_id, \
+           user_id, at_us, value) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (tenant_id, event_id, kind) DO NOTHING"
+    )
+    .bind(t.0)
+    .bind(event_id)
+    .bind(kind)
+    .bind(inbox)
+    .bind(conv)
+    .bind(user)
+    .bind(at_us)
+    .bind(value)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    Ok(())
+}
+
+fn at_of(event: &RecordedEvent) -> i64 {
+    match &event.data {
+        EventData::Json(v) => v.get("at_us").and_then(serde_json::Value::as_i64),
+        EventData::Shredded => None,
+    }
+    .unwrap_or_else(|| micros(event.recorded_at))
+}
+
+fn secs(us: i64) -> i64 {
+    us.div_euclid(1_000_000)
+}
+
+/// Applies one event to the metrics tables (idempotent).
+pub async fn apply(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), StoreError> {
+    if matches!(event.data, EventData::Shredded) {
+        return Ok(());
+    }
+    let t = event.tenant_id;
+    let at = at_of(event);
+    match event.event_type.as_str() {
+        tev::SLA_BREACHED | tev::SLA_WARNING => {
+            let p: tev::SlaClockEventV1 = event.payload()?;
+            let kind = if event.event_type == tev::SLA_BREACHED {
+                SLA_BREACH
+            } else {
+                SLA_WARNING
+            };
+            let user = load(tx, t, p.conversation_id)
+                .await?
+                .and_then(|m| m.assignee);
+            return fact(
+                tx,
+                t,
+                event.event_id,
+                kind,
+                p.inbox_id,
+                p.conversation_id,
+                user,
+                p.at_us,
+                None,
+            )
+            .await;
+        }
+        _ if event.stream_type != cev::STREAM_CONVERSATION => return Ok(()),
+        _ => {}
+    }
+    let Some(conv) = event
+        .stream_id
+        .strip_prefix("conv-")
+        .and_then(|s| Uuid::parse_str(s).ok())
+    else {
+        return Ok(());
+    };
+    if event.event_type == cev::OPENED {
+        let p: cev::OpenedV1 = event.payload()?;
+        if load(tx, t, conv).await?.is_none() {
+            let m = MetricConv {
+                inbox_id: p.inbox_id,
+                status: "open".into(),
+                assignee: None,
+                opened_us: p.at_us,
+                awaiting_since_us: None,
+                first_response_us: None,
+            };
+            save(tx, t, conv, &m).await?;
+        }
+        return Ok(());
+    }
+    let Some(mut m) = load(tx, t, conv).await? else {
+        return Ok(());
+    };
+    match event.event_type.as_str() {
+        cev::MESSAGE_RECEIVED => {
+            if m.awaiting_since_us.is_none() {
+                m.awaiting_since_us = Some(at);
+            }
+        }
+        cev::REPLY_QUEUED => {
+            let p: cev::MessageV1 = event.payload()?;
+            if m.first_response_us.is_none()
+                && let Some(since) = m.awaiting_since_us
+            {
+                m.first_response_us = Some(at);
+                fact(
+                    tx,
+                    t,
+                    event.event_id,
+                    FIRST_RESPONSE,
+                    m.inbox_id,
+                    conv,
+                    p.author,
+                    at,
+                    Some(secs(at - since)),
+                )
+                .await?;
+            }
+            m.awaiting_since_us = None;
+            fact(
+                tx,
+                t,
+                event.event_id,
+                REPLY,
+                m.inbox_id,
+                conv,
+                p.author,
+                at,
+                None,
+            )
+            .await?;
+        }
+        cev::STATUS_CHANGED => {
+            let p: cev::StatusChangedV1 = event.payload()?;
+            let before = std::mem::replace(&mut m.status, p.status.clone());
+            let was_done = before == "closed" || before == "spam";
+            match p.status.as_str() {
+                "closed" if !was_done => {
+                    fact(
+                        tx,
+                        t,
+                        event.event_id,
+                        RESOLUTION,
+                        m.inbox_id,
+                        conv,
+                        m.assignee,
+                        at,
+                        Some(secs(at - m.opened_us)),
+                    )
+                    .await?;
+                }
+                "open" | "pending" if was_done => {
+                    fact(
+                        tx,
+                        t,
+                        event.event_id,
+                        REOPENED,
+                        m.inbox_id,
+                        conv,
+                        m.assignee,
+                        at,
+                        None,
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+        }
+        cev::ASSIGNED => {
+            let p: cev::AssignedV1 = event.payload()?;
+            m.assignee = Some(p.assignee);
+        }
+        cev::UNASSIGNED => m.assignee = None,
+        cev::MOVED => {
+            let p: cev::MovedV1 = event.payload()?;
+            m.inbox_id = p.to_inbox;
+        }
+        cev::MERGED_INTO => m.status = "closed".into(),
+        _ => return Ok(()),
+    }
+    save(tx, t, conv, &m).await
+}
+
+/// Rebuilds one tenant's metrics from its events; returns how many events were applied.
+pub async fn rebuild(ctx: &TenantContext) -> Result<u64, StoreError> {
+    let store = &ctx.cell().store;
+    let db = ctx.cell().db();
+    let tenant = ctx.tenant();
+    let mut tx = db.tenant_tx(tenant, true).await?;
+    for table in ["routing_metric_facts", "routing_metric_conversations"] {
+        let sql = format!("DELETE FROM {table} WHERE tenant_id = $1");
+        on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.0)
+            .execute(c)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    tx.commit().await?;
+    let mut after = LogPosition::START;
+    let mut applied = 0u64;
+    loop {
+        let page = store.read_log(after, 500, Some(tenant)).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        let mut tx = db.tenant_tx(tenant, true).await?;
+        for stored in &page {
+            if stored.stream_type != cev::STREAM_CONVERSATION
+                && stored.stream_type != tev::STREAM_ROUTING_TIMER
+            {
+                continue;
+            }
+            let event = store.open(stored).await?;
+            apply(&mut tx, &event).await?;
+            applied += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(applied)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API
+
+/// Registers `GET /v1/metrics`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/metrics", web::get().to(get_metrics));
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    pub inbox_id: Option<Uuid>,
+    /// Only the team's members (their replies, responses, workload).
+    pub team_id: Option<Uuid>,
+    /// Only this agent.
+    pub user_id: Option<Uuid>,
+    /// Period start, Unix seconds (default: `to` − 7 days).
+    pub from: Option<i64>,
+    /// Period end (exclusive), Unix seconds (default: now).
+    pub to: Option<i64>,
+}
+
+type FactRow = (String, Uuid, Uuid, Option<Uuid>, i64, Option<i64>);
+
+fn stats(mut values: Vec<i64>) -> dto::DurationStats {
+    if values.is_empty() {
+        return dto::DurationStats::default();
+    }
+    values.sort_unstable();
+    let n = values.len();
+    // Lower median: an actual observed value.
+    let p50 = values[(n - 1) / 2];
+    #[allow(clippy::cast_precision_loss)]
+    let avg = values.iter().sum::<i64>() as f64 / n as f64;
+    dto::DurationStats {
+        count: n as u64,
+        p50_secs: Some(p50),
+        avg_secs: Some(avg),
+    }
+}
+
+/// The team's metrics for a period: first response and resolution times, unassigned now,
+/// workload per agent, SLA breaches, reopened, replies per conversation, duplicate replies
+/// prevented, template use. Tenant admins see every inbox; others see the inboxes they are
+/// members of (`inbox_id` must be one of them).
+#[utoipa::path(get, path = "/v1/metrics", tag = "routing", security(("bearer" = [])),
+    params(MetricsQuery),
+    responses((status = 200, body = dto::Metrics),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_metrics(
+    dir: web::Data<Directory>,
+    auth: Authenticated,
+    query: web::Query<MetricsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = auth.0;
+    let q = query.into_inner();
+    let access = dir.access(&ctx).await?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let to = q.to.unwrap_or(now);
+    let from = q.from.unwrap_or(to - 7 * 86_400);
+    if from >= to {
+        return Err(ApiError::unprocessable(
+            "invalid_period",
+            "from must be before to",
+        ));
+    }
+    if let Some(inbox) = q.inbox_id {
+        access.require_inbox(inbox, InboxRole::Read)?;
+    }
+    let users: Option<BTreeSet<Uuid>> = match (q.team_id, q.user_id) {
+        (Some(team), user) => {
+            let members: BTreeSet<Uuid> = dir
+                .get_team(&ctx, team)
+                .await?
+                .members
+                .into_iter()
+                .collect();
+            Some(match user {
+                Some(u) => members.into_iter().filter(|m| *m == u).collect(),
+                None => members,
+            })
+        }
+        (None, Some(u)) => Some([u].into()),
+        (None, None) => None,
+    };
+    let admin = access.administers_tenant();
+    let tenant = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(tenant, false).await?;
+    let facts: Vec<FactRow> = on_tx!(&mut tx, |c| {
+        sqlx::query_as(
+        "SELECT kind, inbox_id, conversation_id, user_id, at_us, value FROM routing_metric_facts \
+         WHERE tenant_id = $1 AND at_us >= $2 AND at_us < $3"
+    )
+    .bind(tenant.0)
+    .bind(from.saturating_mul(1_000_000))
+    .bind(to.saturating_mul(1_000_000))
+    .fetch_all(c)
+    .await
+    })
+    .map_err(db_error)?;
+    let open: Vec<(Uuid, Option<Uuid>)> = on_tx!(&mut tx, |c| sqlx::query_as(
+        "SELECT inbox_id, assignee FROM routing_metric_conversations \
+         WHERE tenant_id = $1 AND status IN ('open', 'pending')"
+    )
+    .bind(tenant.0)
+    .fetch_all(c)
+    .await)
+    .map_err(db_error)?;
+    drop(tx);
+    let visible = |inbox: &Uuid| {
+        q.inbox_id.is_none_or(|i| i == *inbox) && (admin || access.inbox_role(*inbox).is_some())
+    };
+    let by_user = |u: &Option<Uuid>| match &users {
+        None => true,
+        Some(set) => u.is_some_and(|u| set.contains(&u)),
+    };
+    let mut frt = Vec::new();
+    let mut resolution = Vec::new();
+    let (mut breaches, mut warnings, mut reopened, mut stale, mut templates) = (0, 0, 0, 0, 0);
+    let mut replies = 0u64;
+    let mut replied_convs = BTreeSet::new();
+    let mut replies_by_user: BTreeMap<Uuid, u64> = BTreeMap::new();
+    for (kind, inbox, conv, user, _, value) in facts.iter().filter(|f| visible(&f.1)) {
+        let _ = inbox;
+        if !by_user(user) {
+            continue;
+        }
+        match kind.as_str() {
+            FIRST_RESPONSE => frt.extend(*value),
+            RESOLUTION => resolution.extend(*value),
+            REPLY => {
+                replies += 1;
+                replied_convs.insert(*conv);
+                if let Some(u) = user {
+                    *replies_by_user.entry(*u).or_default() += 1;
+                }
+            }
+            REOPENED => reopened += 1,
+            SLA_BREACH => breaches += 1,
+            SLA_WARNING => warnings += 1,
+            STALE_REFUSED => stale += 1,
+            TEMPLATE_USED => templates += 1,
+            _ => {}
+        }
+    }
+    let mut open_by_user: BTreeMap<Uuid, u64> = BTreeMap::new();
+    let mut unassigned_now = 0;
+    for (inbox, assignee) in open.iter().filter(|(i, _)| visible(i)) {
+        match assignee {
+            None if users.is_none() => unassigned_now += 1,
+            None => {}
+            Some(u) if by_user(&Some(*u)) => *open_by_user.entry(*u).or_default() += 1,
+            Some(_) => {}
+        }
+        let _ = inbox;
+    }
+    let agents: BTreeSet<Uuid> = open_by_user
+        .keys()
+        .chain(replies_by_user.keys())
+        .copied()
+        .collect();
+    let workload = agents
+        .into_iter()
+        .map(|u| dto::AgentWorkload {
+            user_id: u,
+            open: open_by_user.get(&u).copied().unwrap_or(0),
+            replies: replies_by_user.get(&u).copied().unwrap_or(0),
+        })
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let replies_per_conversation =
+        (!replied_convs.is_empty()).then(|| replies as f64 / replied_convs.len() as f64);
+    Ok(HttpResponse::Ok().json(dto::Metrics {
+        from,
+        to,
+        first_response: stats(frt),
+        resolution: stats(resolution),
+        unassigned_now,
+        unassigned_at_end_of_shift: None,
+        workload,
+        sla_breaches: breaches,
+        sla_warnings: warnings,
+        reopened,
+        replies_per_conversation,
+        duplicate_replies_prevented: stale,
+        template_uses: templates,
+    }))
+}
