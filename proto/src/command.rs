@@ -24,3 +24,5 @@ pub enum CommandReply {
     Ok { payload: serde_json::Value },
     Err { problem: Problem },
 }
+
+pub mod conversation;
