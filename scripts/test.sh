@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
+# The IMAP connector's tests start their own Dovecot: install it (dovecot-imapd) when missing.
+bash services/ingest/tests/dovecot.sh >/dev/null
 
 # Test databases are per test; drop the ones earlier runs left behind.
 psql -h 127.0.0.1 -U postgres -d postgres -Atc \

@@ -62,6 +62,9 @@ pub struct Config {
     /// Webhook delivery limits (read by the notification service).
     #[serde(default)]
     pub webhooks: Option<serde::de::IgnoredAny>,
+    /// The IMAP connector's settings (read by the ingest service).
+    #[serde(default)]
+    pub imap: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub security: SecurityConfig,
     #[serde(default)]

@@ -215,6 +215,7 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     // Sections owned by other crates are checked now, so a typo fails every command at once.
     startup::smtp_settings(&cfg)?;
     cfg.section::<postvak_ingest::RawApiSettings>("raw_api")?;
+    cfg.section::<postvak_ingest::ImapSettings>("imap")?;
     startup::notification_settings(&cfg)?;
     Ok(cfg)
 }

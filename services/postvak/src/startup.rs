@@ -30,7 +30,8 @@ pub enum Role {
     Directory,
     /// Only the relay from each cell's event store to its bus (`postvak run relay`).
     Relay,
-    /// Inbound mail: the SMTP listener and the raw-MIME endpoint (`postvak run ingest`).
+    /// Inbound mail: the SMTP listener, the raw-MIME endpoint and the IMAP connector
+    /// (`postvak run ingest`).
     Ingest,
     /// Conversations: the agent API and the consumers that open and update conversations
     /// (`postvak run conversation`).
@@ -215,6 +216,22 @@ impl Application {
             None
         };
 
+        // IMAP accounts (`[imap]`): one supervisor per cell syncing every enabled account.
+        let imap_settings: postvak_ingest::ImapSettings = cfg.section("imap")?;
+        if matches!(role, Role::All | Role::Ingest) && imap_settings.enabled {
+            let connector = postvak_ingest::imap::ImapConnector::new(
+                postvak_ingest::Ingestor::new(cells.clone()),
+                imap_settings.clone(),
+            )?;
+            for handle in connector.start(&cells, cancel.clone()) {
+                tasks.spawn(async move {
+                    if let Err(e) = handle.await {
+                        tracing::error!(error = %e, "IMAP supervisor ended abnormally");
+                    }
+                });
+            }
+        }
+
         if matches!(role, Role::All | Role::Conversation) {
             for cell in cells.all() {
                 for handle in
@@ -292,6 +309,7 @@ impl Application {
             };
             let app = if serve_ingest {
                 app.configure(postvak_ingest::api::routes_with(raw_settings.clone()))
+                    .configure(postvak_ingest::imap::api::routes_with(imap_settings.clone()))
             } else {
                 app
             };
