@@ -1,17 +1,21 @@
-//! The delivery pipeline every entry point shares (SMTP, raw MIME, later IMAP):
-//! parse → dedupe → thread → seal and store blobs → append `message.received` → record the
-//! thread index.
+//! The delivery pipeline every entry point shares (SMTP, raw MIME, IMAP):
+//! parse → dedupe → thread → seal blobs → ONE transaction: append `message.received`, store the
+//! blobs, record the message and its thread index → commit.
 //!
-//! Why in this order, and why it loses and doubles nothing:
-//! - Blobs are committed before the event, so a committed event never points at a missing
-//!   blob. A crash in between leaves content-addressed ciphertext that the retry reuses.
+//! Why it loses and doubles nothing:
+//! - Everything a delivery writes commits in one transaction
+//!   ([`postvak_platform::store::EventStore::append_in_tx`]): a committed event never points at
+//!   a missing blob, and a failure anywhere leaves nothing behind (no orphan blobs, no event
+//!   without its index rows). One commit per mail instead of three is also what makes ingest
+//!   fast: the commit's WAL flush was the cost.
 //! - The event goes to a stream named after a blind index of (inbox, Message-ID, content
 //!   hash), appended with `ExpectedVersion::NoStream`: a second delivery of the same mail —
 //!   retry, second MX route, API replay — is a `Conflict`, answered as a duplicate with the
 //!   first delivery's ids. Dedupe rests on the event store's primary key, not on a check.
-//! - The thread index is written after the event. If that write fails, the caller reports a
-//!   temporary failure; the retry finds the stream, re-records the index and succeeds.
-//! - Only after all of it does SMTP answer 250 (or HTTP 201/200).
+//! - A duplicate re-records the index (idempotently), so a log restored without ingest's
+//!   tables heals on redelivery; `rebuild_index` replays it all.
+//! - Only after the commit does SMTP answer 250 (or HTTP 201/200); the commit wakes this
+//!   process's relay / in-process bus through the store's append signal.
 
 use crate::keys::IndexKey;
 use crate::parse::{ParsedMail, parse};
@@ -277,27 +281,10 @@ impl Ingestor {
         );
         let stream = message_stream(&stream_id);
         let store = &ctx.cell().store;
-        if store.stream_version(tenant, &stream).await? > 0 {
-            return self.duplicate(ctx, &key, inbox, mail, &stream).await;
-        }
-
-        // Thread.
         let db = ctx.cell().db();
-        let (conversation_id, matched) = match thread::by_token(&key, inbox, tag, mail) {
-            Some(hit) => hit,
-            None => {
-                let order = thread::lookup_order(mail);
-                let hashes: Vec<String> = order
-                    .iter()
-                    .map(|(id, _)| key.message_id_hash(id))
-                    .collect();
-                let found = repo::lookup_thread(db, tenant, inbox, &hashes).await?;
-                thread::by_index(&key, mail, &found).unwrap_or((Uuid::now_v7(), ThreadMatch::None))
-            }
-        };
-        let new_thread = matched == ThreadMatch::None;
 
-        // Seal and store the blobs.
+        // Seal the blobs before the transaction opens: on SQLite, creating the tenant's data
+        // key would need the writer connection the transaction holds.
         let mut plain: Vec<(&[u8], String)> = vec![(raw, "message/rfc822".to_owned())];
         if let Some(t) = &mail.text {
             plain.push((t.as_bytes(), "text/plain; charset=utf-8".to_owned()));
@@ -347,7 +334,25 @@ impl Ingestor {
                 });
             }
         }
-        repo::put_blobs(db, tenant, &blobs).await?;
+
+        // One transaction, one commit: the thread lookup, the event, the blobs it names and
+        // the message's index rows. Nothing is visible until all of it is; a failure anywhere
+        // leaves nothing behind. (No separate "already stored?" read first: the append's
+        // `NoStream` finds a duplicate anyway, and duplicates are rare.)
+        let mut tx = repo::write_tx(db, tenant).await?;
+        let (conversation_id, matched) = match thread::by_token(&key, inbox, tag, mail) {
+            Some(hit) => hit,
+            None => {
+                let order = thread::lookup_order(mail);
+                let hashes: Vec<String> = order
+                    .iter()
+                    .map(|(id, _)| key.message_id_hash(id))
+                    .collect();
+                let found = repo::lookup_thread_tx(&mut tx, tenant, inbox, &hashes).await?;
+                thread::by_index(&key, mail, &found).unwrap_or((Uuid::now_v7(), ThreadMatch::None))
+            }
+        };
+        let new_thread = matched == ThreadMatch::None;
 
         // The event.
         let mut refs = refs.into_iter();
@@ -404,28 +409,43 @@ impl Ingestor {
             flags,
             auth_results: mail.auth_results.clone(),
         };
-        let event = NewEvent::from_payload(ev::MESSAGE_RECEIVED, 1, &payload)?;
-        match ctx
-            .append(&stream, ExpectedVersion::NoStream, vec![event])
+        let mut event = NewEvent::from_payload(ev::MESSAGE_RECEIVED, 1, &payload)?;
+        event.metadata.actor = Some(ctx.principal().actor());
+        let hashes = record_hashes(&key, mail);
+
+        // The event goes first: a concurrent delivery of the same mail waits on the stream's
+        // key, then finds it taken.
+        match store
+            .append_in_tx(
+                &mut tx,
+                tenant,
+                &stream,
+                ExpectedVersion::NoStream,
+                vec![event],
+            )
             .await
         {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
                 // The same mail, delivered concurrently, won the race.
+                repo::rollback(tx).await?;
                 return self.duplicate(ctx, &key, inbox, mail, &stream).await;
             }
             Err(e) => return Err(e.into()),
         }
-        self.record(
-            ctx,
-            &key,
+        repo::store_delivery_tx(
+            &mut tx,
+            tenant,
+            &blobs,
             inbox,
-            mail,
             message_id,
             &stream_id,
+            &hashes,
             conversation_id,
         )
         .await?;
+        // Commits, then wakes this process's relay / in-process bus.
+        store.commit_appended(tx).await?;
         metrics::counter!("postvak_ingest_messages_total", "source" => source.as_str(), "outcome" => "stored")
             .increment(1);
         metrics::histogram!("postvak_ingest_deliver_seconds")
@@ -453,10 +473,7 @@ impl Ingestor {
         stream_id: &str,
         conversation: Uuid,
     ) -> Result<(), IngestError> {
-        let hashes: Vec<String> = thread::ids_to_record(mail)
-            .into_iter()
-            .map(|id| key.message_id_hash(id))
-            .collect();
+        let hashes = record_hashes(key, mail);
         repo::record_message(
             ctx.cell().db(),
             ctx.tenant(),
@@ -584,6 +601,14 @@ impl Ingestor {
         }
         Ok(n)
     }
+}
+
+/// The blind indexes a stored mail claims in its inbox's thread index.
+fn record_hashes(key: &IndexKey, mail: &ParsedMail) -> Vec<String> {
+    thread::ids_to_record(mail)
+        .into_iter()
+        .map(|id| key.message_id_hash(id))
+        .collect()
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

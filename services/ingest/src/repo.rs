@@ -2,7 +2,7 @@
 //! `postvak.tenant_id`, which row-level security checks (the second wall behind each query's
 //! own `tenant_id` condition). Every write is idempotent: a retried delivery changes nothing.
 
-use postvak_platform::db::{Db, db_error};
+use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::store::{StoreError, TenantId};
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -20,6 +20,40 @@ async fn pg_tx(
         .await
         .map_err(db_error)?;
     Ok(tx)
+}
+
+/// The transaction a delivery writes in (blobs, event, message row, thread index): on
+/// PostgreSQL armed for row-level security in the same round trip as `BEGIN`; on SQLite it
+/// takes the write lock at once (`BEGIN IMMEDIATE`), as the event store's own appends do.
+pub async fn write_tx(db: &Db, tenant: TenantId) -> Result<DbTx, StoreError> {
+    match db {
+        Db::Postgres(p) => {
+            // A UUID's text form is hex and hyphens: nothing to escape.
+            let begin = format!(
+                "BEGIN; SELECT set_config('postvak.tenant_id', '{}', true)",
+                tenant.0
+            );
+            p.begin_with(sqlx::AssertSqlSafe(begin))
+                .await
+                .map(DbTx::Postgres)
+                .map_err(db_error)
+        }
+        Db::Sqlite(s) => s
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map(DbTx::Sqlite)
+            .map_err(db_error),
+    }
+}
+
+/// Rolls back a transaction from [`write_tx`].
+pub async fn rollback(tx: DbTx) -> Result<(), StoreError> {
+    match tx {
+        DbTx::Postgres(t) => t.rollback().await,
+        DbTx::Sqlite(t) => t.rollback().await,
+    }
+    .map_err(db_error)
 }
 
 /// The first two columns of a row.
@@ -115,18 +149,25 @@ pub async fn insert_index_key(
     }
 }
 
-/// Stores blobs in one transaction; a blob already stored (same id) is left as it is.
-pub async fn put_blobs(db: &Db, tenant: TenantId, blobs: &[SealedBlob]) -> Result<(), StoreError> {
+/// Stores blobs inside `tx` (from [`write_tx`]); a blob already stored (same id) is left as it
+/// is. Rows are written in blob-id order, so two deliveries sharing blobs lock them in the same
+/// order and never deadlock.
+pub async fn put_blobs_tx(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    blobs: &[SealedBlob],
+) -> Result<(), StoreError> {
     if blobs.is_empty() {
         return Ok(());
     }
-    match db {
-        Db::Postgres(p) => {
-            let mut tx = pg_tx(p, tenant).await?;
-            let ids: Vec<Uuid> = blobs.iter().map(|b| b.blob_id).collect();
-            let keys: Vec<Uuid> = blobs.iter().map(|b| b.key_id).collect();
-            let sizes: Vec<i64> = blobs.iter().map(|b| b.size).collect();
-            let sealed: Vec<&[u8]> = blobs.iter().map(|b| b.sealed.as_slice()).collect();
+    let mut sorted: Vec<&SealedBlob> = blobs.iter().collect();
+    sorted.sort_by_key(|b| b.blob_id);
+    match tx {
+        DbTx::Postgres(tx) => {
+            let ids: Vec<Uuid> = sorted.iter().map(|b| b.blob_id).collect();
+            let keys: Vec<Uuid> = sorted.iter().map(|b| b.key_id).collect();
+            let sizes: Vec<i64> = sorted.iter().map(|b| b.size).collect();
+            let sealed: Vec<&[u8]> = sorted.iter().map(|b| b.sealed.as_slice()).collect();
             sqlx::query(
                 "INSERT INTO ingest_blobs (tenant_id, blob_id, key_id, size, sealed) \
                  SELECT $1, b.id, b.key, b.size, b.sealed \
@@ -138,31 +179,32 @@ pub async fn put_blobs(db: &Db, tenant: TenantId, blobs: &[SealedBlob]) -> Resul
             .bind(&keys)
             .bind(&sizes)
             .bind(&sealed)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)
         }
-        Db::Sqlite(s) => {
-            let mut tx = s.writer.begin().await.map_err(db_error)?;
-            for b in blobs {
-                sqlx::query(
-                    "INSERT INTO ingest_blobs (tenant_id, blob_id, key_id, size, sealed, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, blob_id) DO NOTHING",
-                )
-                .bind(tenant.0)
-                .bind(b.blob_id)
-                .bind(b.key_id)
-                .bind(b.size)
-                .bind(b.sealed.as_slice())
-                .bind(now_secs())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        DbTx::Sqlite(tx) => {
+            // Multi-row statements: each statement is a round trip to SQLite's worker thread.
+            // 64 rows × 6 parameters stays far below SQLite's limit on bound parameters.
+            let now = now_secs();
+            for chunk in sorted.chunks(64) {
+                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO ingest_blobs (tenant_id, blob_id, key_id, size, sealed, created_at) ",
+                );
+                insert.push_values(chunk.iter(), |mut row, b| {
+                    row.push_bind(tenant.0)
+                        .push_bind(b.blob_id)
+                        .push_bind(b.key_id)
+                        .push_bind(b.size)
+                        .push_bind(b.sealed.clone())
+                        .push_bind(now);
+                });
+                insert.push(" ON CONFLICT (tenant_id, blob_id) DO NOTHING");
+                insert.build().execute(&mut **tx).await.map_err(db_error)?;
             }
-            tx.commit().await.map_err(db_error)
         }
     }
+    Ok(())
 }
 
 /// A stored blob: `(key_id, sealed)`.
@@ -199,9 +241,9 @@ pub async fn get_blob(
     Ok(row)
 }
 
-/// The conversations the inbox's index knows for these blind indexes.
-pub async fn lookup_thread(
-    db: &Db,
+/// The conversations the inbox's index knows for these blind indexes, read inside `tx`.
+pub async fn lookup_thread_tx(
+    tx: &mut DbTx,
     tenant: TenantId,
     inbox: Uuid,
     hashes: &[String],
@@ -209,46 +251,104 @@ pub async fn lookup_thread(
     if hashes.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = match db {
-        Db::Postgres(p) => {
-            let mut tx = pg_tx(p, tenant).await?;
-            let r = sqlx::query(
-                "SELECT mid_hash, conversation_id FROM ingest_thread_index \
-                 WHERE tenant_id = $1 AND inbox_id = $2 AND mid_hash = ANY($3)",
-            )
-            .bind(tenant.0)
-            .bind(inbox)
-            .bind(hashes)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
-            r.iter().map(pair).collect::<Result<_, _>>()?
-        }
-        Db::Sqlite(s) => {
+    let rows = match tx {
+        DbTx::Postgres(tx) => sqlx::query(
+            "SELECT mid_hash, conversation_id FROM ingest_thread_index \
+             WHERE tenant_id = $1 AND inbox_id = $2 AND mid_hash = ANY($3)",
+        )
+        .bind(tenant.0)
+        .bind(inbox)
+        .bind(hashes)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?,
+        DbTx::Sqlite(tx) => {
             let list = serde_json::to_string(hashes)
                 .map_err(|e| StoreError::Serialization(e.to_string()))?;
-            sqlx::query(
+            return sqlx::query(
                 "SELECT mid_hash, conversation_id FROM ingest_thread_index \
                  WHERE tenant_id = ?1 AND inbox_id = ?2 AND mid_hash IN (SELECT value FROM json_each(?3))",
             )
             .bind(tenant.0)
             .bind(inbox)
             .bind(list)
-            .fetch_all(&s.reader)
+            .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?
             .iter()
             .map(pair)
-            .collect::<Result<_, _>>()?
+            .collect();
         }
     };
-    Ok(rows)
+    rows.iter().map(pair).collect()
 }
 
-/// Records a stored message: its row in `ingest_messages` and the blind indexes of the
-/// Message-IDs it names for its conversation (ids already claimed keep their conversation).
-/// One transaction; idempotent.
+/// Everything a delivery writes besides its event, inside `tx`: the blobs (see
+/// [`put_blobs_tx`]) and the message's row and thread index (see [`record_message_tx`]). One
+/// statement on PostgreSQL.
+#[allow(clippy::too_many_arguments)]
+pub async fn store_delivery_tx(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    blobs: &[SealedBlob],
+    inbox: Uuid,
+    message_id: Uuid,
+    stream_id: &str,
+    hashes: &[String],
+    conversation: Uuid,
+) -> Result<(), StoreError> {
+    let DbTx::Postgres(pg) = tx else {
+        put_blobs_tx(tx, tenant, blobs).await?;
+        return record_message_tx(
+            tx,
+            tenant,
+            inbox,
+            message_id,
+            stream_id,
+            hashes,
+            conversation,
+        )
+        .await;
+    };
+    // Lock order: blobs by id, then the message, then index rows by hash — the same in every
+    // delivery, so two sharing rows wait for each other instead of deadlocking.
+    let mut sorted: Vec<&SealedBlob> = blobs.iter().collect();
+    sorted.sort_by_key(|b| b.blob_id);
+    let ids: Vec<Uuid> = sorted.iter().map(|b| b.blob_id).collect();
+    let keys: Vec<Uuid> = sorted.iter().map(|b| b.key_id).collect();
+    let sizes: Vec<i64> = sorted.iter().map(|b| b.size).collect();
+    let sealed: Vec<&[u8]> = sorted.iter().map(|b| b.sealed.as_slice()).collect();
+    let mut hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    sqlx::query(
+        "WITH b AS (INSERT INTO ingest_blobs (tenant_id, blob_id, key_id, size, sealed) \
+           SELECT $1, b.id, b.key, b.size, b.sealed \
+           FROM unnest($2::uuid[], $3::uuid[], $4::int8[], $5::bytea[]) AS b(id, key, size, sealed) \
+           ON CONFLICT (tenant_id, blob_id) DO NOTHING), \
+         m AS (INSERT INTO ingest_messages (tenant_id, message_id, inbox_id, stream_id) \
+           VALUES ($1, $6, $7, $8) ON CONFLICT (tenant_id, message_id) DO NOTHING) \
+         INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
+         SELECT $1, $7, h, $10 FROM unnest($9::text[]) AS h \
+         ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
+    )
+    .bind(tenant.0)
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&sizes)
+    .bind(&sealed)
+    .bind(message_id)
+    .bind(inbox)
+    .bind(stream_id)
+    .bind(&hashes)
+    .bind(conversation)
+    .execute(&mut **pg)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Records a stored message in its own transaction (see [`record_message_tx`]).
 pub async fn record_message(
     db: &Db,
     tenant: TenantId,
@@ -258,38 +358,56 @@ pub async fn record_message(
     hashes: &[String],
     conversation: Uuid,
 ) -> Result<(), StoreError> {
-    match db {
-        Db::Postgres(p) => {
-            let mut tx = pg_tx(p, tenant).await?;
+    let mut tx = write_tx(db, tenant).await?;
+    record_message_tx(
+        &mut tx,
+        tenant,
+        inbox,
+        message_id,
+        stream_id,
+        hashes,
+        conversation,
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// Records a stored message inside `tx`: its row in `ingest_messages` and the blind indexes of
+/// the Message-IDs it names for its conversation (ids already claimed keep their conversation).
+/// One statement on PostgreSQL; idempotent. Index rows go in hash order (no deadlock between
+/// two deliveries naming the same ids).
+pub async fn record_message_tx(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    inbox: Uuid,
+    message_id: Uuid,
+    stream_id: &str,
+    hashes: &[String],
+    conversation: Uuid,
+) -> Result<(), StoreError> {
+    let mut hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    match tx {
+        DbTx::Postgres(tx) => {
             sqlx::query(
-                "INSERT INTO ingest_messages (tenant_id, message_id, inbox_id, stream_id) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, message_id) DO NOTHING",
+                "WITH m AS (INSERT INTO ingest_messages (tenant_id, message_id, inbox_id, stream_id) \
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, message_id) DO NOTHING) \
+                 INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
+                 SELECT $1, $3, h, $6 FROM unnest($5::text[]) AS h \
+                 ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
             )
             .bind(tenant.0)
             .bind(message_id)
             .bind(inbox)
             .bind(stream_id)
-            .execute(&mut *tx)
+            .bind(&hashes)
+            .bind(conversation)
+            .execute(&mut **tx)
             .await
             .map_err(db_error)?;
-            if !hashes.is_empty() {
-                sqlx::query(
-                    "INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
-                     SELECT $1, $2, h, $4 FROM unnest($3::text[]) AS h \
-                     ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
-                )
-                .bind(tenant.0)
-                .bind(inbox)
-                .bind(hashes)
-                .bind(conversation)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            }
-            tx.commit().await.map_err(db_error)
         }
-        Db::Sqlite(s) => {
-            let mut tx = s.writer.begin().await.map_err(db_error)?;
+        DbTx::Sqlite(tx) => {
             sqlx::query(
                 "INSERT INTO ingest_messages (tenant_id, message_id, inbox_id, stream_id) \
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, message_id) DO NOTHING",
@@ -298,11 +416,11 @@ pub async fn record_message(
             .bind(message_id)
             .bind(inbox)
             .bind(stream_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(db_error)?;
             if !hashes.is_empty() {
-                let list = serde_json::to_string(hashes)
+                let list = serde_json::to_string(&hashes)
                     .map_err(|e| StoreError::Serialization(e.to_string()))?;
                 sqlx::query(
                     "INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
@@ -313,13 +431,13 @@ pub async fn record_message(
                 .bind(inbox)
                 .bind(conversation)
                 .bind(list)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
             }
-            tx.commit().await.map_err(db_error)
         }
     }
+    Ok(())
 }
 
 /// The stream ids of a tenant's stored messages, oldest first (message ids are UUIDv7).

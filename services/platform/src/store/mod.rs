@@ -338,6 +338,36 @@ pub trait EventStore: Send + Sync + fmt::Debug {
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError>;
 
+    /// Appends inside the caller's transaction, so that the events commit together with the
+    /// caller's other writes (an effect and the events it causes, blobs and the event naming
+    /// them), or not at all. Same checks and outcomes as [`EventStore::append`]: a wrong
+    /// expected version is a `Conflict` and leaves the transaction usable (the caller decides
+    /// whether to roll back). `tx` must come from this store's [`EventStore::db`]
+    /// (`begin` / `tenant_tx(_, true)`).
+    ///
+    /// Commit with [`EventStore::commit_appended`]: tailers in this process (relay, in-process
+    /// bus) are woken by the append signal, which only a commit may raise.
+    ///
+    /// SQLite: the data keys the events are sealed under must exist already (seal anything
+    /// under the scope before opening `tx`): creating one needs the writer connection `tx`
+    /// holds.
+    async fn append_in_tx(
+        &self,
+        tx: &mut crate::db::DbTx,
+        tenant: TenantId,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError>;
+
+    /// Commits a transaction [`EventStore::append_in_tx`] wrote into, then wakes this process's
+    /// tailers (as [`EventStore::append`] does after its own commit).
+    async fn commit_appended(&self, tx: crate::db::DbTx) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.append_signal().notify_waiters();
+        Ok(())
+    }
+
     /// A stream's events with `stream_version >= from_version`, decrypted, in version order.
     /// Returns an empty list for a stream that does not exist.
     async fn read_stream(

@@ -215,41 +215,6 @@ impl PostgresStore {
         self
     }
 
-    /// Appends inside the caller's transaction (an effect and the events it causes commit
-    /// together, or neither does). Same checks and statements as [`EventStore::append`]; the
-    /// caller commits, then should call `append_signal().notify_waiters()`.
-    pub async fn append_in_tx(
-        &self,
-        tx: &mut DbTx,
-        tenant: TenantId,
-        stream: &StreamRef,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, StoreError> {
-        let DbTx::Postgres(tx) = tx else {
-            return Err(StoreError::Database(
-                "a SQLite transaction cannot append to PostgreSQL".into(),
-            ));
-        };
-        common::precheck(&events)?;
-        let batch = common::seal(&self.keyring, tenant, events).await?;
-        // Not committed yet: the cache must not believe in this head.
-        self.heads.forget(tenant, &stream.stream_id);
-        let conn: &mut PgConnection = tx;
-        if let Some(out) = self
-            .try_fast(conn, tenant, stream, expected, &batch)
-            .await?
-        {
-            self.heads.forget(tenant, &stream.stream_id);
-            return Ok(out.0);
-        }
-        let result = self
-            .locked_append(conn, tenant, stream, expected, &batch)
-            .await;
-        self.heads.forget(tenant, &stream.stream_id);
-        result.map(|(out, _)| out)
-    }
-
     /// The one-statement attempt; `None` when the head was not what it assumed (or unknown).
     async fn try_fast(
         &self,
@@ -610,6 +575,44 @@ impl EventStore for PostgresStore {
         self.heads.put(tenant, &stream.stream_id, head);
         self.signal.notify_waiters();
         Ok(out)
+    }
+
+    /// Same checks and statements as `append`, on the caller's connection; the head cache
+    /// learns nothing until a later append or read (the caller may still roll back).
+    #[tracing::instrument(
+        skip(self, tx, events),
+        fields(tenant_id = %tenant, stream_id = %stream.stream_id, n = events.len())
+    )]
+    async fn append_in_tx(
+        &self,
+        tx: &mut DbTx,
+        tenant: TenantId,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let DbTx::Postgres(tx) = tx else {
+            return Err(StoreError::Database(
+                "a SQLite transaction cannot append to PostgreSQL".into(),
+            ));
+        };
+        common::precheck(&events)?;
+        let batch = common::seal(&self.keyring, tenant, events).await?;
+        // Not committed yet: the cache must not believe in this head.
+        self.heads.forget(tenant, &stream.stream_id);
+        let conn: &mut PgConnection = tx;
+        if let Some(out) = self
+            .try_fast(conn, tenant, stream, expected, &batch)
+            .await?
+        {
+            self.heads.forget(tenant, &stream.stream_id);
+            return Ok(out.0);
+        }
+        let result = self
+            .locked_append(conn, tenant, stream, expected, &batch)
+            .await;
+        self.heads.forget(tenant, &stream.stream_id);
+        result.map(|(out, _)| out)
     }
 
     #[tracing::instrument(skip(self), fields(tenant_id = %tenant, stream_id = %stream.stream_id))]

@@ -122,29 +122,6 @@ impl SqliteStore {
             signal: Arc::new(Notify::new()),
         })
     }
-
-    /// Appends inside the caller's transaction (from [`Db::begin`], which holds the one writer
-    /// connection). The caller commits, then should call `append_signal().notify_waiters()`.
-    ///
-    /// The data keys the events are sealed under must exist already (seal anything under the
-    /// scope first): creating one needs the writer connection the caller is holding.
-    pub async fn append_in_tx(
-        &self,
-        tx: &mut DbTx,
-        tenant: TenantId,
-        stream: &StreamRef,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendOutcome, StoreError> {
-        let DbTx::Sqlite(tx) = tx else {
-            return Err(StoreError::Database(
-                "a PostgreSQL transaction cannot append to SQLite".into(),
-            ));
-        };
-        common::precheck(&events)?;
-        let batch = common::seal(&self.keyring, tenant, events).await?;
-        append_locked(tx, tenant, stream, expected, &batch).await
-    }
 }
 
 /// Checks and writes inside a transaction that holds the write lock.
@@ -364,6 +341,30 @@ impl EventStore for SqliteStore {
         tx.commit().await.map_err(db_error)?;
         self.signal.notify_waiters();
         Ok(out)
+    }
+
+    /// `tx` holds the one writer connection (from [`Db::begin`] / `tenant_tx(_, true)`), so
+    /// the checks run under the write lock as in `append`.
+    #[tracing::instrument(
+        skip(self, tx, events),
+        fields(tenant_id = %tenant, stream_id = %stream.stream_id, n = events.len())
+    )]
+    async fn append_in_tx(
+        &self,
+        tx: &mut DbTx,
+        tenant: TenantId,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let DbTx::Sqlite(tx) = tx else {
+            return Err(StoreError::Database(
+                "a PostgreSQL transaction cannot append to SQLite".into(),
+            ));
+        };
+        common::precheck(&events)?;
+        let batch = common::seal(&self.keyring, tenant, events).await?;
+        append_locked(tx, tenant, stream, expected, &batch).await
     }
 
     #[tracing::instrument(skip(self), fields(tenant_id = %tenant, stream_id = %stream.stream_id))]

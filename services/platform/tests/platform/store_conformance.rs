@@ -1357,6 +1357,91 @@ async fn batches_and_many_streams(h: Harness) {
     h.finish().await;
 }
 
+/// `append_in_tx` through the trait: the events commit with the caller's transaction or not at
+/// all, a conflict leaves the transaction usable, and only `commit_appended` wakes a tailer.
+async fn append_in_tx_commits_with_the_caller(h: Harness) {
+    let t = tenant();
+    // The tenant's data key exists before the transaction (SQLite's writer is held by it).
+    h.store
+        .append(t, &inbox("taken"), ExpectedVersion::NoStream, evs(1..=1))
+        .await
+        .unwrap();
+    let signal = h.store.append_signal();
+
+    // Rolled back: nothing.
+    let mut tx = h.store.db().begin().await.unwrap();
+    h.store
+        .append_in_tx(
+            &mut tx,
+            t,
+            &inbox("gone"),
+            ExpectedVersion::NoStream,
+            evs(1..=2),
+        )
+        .await
+        .unwrap();
+    match tx {
+        DbTx::Postgres(tx) => tx.rollback().await.unwrap(),
+        DbTx::Sqlite(tx) => tx.rollback().await.unwrap(),
+    }
+    assert_eq!(h.store.stream_version(t, &inbox("gone")).await.unwrap(), 0);
+
+    // A conflict inside the transaction, then an append that commits with it.
+    let mut tx = h.store.db().begin().await.unwrap();
+    let err = h
+        .store
+        .append_in_tx(
+            &mut tx,
+            t,
+            &inbox("taken"),
+            ExpectedVersion::NoStream,
+            evs(2..=2),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 1, .. }),
+        "{err:?}"
+    );
+    let out = h
+        .store
+        .append_in_tx(
+            &mut tx,
+            t,
+            &inbox("kept"),
+            ExpectedVersion::NoStream,
+            evs(1..=3),
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.first_version, out.last_version), (1, 3));
+    let notified = signal.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), notified.as_mut())
+            .await
+            .is_err(),
+        "woken before the commit"
+    );
+    h.store.commit_appended(tx).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), notified)
+        .await
+        .expect("commit_appended wakes tailers");
+    let read = h.store.read_stream(t, &inbox("kept"), 1).await.unwrap();
+    assert_eq!(read.len(), 3);
+    assert_eq!(h.store.stream_version(t, &inbox("taken")).await.unwrap(), 1);
+    let log = read_log_until(h.store.as_ref(), Some(t), 100, 4).await;
+    assert_eq!(log.len(), 4);
+    // The handle appends on after the transaction's head (PostgreSQL: not from a stale cache).
+    h.store
+        .append(t, &inbox("kept"), ExpectedVersion::Exact(3), evs(4..=4))
+        .await
+        .unwrap();
+    assert!(h.store.verify(Some(t)).await.unwrap().is_intact());
+    h.finish().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1391,4 +1476,5 @@ conformance!(
     codec_decodes_and_refuses_unknown_types,
     unreachable_database_is_unavailable,
     batches_and_many_streams,
+    append_in_tx_commits_with_the_caller,
 );
