@@ -26,6 +26,9 @@ pub const ARCHIVED_FOR_INBOX: &str = "conversation.archived_for_inbox";
 pub const MOVED: &str = "conversation.moved";
 pub const MERGED_INTO: &str = "conversation.merged_into";
 pub const MERGED_FROM: &str = "conversation.merged_from";
+/// A queued reply could not be delivered (recorded by the conversation service from the
+/// notification service's `reply.failed` fact).
+pub const REPLY_DELIVERY_FAILED: &str = "reply.delivery_failed";
 
 /// `conversation.opened` v1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,5 +226,23 @@ pub struct MergedFromV1 {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<Uuid>,
+    pub at_us: i64,
+}
+
+/// `reply.delivery_failed` v1: the notification service gave up on an outbound reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyDeliveryFailedV1 {
+    pub message_id: Uuid,
+    /// `rejected` (a 5xx), `retries_exhausted`, `uncertain` (interrupted mid-send).
+    pub reason: String,
+    /// A refusal the relay called permanent (5xx): retrying the same mail won't help.
+    pub permanent: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_code: Option<u16>,
+    /// The relay's answer or the error.
+    pub detail: String,
+    /// The agent who wrote the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Uuid>,
     pub at_us: i64,
 }

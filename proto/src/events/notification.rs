@@ -31,4 +31,7 @@ pub struct ReplyFailedV1 {
     pub detail: String,
     pub attempts: u32,
     pub at_us: i64,
+    /// The agent who wrote the reply (absent in events written before it was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Uuid>,
 }

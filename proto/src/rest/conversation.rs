@@ -107,6 +107,33 @@ pub struct ConversationMessage {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub at: OffsetDateTime,
+    /// Outbound: how its delivery stands (absent on inbound messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<MessageDelivery>,
+}
+
+/// The delivery of an outbound message as the notification service reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessageDelivery {
+    /// `queued` (not reported yet: waiting, being sent or retried), `sent` (the relay accepted
+    /// it) or `failed` (given up: see `reason`).
+    pub state: String,
+    /// Failed: `rejected` (a permanent 5xx), `retries_exhausted`, `uncertain` (interrupted
+    /// while sending; it may or may not have gone out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_code: Option<u16>,
+    /// The relay's answer or the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub at: Option<OffsetDateTime>,
 }
 
 /// An internal note (never sent).

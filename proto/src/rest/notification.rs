@@ -14,6 +14,7 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "convo.note.created",
     "convo.status",
     "convo.tags",
+    "convo.agent.reply.failed",
 ];
 
 /// A new subscription.

@@ -340,7 +340,7 @@ async fn stale(c: &Call, id: Uuid, seen: u64) -> Failure {
 fn actor_of_event(e: &ConversationEvent) -> Option<Uuid> {
     use ConversationEvent as E;
     match e {
-        E::MessageReceived(_) => None,
+        E::MessageReceived(_) | E::ReplyDeliveryFailed(_) => None,
         E::ReplyQueued(m) => m.author,
         E::NoteAdded { author, .. } => *author,
         E::Opened { by, .. }
@@ -769,6 +769,7 @@ fn message_body(
         author: m.author,
         auto_reply: false,
         at: postvak_platform::store::from_micros(m.at_us),
+        delivery: Some(crate::delivery::queued()),
     })
 }
 

@@ -1,7 +1,8 @@
 //! Domain events ↔ stored shapes (`postvak_proto::events::conversation`).
 
 use postvak_core::conversation::{
-    ConversationEvent as E, Mailbox, MergeSource, Message, Origin, ParticipantRef, Priority, Status,
+    ConversationEvent as E, DeliveryFailure, Mailbox, MergeSource, Message, Origin, ParticipantRef,
+    Priority, Status,
 };
 use postvak_platform::store::{RecordedEvent, StoreError};
 use postvak_proto::events::conversation::{self as ev, MailboxV1, MessageV1};
@@ -292,6 +293,19 @@ pub(crate) fn encode(
                 at_us: *at_us,
             })?,
         ),
+        E::ReplyDeliveryFailed(f) => (
+            ev::REPLY_DELIVERY_FAILED,
+            1,
+            value(&ev::ReplyDeliveryFailedV1 {
+                message_id: f.message_id,
+                reason: f.reason.clone(),
+                permanent: f.permanent,
+                smtp_code: f.smtp_code,
+                detail: f.detail.clone(),
+                author: f.author,
+                at_us: f.at_us,
+            })?,
+        ),
     })
 }
 
@@ -456,6 +470,18 @@ pub(crate) fn decode(e: &RecordedEvent) -> Result<E, StoreError> {
                 by: p.by,
                 at_us: p.at_us,
             }
+        }
+        ev::REPLY_DELIVERY_FAILED => {
+            let p: ev::ReplyDeliveryFailedV1 = e.payload()?;
+            E::ReplyDeliveryFailed(DeliveryFailure {
+                message_id: p.message_id,
+                reason: p.reason,
+                permanent: p.permanent,
+                smtp_code: p.smtp_code,
+                detail: p.detail,
+                author: p.author,
+                at_us: p.at_us,
+            })
         }
         _ => {
             return Err(StoreError::UnknownEventType {

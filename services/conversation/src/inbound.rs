@@ -68,6 +68,7 @@ pub fn start_consumers(
             run_consumer(store, bus, projector, cancel).await;
         }
     }));
+    tasks.extend(crate::delivery::start(cells, cell.clone(), cancel.clone()));
     tasks.push(tokio::spawn(run_worker(service, cell, wake, cancel)));
     tasks
 }

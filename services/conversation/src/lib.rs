@@ -13,6 +13,7 @@
 
 pub mod api;
 mod codec;
+mod delivery;
 pub mod drafts;
 mod idempotency;
 pub mod inbound;
@@ -319,6 +320,7 @@ impl Conversations {
         for m in &messages {
             out_messages.push(projection::message_dto(keyring, t, m).await?);
         }
+        delivery::attach(ctx, id, &mut out_messages).await?;
         let mut out_notes = Vec::with_capacity(notes.len());
         for n in &notes {
             out_notes.push(projection::note_dto(keyring, t, n).await?);
@@ -347,6 +349,7 @@ impl Conversations {
         for m in &messages {
             out.push(projection::message_dto(keyring, t, m).await?);
         }
+        delivery::attach(ctx, id, &mut out).await?;
         Ok(out)
     }
 

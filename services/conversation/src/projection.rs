@@ -791,6 +791,8 @@ pub(crate) async fn message_dto(
         author: m.author,
         auto_reply: m.auto_reply,
         at: time_us(m.at_us),
+        // Outbound: filled in by `delivery::attach`.
+        delivery: None,
     })
 }
 

@@ -295,6 +295,23 @@ pub enum ConversationEvent {
         by: Option<Uuid>,
         at_us: i64,
     },
+    /// An outbound reply could not be delivered (the notification service gave up on it).
+    ReplyDeliveryFailed(DeliveryFailure),
+}
+
+/// Why an outbound reply was not delivered, as the notification service reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFailure {
+    pub message_id: Uuid,
+    /// `rejected` (a 5xx), `retries_exhausted`, `uncertain` (interrupted mid-send).
+    pub reason: String,
+    /// The relay refused it for good: resending the same mail won't help.
+    pub permanent: bool,
+    pub smtp_code: Option<u16>,
+    pub detail: String,
+    /// The agent who wrote the reply.
+    pub author: Option<Uuid>,
+    pub at_us: i64,
 }
 
 impl ConversationEvent {
@@ -302,6 +319,7 @@ impl ConversationEvent {
     pub fn at_us(&self) -> i64 {
         match self {
             Self::MessageReceived(m) | Self::ReplyQueued(m) => m.at_us,
+            Self::ReplyDeliveryFailed(f) => f.at_us,
             Self::Opened { at_us, .. }
             | Self::NoteAdded { at_us, .. }
             | Self::StatusChanged { at_us, .. }
@@ -402,6 +420,8 @@ pub struct Conversation {
     pub reply_target: Vec<Mailbox>,
     pub merged_into: Option<Uuid>,
     pub merged_from: Vec<Uuid>,
+    /// Outbound replies whose delivery failed.
+    pub failed_replies: BTreeSet<Uuid>,
     pub opened_at_us: i64,
     pub updated_at_us: i64,
     /// Number of events applied: the stream version, the ETag.
@@ -517,6 +537,9 @@ pub enum ConversationCommand {
         by: Actor,
         at_us: i64,
     },
+    /// Records that one of its outbound replies was not delivered: once per message; a
+    /// message this conversation did not send is ignored.
+    RecordDeliveryFailure(DeliveryFailure),
 }
 
 impl Conversation {
@@ -1157,6 +1180,18 @@ impl Aggregate for Conversation {
                     at_us,
                 }])
             }
+            C::RecordDeliveryFailure(failure) => {
+                if !self.is_open() {
+                    return Err(ConversationError::NotOpened);
+                }
+                let ours = self.messages.iter().any(|m| {
+                    m.message_id == failure.message_id && m.direction == Direction::Outbound
+                });
+                if !ours || self.failed_replies.contains(&failure.message_id) {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![E::ReplyDeliveryFailed(failure)])
+            }
         }
     }
 
@@ -1275,6 +1310,9 @@ impl Aggregate for Conversation {
                 }
             }
             E::MergedInto { target, .. } => self.merged_into = Some(*target),
+            E::ReplyDeliveryFailed(f) => {
+                self.failed_replies.insert(f.message_id);
+            }
             E::MergedFrom { source, .. } => {
                 self.merged_from.push(source.conversation_id);
                 for id in &source.messages {
@@ -1620,6 +1658,49 @@ mod tests {
         assert_eq!(
             state.messages.last().map(|m| m.direction),
             Some(Direction::Outbound)
+        );
+    }
+
+    #[test]
+    fn given_a_reply_when_its_delivery_fails_then_recorded_once_and_only_for_our_messages() {
+        let mut events = opened();
+        events.push(ConversationEvent::ReplyQueued(Message {
+            message_id: id(2000),
+            author: Some(id(ALICE)),
+            at_us: T0 + 1,
+            ..Message::default()
+        }));
+        let g = given(&events);
+        let failure = |message: u128| DeliveryFailure {
+            message_id: id(message),
+            reason: "rejected".into(),
+            permanent: true,
+            smtp_code: Some(550),
+            detail: "550 no such user".into(),
+            author: Some(id(ALICE)),
+            at_us: T0 + 2,
+        };
+        let recorded = g
+            .when(ConversationCommand::RecordDeliveryFailure(failure(2000)))
+            .unwrap();
+        assert_eq!(
+            recorded,
+            vec![ConversationEvent::ReplyDeliveryFailed(failure(2000))]
+        );
+        let state = g.then_state(ConversationCommand::RecordDeliveryFailure(failure(2000)));
+        assert!(state.failed_replies.contains(&id(2000)));
+        assert_eq!(
+            Given(state).when(ConversationCommand::RecordDeliveryFailure(failure(2000))),
+            Ok(Vec::new())
+        );
+        // An inbound message or a stranger's id is not ours to fail.
+        assert_eq!(
+            g.when(ConversationCommand::RecordDeliveryFailure(failure(1000))),
+            Ok(Vec::new())
+        );
+        assert_eq!(
+            given(&[]).when(ConversationCommand::RecordDeliveryFailure(failure(2000))),
+            Err(ConversationError::NotOpened)
         );
     }
 

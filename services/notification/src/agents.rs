@@ -1,4 +1,5 @@
-//! Agent notifications by email: "assigned to you" and "mentioned in a note", one mail each or
+//! Agent notifications by email: "assigned to you", "mentioned in a note" and "your reply was
+//! not delivered" (`reply.delivery_failed`, to the reply's author), one mail each or
 //! a digest per interval, per the user's preference (`off` records them as skipped).
 //!
 //! The consumer records each notification and schedules the user (one due item per user) in
@@ -19,7 +20,9 @@ use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{RecordedEvent, StoreError, TenantId};
-use postvak_proto::events::conversation::{self as cev, AssignedV1, NoteAddedV1};
+use postvak_proto::events::conversation::{
+    self as cev, AssignedV1, NoteAddedV1, ReplyDeliveryFailedV1,
+};
 use postvak_proto::rest::notification::NotificationPreferences;
 use sqlx::Row;
 use std::sync::Arc;
@@ -193,6 +196,17 @@ impl EventHandler for Recorder {
                 }
                 Ok(())
             }
+            cev::REPLY_DELIVERY_FAILED => {
+                let f: ReplyDeliveryFailedV1 = match event.payload() {
+                    Ok(f) => f,
+                    Err(e) => return decode(e).map_or(Ok(()), Err),
+                };
+                let Some(author) = f.author else {
+                    return Ok(());
+                };
+                bind_tenant(tx, event.tenant_id).await?;
+                self.notify(tx, event, author, "reply_failed", None).await
+            }
             _ => Ok(()),
         }
     }
@@ -304,6 +318,10 @@ impl Mailer {
             };
             lines.push(match p.kind.as_str() {
                 "assigned" => format!("{who} assigned conversation {} to you.", p.conversation),
+                "reply_failed" => format!(
+                    "Your reply in conversation {} could not be delivered; the conversation shows why.",
+                    p.conversation
+                ),
                 _ => format!("{who} mentioned you in conversation {}.", p.conversation),
             });
         }
@@ -318,11 +336,12 @@ impl Mailer {
                 .iter()
                 .zip(lines)
                 .map(|(p, line)| {
-                    let subject = if p.kind == "assigned" {
-                        "[Postvak] A conversation was assigned to you".to_owned()
-                    } else {
-                        "[Postvak] You were mentioned".to_owned()
-                    };
+                    let subject = match p.kind.as_str() {
+                        "assigned" => "[Postvak] A conversation was assigned to you",
+                        "reply_failed" => "[Postvak] Your reply was not delivered",
+                        _ => "[Postvak] You were mentioned",
+                    }
+                    .to_owned();
                     (subject, vec![p.id], line)
                 })
                 .collect()

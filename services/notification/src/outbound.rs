@@ -256,6 +256,7 @@ enum Found {
         conversation_id: Uuid,
         inbox_id: Uuid,
         attempts: u32,
+        author: Option<Uuid>,
     },
 }
 
@@ -322,15 +323,7 @@ impl Sender {
                 due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, lease_end).await?;
                 // Committed before the first SMTP byte: a crash from here on is never resent.
                 tx.commit().await?;
-                let plain = ctx
-                    .cell()
-                    .store
-                    .keyring()
-                    .open(t, key, &content, &aad(t, id))
-                    .await
-                    .map_err(StoreError::Crypto)?;
-                let content: MessageV1 = serde_json::from_slice(&plain)
-                    .map_err(|e| StoreError::Database(format!("outbound mail {id}: {e}")))?;
+                let content = open_content(ctx, id, key, &content).await?;
                 Ok(Found::Claimed(Box::new(Claimed {
                     content,
                     attempts: attempts.saturating_add(1),
@@ -343,10 +336,12 @@ impl Sender {
             }
             "sending" => {
                 tx.commit().await?;
+                let author = open_content(ctx, id, key, &content).await?.author;
                 Ok(Found::Interrupted {
                     conversation_id,
                     inbox_id,
                     attempts,
+                    author,
                 })
             }
             _ => {
@@ -370,6 +365,7 @@ impl Sender {
                 conversation_id,
                 inbox_id,
                 attempts,
+                author,
             } => {
                 tracing::error!(message_id = %id, "mail interrupted while sending; not resent");
                 let failed = ReplyFailedV1 {
@@ -382,6 +378,7 @@ impl Sender {
                         .into(),
                     attempts,
                     at_us: now_us(),
+                    author,
                 };
                 return self.fail(&ctx, failed).await;
             }
@@ -420,6 +417,7 @@ impl Sender {
                         detail,
                         attempts: claimed.attempts,
                         at_us: now_us(),
+                        author: m.author,
                     };
                     self.fail(&ctx, failed).await
                 } else {
@@ -513,6 +511,24 @@ impl Sender {
         due::unschedule(&mut tx, due::MAIL, id).await?;
         tx.commit().await
     }
+}
+
+async fn open_content(
+    ctx: &TenantContext,
+    id: Uuid,
+    key: Uuid,
+    sealed: &[u8],
+) -> Result<MessageV1, StoreError> {
+    let t = ctx.tenant();
+    let plain = ctx
+        .cell()
+        .store
+        .keyring()
+        .open(t, key, sealed, &aad(t, id))
+        .await
+        .map_err(StoreError::Crypto)?;
+    serde_json::from_slice(&plain)
+        .map_err(|e| StoreError::Database(format!("outbound mail {id}: {e}")))
 }
 
 /// The stream that records the fate of one outbound message.

@@ -61,6 +61,7 @@ pub fn event_name(event_type: &str) -> Option<&'static str> {
         cev::NOTE_ADDED => "convo.note.created",
         cev::STATUS_CHANGED => "convo.status",
         cev::TAGGED | cev::UNTAGGED => "convo.tags",
+        cev::REPLY_DELIVERY_FAILED => "convo.agent.reply.failed",
         _ => return None,
     })
 }

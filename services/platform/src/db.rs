@@ -59,6 +59,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0008_conversation_search.sql"),
     ),
     (
+        14,
+        "delivery_relays",
+        include_str!("../../../migrations/postgres/0014_delivery_relays.sql"),
+    ),
+    (
         10,
         "routing_timers",
         include_str!("../../../migrations/postgres/0010_routing_timers.sql"),
@@ -111,6 +116,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "conversation_search",
         include_str!("../../../migrations/sqlite/0008_conversation_search.sql"),
+    ),
+    (
+        14,
+        "delivery_relays",
+        include_str!("../../../migrations/sqlite/0014_delivery_relays.sql"),
     ),
     (
         10,

@@ -340,6 +340,7 @@ impl TestEnv {
                 .app_data(postvak_platform::http::query_config())
                 .app_data(postvak_platform::http::path_config())
                 .configure(postvak_notification::api::routes)
+                .configure(postvak_conversation::api::routes)
         })
         .workers(2)
         .listen(listener)

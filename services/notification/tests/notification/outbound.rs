@@ -283,7 +283,12 @@ async fn a_crash_during_a_burst_sends_every_reply_and_none_twice() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let got = sink.received();
+        // Replies only: an uncertain one also alerts its author through the same relay.
+        let got: Vec<String> = sink
+            .received()
+            .into_iter()
+            .filter(|m| header(m, "X-Envelope-To") == Some("eve@example.org"))
+            .collect();
         let mut seen = std::collections::HashSet::new();
         for m in &got {
             let mid = header(m, "Message-ID").unwrap().to_owned();
@@ -301,6 +306,143 @@ async fn a_crash_during_a_burst_sends_every_reply_and_none_twice() {
             uncertain <= 8,
             "at most one per connection in flight: {uncertain}"
         );
+        sink.stop().await;
+    }
+}
+
+/// Reads a Server-Sent Events response until a frame contains `needle`.
+async fn sse_until(mut resp: reqwest::Response, needle: &str) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let next = tokio::time::timeout_at(deadline, resp.chunk()).await;
+        let Ok(Ok(Some(chunk))) = next else {
+            panic!("no {needle:?} on the stream; got {seen}");
+        };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(frame) = seen.split("\n\n").find(|f| f.contains(needle)) {
+            return frame.to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_reply_shows_on_its_conversation_and_alerts_its_author() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start_mode("reject_customers").await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: sink.settings(),
+            ..Default::default()
+        });
+        let app = env.spawn_app().await;
+        let t = &env.acme;
+        let c = env
+            .deliver(t, &mail(&t.address, "bad@example.org", "Hello", "", "Hi."))
+            .await;
+        let path = format!("/v1/conversations/{}", c.conversation_id);
+        // Alice follows the live stream from the start of the log.
+        let stream = app
+            .client
+            .get(format!("{}/v1/stream", app.base))
+            .bearer_auth(&t.alice.token)
+            .header("Last-Event-ID", "0-0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        let id = env.reply(t, c.conversation_id, "Answer.").await;
+
+        // The conversation shows the refusal on the outbound message.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let delivery = loop {
+            let r = app.call("GET", &path, &t.alice, None).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            let m = r.body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["id"] == id.to_string())
+                .cloned()
+                .unwrap();
+            if m["delivery"]["state"] == "failed" {
+                break m["delivery"].clone();
+            }
+            assert_eq!(m["delivery"]["state"], "queued", "{backend:?}: {m}");
+            assert!(tokio::time::Instant::now() < deadline, "never failed: {m}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(delivery["reason"], "rejected", "{delivery}");
+        assert_eq!(delivery["smtp_code"], 550, "{delivery}");
+        assert!(
+            delivery["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Recipient address rejected"),
+            "{delivery}"
+        );
+        // The inbound message has no delivery state.
+        let r = app.call("GET", &path, &t.alice, None).await;
+        let inbound = r.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["direction"] == "inbound")
+            .cloned()
+            .unwrap();
+        assert!(inbound.get("delivery").is_none(), "{inbound}");
+
+        // The conversation's own stream records it, once, written by its owner.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let failed = loop {
+            let events = t
+                .ctx
+                .read_stream(&postvak_platform::store::StreamRef::new(
+                    "conversation",
+                    format!("conv-{}", c.conversation_id),
+                ))
+                .await
+                .unwrap();
+            let found: Vec<_> = events
+                .iter()
+                .filter(|e| e.event_type == "reply.delivery_failed")
+                .collect();
+            if let [one] = found.as_slice() {
+                break (*one).clone();
+            }
+            assert!(found.is_empty(), "recorded twice");
+            assert!(tokio::time::Instant::now() < deadline, "no event");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let p: postvak_proto::events::conversation::ReplyDeliveryFailedV1 =
+            failed.payload().unwrap();
+        assert_eq!(p.message_id, id);
+        assert_eq!(p.smtp_code, Some(550));
+        assert!(p.permanent);
+        assert_eq!(p.author, Some(t.alice.id));
+        let state = env.service.load(&t.ctx, c.conversation_id).await.unwrap();
+        assert!(state.state.failed_replies.contains(&id));
+
+        // Alice sees it live …
+        let frame = sse_until(stream, "reply.delivery_failed").await;
+        assert!(frame.contains("event: conversation"), "{frame}");
+        assert!(frame.contains(&c.conversation_id.to_string()), "{frame}");
+        // … and by mail (her own address is accepted by the relay; the customer's was not).
+        let got = sink.wait_for(1).await;
+        let alert = &got[0];
+        assert_eq!(
+            header(alert, "X-Envelope-To"),
+            Some("alice@acme.test"),
+            "{alert}"
+        );
+        assert_eq!(
+            header(alert, "Subject"),
+            Some("[Postvak] Your reply was not delivered")
+        );
+        assert!(alert.contains(&c.conversation_id.to_string()), "{alert}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(sink.received().len(), 1, "{backend:?}: one alert");
         sink.stop().await;
     }
 }

@@ -25,6 +25,8 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         if mode == "reject":
             return "550 5.7.1 Relaying denied by policy"
+        if mode == "reject_customers" and any(r.endswith("@example.org") for r in envelope.rcpt_tos):
+            return "550 5.1.1 Recipient address rejected: mailbox unavailable"
         counter[0] += 1
         name = os.path.join(outdir, "%09d-%d.eml" % (counter[0], os.getpid()))
         with open(name + ".tmp", "wb") as f:
@@ -175,11 +177,18 @@ impl SmtpSink {
 
     /// Starts accepting mail (`reject` = every message gets 550).
     pub async fn start(&mut self, reject: bool) {
+        self.start_mode(if reject { "reject" } else { "accept" })
+            .await;
+    }
+
+    /// Starts in a mode: `accept`, `reject` (550 to all), `reject_customers` (550 to mail for
+    /// anyone at example.org, our agents' mail is accepted).
+    pub async fn start_mode(&mut self, mode: &str) {
         let mut child = Command::new("python3")
             .arg(self.dir.path().join("sink.py"))
             .arg(self.port.to_string())
             .arg(self.mail_dir())
-            .arg(if reject { "reject" } else { "accept" })
+            .arg(mode)
             .arg(self.dir.path().join("cert.pem"))
             .arg(self.dir.path().join("key.pem"))
             .stdout(Stdio::piped())
