@@ -187,6 +187,7 @@ pub mod identity {
     }
 }
 
+pub mod contact;
 pub mod conversation;
 pub mod ingest;
 pub mod notification;

@@ -341,6 +341,7 @@ pub struct CreatedTenant {
     pub api_key: IssuedApiKey,
 }
 
+pub mod contact;
 pub mod conversation;
 pub mod imap;
 pub mod notification;
