@@ -6,7 +6,6 @@ pub mod access;
 pub mod aggregate;
 pub mod chain;
 pub mod contact;
-pub mod contact;
 pub mod conversation;
 pub mod directory;
 pub mod sla;
