@@ -109,7 +109,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/v1/stream", web::get().to(stream_changes))
         .configure(crate::drafts::routes)
-        .configure(crate::templates::routes);
+        .configure(crate::templates::routes)
+        .configure(crate::contacts::api::routes);
 }
 
 /// An error response: a plain problem, or one of the two 409s with extra members.

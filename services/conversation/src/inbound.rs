@@ -69,6 +69,7 @@ pub fn start_consumers(
         }
     }));
     tasks.extend(crate::delivery::start(cells, cell.clone(), cancel.clone()));
+    tasks.extend(crate::contacts::link::start(cells, cell.clone(), cancel.clone()));
     tasks.push(tokio::spawn(run_worker(service, cell, wake, cancel)));
     tasks
 }

@@ -13,6 +13,7 @@
 
 pub mod api;
 mod codec;
+pub mod contacts;
 mod delivery;
 pub mod drafts;
 mod idempotency;

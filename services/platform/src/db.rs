@@ -73,6 +73,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "imap",
         include_str!("../../../migrations/postgres/0011_imap.sql"),
     ),
+    (
+        13,
+        "contacts",
+        include_str!("../../../migrations/postgres/0013_contacts.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -131,6 +136,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "imap",
         include_str!("../../../migrations/sqlite/0011_imap.sql"),
+    ),
+    (
+        13,
+        "contacts",
+        include_str!("../../../migrations/sqlite/0013_contacts.sql"),
     ),
 ];
 

@@ -122,7 +122,8 @@ enum AdminCommand {
         #[arg(long = "scope", default_value = "admin")]
         scopes: Vec<String>,
     },
-    /// Rebuild a tenant's directory read models from its events.
+    /// Rebuild a tenant's directory and contact read models from its events (conversations'
+    /// senders and recipients are filed as contacts again).
     RebuildProjections {
         #[arg(long)]
         tenant: Uuid,
@@ -540,6 +541,8 @@ async fn admin(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
             let ctx = cells.context(TenantId(tenant), service).await?;
             let n = dir.rebuild_projections(&ctx).await?;
             println!("re-applied {n} events");
+            let n = postvak_conversation::contacts::rebuild(&cells, &ctx).await?;
+            println!("re-applied {n} contact and message events");
         }
         AdminCommand::GenKey => {}
     }
