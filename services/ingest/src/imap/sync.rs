@@ -175,7 +175,7 @@ impl ImapConnector {
     }
 
     /// An account's task: sessions one after the other, with backoff after a failure.
-    #[tracing::instrument(skip(self, slots, cancel), fields(tenant_id = %tenant, account_id = %account))]
+    #[tracing::instrument(skip_all, fields(tenant_id = %tenant, account_id = %account))]
     async fn run_account(
         self,
         tenant: TenantId,

@@ -860,3 +860,187 @@ async fn imap_account_api_validates_and_checks_permissions() {
     );
     assert_eq!(status, 404);
 }
+
+/// Many accounts at once with fewer sync slots than accounts: every good account is synced
+/// (an account waiting in IDLE holds no slot), and one whose login fails backs off with its
+/// error visible over the API without holding up the others.
+#[tokio::test]
+async fn many_accounts_sync_concurrently_and_a_failing_one_is_isolated() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let dovecot = Dovecot::start(None).await;
+    let s = ImapSettings {
+        max_concurrent_accounts: 2,
+        ..settings(1024 * 1024)
+    };
+    let app = imap_api!(env, s.clone());
+    let token = admin_token(&env).await;
+    let base = format!("/v1/inboxes/{}/imap-accounts", env.inbox);
+    let mut good = Vec::new();
+    for f in 0..5 {
+        let folder = format!("Team{f}");
+        dovecot.create(&folder).await;
+        let mails: Vec<Vec<u8>> = (0..2)
+            .map(|i| {
+                mail(
+                    &format!("f{f}-{i}@example.org"),
+                    &format!("F{f} {i}"),
+                    "",
+                    "hi",
+                )
+            })
+            .collect();
+        dovecot.append(&folder, &mails).await;
+        let (status, a) = call!(
+            app,
+            token,
+            "POST",
+            base,
+            Some(json!({
+                "host": "127.0.0.1", "port": dovecot.port, "tls": "plain",
+                "username": USER, "secret": PASSWORD, "folder": folder,
+            })),
+        );
+        assert_eq!(status, 201, "{a}");
+        good.push(a["id"].as_str().unwrap().to_owned());
+    }
+    let (status, bad) = call!(
+        app,
+        token,
+        "POST",
+        base,
+        Some(json!({
+            "host": "127.0.0.1", "port": dovecot.port, "tls": "plain",
+            "username": USER, "secret": "not the password",
+        })),
+    );
+    assert_eq!(status, 201, "{bad}");
+    let bad = bad["id"].as_str().unwrap().to_owned();
+
+    let connector = ImapConnector::new(env.ingestor.clone(), s).unwrap();
+    let cancel = CancellationToken::new();
+    let handles = connector.start(&env.cells, cancel.clone());
+    wait_for("every good account", 60, || async {
+        env.messages().await.len() == 10
+    })
+    .await;
+    wait_for("the failing account's error", 30, || async {
+        let (_, a) = call!(app, token, "GET", format!("{base}/{bad}"), None);
+        a["sync"]["status"] == "error"
+            && a["sync"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("login refused"))
+    })
+    .await;
+    for id in &good {
+        let (_, a) = call!(app, token, "GET", format!("{base}/{id}"), None);
+        assert_eq!(a["sync"]["imported"], 2, "{a}");
+        assert!(a["sync"]["last_error"].is_null(), "{a}");
+    }
+    // New mail for the last account still arrives while the others sit in IDLE.
+    dovecot
+        .append("Team4", &[mail("late@example.org", "Late", "", "late")])
+        .await;
+    wait_for("the late mail", 30, || async {
+        env.messages().await.len() == 11
+    })
+    .await;
+    cancel.cancel();
+    for h in handles {
+        tokio::time::timeout(Duration::from_secs(15), h)
+            .await
+            .expect("the supervisor stops on cancel")
+            .unwrap();
+    }
+}
+
+/// Renames the test database away (after closing its connections) or back: to the
+/// connector, the database is down.
+async fn rename_database(from: &str, to: &str) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&testkit::admin_database_url())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(from)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        let sql = format!("ALTER DATABASE \"{from}\" RENAME TO \"{to}\"");
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "renaming {from}: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The database goes away while new mail waits: the connector retries with backoff, imports
+/// nothing and quarantines nothing meanwhile, and once the database is back imports the mail
+/// exactly once.
+#[tokio::test]
+async fn database_outage_retries_without_advancing_or_quarantining() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let db_name = env.url.rsplit('/').next().unwrap().to_owned();
+    let dovecot = Dovecot::start(None).await;
+    dovecot
+        .append("INBOX", &[mail("before@example.org", "Before", "", "one")])
+        .await;
+    let s = settings(1024 * 1024);
+    let app = imap_api!(env, s.clone());
+    let token = admin_token(&env).await;
+    let base = format!("/v1/inboxes/{}/imap-accounts", env.inbox);
+    let (status, a) = call!(
+        app,
+        token,
+        "POST",
+        base,
+        Some(json!({
+            "host": "127.0.0.1", "port": dovecot.port, "tls": "plain",
+            "username": USER, "secret": PASSWORD,
+        })),
+    );
+    assert_eq!(status, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_owned();
+    let connector = ImapConnector::new(env.ingestor.clone(), s).unwrap();
+    let cancel = CancellationToken::new();
+    let handles = connector.start(&env.cells, cancel.clone());
+    wait_for("the first import", 60, || async {
+        let (_, a) = call!(app, token, "GET", format!("{base}/{id}"), None);
+        a["sync"]["last_uid"] == 1 && a["sync"]["status"] == "idle"
+    })
+    .await;
+
+    let down = format!("{db_name}_down");
+    rename_database(&db_name, &down).await;
+    dovecot
+        .append("INBOX", &[mail("during@example.org", "During", "", "two")])
+        .await;
+    // Several failed attempts (backoff 1–2 s) while the database is away.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rename_database(&down, &db_name).await;
+
+    wait_for("the import after the outage", 60, || async {
+        let (status, a) = call!(app, token, "GET", format!("{base}/{id}"), None);
+        status == 200 && a["sync"]["last_uid"] == 2
+    })
+    .await;
+    let msgs = env.messages().await;
+    assert_eq!(msgs.len(), 2, "each message once");
+    let (_, a) = call!(app, token, "GET", format!("{base}/{id}"), None);
+    assert_eq!(a["sync"]["imported"], 2, "{a}");
+    assert_eq!(a["sync"]["quarantined"], json!([]), "{a}");
+    cancel.cancel();
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+    }
+}
