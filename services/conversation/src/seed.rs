@@ -147,36 +147,54 @@ fn commands(inbox: &SeedInbox, conversation_id: Uuid, n: u64, now_us: i64) -> Ve
     out
 }
 
-/// Writes conversation `n` of a seed (its events and its read model); returns its id and the
-/// number of events. Runs independently per conversation, so callers seed in parallel.
-pub async fn seed_one(
+/// Writes conversations `ns` of a seed — their events and read models — in one transaction;
+/// returns each one's id and number of events. Batches are independent: callers seed several
+/// at once.
+pub async fn seed_batch(
     ctx: &TenantContext,
     inbox: &SeedInbox,
-    n: u64,
+    ns: std::ops::Range<u64>,
     now_us: i64,
-) -> Result<(Uuid, usize), ServiceError> {
-    let id = Uuid::now_v7();
-    let mut state = Conversation::default();
-    let mut events = Vec::new();
-    for cmd in commands(inbox, id, n, now_us) {
-        for e in state.decide(cmd)? {
-            state = state.evolve(&e);
-            events.push(e);
-        }
-    }
-    let new_events = events
-        .iter()
-        .map(|e| {
-            let (t, v, payload) = codec::encode(e, id, state.inbox_id)?;
-            Ok(NewEvent::new(t, v, payload))
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    ctx.append(&stream(id), ExpectedVersion::NoStream, new_events)
-        .await?;
+) -> Result<Vec<(Uuid, usize)>, ServiceError> {
     let keyring = ctx.cell().store.keyring();
-    let prepared = projection::prepare(keyring, ctx.tenant(), &state, 1, &events).await?;
+    let mut built = Vec::new();
+    for n in ns {
+        let id = Uuid::now_v7();
+        let mut state = Conversation::default();
+        let mut events = Vec::new();
+        for cmd in commands(inbox, id, n, now_us) {
+            for e in state.decide(cmd)? {
+                state = state.evolve(&e);
+                events.push(e);
+            }
+        }
+        let new_events = events
+            .iter()
+            .map(|e| {
+                let (t, v, payload) = codec::encode(e, id, state.inbox_id)?;
+                Ok(NewEvent::new(t, v, payload))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Sealing (and creating the tenant's keys) happens before the transaction opens.
+        let prepared = projection::prepare(keyring, ctx.tenant(), &state, 1, &events).await?;
+        built.push((id, new_events, prepared, events.len()));
+    }
+    let store = &ctx.cell().store;
     let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
-    projection::write(&mut tx, ctx.tenant(), &prepared).await?;
-    tx.commit().await?;
-    Ok((id, events.len()))
+    let mut out = Vec::with_capacity(built.len());
+    for (id, new_events, prepared, count) in built {
+        store
+            .append_in_tx(
+                &mut tx,
+                ctx.tenant(),
+                &stream(id),
+                ExpectedVersion::NoStream,
+                new_events,
+            )
+            .await?;
+        projection::write(&mut tx, ctx.tenant(), &prepared).await?;
+        out.push((id, count));
+    }
+    store.commit_appended(tx).await?;
+    Ok(out)
 }

@@ -174,6 +174,9 @@ fn config(url: &str, master_key: &str) -> anyhow::Result<Config> {
     Ok(Config::load_with_env(None, env)?)
 }
 
+/// Conversations written per transaction while seeding.
+const BATCH: u64 = 50;
+
 async fn seed(url: &str, opts: &ApiBenchOptions) -> anyhow::Result<Seeded> {
     let master_key = postvak_platform::crypto::MasterKey::generate_base64();
     let cfg = config(url, &master_key)?;
@@ -235,22 +238,27 @@ async fn seed(url: &str, opts: &ApiBenchOptions) -> anyhow::Result<Seeded> {
             let mut sample = Vec::new();
             let mut open = Vec::new();
             loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
+                let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                if first >= total {
                     return anyhow::Ok((sample, open));
                 }
-                let (id, count) = postvak_conversation::seed::seed_one(&ctx, &spec, n, now_us)
-                    .await
-                    .with_context(|| format!("seeding conversation {n}"))?;
-                events.fetch_add(count as u64, Ordering::Relaxed);
-                if n % stride == 0 {
-                    sample.push(id);
-                    if n % 4 == 0 {
-                        open.push(id);
+                let last = (first + BATCH).min(total);
+                let written =
+                    postvak_conversation::seed::seed_batch(&ctx, &spec, first..last, now_us)
+                        .await
+                        .with_context(|| format!("seeding conversations {first}..{last}"))?;
+                for (n, (id, count)) in (first..last).zip(written) {
+                    events.fetch_add(count as u64, Ordering::Relaxed);
+                    if n % stride == 0 {
+                        sample.push(id);
+                        if n % 4 == 0 {
+                            open.push(id);
+                        }
                     }
                 }
-                if n > 0 && n % (total / 10).max(1) == 0 {
-                    eprintln!("seeded {n} of {total} conversations");
+                let tenth = (total / 10).max(1);
+                if first / tenth != last / tenth {
+                    eprintln!("seeded {last} of {total} conversations");
                 }
             }
         });
