@@ -68,6 +68,11 @@ impl Dovecot {
     /// Starts Dovecot; with `tls` (certificate and key) it also listens with implicit TLS
     /// and offers STARTTLS.
     async fn start(tls: Option<(&Path, &Path)>) -> Self {
+        Self::start_with(tls, "").await
+    }
+
+    /// Like `start`, with extra configuration lines.
+    async fn start_with(tls: Option<(&Path, &Path)>, extra: &str) -> Self {
         let bin = dovecot_binary();
         let dir = TempDir::new();
         let d = dir.path();
@@ -112,7 +117,7 @@ impl Dovecot {
              userdb {{\n  driver = static\n  args = uid={mail_uid} gid={mail_gid} home={d}/home\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n\
                inet_listener imaps {{\n    address = 127.0.0.1\n    port = {tls_port}\n  }}\n}}\n\
-             service pop3-login {{\n  inet_listener pop3 {{\n    port = 0\n  }}\n}}\n",
+             service pop3-login {{\n  inet_listener pop3 {{\n    port = 0\n  }}\n}}\n{extra}\n",
             d = d.display(),
             tls_port = tls_port.unwrap_or(0),
         );
@@ -1039,6 +1044,71 @@ async fn database_outage_retries_without_advancing_or_quarantining() {
     let (_, a) = call!(app, token, "GET", format!("{base}/{id}"), None);
     assert_eq!(a["sync"]["imported"], 2, "{a}");
     assert_eq!(a["sync"]["quarantined"], json!([]), "{a}");
+    cancel.cancel();
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+    }
+}
+
+/// A server without IDLE is polled every `poll_interval_secs`; `delete` removes imported mail
+/// at the source (and only imported mail: a quarantined message stays).
+#[tokio::test]
+async fn without_idle_the_connector_polls_and_delete_removes_imported_mail() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let dovecot = Dovecot::start_with(None, "imap_capability = IMAP4rev1 LITERAL+ UIDPLUS").await;
+    dovecot
+        .append(
+            "INBOX",
+            &[
+                mail("p1@example.org", "Poll 1", "", "one"),
+                b"no header here\r\n".to_vec(),
+            ],
+        )
+        .await;
+    let mut probe = dovecot.session().await;
+    let caps = probe.capabilities().await.unwrap();
+    assert!(!caps.has_str("IDLE"), "this Dovecot must not offer IDLE");
+    drop(caps);
+    probe.logout().await.unwrap();
+    let s = ImapSettings {
+        poll_interval_secs: 1,
+        ..settings(1024 * 1024)
+    };
+    let app = imap_api!(env, s.clone());
+    let token = admin_token(&env).await;
+    let base = format!("/v1/inboxes/{}/imap-accounts", env.inbox);
+    let (status, a) = call!(
+        app,
+        token,
+        "POST",
+        base,
+        Some(json!({
+            "host": "127.0.0.1", "port": dovecot.port, "tls": "plain",
+            "username": USER, "secret": PASSWORD, "after_import": "delete",
+        })),
+    );
+    assert_eq!(status, 201, "{a}");
+    let connector = ImapConnector::new(env.ingestor.clone(), s).unwrap();
+    let cancel = CancellationToken::new();
+    let handles = connector.start(&env.cells, cancel.clone());
+    wait_for("the first import", 60, || async {
+        env.messages().await.len() == 1
+    })
+    .await;
+    dovecot
+        .append("INBOX", &[mail("p2@example.org", "Poll 2", "", "two")])
+        .await;
+    wait_for("the polled import", 30, || async {
+        env.messages().await.len() == 2
+    })
+    .await;
+    wait_for("the deletion at the source", 30, || async {
+        dovecot.contents("INBOX").await.1.len() == 1
+    })
+    .await;
+    // What is left is the quarantined message (UID 2).
+    let (_, left) = dovecot.contents("INBOX").await;
+    assert_eq!(left[0].0, 2);
     cancel.cancel();
     for h in handles {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
