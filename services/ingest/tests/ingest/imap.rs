@@ -1114,3 +1114,133 @@ async fn without_idle_the_connector_polls_and_delete_removes_imported_mail() {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
     }
 }
+
+/// A minimal OAuth 2 token introspection endpoint (RFC 7662) for Dovecot's `oauth2` passdb:
+/// `token` is active for the test user, anything else is not. Returns its port.
+async fn introspection_endpoint(token: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the body by Content-Length.
+                loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let text = String::from_utf8_lossy(&req);
+                let body = if text.contains(&format!("token={token}")) {
+                    format!("{{\"active\": true, \"username\": \"{USER}\"}}")
+                } else {
+                    "{\"active\": false}".to_owned()
+                };
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// `auth = xoauth2`: the access token is checked by Dovecot's `oauth2` passdb against a
+/// token introspection endpoint; a revoked token is a login error on the account.
+#[tokio::test]
+async fn xoauth2_login_with_an_access_token() {
+    const TOKEN: &str = "ya29.test-access-token";
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let port = introspection_endpoint(TOKEN).await;
+    let dir = TempDir::new();
+    let oauth_conf = dir.path().join("oauth2.conf");
+    std::fs::write(
+        &oauth_conf,
+        format!(
+            "introspection_mode = post\nintrospection_url = http://127.0.0.1:{port}/introspect\n\
+             username_attribute = username\nactive_attribute = active\nactive_value = true\n\
+             force_introspection = yes\n"
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    Command::new("chmod")
+        .arg("644")
+        .arg(&oauth_conf)
+        .status()
+        .unwrap();
+    let dovecot = Dovecot::start_with(
+        None,
+        &format!(
+            "auth_mechanisms = plain login xoauth2\n\
+             passdb {{\n  driver = oauth2\n  mechanisms = xoauth2\n  args = {}\n}}\n",
+            oauth_conf.display()
+        ),
+    )
+    .await;
+    dovecot
+        .append("INBOX", &[mail("oauth@example.org", "OAuth", "", "token")])
+        .await;
+    let s = settings(1024 * 1024);
+    let app = imap_api!(env, s.clone());
+    let admin = admin_token(&env).await;
+    let base = format!("/v1/inboxes/{}/imap-accounts", env.inbox);
+    let (status, a) = call!(
+        app,
+        admin,
+        "POST",
+        base,
+        Some(json!({
+            "host": "127.0.0.1", "port": dovecot.port, "tls": "plain",
+            "username": USER, "auth": "xoauth2", "secret": TOKEN,
+        })),
+    );
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(a["auth"], "xoauth2");
+    let id: Uuid = a["id"].as_str().unwrap().parse().unwrap();
+    let connector = ImapConnector::new(env.ingestor.clone(), s).unwrap();
+    let r = connector
+        .sync_once(env.ctx.tenant(), id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", dovecot.log()));
+    assert_eq!(r.imported, 1);
+    let (status, _) = call!(
+        app,
+        admin,
+        "PATCH",
+        format!("{base}/{id}"),
+        Some(json!({"secret": "revoked-token"})),
+    );
+    assert_eq!(status, 200);
+    let err = connector.sync_once(env.ctx.tenant(), id).await.unwrap_err();
+    assert!(err.to_string().contains("login refused"), "{err}");
+}
