@@ -42,8 +42,8 @@ const SERVICE: Principal = Principal::Service {
 };
 
 /// Starts the conversation service's background work for one cell: the `message.received`
-/// consumer, the worker that turns queued messages into conversations, and the projection
-/// consumer. They stop when `cancel` fires.
+/// consumer, the worker that turns queued messages into conversations, the projection
+/// consumer, and the `conversation.apply` command server (`commands.rs`). They stop when `cancel` fires.
 pub fn start_consumers(
     cells: &Cells,
     cell: Arc<Cell>,
@@ -68,8 +68,23 @@ pub fn start_consumers(
             run_consumer(store, bus, projector, cancel).await;
         }
     }));
+    tasks.push(tokio::spawn({
+        let (cells, cell, cancel) = (cells.clone(), cell.clone(), cancel.clone());
+        async move {
+            match crate::commands::serve(&cells, cell, cancel).await {
+                Ok(server) => {
+                    let _ = server.await;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot serve conversation.apply"),
+            }
+        }
+    }));
     tasks.extend(crate::delivery::start(cells, cell.clone(), cancel.clone()));
-    tasks.extend(crate::contacts::link::start(cells, cell.clone(), cancel.clone()));
+    tasks.extend(crate::contacts::link::start(
+        cells,
+        cell.clone(),
+        cancel.clone(),
+    ));
     tasks.push(tokio::spawn(run_worker(service, cell, wake, cancel)));
     tasks
 }

@@ -15,6 +15,7 @@ pub mod api;
 mod codec;
 pub mod contacts;
 mod delivery;
+pub mod commands;
 pub mod drafts;
 mod idempotency;
 pub mod inbound;

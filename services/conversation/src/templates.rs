@@ -482,3 +482,35 @@ pub async fn render_conversation_template(
         body: render_template(&content.body, value),
     }))
 }
+
+/// A template's inbox (`None` = the tenant's) and its opened `(subject, body)`, read through
+/// `tx` (the `conversation.apply` command runs inside one). `None` when there is no such
+/// template.
+pub(crate) async fn load_in_tx(
+    tx: &mut DbTx,
+    keyring: &postvak_platform::crypto::Keyring,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<(Option<Uuid>, Option<String>, String)>, StoreError> {
+    let row: Option<(Option<Uuid>, Vec<u8>, Uuid)> = on_tx!(tx, |x| sqlx::query(
+        "SELECT inbox_id, content, content_key FROM conversation_templates \
+         WHERE tenant_id = $1 AND template_id = $2"
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .fetch_optional(x)
+    .await
+    .and_then(|r| r
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .transpose()))
+    .map_err(db_error)?;
+    let Some((inbox, content, key)) = row else {
+        return Ok(None);
+    };
+    let plain = keyring
+        .open(tenant, key, &content, &aad(tenant, id))
+        .await?;
+    let c: Content =
+        serde_json::from_slice(&plain).map_err(|e| StoreError::Serialization(e.to_string()))?;
+    Ok(Some((inbox, c.subject, c.body)))
+}

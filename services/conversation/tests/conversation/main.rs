@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod commands;
 mod contacts;
 mod drafts;
 mod helpers;
