@@ -31,8 +31,9 @@ use postvak_proto::events::ingest::{
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 const SERVICE: Principal = Principal::Service { name: "ingest" };
@@ -104,6 +105,8 @@ pub struct Delivery {
 pub struct Ingestor {
     cells: Cells,
     keys: Arc<RwLock<HashMap<TenantId, IndexKey>>>,
+    /// The group-commit queue of each cell (see [`crate::pipeline`]'s "Group commit").
+    committers: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
 }
 
 fn key_aad(tenant: TenantId) -> Vec<u8> {
@@ -130,6 +133,7 @@ impl Ingestor {
         Self {
             cells,
             keys: Arc::new(RwLock::new(HashMap::new())),
+            committers: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -281,7 +285,6 @@ impl Ingestor {
         );
         let stream = message_stream(&stream_id);
         let store = &ctx.cell().store;
-        let db = ctx.cell().db();
 
         // Seal the blobs before the transaction opens: on SQLite, creating the tenant's data
         // key would need the writer connection the transaction holds.
@@ -335,25 +338,17 @@ impl Ingestor {
             }
         }
 
-        // One transaction, one commit: the thread lookup, the event, the blobs it names and
-        // the message's index rows. Nothing is visible until all of it is; a failure anywhere
-        // leaves nothing behind. (No separate "already stored?" read first: the append's
-        // `NoStream` finds a duplicate anyway, and duplicates are rare.)
-        let mut tx = repo::write_tx(db, tenant).await?;
-        let (conversation_id, matched) = match thread::by_token(&key, inbox, tag, mail) {
-            Some(hit) => hit,
-            None => {
-                let order = thread::lookup_order(mail);
-                let hashes: Vec<String> = order
-                    .iter()
-                    .map(|(id, _)| key.message_id_hash(id))
-                    .collect();
-                let found = repo::lookup_thread_tx(&mut tx, tenant, inbox, &hashes).await?;
-                thread::by_index(&key, mail, &found).unwrap_or((Uuid::now_v7(), ThreadMatch::None))
-            }
+        // Threading by reply token or our own Message-IDs needs no lookup; otherwise the commit
+        // stage looks the candidates up inside the transaction.
+        let threading = match thread::by_token(&key, inbox, tag, mail) {
+            Some(hit) => Threading::Known(hit),
+            None => Threading::Lookup(
+                thread::lookup_order(mail)
+                    .into_iter()
+                    .map(|(id, m)| (key.message_id_hash(id), m))
+                    .collect(),
+            ),
         };
-        let new_thread = matched == ThreadMatch::None;
-
         // The event.
         let mut refs = refs.into_iter();
         let raw_ref = refs
@@ -390,9 +385,10 @@ impl Ingestor {
         let payload = MessageReceivedV1 {
             message_id,
             inbox_id: inbox,
-            conversation_id,
-            new_thread,
-            thread_match: matched.as_str().to_owned(),
+            // Filled in by the commit stage, which threads the mail.
+            conversation_id: Uuid::nil(),
+            new_thread: true,
+            thread_match: ThreadMatch::None.as_str().to_owned(),
             source: source.as_str().to_owned(),
             received_at_us: postvak_platform::store::micros(time::OffsetDateTime::now_utc()),
             raw: raw_ref,
@@ -409,43 +405,26 @@ impl Ingestor {
             flags,
             auth_results: mail.auth_results.clone(),
         };
-        let mut event = NewEvent::from_payload(ev::MESSAGE_RECEIVED, 1, &payload)?;
-        event.metadata.actor = Some(ctx.principal().actor());
-        let hashes = record_hashes(&key, mail);
-
-        // The event goes first: a concurrent delivery of the same mail waits on the stream's
-        // key, then finds it taken.
-        match store
-            .append_in_tx(
-                &mut tx,
-                tenant,
-                &stream,
-                ExpectedVersion::NoStream,
-                vec![event],
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                // The same mail, delivered concurrently, won the race.
-                repo::rollback(tx).await?;
+        let job = Job {
+            ctx: ctx.clone(),
+            stream: stream.clone(),
+            threading,
+            payload,
+            blobs,
+            record_hashes: record_hashes(&key, mail),
+            done: None,
+        };
+        let (conversation_id, matched) = match self.commit(job).await? {
+            Committed::Stored {
+                conversation_id,
+                matched,
+            } => (conversation_id, matched),
+            Committed::Duplicate => {
+                // The same mail was stored before, or by a concurrent delivery that won.
                 return self.duplicate(ctx, &key, inbox, mail, &stream).await;
             }
-            Err(e) => return Err(e.into()),
-        }
-        repo::store_delivery_tx(
-            &mut tx,
-            tenant,
-            &blobs,
-            inbox,
-            message_id,
-            &stream_id,
-            &hashes,
-            conversation_id,
-        )
-        .await?;
-        // Commits, then wakes this process's relay / in-process bus.
-        store.commit_appended(tx).await?;
+        };
+        let new_thread = matched == ThreadMatch::None;
         metrics::counter!("postvak_ingest_messages_total", "source" => source.as_str(), "outcome" => "stored")
             .increment(1);
         metrics::histogram!("postvak_ingest_deliver_seconds")
@@ -601,6 +580,208 @@ impl Ingestor {
         }
         Ok(n)
     }
+}
+
+/// Mails one commit carries at most.
+const MAX_BATCH: usize = 32;
+
+/// Deliveries waiting for a commit stage before senders wait too.
+const QUEUE: usize = 1024;
+
+/// How a mail is threaded: already known (reply token, our own Message-ID) or by looking up
+/// these blind indexes in the inbox's index, most telling first.
+#[derive(Debug)]
+enum Threading {
+    Known((Uuid, ThreadMatch)),
+    Lookup(Vec<(String, ThreadMatch)>),
+}
+
+/// One mail, sealed and ready to commit.
+#[derive(Debug)]
+struct Job {
+    ctx: TenantContext,
+    stream: StreamRef,
+    threading: Threading,
+    /// Complete but for the conversation, which the commit stage decides.
+    payload: MessageReceivedV1,
+    blobs: Vec<SealedBlob>,
+    record_hashes: Vec<String>,
+    done: Option<oneshot::Sender<Result<Committed, IngestError>>>,
+}
+
+/// What committing one mail did.
+#[derive(Debug, Clone, Copy)]
+enum Committed {
+    Stored {
+        conversation_id: Uuid,
+        matched: ThreadMatch,
+    },
+    /// Its stream exists: stored before (or by a concurrent delivery). Nothing was written.
+    Duplicate,
+}
+
+impl Ingestor {
+    /// Hands a mail to its cell's commit stage and waits until its transaction committed (or
+    /// failed).
+    async fn commit(&self, mut job: Job) -> Result<Committed, IngestError> {
+        let (done, result) = oneshot::channel();
+        job.done = Some(done);
+        let queue = self.committer(job.ctx.cell());
+        queue
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("the commit stage stopped".into()))?;
+        result
+            .await
+            .map_err(|_| StoreError::Unavailable("the commit stage stopped".into()))?
+    }
+
+    /// The commit queue of a cell, its workers started on first use. PostgreSQL gets a few
+    /// workers (one transaction each, in parallel); SQLite one (it has one writer anyway).
+    fn committer(&self, cell: &Arc<postvak_platform::cell::Cell>) -> mpsc::Sender<Job> {
+        let mut map = self
+            .committers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = map.get(&cell.name)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let workers = match cell.store.backend() {
+            postvak_platform::store::Backend::Postgres => 2,
+            postvak_platform::store::Backend::Sqlite => 1,
+        };
+        for _ in 0..workers {
+            tokio::spawn(commit_worker(rx.clone()));
+        }
+        map.insert(cell.name.clone(), tx.clone());
+        tx
+    }
+}
+
+/// Takes whatever mails are waiting (up to [`MAX_BATCH`]) and commits them together: no timer,
+/// so a lone mail commits at once and a busy server commits many per transaction.
+async fn commit_worker(rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        metrics::histogram!("postvak_ingest_commit_batch_size").record(batch.len() as f64);
+        if batch.len() > 1 {
+            match commit_batch(&batch).await {
+                Ok(results) => {
+                    for (mut job, r) in batch.into_iter().zip(results) {
+                        if let Some(done) = job.done.take() {
+                            let _ = done.send(Ok(r));
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // One mail's failure must not fail the others: each gets its own try.
+                    tracing::warn!(error = %e, n = batch.len(), "a group commit failed; committing its mails one by one");
+                }
+            }
+        }
+        for mut job in batch {
+            let r = commit_batch(std::slice::from_ref(&job))
+                .await
+                .map(|mut v| v.pop().unwrap_or(Committed::Duplicate));
+            if let Some(done) = job.done.take() {
+                let _ = done.send(r);
+            }
+        }
+    }
+}
+
+/// Commits mails of one cell in one transaction: per mail the thread lookup (which sees the
+/// index rows of the batch's earlier mails), the event, blobs, message row and index. A
+/// duplicate is skipped (its append wrote nothing); any other error rolls everything back.
+async fn commit_batch(batch: &[Job]) -> Result<Vec<Committed>, IngestError> {
+    let Some(first) = batch.first() else {
+        return Ok(Vec::new());
+    };
+    let cell = first.ctx.cell();
+    let store = &cell.store;
+    let mut current = first.ctx.tenant();
+    let mut tx = repo::write_tx(cell.db(), current).await?;
+    let mut out = Vec::with_capacity(batch.len());
+    for job in batch {
+        let tenant = job.ctx.tenant();
+        if tenant != current {
+            repo::set_tenant(&mut tx, tenant).await?;
+            current = tenant;
+        }
+        let inbox = job.payload.inbox_id;
+        let (conversation_id, matched) = match &job.threading {
+            Threading::Known(hit) => *hit,
+            Threading::Lookup(order) => {
+                let hashes: Vec<String> = order.iter().map(|(h, _)| h.clone()).collect();
+                let found = repo::lookup_thread_tx(&mut tx, tenant, inbox, &hashes).await?;
+                order
+                    .iter()
+                    .find_map(|(h, m)| found.get(h).map(|c| (*c, *m)))
+                    .unwrap_or((Uuid::now_v7(), ThreadMatch::None))
+            }
+        };
+        let payload = MessageReceivedV1 {
+            conversation_id,
+            new_thread: matched == ThreadMatch::None,
+            thread_match: matched.as_str().to_owned(),
+            ..job.payload.clone()
+        };
+        let mut event = NewEvent::from_payload(ev::MESSAGE_RECEIVED, 1, &payload)?;
+        event.metadata.actor = Some(job.ctx.principal().actor());
+        // The event goes first: a concurrent delivery of the same mail waits on the stream's
+        // key, then finds it taken.
+        match store
+            .append_in_tx(
+                &mut tx,
+                tenant,
+                &job.stream,
+                ExpectedVersion::NoStream,
+                vec![event],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                out.push(Committed::Duplicate);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        repo::store_delivery_tx(
+            &mut tx,
+            tenant,
+            &job.blobs,
+            inbox,
+            payload.message_id,
+            &job.stream.stream_id,
+            &job.record_hashes,
+            conversation_id,
+        )
+        .await?;
+        out.push(Committed::Stored {
+            conversation_id,
+            matched,
+        });
+    }
+    // Commits, then wakes this process's relay / in-process bus.
+    store.commit_appended(tx).await?;
+    Ok(out)
 }
 
 /// The blind indexes a stored mail claims in its inbox's thread index.

@@ -47,13 +47,16 @@ pub async fn write_tx(db: &Db, tenant: TenantId) -> Result<DbTx, StoreError> {
     }
 }
 
-/// Rolls back a transaction from [`write_tx`].
-pub async fn rollback(tx: DbTx) -> Result<(), StoreError> {
-    match tx {
-        DbTx::Postgres(t) => t.rollback().await,
-        DbTx::Sqlite(t) => t.rollback().await,
+/// Switches a [`write_tx`] transaction to another tenant (row-level security follows).
+pub async fn set_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
+    if let DbTx::Postgres(tx) = tx {
+        sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
+            .bind(tenant.0.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
     }
-    .map_err(db_error)
+    Ok(())
 }
 
 /// The first two columns of a row.

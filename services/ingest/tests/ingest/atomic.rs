@@ -228,3 +228,129 @@ async fn concurrent_same_mail_is_stored_once_sqlite() {
 async fn concurrent_same_mail_is_stored_once_postgres() {
     concurrent_same_mail_is_stored_once(Backend::Postgres).await;
 }
+
+/// 24 sessions deliver at once, so the commit stage carries several mails per transaction: a
+/// reply and its parent arriving together share a conversation (the lookup sees the batch's
+/// earlier rows), and one mail whose write fails fails alone — the rest are stored, once.
+async fn group_commit_threads_within_a_batch_and_isolates_a_failure(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let poison = mail(
+        "poison@example.org",
+        "poison",
+        "",
+        "this one cannot be stored",
+    );
+    let trigger = match backend {
+        Backend::Postgres => format!(
+            "CREATE FUNCTION pv_test_fail() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$; \
+             CREATE TRIGGER pv_test_fail BEFORE INSERT ON ingest_blobs FOR EACH ROW \
+             WHEN (NEW.size = {}) EXECUTE FUNCTION pv_test_fail();",
+            poison.len()
+        ),
+        Backend::Sqlite => format!(
+            "CREATE TRIGGER pv_test_fail BEFORE INSERT ON ingest_blobs WHEN NEW.size = {} \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            poison.len()
+        ),
+    };
+    match backend {
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&env.url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(trigger))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&env.url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(trigger))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+    let mut mails = vec![poison.clone()];
+    for i in 0..11 {
+        mails.push(mail(
+            &format!("root-{i}@example.org"),
+            "root",
+            "",
+            &format!("root {i}"),
+        ));
+        mails.push(mail(
+            &format!("reply-{i}@example.org"),
+            "Re: root",
+            &format!("In-Reply-To: <root-{i}@example.org>"),
+            &format!("reply {i}"),
+        ));
+    }
+    mails.push(mail("last@example.org", "last", "", "last"));
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(mails.len()));
+    let tasks: Vec<_> = mails
+        .iter()
+        .map(|raw| {
+            let (ingestor, ctx, inbox, raw, barrier) = (
+                env.ingestor.clone(),
+                env.ctx.clone(),
+                env.inbox,
+                std::sync::Arc::new(raw.clone()),
+                barrier.clone(),
+            );
+            tokio::spawn(async move {
+                let parsed = Ingestor::parse(raw.clone()).await.unwrap();
+                barrier.wait().await;
+                ingestor
+                    .deliver_to_inbox(
+                        &ctx,
+                        inbox,
+                        &raw,
+                        &parsed,
+                        None,
+                        Default::default(),
+                        pipeline::Source::Smtp,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let err = results[0].as_ref().unwrap_err();
+    assert!(err.contains("injected failure"), "{err}");
+    assert!(
+        results[1..]
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|d| !d.duplicate)),
+        "{results:#?}"
+    );
+    let msgs = env.messages().await;
+    assert_eq!(msgs.len(), mails.len() - 1);
+    assert_eq!(rows(&env, backend, "events").await, mails.len() as i64 - 1);
+    for i in 0..11 {
+        let conv = |id: String| {
+            msgs.iter()
+                .find(|m| m.message_id_header.as_deref() == Some(id.as_str()))
+                .unwrap_or_else(|| panic!("{id} stored"))
+                .conversation_id
+        };
+        assert_eq!(
+            conv(format!("root-{i}@example.org")),
+            conv(format!("reply-{i}@example.org")),
+            "a reply and its root arriving together share a conversation"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_threads_within_a_batch_and_isolates_a_failure_sqlite() {
+    group_commit_threads_within_a_batch_and_isolates_a_failure(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_threads_within_a_batch_and_isolates_a_failure_postgres() {
+    group_commit_threads_within_a_batch_and_isolates_a_failure(Backend::Postgres).await;
+}
