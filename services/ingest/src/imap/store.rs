@@ -371,7 +371,8 @@ pub async fn index(db: &Db) -> Result<Vec<IndexEntry>, StoreError> {
 }
 
 /// Records that messages up to `last_uid` were imported (or quarantined) under
-/// `uid_validity`. Called only after the pipeline committed them.
+/// `uid_validity`. Called only after the pipeline committed them. Never moves backwards (a
+/// task stopping after a settings change may finish a message its successor already passed).
 pub async fn record_progress(
     db: &Db,
     tenant: TenantId,
@@ -383,7 +384,8 @@ pub async fn record_progress(
     let mut tx = db.tenant_tx(tenant, true).await?;
     on_tx!(&mut tx, |c| sqlx::query(
         "UPDATE imap_accounts SET uid_validity = $3, last_uid = $4, imported = imported + $5, \
-         last_sync_at = $6 WHERE tenant_id = $1 AND account_id = $2"
+         last_sync_at = $6 WHERE tenant_id = $1 AND account_id = $2 \
+         AND (uid_validity IS NULL OR uid_validity <> $3 OR last_uid < $4)"
     )
     .bind(tenant.0)
     .bind(account)
@@ -496,7 +498,8 @@ pub async fn quarantine(
     .map_err(db_error)?;
     on_tx!(&mut tx, |c| sqlx::query(
         "UPDATE imap_accounts SET uid_validity = $3, last_uid = $4, last_sync_at = $5 \
-         WHERE tenant_id = $1 AND account_id = $2"
+         WHERE tenant_id = $1 AND account_id = $2 \
+         AND (uid_validity IS NULL OR uid_validity <> $3 OR last_uid < $4)"
     )
     .bind(tenant.0)
     .bind(account)
