@@ -369,41 +369,44 @@ async fn file_event(
     Ok(())
 }
 
-/// Re-files every conversation's senders and recipients and rewrites every contact's read
-/// model from the log (`postvak admin rebuild-projections`). Returns the events applied.
+/// Rewrites every contact's read model from the log, then files every conversation's senders
+/// and recipients again (`postvak admin rebuild-projections`): contacts first, so that known
+/// addresses find their contacts instead of making new ones. Returns the events applied.
 pub async fn rebuild(cells: &Cells, ctx: &TenantContext) -> Result<u64, ContactServiceError> {
     let service = Contacts::new(cells.clone());
     let store = &ctx.cell().store;
     let own = own_addresses(&service, ctx).await?;
-    let mut after = LogPosition::START;
     let mut applied = 0u64;
     let mut contacts = BTreeSet::new();
+    let mut after = LogPosition::START;
     loop {
         let page = store.read_log(after, 1000, Some(ctx.tenant())).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
-        for stored in &page {
-            if stored.stream_type == cev::STREAM_CONTACT {
-                if let Some(id) = stored
-                    .stream_id
-                    .strip_prefix("contact-")
-                    .and_then(|s| Uuid::try_parse(s).ok())
-                {
-                    contacts.insert(id);
-                }
-            } else if stored.stream_type == conv::STREAM_CONVERSATION
-                && carries_addresses(&stored.event_type)
-            {
-                let event = store.open(stored).await?;
-                file_event(&service, ctx, &event, &own).await?;
-                applied += 1;
-            }
-        }
+        contacts.extend(
+            page.iter()
+                .filter(|s| s.stream_type == cev::STREAM_CONTACT)
+                .filter_map(|s| s.stream_id.strip_prefix("contact-"))
+                .filter_map(|s| Uuid::try_parse(s).ok()),
+        );
     }
     for id in contacts {
         let state = service.load(ctx, id).await?.state;
         service.project(ctx, id, &state).await?;
         applied += 1;
+    }
+    let mut after = LogPosition::START;
+    loop {
+        let page = store.read_log(after, 1000, Some(ctx.tenant())).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for stored in page.iter().filter(|s| {
+            s.stream_type == conv::STREAM_CONVERSATION && carries_addresses(&s.event_type)
+        }) {
+            let event = store.open(stored).await?;
+            file_event(&service, ctx, &event, &own).await?;
+            applied += 1;
+        }
     }
     Ok(applied)
 }

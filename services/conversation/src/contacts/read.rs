@@ -109,9 +109,15 @@ pub(crate) async fn prepare(
     if let Some(p) = &state.profile {
         let json = serde_json::to_vec(&profile_v1(p))
             .map_err(|e| StoreError::Serialization(e.to_string()))?;
-        let (key, sealed) = keyring
+        let (key, sealed) = match keyring
             .seal(tenant, &contact_key(id), &json, &aad(tenant, id))
-            .await?;
+            .await
+        {
+            Ok(k) => k,
+            // Replaying an older state of a contact erased since: nothing to keep.
+            Err(CryptoError::KeyDestroyed { .. }) => return Ok(prepared),
+            Err(e) => return Err(e.into()),
+        };
         prepared.profile = Some((sealed, key));
         prepared.vip = p.vip;
         if let Some(o) = &p.organisation {

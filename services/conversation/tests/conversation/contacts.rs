@@ -698,3 +698,88 @@ async fn contacts_created_by_hand_need_a_tenant_admin_and_free_addresses() {
         );
     }
 }
+
+#[tokio::test]
+async fn rebuild_restores_contacts_from_the_log_without_making_new_ones() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let app = env.spawn_app().await;
+        let a = env
+            .deliver(
+                env.inbox,
+                &raw("Rita <rita@example.org>", "", "r1@x", "A", "A."),
+            )
+            .await;
+        let b = env
+            .deliver(
+                env.inbox,
+                &raw("rita@example.org", "sam@example.org", "r2@x", "B", "B."),
+            )
+            .await;
+        env.wait_for_conversation(a.conversation_id, 1).await;
+        env.wait_for_conversation(b.conversation_id, 1).await;
+        let rita = wait_for_contact(&env, "rita@example.org", 2).await;
+        let sam = wait_for_contact(&env, "sam@example.org", 1).await;
+        let vip = app
+            .call(
+                "PATCH",
+                &format!("/v1/contacts/{rita}"),
+                &env.alice,
+                Some(json!({"vip": true})),
+                &[],
+            )
+            .await;
+        assert_eq!(vip.status, 200);
+
+        // The read model is lost …
+        let mut tx = env
+            .ctx
+            .cell()
+            .db()
+            .tenant_tx(env.tenant, true)
+            .await
+            .unwrap();
+        for sql in [
+            "DELETE FROM contacts WHERE tenant_id = $1",
+            "DELETE FROM contact_addresses WHERE tenant_id = $1",
+            "DELETE FROM contact_conversations WHERE tenant_id = $1",
+        ] {
+            postvak_platform::on_tx!(&mut tx, |c| sqlx::query(sql)
+                .bind(env.tenant.0)
+                .execute(c)
+                .await
+                .map(|_| ()))
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        assert_eq!(
+            app.get(&format!("/v1/contacts/{rita}"), &env.alice)
+                .await
+                .status,
+            404
+        );
+
+        // … and rebuilt from the log: the same contacts, nothing new.
+        let applied = postvak_conversation::contacts::rebuild(&env.cells, &env.ctx)
+            .await
+            .unwrap();
+        assert!(applied >= 4, "{backend:?}: {applied}");
+        let r = app.get(&format!("/v1/contacts/{rita}"), &env.alice).await;
+        assert_eq!(r.status, 200, "{backend:?}: {r:?}");
+        assert_eq!(r.body["vip"], true);
+        assert_eq!(r.body["name"], "Rita");
+        assert_eq!(r.body["conversation_count"], 2);
+        let admin = env.user("admin@acme.test", TenantRole::Admin).await;
+        let mut all = ids(&app.get("/v1/contacts", &admin).await);
+        all.sort();
+        let mut want = vec![rita, sam];
+        want.sort();
+        assert_eq!(all, want, "{backend:?}");
+        assert_eq!(
+            ids(&app
+                .get("/v1/contacts?address=SAM@example.org", &env.alice)
+                .await),
+            vec![sam]
+        );
+    }
+}
