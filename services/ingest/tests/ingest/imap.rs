@@ -700,6 +700,25 @@ async fn uidvalidity_change_resyncs_without_duplicates() {
         .await
         .unwrap();
     assert_eq!(third.imported, 0);
+
+    // Losing the position altogether (as if every progress write after a commit had been lost
+    // in a crash): another server name forgets it, the folder is fetched again, and every
+    // message is recognised as already stored.
+    let (status, moved) = call!(
+        app,
+        token,
+        "PATCH",
+        format!("/v1/inboxes/{}/imap-accounts/{account}", env.inbox),
+        Some(json!({"host": "localhost"})),
+    );
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["sync"]["last_uid"], 0);
+    let fourth = connector
+        .sync_once(env.ctx.tenant(), account)
+        .await
+        .unwrap();
+    assert_eq!((fourth.imported, fourth.duplicates), (4, 4));
+    assert_eq!(env.messages().await.len(), 4);
 }
 
 /// Implicit TLS and STARTTLS against Dovecot with a self-signed certificate trusted through
