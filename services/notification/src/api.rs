@@ -3,6 +3,7 @@
 //! `/v1/me/notification-preferences` (the calling user's). Needs `web::Data<Directory>` and the
 //! shared authenticator as app data.
 
+use crate::ssrf::{DestinationError, DestinationPolicy};
 use crate::webhooks::{self, WebhookError};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
@@ -16,8 +17,21 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-/// Registers the notification service's `/v1` routes.
+/// Registers the notification service's `/v1` routes; webhooks may point only at public
+/// addresses (no exceptions).
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    routes_with(DestinationPolicy::default())(cfg);
+}
+
+/// The routes with the operator's webhook destination policy (`[webhooks] allow_private`).
+pub fn routes_with(policy: DestinationPolicy) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(policy));
+        register(cfg);
+    }
+}
+
+fn register(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/webhooks", web::get().to(list_webhooks))
         .route("/v1/webhooks", web::post().to(create_webhook))
         .route(
@@ -46,6 +60,12 @@ impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
         match e {
             WebhookError::Invalid(d) => ApiError::unprocessable("invalid_webhook", d),
+            WebhookError::Destination(d @ DestinationError::Forbidden(_)) => {
+                ApiError::unprocessable("webhook_destination_forbidden", d.to_string())
+            }
+            WebhookError::Destination(d @ DestinationError::Unresolvable) => {
+                ApiError::unprocessable("webhook_destination_unresolvable", d.to_string())
+            }
             WebhookError::NotFound => ApiError::not_found(),
             WebhookError::Store(s) => s.into(),
         }
@@ -82,11 +102,12 @@ pub async fn list_webhooks(
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn create_webhook(
     dir: web::Data<Directory>,
+    policy: web::Data<DestinationPolicy>,
     auth: Authenticated,
     body: web::Json<dto::CreateWebhook>,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = admin(&dir, auth).await?;
-    let created = webhooks::create(&ctx, &body).await?;
+    let created = webhooks::create(&ctx, &body, &policy).await?;
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header(("Location", format!("/v1/webhooks/{}", created.webhook.id)))
         .json(created))

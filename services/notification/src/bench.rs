@@ -144,6 +144,8 @@ pub async fn run(cells: &Cells, options: &BenchOptions) -> Result<BenchReport, B
             per_endpoint_concurrency: options.webhook_concurrency,
             per_tenant_concurrency: options.webhook_concurrency,
             total_concurrency: options.webhook_concurrency,
+            // The receiver listens on this host.
+            allow_private: vec!["127.0.0.1/32".into()],
             ..WebhookSettings::default()
         },
     };
@@ -158,6 +160,7 @@ pub async fn run(cells: &Cells, options: &BenchOptions) -> Result<BenchReport, B
             events: vec!["convo.note.created".into()],
             inbox_id: None,
         },
+        &crate::ssrf::DestinationPolicy::new(&["127.0.0.1/32".into()]).map_err(setup)?,
     )
     .await
     .map_err(setup)?;

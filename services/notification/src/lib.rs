@@ -18,6 +18,7 @@ pub mod bench;
 mod due;
 pub mod outbound;
 mod settings;
+pub mod ssrf;
 pub mod webhooks;
 
 pub use settings::{NotificationSettings, OutboundSmtpSettings, SmtpSecurity, WebhookSettings};

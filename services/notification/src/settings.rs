@@ -99,6 +99,10 @@ pub struct WebhookSettings {
     pub retry_max_ms: u64,
     /// Attempts before a delivery goes to the dead-letter list.
     pub max_attempts: u32,
+    /// Address ranges webhooks may reach although they are loopback, private, link-local or
+    /// reserved (refused otherwise, at creation and at every connection), e.g.
+    /// `["127.0.0.1/32"]` for a receiver on the same host. Empty by default.
+    pub allow_private: Vec<String>,
 }
 
 impl Default for WebhookSettings {
@@ -111,6 +115,7 @@ impl Default for WebhookSettings {
             retry_base_ms: 5_000,
             retry_max_ms: 3_600_000,
             max_attempts: 10,
+            allow_private: Vec::new(),
         }
     }
 }

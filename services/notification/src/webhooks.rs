@@ -15,6 +15,7 @@
 
 use crate::due::{self, DueItem, Job, Limits};
 use crate::settings::WebhookSettings;
+use crate::ssrf::{DestinationError, DestinationPolicy, GuardedResolver};
 use crate::{Part, backoff, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
 use base64::Engine;
@@ -45,6 +46,8 @@ pub const WEBHOOK_CONSUMER: &str = "notification-webhooks";
 pub enum WebhookError {
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
     #[error("not found")]
     NotFound,
     #[error(transparent)]
@@ -116,9 +119,21 @@ pub(crate) fn start(
     };
     // reqwest is built without a default TLS provider in this workspace.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let policy = match DestinationPolicy::new(&settings.allow_private) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "webhooks.allow_private is invalid; nothing will be delivered");
+            return part;
+        }
+    };
     let client = match reqwest::Client::builder()
         .timeout(std::time::Duration::from_millis(settings.timeout_ms.max(1)))
         .redirect(reqwest::redirect::Policy::none())
+        // Every name is resolved here and only permitted addresses are connected to.
+        .dns_resolver(GuardedResolver {
+            policy: policy.clone(),
+        })
+        .no_proxy()
         .build()
     {
         Ok(c) => c,
@@ -135,6 +150,7 @@ pub(crate) fn start(
     let job: Arc<dyn Job> = Arc::new(Deliverer {
         cells: cells.clone(),
         client,
+        policy,
         settings,
     });
     part.tasks.push(tokio::spawn(due::dispatch(
@@ -308,6 +324,7 @@ impl EventHandler for FanOut {
 struct Deliverer {
     cells: Cells,
     client: reqwest::Client,
+    policy: DestinationPolicy,
     settings: WebhookSettings,
 }
 
@@ -430,16 +447,28 @@ impl Deliverer {
         let msg_id = id.to_string();
         let signature = sign(&p.secret, &msg_id, timestamp, &p.body)
             .map_err(|e| StoreError::Database(e.to_string()))?;
-        let sent = self
-            .client
-            .post(&p.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &msg_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(p.body)
-            .send()
-            .await;
+        // Names are checked by the resolver at connect time; an IP literal never reaches it.
+        let literal = reqwest::Url::parse(&p.url).ok().and_then(|u| {
+            u.host_str()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+                .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        });
+        let sent = match literal {
+            Some(ip) if !self.policy.permits(ip) => {
+                Err(DestinationError::Forbidden(ip).to_string())
+            }
+            _ => self
+                .client
+                .post(&p.url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &msg_id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature)
+                .body(p.body)
+                .send()
+                .await
+                .map_err(|e| error_chain(&e)),
+        };
         let (ok, status, error) = match sent {
             Ok(r) if r.status().is_success() => (true, Some(r.status().as_u16()), None),
             Ok(r) => (
@@ -447,7 +476,7 @@ impl Deliverer {
                 Some(r.status().as_u16()),
                 Some(format!("endpoint answered {}", r.status())),
             ),
-            Err(e) => (false, None, Some(format!("{e}"))),
+            Err(e) => (false, None, Some(e)),
         };
         let outcome = if ok {
             metrics::counter!("postvak_webhook_deliveries_total", "outcome" => "delivered")
@@ -525,6 +554,18 @@ impl Deliverer {
     }
 }
 
+/// An error with its causes (reqwest's own text hides why a connection failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 struct Outcome {
     state: &'static str,
     status: Option<u16>,
@@ -558,6 +599,7 @@ fn webhook_dto(
 pub async fn create(
     ctx: &TenantContext,
     req: &dto::CreateWebhook,
+    policy: &DestinationPolicy,
 ) -> Result<dto::CreatedWebhook, WebhookError> {
     let url =
         reqwest::Url::parse(&req.url).map_err(|e| WebhookError::Invalid(format!("url: {e}")))?;
@@ -569,6 +611,7 @@ pub async fn create(
     if req.events.is_empty() {
         return Err(WebhookError::Invalid("events: at least one".into()));
     }
+    policy.check_url(&url).await?;
     let mut events: Vec<String> = Vec::new();
     for e in &req.events {
         if !WEBHOOK_EVENTS.contains(&e.as_str()) {

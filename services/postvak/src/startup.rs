@@ -286,6 +286,10 @@ impl Application {
         let serve_conversations = matches!(role, Role::All | Role::Conversation | Role::Api);
         let serve_notifications = matches!(role, Role::All | Role::Notification);
         let raw_settings: postvak_ingest::RawApiSettings = cfg.section("raw_api")?;
+        let webhook_policy = postvak_notification::ssrf::DestinationPolicy::new(
+            &notification_settings(cfg)?.webhooks.allow_private,
+        )
+        .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
         let mut server = HttpServer::new(move || {
             let app = App::new()
                 .wrap(from_fn(observe))
@@ -319,7 +323,7 @@ impl Application {
                 app
             };
             if serve_notifications {
-                app.configure(postvak_notification::api::routes)
+                app.configure(postvak_notification::api::routes_with(webhook_policy.clone()))
             } else {
                 app
             }

@@ -19,6 +19,8 @@ fn settings() -> NotificationSettings {
             retry_base_ms: 100,
             retry_max_ms: 300,
             max_attempts: 3,
+            // The test receivers listen here.
+            allow_private: vec!["127.0.0.1/32".into()],
         },
         ..Default::default()
     }
@@ -276,4 +278,99 @@ async fn a_failing_endpoint_ends_in_the_dead_letter_list_and_can_be_redelivered(
             .await;
         assert_eq!(missing.status, 404);
     }
+}
+
+#[tokio::test]
+async fn webhooks_to_internal_addresses_are_refused_at_creation_and_at_connection() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        // The API allows loopback (the operator's allow-list), the deliverer does not: it
+        // stands for a name that pointed elsewhere when it was checked and at 127.0.0.1 now.
+        let mut strict = settings();
+        strict.webhooks.allow_private.clear();
+        strict.webhooks.max_attempts = 2;
+        env.start_notification(strict);
+        let app = env.spawn_app().await;
+        let t = &env.acme;
+        let r = Receiver::start(Mode::Accept, env.cancel.clone()).await;
+
+        for url in [
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.7/hook",
+            "http://192.168.1.1/hook",
+            "http://[::ffff:127.0.0.2]/hook",
+            "http://127.0.0.2:9/hook",
+            "http://[fd00:ec2::254]/",
+            "http://0.0.0.0:80/",
+        ] {
+            let resp = app
+                .call(
+                    "POST",
+                    "/v1/webhooks",
+                    &t.admin,
+                    Some(json!({"url": url, "events": ["convo.created"]})),
+                )
+                .await;
+            assert_eq!(resp.status, 422, "{url}: {:?}", resp.body);
+            assert_eq!(resp.content_type, "application/problem+json");
+            assert_eq!(resp.body["code"], "webhook_destination_forbidden", "{url}");
+        }
+        let unknown = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &t.admin,
+                Some(
+                    json!({"url": "http://no-such-host.invalid/hook", "events": ["convo.created"]}),
+                ),
+            )
+            .await;
+        assert_eq!(unknown.status, 422);
+        assert_eq!(unknown.body["code"], "webhook_destination_unresolvable");
+
+        // Allowed at creation (a name and a literal), refused when connecting.
+        let port = r.url.split(':').nth(2).unwrap().split('/').next().unwrap();
+        let by_name = subscribe_url(&app, t, &format!("http://localhost:{port}/hook")).await;
+        let by_ip = subscribe_url(&app, t, &r.url).await;
+        env.deliver(t, &mail(&t.address, "ssrf@example.org", "Hi", "", "."))
+            .await;
+        for id in [by_name, by_ip] {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            let dead = loop {
+                let d = app
+                    .call(
+                        "GET",
+                        &format!("/v1/webhooks/{id}/deliveries"),
+                        &t.admin,
+                        None,
+                    )
+                    .await;
+                let items = d.body["items"].as_array().unwrap().clone();
+                if let Some(x) = items.iter().find(|d| d["state"] == "dead") {
+                    break x.clone();
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{items:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert!(dead.get("last_status").is_none(), "{dead}");
+            assert!(
+                dead["last_error"].as_str().unwrap().contains("not allowed"),
+                "{backend:?}: {dead}"
+            );
+        }
+        assert!(r.received().is_empty(), "a request reached the receiver");
+    }
+}
+
+async fn subscribe_url(app: &TestApp, t: &Tenant, url: &str) -> String {
+    let resp = app
+        .call(
+            "POST",
+            "/v1/webhooks",
+            &t.admin,
+            Some(json!({"url": url, "events": ["convo.created"]})),
+        )
+        .await;
+    assert_eq!(resp.status, 201, "{url}: {:?}", resp.body);
+    resp.body["id"].as_str().unwrap().to_owned()
 }

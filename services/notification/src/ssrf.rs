@@ -1,0 +1,249 @@
+//! Where webhooks may go: never to loopback, private, link-local (cloud metadata), CGNAT,
+//! multicast or reserved addresses, unless the operator lists a range in
+//! `[webhooks] allow_private` (e.g. `["127.0.0.1/32"]` for a receiver on the same host).
+//!
+//! Checked twice: when a subscription is created (its host's addresses now), and at every
+//! connection — the HTTP client resolves names through [`GuardedResolver`], which drops
+//! forbidden addresses, so the client connects only to an address that passed the check
+//! (a name that re-points to 127.0.0.1 after the subscription was made — DNS rebinding — finds
+//! nothing to connect to). URLs with an IP literal are checked before each request.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+/// An address range (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4 address carried in IPv6 (mapped `::ffff:a.b.c.d`) is judged as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// Not a public unicast address.
+fn forbidden_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // 169.254/16: cloud metadata lives here
+        || ip.is_multicast()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240 // reserved
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7 (also AWS's fd00:ec2::254)
+        || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64: may reach any IPv4 inside
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
+}
+
+/// The check, with the operator's exceptions.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationPolicy {
+    allow: Arc<Vec<Cidr>>,
+}
+
+impl DestinationPolicy {
+    /// `allow_private`: ranges let through even though they are not public.
+    pub fn new(allow_private: &[String]) -> Result<Self, String> {
+        let allow = allow_private
+            .iter()
+            .map(|s| Cidr::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            allow: Arc::new(allow),
+        })
+    }
+
+    /// May a webhook connect to `ip`?
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        if self.allow.iter().any(|c| c.contains(ip)) {
+            return true;
+        }
+        match canonical(ip) {
+            IpAddr::V4(v4) => !forbidden_v4(v4),
+            IpAddr::V6(v6) => !forbidden_v6(v6),
+        }
+    }
+
+    /// Checks a URL's host now: an IP literal, or every address its name resolves to.
+    pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), DestinationError> {
+        let host = url.host_str().ok_or(DestinationError::Unresolvable)?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return if self.permits(ip) {
+                Ok(())
+            } else {
+                Err(DestinationError::Forbidden(ip))
+            };
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| DestinationError::Unresolvable)?
+            .collect();
+        if addrs.is_empty() {
+            return Err(DestinationError::Unresolvable);
+        }
+        match addrs.iter().find(|a| !self.permits(a.ip())) {
+            Some(a) => Err(DestinationError::Forbidden(a.ip())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a destination is refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DestinationError {
+    #[error("{0} is not allowed for webhooks (loopback, private, link-local or reserved)")]
+    Forbidden(IpAddr),
+    #[error("the webhook host does not resolve")]
+    Unresolvable,
+}
+
+/// The HTTP client's resolver: resolves, keeps the permitted addresses, and fails when none
+/// is left, so a connection only ever goes to a checked address.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    pub policy: DestinationPolicy,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ok: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| policy.permits(a.ip()))
+                .collect();
+            if ok.is_empty() {
+                let shown = all
+                    .first()
+                    .map_or_else(|| host.clone(), |a| a.ip().to_string());
+                return Err(
+                    format!("{host}: destination {shown} is not allowed for webhooks").into(),
+                );
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(ok.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn internal_addresses_are_refused_and_public_ones_pass() {
+        let p = DestinationPolicy::default();
+        for bad in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(!p.permits(ip(bad)), "{bad} passed");
+        }
+        for good in ["93.184.216.34", "1.1.1.1", "172.32.0.1", "2606:4700::1111"] {
+            assert!(p.permits(ip(good)), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_lets_exactly_its_ranges_through() {
+        let p = DestinationPolicy::new(&["127.0.0.1/32".into(), "10.8.0.0/16".into()]).unwrap();
+        assert!(p.permits(ip("127.0.0.1")));
+        assert!(p.permits(ip("::ffff:127.0.0.1")));
+        assert!(!p.permits(ip("127.0.0.2")));
+        assert!(p.permits(ip("10.8.200.1")));
+        assert!(!p.permits(ip("10.9.0.1")));
+        assert!(DestinationPolicy::new(&["10.0.0.0/33".into()]).is_err());
+        assert!(DestinationPolicy::new(&["nope".into()]).is_err());
+    }
+}
