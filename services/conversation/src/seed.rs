@@ -96,7 +96,7 @@ fn commands(inbox: &SeedInbox, conversation_id: Uuid, n: u64, now_us: i64) -> Ve
             at_us: start + 2 * 60_000_000,
         },
         C::SetPriority {
-            priority: if n % 10 == 0 {
+            priority: if n.is_multiple_of(10) {
                 Priority::High
             } else {
                 Priority::Low

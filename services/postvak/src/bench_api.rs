@@ -249,9 +249,9 @@ async fn seed(url: &str, opts: &ApiBenchOptions) -> anyhow::Result<Seeded> {
                         .with_context(|| format!("seeding conversations {first}..{last}"))?;
                 for (n, (id, count)) in (first..last).zip(written) {
                     events.fetch_add(count as u64, Ordering::Relaxed);
-                    if n % stride == 0 {
+                    if n.is_multiple_of(stride) {
                         sample.push(id);
-                        if n % 4 == 0 {
+                        if n.is_multiple_of(4) {
                             open.push(id);
                         }
                     }
