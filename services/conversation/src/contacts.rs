@@ -360,8 +360,9 @@ impl Contacts {
         let index = read::address_index(keyring, ctx.tenant(), &normalised).await?;
         let candidate = Uuid::now_v7();
         let mut tx = self.tx(ctx, true).await?;
-        let mut holder = read::reserve(&mut tx, ctx.tenant(), &index, candidate).await?;
+        let reserved = read::reserve(&mut tx, ctx.tenant(), &index, candidate).await?;
         tx.commit().await?;
+        let mut holder = reserved;
         // Follow merges (the projection moves addresses; a stale row may still point back).
         for _ in 0..8 {
             let state = self.load(ctx, holder).await?.state;
@@ -409,7 +410,7 @@ impl Contacts {
             // address and file it afresh.
             Err(ContactServiceError::Domain(ContactError::Erased)) => {
                 let mut tx = self.tx(ctx, true).await?;
-                read::release(&mut tx, ctx.tenant(), &index, holder).await?;
+                read::release(&mut tx, ctx.tenant(), &index, reserved).await?;
                 tx.commit().await?;
                 Box::pin(self.file(ctx, address, name.as_deref(), conversation, inbox)).await
             }
