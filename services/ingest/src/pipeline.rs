@@ -624,6 +624,11 @@ impl Ingestor {
     /// Hands a mail to its cell's commit stage and waits until its transaction committed (or
     /// failed).
     async fn commit(&self, mut job: Job) -> Result<Committed, IngestError> {
+        if commit_workers(job.ctx.cell()) == 0 {
+            // No stage: the session commits its own mail.
+            let mut done = commit_batch(std::slice::from_ref(&job)).await?;
+            return Ok(done.pop().unwrap_or(Committed::Duplicate));
+        }
         let (done, result) = oneshot::channel();
         job.done = Some(done);
         let queue = self.committer(job.ctx.cell());
@@ -636,8 +641,7 @@ impl Ingestor {
             .map_err(|_| StoreError::Unavailable("the commit stage stopped".into()))?
     }
 
-    /// The commit queue of a cell, its workers started on first use. PostgreSQL gets a few
-    /// workers (one transaction each, in parallel); SQLite one (it has one writer anyway).
+    /// The commit queue of a cell, its workers started on first use.
     fn committer(&self, cell: &Arc<postvak_platform::cell::Cell>) -> mpsc::Sender<Job> {
         let mut map = self
             .committers
@@ -650,16 +654,26 @@ impl Ingestor {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let workers = match cell.store.backend() {
-            postvak_platform::store::Backend::Postgres => 2,
-            postvak_platform::store::Backend::Sqlite => 1,
-        };
-        for _ in 0..workers {
+        for _ in 0..commit_workers(cell) {
             tokio::spawn(commit_worker(rx.clone()));
         }
         map.insert(cell.name.clone(), tx.clone());
         tx
     }
+}
+
+/// Commit workers per cell: `POSTVAK_INGEST_COMMIT_WORKERS` (0 = no group commit, each session
+/// commits its own mail), else one. One worker never deadlocks against itself; two batches
+/// running at once can, when they write shared index rows or blobs in opposite orders
+/// (PostgreSQL then aborts one after `deadlock_timeout`, and its mails retry one by one).
+fn commit_workers(_cell: &postvak_platform::cell::Cell) -> usize {
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| {
+        std::env::var("POSTVAK_INGEST_COMMIT_WORKERS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1)
+    })
 }
 
 /// Takes whatever mails are waiting (up to [`MAX_BATCH`]) and commits them together: no timer,
