@@ -191,4 +191,5 @@ pub mod contact;
 pub mod conversation;
 pub mod ingest;
 pub mod notification;
+pub mod routing;
 pub mod timers;

@@ -345,4 +345,5 @@ pub mod contact;
 pub mod conversation;
 pub mod imap;
 pub mod notification;
+pub mod routing;
 pub mod sla;

@@ -64,6 +64,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0014_delivery_relays.sql"),
     ),
     (
+        9,
+        "routing_rules",
+        include_str!("../../../migrations/postgres/0009_routing_rules.sql"),
+    ),
+    (
         10,
         "routing_timers",
         include_str!("../../../migrations/postgres/0010_routing_timers.sql"),
@@ -126,6 +131,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "delivery_relays",
         include_str!("../../../migrations/sqlite/0014_delivery_relays.sql"),
+    ),
+    (
+        9,
+        "routing_rules",
+        include_str!("../../../migrations/sqlite/0009_routing_rules.sql"),
     ),
     (
         10,

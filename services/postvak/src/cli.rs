@@ -78,6 +78,8 @@ enum Service {
     Conversation,
     /// Replies out through the SMTP relay, webhooks and agent notifications.
     Notification,
+    /// Routing: rules, assignment, agent availability, SLA timers and metrics.
+    Routing,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Service::Ingest => Role::Ingest,
                 Service::Conversation => Role::Conversation,
                 Service::Notification => Role::Notification,
+                Service::Routing => Role::Routing,
             };
             serve(&cfg, false, role).await?;
         }

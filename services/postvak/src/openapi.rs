@@ -97,6 +97,16 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_conversation::contacts::api::merge_contact,
         postvak_conversation::contacts::api::list_contact_conversations,
         postvak_conversation::contacts::api::export_contact,
+        postvak_routing::rules::list_rules,
+        postvak_routing::rules::create_rule,
+        postvak_routing::rules::get_rule,
+        postvak_routing::rules::replace_rule,
+        postvak_routing::rules::delete_rule,
+        postvak_routing::rules::reorder_rules,
+        postvak_routing::rules::dry_run,
+        postvak_routing::availability::get_availability,
+        postvak_routing::availability::put_availability,
+        postvak_routing::availability::reassign,
     ),
     components(schemas(postvak_proto::Problem)),
     modifiers(&BearerAuth),
@@ -111,6 +121,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "contacts", description = "Contacts: history, merge, GDPR export and erasure"),
         (name = "webhooks", description = "Signed tenant webhooks, deliveries and redelivery"),
         (name = "notifications", description = "Agent notification preferences"),
+        (name = "routing", description = "Rules per inbox, dry-run, agent availability and reassignment, SLA policies, metrics"),
     )
 )]
 pub struct ApiDoc;

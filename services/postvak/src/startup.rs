@@ -39,6 +39,8 @@ pub enum Role {
     /// Replies out through the SMTP relay, webhooks, agent notifications
     /// (`postvak run notification`).
     Notification,
+    /// Rules, assignment, availability, SLA timers and metrics (`postvak run routing`).
+    Routing,
     /// The conversation API alone, without consumers or workers (`postvak bench api`).
     Api,
 }
@@ -264,6 +266,18 @@ impl Application {
             }
         }
 
+        if matches!(role, Role::All | Role::Routing) {
+            for cell in cells.all() {
+                for handle in postvak_routing::start(&cells, cell.clone(), cancel.clone()).await {
+                    tasks.spawn(async move {
+                        if let Err(e) = handle.await {
+                            tracing::error!(error = %e, "routing worker ended abnormally");
+                        }
+                    });
+                }
+            }
+        }
+
         let _ = postvak_platform::telemetry::prometheus();
         let cells_data = web::Data::new(cells.clone());
         let directory_data = web::Data::new(directory);
@@ -285,6 +299,7 @@ impl Application {
         let serve_ingest = matches!(role, Role::All | Role::Ingest);
         let serve_conversations = matches!(role, Role::All | Role::Conversation | Role::Api);
         let serve_notifications = matches!(role, Role::All | Role::Notification);
+        let serve_routing = matches!(role, Role::All | Role::Routing);
         let raw_settings: postvak_ingest::RawApiSettings = cfg.section("raw_api")?;
         let webhook_policy = postvak_notification::ssrf::DestinationPolicy::new(
             &notification_settings(cfg)?.webhooks.allow_private,
@@ -313,7 +328,9 @@ impl Application {
             };
             let app = if serve_ingest {
                 app.configure(postvak_ingest::api::routes_with(raw_settings.clone()))
-                    .configure(postvak_ingest::imap::api::routes_with(imap_settings.clone()))
+                    .configure(postvak_ingest::imap::api::routes_with(
+                        imap_settings.clone(),
+                    ))
             } else {
                 app
             };
@@ -322,8 +339,15 @@ impl Application {
             } else {
                 app
             };
-            if serve_notifications {
-                app.configure(postvak_notification::api::routes_with(webhook_policy.clone()))
+            let app = if serve_notifications {
+                app.configure(postvak_notification::api::routes_with(
+                    webhook_policy.clone(),
+                ))
+            } else {
+                app
+            };
+            if serve_routing {
+                app.configure(postvak_routing::routes)
             } else {
                 app
             }

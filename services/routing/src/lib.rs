@@ -1,6 +1,66 @@
-//! The routing service: rules, assignment strategies, SLA clocks and durable timers. Not built
-//! yet (its own issue).
+//! The routing service: rules per inbox (conditions → actions, assignment by round-robin,
+//! least-loaded or skill match), agent availability and workload, SLA clocks, durable timers
+//! and metrics. Routing never appends to a conversation's stream: it asks the conversation
+//! service with `conversation.apply` (ADR 0008), and records each decision on its own streams
+//! (`routing.rule_fired`, timers).
+//!
+//! - `rules.rs` — the rules API, dry-run and read model; `engine.rs` — the consumer and the
+//!   worker that evaluate rules and act; `availability.rs` — availability and reassignment.
+//! - `sla.rs`, `timers.rs`, `metrics.rs` — SLA policies, durable timers, metrics.
 
+pub mod availability;
+pub mod engine;
 pub mod metrics;
+pub mod rules;
 pub mod sla;
 pub mod timers;
+
+use postvak_platform::cell::{Cell, Cells};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the routing service's background work for one cell until `cancel` fires: the rules
+/// consumer and worker, then the timers (scheduler consumer, metrics projection, runner).
+pub async fn start(
+    cells: &Cells,
+    cell: Arc<Cell>,
+    cancel: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = start_rules(cells, cell.clone(), cancel.clone());
+    tasks.extend(timers::start(cell, cancel));
+    tasks
+}
+
+/// The rules consumer (`routing-rules`) and the worker that applies what rules decide.
+pub fn start_rules(
+    cells: &Cells,
+    cell: Arc<Cell>,
+    cancel: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let consumer = Arc::new(engine::RuleConsumer { wake: wake.clone() });
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn({
+        let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
+        async move {
+            postvak_platform::consumer::run_consumer(store, bus, consumer, cancel).await;
+        }
+    }));
+    tasks.push(tokio::spawn(engine::run_worker(
+        cells.clone(),
+        cell,
+        wake,
+        cancel,
+    )));
+    tasks
+}
+
+/// Registers every routing route: rules and dry-run, availability, SLA policies and
+/// automation, metrics.
+pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
+    rules::routes(cfg);
+    availability::routes(cfg);
+    sla::routes(cfg);
+    metrics::routes(cfg);
+}

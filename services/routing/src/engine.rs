@@ -1,0 +1,1040 @@
+//! Rules at work: the consumer that follows conversations and the worker that evaluates an
+//! inbox's rules and acts through `conversation.apply`.
+//!
+//! - The consumer (`routing-rules`) keeps `routing_rule_conversations` (assignee, open, tags,
+//!   channel, last customer/agent message: the workload and the facts rules need) and
+//!   `routing_message_channels` from conversation and ingest events, and queues
+//!   `conversation.opened` (and later inbound messages) in `routing_rule_queue` — through its
+//!   own transaction, as every consumer must.
+//! - The worker takes a queued event, evaluates the inbox's rules (`postvak_core::routing`)
+//!   against the agents' availability and workload, and **records the decision first**: one
+//!   append of a `routing.rule_fired` event per fired rule (and `routing.notification_requested`
+//!   for notify actions) on the conversation's `decisions-<id>` stream, expected at the
+//!   version it read. Then it sends one `conversation.apply` per fired rule with the
+//!   idempotency key `rule:<event id>:<rule id>` and the recorded actions. A crash anywhere
+//!   repeats the work: the recorded decision is found and sent again with the same key and
+//!   payload, so the conversation service answers its stored reply — nothing acts twice.
+
+use crate::rules;
+use postvak_core::routing::{
+    self as core, Agent, Availability, Decided, Facts, Pool, Strategy, Team, Trigger,
+};
+use postvak_core::sla::BusinessCalendar;
+use postvak_directory::Directory;
+use postvak_ingest::Ingestor;
+use postvak_platform::bus::Bus;
+use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
+use postvak_platform::command::{SendCommandError, command_envelope, send_command};
+use postvak_platform::consumer::{EventHandler, HandlerError};
+use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{
+    EventData, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef, TenantId,
+};
+use postvak_proto::EventMetadata;
+use postvak_proto::command::conversation::{
+    APPLY, ActionV1, ApplyV1, CauseKindV1, CauseV1, SERVICE as CONVERSATION,
+};
+use postvak_proto::events::conversation as cev;
+use postvak_proto::events::ingest as iev;
+use postvak_proto::events::routing as ev;
+use postvak_proto::rest::routing as dto;
+use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Durable consumer name.
+pub const CONSUMER: &str = "routing-rules";
+/// How long the worker waits for the conversation service's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) const SERVICE: Principal = Principal::Service { name: "routing" };
+
+pub(crate) fn decisions_stream(conversation: Uuid) -> StreamRef {
+    StreamRef::new(ev::STREAM_DECISION, format!("decisions-{conversation}"))
+}
+
+pub(crate) fn now_us() -> i64 {
+    postvak_platform::store::micros(time::OffsetDateTime::now_utc())
+}
+
+// ---------------------------------------------------------------------------------------------
+// What assignment sees
+
+/// The agents, teams, pointers and calendar rules are evaluated against.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub pool: Pool,
+    pub calendar: Option<BusinessCalendar>,
+}
+
+impl Snapshot {
+    /// Loads what `rules` may need for `inbox`.
+    pub async fn load(
+        dir: &Directory,
+        ctx: &TenantContext,
+        inbox: Uuid,
+        rules: &[core::Rule],
+    ) -> Result<Self, StoreError> {
+        let calendar = match dir.get_inbox(ctx, inbox).await {
+            Ok(i) => BusinessCalendar::new(i.timezone.as_deref(), i.business_hours.as_ref(), &[])
+                .map_err(
+                    |e| tracing::warn!(inbox_id = %inbox, error = %e, "inbox calendar unusable"),
+                )
+                .ok(),
+            Err(e) => {
+                tracing::warn!(inbox_id = %inbox, error = %e, "inbox not readable for its calendar");
+                None
+            }
+        };
+        let needs_teams = rules.iter().any(|r| {
+            r.actions
+                .iter()
+                .any(|a| matches!(a, core::Action::AssignTeam { .. }))
+        });
+        let mut teams = BTreeMap::new();
+        let mut people: BTreeSet<Uuid> = rules
+            .iter()
+            .flat_map(|r| r.actions.iter())
+            .filter_map(|a| match a {
+                core::Action::AssignUser(u) => Some(*u),
+                _ => None,
+            })
+            .collect();
+        if needs_teams {
+            let listed = dir
+                .list_teams(ctx, None)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            for t in listed {
+                people.extend(t.members.iter().copied());
+                teams.insert(
+                    t.id,
+                    Team {
+                        id: t.id,
+                        members: t.members.into_iter().collect(),
+                        skills: t.skills.into_iter().collect(),
+                    },
+                );
+            }
+        }
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let availability = load_availability(&mut tx, t).await?;
+        let open = open_counts(&mut tx, t).await?;
+        let pointers: Vec<(String, Uuid)> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT pointer, last_user FROM routing_pointers WHERE tenant_id = $1"
+        )
+        .bind(t.0)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()))
+        .map_err(db_error)?;
+        tx.commit().await?;
+        let agents = people
+            .into_iter()
+            .map(|id| {
+                let (availability, capacity) = availability
+                    .get(&id)
+                    .copied()
+                    .unwrap_or((Availability::Online, None));
+                (
+                    id,
+                    Agent {
+                        id,
+                        availability,
+                        capacity,
+                        open: open.get(&id).copied().unwrap_or(0),
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            pool: Pool {
+                agents,
+                teams,
+                pointers: pointers.into_iter().collect(),
+            },
+            calendar,
+        })
+    }
+
+    pub fn in_business_hours(&self, at_us: i64) -> bool {
+        self.calendar.as_ref().is_none_or(|c| c.is_open(at_us))
+    }
+}
+
+/// `(availability, capacity)` per agent who set one.
+pub(crate) async fn load_availability(
+    tx: &mut DbTx,
+    t: TenantId,
+) -> Result<BTreeMap<Uuid, (Availability, Option<u32>)>, StoreError> {
+    let rows: Vec<(Uuid, String, Option<i64>)> = on_tx!(tx, |c| sqlx::query(
+        "SELECT user_id, status, capacity FROM routing_availability WHERE tenant_id = $1"
+    )
+    .bind(t.0)
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()))
+    .map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(u, s, c)| {
+            (
+                u,
+                (
+                    Availability::parse(&s).unwrap_or_default(),
+                    c.and_then(|c| u32::try_from(c).ok()),
+                ),
+            )
+        })
+        .collect())
+}
+
+/// Open assigned conversations per agent.
+pub(crate) async fn open_counts(
+    tx: &mut DbTx,
+    t: TenantId,
+) -> Result<BTreeMap<Uuid, u32>, StoreError> {
+    let rows: Vec<(Uuid, i64)> = on_tx!(tx, |c| sqlx::query(
+        "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
+         WHERE tenant_id = $1 AND open = $2 AND assignee IS NOT NULL GROUP BY assignee"
+    )
+    .bind(t.0)
+    .bind(true)
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()))
+    .map_err(db_error)?;
+    Ok(rows
+        .into_iter()
+        .map(|(u, n)| (u, u32::try_from(n).unwrap_or(u32::MAX)))
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions on the wire
+
+pub fn decided_dto(d: &Decided) -> dto::DecidedAction {
+    use dto::DecidedAction as D;
+    match d {
+        Decided::Assign(u) => D::Assign { user: *u },
+        Decided::NoAssignee { team, strategy } => D::NoAssignee {
+            team: *team,
+            strategy: strategy.as_str().to_owned(),
+        },
+        Decided::AddTag(t) => D::AddTag { tag: t.clone() },
+        Decided::SetPriority(p) => D::SetPriority {
+            priority: p.as_str().to_owned(),
+        },
+        Decided::AddParticipantUser(u) => D::AddParticipantUser { user: *u },
+        Decided::AddParticipantInbox(i) => D::AddParticipantInbox { inbox: *i },
+        Decided::AutoReply(t) => D::AutoReply { template_id: *t },
+        Decided::Close => D::Close,
+        Decided::Notify { users, message } => D::Notify {
+            users: users.clone(),
+            message: message.clone(),
+        },
+    }
+}
+
+pub fn fired_dto(f: &core::Fired) -> dto::FiredRule {
+    dto::FiredRule {
+        rule_id: f.rule_id,
+        name: f.rule_name.clone(),
+        actions: f.actions.iter().map(decided_dto).collect(),
+    }
+}
+
+/// The `conversation.apply` actions of a recorded decision (notify and "nobody available" are
+/// not conversation changes).
+pub fn apply_actions(actions: &[dto::DecidedAction]) -> Vec<ActionV1> {
+    use dto::DecidedAction as D;
+    actions
+        .iter()
+        .filter_map(|a| {
+            Some(match a {
+                D::Assign { user } => ActionV1::Assign { user: *user },
+                D::AddTag { tag } => ActionV1::AddTag { tag: tag.clone() },
+                D::SetPriority { priority } => ActionV1::SetPriority {
+                    priority: priority.clone(),
+                },
+                D::AddParticipantUser { user } => ActionV1::AddParticipantUser { user: *user },
+                D::AddParticipantInbox { inbox } => ActionV1::AddParticipantInbox { inbox: *inbox },
+                D::AutoReply { template_id } => ActionV1::AutoReply {
+                    template_id: *template_id,
+                },
+                D::Close => ActionV1::SetStatus {
+                    status: "closed".into(),
+                },
+                D::NoAssignee { .. } | D::Notify { .. } => return None,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The consumer
+
+pub(crate) struct RuleConsumer {
+    pub(crate) wake: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for RuleConsumer {
+    fn name(&self) -> &str {
+        CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![
+            cev::STREAM_CONVERSATION.to_owned(),
+            iev::STREAM_INBOUND_MESSAGE.to_owned(),
+        ]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        if matches!(event.data, EventData::Shredded) {
+            return Ok(());
+        }
+        crate::sla::bind_tenant(tx, event.tenant_id).await?;
+        let queued = follow(tx, event).await?;
+        if queued {
+            // Woken before the commit: the worker also polls, so a row is never missed.
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+fn conversation_of(stream_id: &str) -> Option<Uuid> {
+    stream_id.strip_prefix("conv-").and_then(|s| s.parse().ok())
+}
+
+/// Applies one event to the rule facts; `true` when it queued work for the worker.
+async fn follow(tx: &mut DbTx, e: &RecordedEvent) -> Result<bool, StoreError> {
+    let t = e.tenant_id;
+    if e.event_type == iev::MESSAGE_RECEIVED {
+        let p: iev::MessageReceivedV1 = e.payload()?;
+        on_tx!(tx, |x| sqlx::query(
+            "INSERT INTO routing_message_channels (tenant_id, message_id, channel) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, message_id) DO NOTHING"
+        )
+        .bind(t.0)
+        .bind(p.message_id)
+        .bind(&p.source)
+        .execute(x)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+        return Ok(false);
+    }
+    let Some(conv) = conversation_of(&e.stream_id) else {
+        return Ok(false);
+    };
+    match e.event_type.as_str() {
+        cev::OPENED => {
+            let p: cev::OpenedV1 = e.payload()?;
+            let channel = (p.origin == "agent").then_some("agent");
+            on_tx!(tx, |x| sqlx::query(
+                "INSERT INTO routing_rule_conversations (tenant_id, conversation_id, inbox_id, assignee, open, tags, channel) \
+                 VALUES ($1, $2, $3, NULL, $4, '[]', $5) ON CONFLICT (tenant_id, conversation_id) DO NOTHING"
+            )
+            .bind(t.0)
+            .bind(conv)
+            .bind(p.inbox_id)
+            .bind(true)
+            .bind(channel)
+            .execute(x)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+            enqueue(tx, e, conv, p.inbox_id, Trigger::Opened, None).await?;
+            return Ok(true);
+        }
+        cev::MESSAGE_RECEIVED => {
+            let p: cev::MessageV1 = e.payload()?;
+            on_tx!(tx, |x| sqlx::query(
+                "UPDATE routing_rule_conversations SET last_customer_us = $3, \
+                 channel = COALESCE(channel, (SELECT m.channel FROM routing_message_channels m \
+                   WHERE m.tenant_id = $1 AND m.message_id = $4)) \
+                 WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(t.0)
+            .bind(conv)
+            .bind(p.at_us)
+            .bind(p.message_id)
+            .execute(x)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+            // The message that opened the conversation was queued with `opened`.
+            if e.stream_version > 2 {
+                enqueue(
+                    tx,
+                    e,
+                    conv,
+                    p.inbox_id,
+                    Trigger::Message,
+                    Some(p.message_id),
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        cev::REPLY_QUEUED => {
+            let p: cev::MessageV1 = e.payload()?;
+            set_i64(tx, t, conv, "UPDATE routing_rule_conversations SET last_agent_us = $3 WHERE tenant_id = $1 AND conversation_id = $2", p.at_us).await?;
+        }
+        cev::ASSIGNED => {
+            let p: cev::AssignedV1 = e.payload()?;
+            set_assignee(tx, t, conv, Some(p.assignee)).await?;
+        }
+        cev::UNASSIGNED => set_assignee(tx, t, conv, None).await?,
+        cev::STATUS_CHANGED => {
+            let p: cev::StatusChangedV1 = e.payload()?;
+            let open = matches!(p.status.as_str(), "open" | "pending");
+            on_tx!(tx, |x| sqlx::query(
+                "UPDATE routing_rule_conversations SET open = $3 WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(t.0)
+            .bind(conv)
+            .bind(open)
+            .execute(x)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+        }
+        cev::MERGED_INTO => {
+            on_tx!(tx, |x| sqlx::query(
+                "UPDATE routing_rule_conversations SET open = $3 WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(t.0)
+            .bind(conv)
+            .bind(false)
+            .execute(x)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+        }
+        cev::MOVED => {
+            let p: cev::MovedV1 = e.payload()?;
+            on_tx!(tx, |x| sqlx::query(
+                "UPDATE routing_rule_conversations SET inbox_id = $3 WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(t.0)
+            .bind(conv)
+            .bind(p.to_inbox)
+            .execute(x)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+        }
+        cev::TAGGED | cev::UNTAGGED => {
+            let p: cev::TagV1 = e.payload()?;
+            let current: Option<String> = on_tx!(tx, |x| sqlx::query(
+                "SELECT tags FROM routing_rule_conversations WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(t.0)
+            .bind(conv)
+            .fetch_optional(x)
+            .await
+            .and_then(|r| r.map(|r| r.try_get(0)).transpose()))
+            .map_err(db_error)?;
+            let Some(current) = current else {
+                return Ok(false);
+            };
+            let mut tags: BTreeSet<String> = serde_json::from_str(&current).unwrap_or_default();
+            if e.event_type == cev::TAGGED {
+                tags.insert(p.tag);
+            } else {
+                tags.remove(&p.tag);
+            }
+            let json = serde_json::to_string(&tags)
+                .map_err(|e| StoreError::Serialization(e.to_string()))?;
+            on_tx!(tx, |x| sqlx::query(
+                "UPDATE routing_rule_conversations SET tags = $3 WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(t.0)
+            .bind(conv)
+            .bind(json)
+            .execute(x)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+        }
+        _ => {}
+    }
+    Ok(false)
+}
+
+async fn set_i64(
+    tx: &mut DbTx,
+    t: TenantId,
+    conv: Uuid,
+    q: &'static str,
+    v: i64,
+) -> Result<(), StoreError> {
+    on_tx!(tx, |x| sqlx::query(q)
+        .bind(t.0)
+        .bind(conv)
+        .bind(v)
+        .execute(x)
+        .await
+        .map(|_| ()))
+    .map_err(db_error)
+}
+
+pub(crate) async fn set_assignee(
+    tx: &mut DbTx,
+    t: TenantId,
+    conv: Uuid,
+    assignee: Option<Uuid>,
+) -> Result<(), StoreError> {
+    on_tx!(tx, |x| sqlx::query(
+        "UPDATE routing_rule_conversations SET assignee = $3 WHERE tenant_id = $1 AND conversation_id = $2"
+    )
+    .bind(t.0)
+    .bind(conv)
+    .bind(assignee)
+    .execute(x)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)
+}
+
+async fn enqueue(
+    tx: &mut DbTx,
+    e: &RecordedEvent,
+    conv: Uuid,
+    inbox: Uuid,
+    trigger: Trigger,
+    message: Option<Uuid>,
+) -> Result<(), StoreError> {
+    let trigger = match trigger {
+        Trigger::Opened => "opened",
+        Trigger::Message => "message",
+    };
+    on_tx!(tx, |x| sqlx::query(
+        "INSERT INTO routing_rule_queue (event_id, tenant_id, conversation_id, inbox_id, trigger, message_id, queued_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING"
+    )
+    .bind(e.event_id)
+    .bind(e.tenant_id.0)
+    .bind(conv)
+    .bind(inbox)
+    .bind(trigger)
+    .bind(message)
+    .bind(now_us())
+    .execute(x)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker
+
+#[derive(Debug, Clone)]
+struct Queued {
+    event_id: Uuid,
+    tenant: TenantId,
+    conversation: Uuid,
+    inbox: Uuid,
+    trigger: Trigger,
+    message: Option<Uuid>,
+}
+
+async fn next_batch(db: &Db) -> Result<Vec<Queued>, StoreError> {
+    let mut tx = db.begin().await?;
+    let rows: Vec<(Uuid, Uuid, Uuid, Uuid, String, Option<Uuid>)> = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT event_id, tenant_id, conversation_id, inbox_id, trigger, message_id FROM routing_rule_queue \
+         ORDER BY queued_at, event_id LIMIT 64"
+    )
+    .fetch_all(c)
+    .await
+    .and_then(|rows| rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)))
+        .collect()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(event_id, tenant, conversation, inbox, trigger, message)| Queued {
+                event_id,
+                tenant: TenantId(tenant),
+                conversation,
+                inbox,
+                trigger: if trigger == "message" {
+                    Trigger::Message
+                } else {
+                    Trigger::Opened
+                },
+                message,
+            },
+        )
+        .collect())
+}
+
+async fn finish(db: &Db, event_id: Uuid, error: Option<&str>) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    match error {
+        None => on_tx!(&mut tx, |c| sqlx::query(
+            "DELETE FROM routing_rule_queue WHERE event_id = $1"
+        )
+        .bind(event_id)
+        .execute(c)
+        .await
+        .map(|_| ())),
+        Some(e) => on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE routing_rule_queue SET attempts = attempts + 1, last_error = $1 WHERE event_id = $2"
+        )
+        .bind(e)
+        .bind(event_id)
+        .execute(c)
+        .await
+        .map(|_| ())),
+    }
+    .map_err(db_error)?;
+    tx.commit().await
+}
+
+/// Evaluates rules for queued events until `cancel` fires.
+pub(crate) async fn run_worker(
+    cells: Cells,
+    cell: Arc<Cell>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let worker = Worker {
+        directory: Directory::new(cells.clone()),
+        ingestor: Ingestor::new(cells.clone()),
+        cells,
+        bus: cell.bus.clone(),
+    };
+    let db = cell.db().clone();
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let mut failing = false;
+        match next_batch(&db).await {
+            Ok(batch) => {
+                for q in &batch {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    let outcome = worker.handle(q).await;
+                    let error = outcome.as_ref().err().map(ToString::to_string);
+                    if let Some(e) = &error {
+                        failing = true;
+                        tracing::warn!(event_id = %q.event_id, error = %e, "rules not applied yet; retrying");
+                    }
+                    if let Err(e) = finish(&db, q.event_id, error.as_deref()).await {
+                        tracing::warn!(error = %e, "cannot update the rule queue");
+                        failing = true;
+                    }
+                }
+                if !batch.is_empty() && !failing {
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the rule queue");
+                failing = true;
+            }
+        }
+        let pause = if failing {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WorkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub(crate) struct Worker {
+    pub(crate) cells: Cells,
+    pub(crate) directory: Directory,
+    pub(crate) ingestor: Ingestor,
+    pub(crate) bus: Arc<dyn Bus>,
+}
+
+/// `(assignee, tags, channel, last customer message, last agent message)` of a conversation.
+type FactsRow = (
+    Option<Uuid>,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// A recorded decision: one fired rule.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub(crate) rule_id: Uuid,
+    pub(crate) rule_name: String,
+    pub(crate) actions: Vec<dto::DecidedAction>,
+}
+
+impl Worker {
+    async fn handle(&self, q: &Queued) -> Result<(), WorkError> {
+        let ctx = self
+            .cells
+            .context(q.tenant, SERVICE)
+            .await
+            .map_err(|e| WorkError::Other(e.to_string()))?;
+        let recorded = match self.recorded(&ctx, q.conversation, q.event_id).await? {
+            Some(r) => r,
+            None => match self.decide(&ctx, q).await? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+        };
+        self.send(&ctx, q.conversation, q.event_id, &recorded).await
+    }
+
+    /// Decisions already recorded for `trigger` (a repeat after a crash or a retry).
+    pub(crate) async fn recorded(
+        &self,
+        ctx: &TenantContext,
+        conversation: Uuid,
+        trigger: Uuid,
+    ) -> Result<Option<Vec<Recorded>>, StoreError> {
+        let events = ctx.read_stream(&decisions_stream(conversation)).await?;
+        let mut out = Vec::new();
+        for e in &events {
+            if e.event_type == ev::RULE_FIRED {
+                let p: ev::RuleFiredV1 = e.payload()?;
+                if p.trigger_event_id == trigger {
+                    out.push(Recorded {
+                        rule_id: p.rule_id,
+                        rule_name: p.rule_name,
+                        actions: p.actions,
+                    });
+                }
+            }
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// The conversation's facts for this trigger.
+    async fn facts(
+        &self,
+        ctx: &TenantContext,
+        q: &Queued,
+        snapshot: &Snapshot,
+    ) -> Result<(Facts, bool), StoreError> {
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let row: Option<FactsRow> =
+            on_tx!(&mut tx, |c| sqlx::query(
+                "SELECT assignee, tags, channel, last_customer_us, last_agent_us FROM routing_rule_conversations \
+                 WHERE tenant_id = $1 AND conversation_id = $2"
+            )
+            .bind(t.0)
+            .bind(q.conversation)
+            .fetch_optional(c)
+            .await
+            .and_then(|r| r
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+                .transpose()))
+            .map_err(db_error)?;
+        tx.commit().await?;
+        let (assignee, tags, channel, last_customer_us, last_agent_us) =
+            row.unwrap_or((None, "[]".into(), None, None, None));
+        let now = now_us();
+        let mut facts = Facts {
+            tags: serde_json::from_str(&tags).unwrap_or_default(),
+            channel: channel.as_deref().and_then(core::Channel::parse),
+            in_business_hours: snapshot.in_business_hours(now),
+            now_us: now,
+            last_customer_us,
+            last_agent_us,
+            ..Facts::default()
+        };
+        // The message: the one named, or the first of the conversation.
+        let conv = ctx
+            .read_stream(&StreamRef::new(
+                cev::STREAM_CONVERSATION,
+                format!("conv-{}", q.conversation),
+            ))
+            .await?;
+        let message = conv
+            .iter()
+            .filter(|e| e.event_type == cev::MESSAGE_RECEIVED)
+            .filter_map(|e| e.payload::<cev::MessageV1>().ok())
+            .find(|m| q.message.is_none_or(|id| id == m.message_id));
+        if let Some(m) = message {
+            facts.from = m.from.first().map(|b| b.address.to_lowercase());
+            facts.recipients =
+                m.to.iter()
+                    .chain(&m.cc)
+                    .map(|b| b.address.to_lowercase())
+                    .collect();
+            facts.subject = m.subject.clone().unwrap_or_default();
+            facts.body = match m.text_blob {
+                Some(blob) => match self.ingestor.read_blob(ctx, blob).await {
+                    Ok(Some(bytes)) => {
+                        let mut s = String::from_utf8_lossy(&bytes).into_owned();
+                        if s.len() > 64 * 1024 {
+                            let mut cut = 64 * 1024;
+                            while !s.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            s.truncate(cut);
+                        }
+                        s
+                    }
+                    _ => m.snippet.clone(),
+                },
+                None => m.body_text.clone().unwrap_or_else(|| m.snippet.clone()),
+            };
+            if q.trigger == Trigger::Message {
+                facts.last_customer_us = last_customer_us.or(Some(m.at_us));
+            }
+        }
+        Ok((facts, assignee.is_some()))
+    }
+
+    /// Evaluates the rules and records what fired; `None` when nothing fired.
+    async fn decide(
+        &self,
+        ctx: &TenantContext,
+        q: &Queued,
+    ) -> Result<Option<Vec<Recorded>>, WorkError> {
+        let rules = rules::load_core(ctx, q.inbox).await?;
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        let snapshot = Snapshot::load(&self.directory, ctx, q.inbox, &rules).await?;
+        let (facts, assigned) = self.facts(ctx, q, &snapshot).await?;
+        let mut pool = snapshot.pool.clone();
+        let fired = core::evaluate(&rules, q.trigger, &facts, &mut pool, assigned);
+        if fired.is_empty() {
+            return Ok(None);
+        }
+        let trigger = match q.trigger {
+            Trigger::Opened => "opened",
+            Trigger::Message => "message",
+        };
+        self.record(
+            ctx,
+            q.conversation,
+            q.inbox,
+            q.event_id,
+            trigger,
+            &fired,
+            &rules,
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Appends the decision (all fired rules at once) and moves the round-robin pointers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn record(
+        &self,
+        ctx: &TenantContext,
+        conversation: Uuid,
+        inbox: Uuid,
+        trigger_event: Uuid,
+        trigger: &str,
+        fired: &[core::Fired],
+        rules: &[core::Rule],
+    ) -> Result<Vec<Recorded>, WorkError> {
+        let stream = decisions_stream(conversation);
+        let version = ctx
+            .cell()
+            .store
+            .stream_version(ctx.tenant(), &stream)
+            .await?;
+        let at_us = now_us();
+        let mut events = Vec::new();
+        let mut recorded = Vec::new();
+        for f in fired {
+            let actions: Vec<dto::DecidedAction> = f.actions.iter().map(decided_dto).collect();
+            let meta = EventMetadata {
+                actor: Some(format!("rule:{}", f.rule_id)),
+                causation_id: Some(trigger_event),
+                ..EventMetadata::default()
+            };
+            events.push(
+                NewEvent::from_payload(
+                    ev::RULE_FIRED,
+                    1,
+                    &ev::RuleFiredV1 {
+                        rule_id: f.rule_id,
+                        rule_name: f.rule_name.clone(),
+                        inbox_id: inbox,
+                        conversation_id: conversation,
+                        trigger_event_id: trigger_event,
+                        trigger: trigger.to_owned(),
+                        actions: actions.clone(),
+                        at_us,
+                    },
+                )?
+                .with_metadata(meta.clone()),
+            );
+            for a in &f.actions {
+                if let Decided::Notify { users, message } = a {
+                    events.push(
+                        NewEvent::from_payload(
+                            ev::NOTIFICATION_REQUESTED,
+                            1,
+                            &ev::NotificationRequestedV1 {
+                                rule_id: f.rule_id,
+                                inbox_id: inbox,
+                                conversation_id: conversation,
+                                users: users.clone(),
+                                message: message.clone(),
+                                at_us,
+                            },
+                        )?
+                        .with_metadata(meta.clone()),
+                    );
+                }
+            }
+            recorded.push(Recorded {
+                rule_id: f.rule_id,
+                rule_name: f.rule_name.clone(),
+                actions,
+            });
+        }
+        let expected = if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        };
+        match ctx.append(&stream, expected, events).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                // Someone recorded first: theirs is the decision.
+                if let Some(r) = self.recorded(ctx, conversation, trigger_event).await? {
+                    return Ok(r);
+                }
+                return Err(WorkError::Other("decision stream moved; retrying".into()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Round-robin pointers and the workload see the pick now, not when the assignment
+        // comes back as an event.
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        for f in fired {
+            let Some(user) = f.actions.iter().find_map(|a| match a {
+                Decided::Assign(u) => Some(*u),
+                _ => None,
+            }) else {
+                continue;
+            };
+            set_assignee(&mut tx, t, conversation, Some(user)).await?;
+            let rule = rules.iter().find(|r| r.id == f.rule_id);
+            for a in rule.map(|r| r.actions.as_slice()).unwrap_or_default() {
+                if let core::Action::AssignTeam {
+                    team: Some(team),
+                    strategy: Strategy::RoundRobin,
+                    ..
+                } = a
+                {
+                    let key = core::pointer_key(f.rule_id, *team);
+                    on_tx!(&mut tx, |c| sqlx::query(
+                        "INSERT INTO routing_pointers (tenant_id, pointer, last_user) VALUES ($1, $2, $3) \
+                         ON CONFLICT (tenant_id, pointer) DO UPDATE SET last_user = excluded.last_user"
+                    )
+                    .bind(t.0)
+                    .bind(&key)
+                    .bind(user)
+                    .execute(c)
+                    .await
+                    .map(|_| ()))
+                    .map_err(db_error)?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    /// Sends each recorded decision as `conversation.apply` with its idempotency key.
+    pub(crate) async fn send(
+        &self,
+        ctx: &TenantContext,
+        conversation: Uuid,
+        trigger_event: Uuid,
+        recorded: &[Recorded],
+    ) -> Result<(), WorkError> {
+        for r in recorded {
+            let actions = apply_actions(&r.actions);
+            if actions.is_empty() {
+                continue;
+            }
+            let body = ApplyV1 {
+                conversation_id: conversation,
+                actions,
+                cause: CauseV1 {
+                    kind: CauseKindV1::Rule,
+                    id: r.rule_id,
+                    name: r.rule_name.clone(),
+                },
+                trigger_event_id: Some(trigger_event),
+            };
+            let key = format!("rule:{trigger_event}:{}", r.rule_id);
+            let envelope = command_envelope(
+                ctx.tenant(),
+                key,
+                Some(format!("rule:{}", r.rule_id)),
+                &body,
+            )
+            .map_err(|e| WorkError::Other(e.to_string()))?;
+            match send_command(
+                self.bus.as_ref(),
+                CONVERSATION,
+                APPLY,
+                &envelope,
+                COMMAND_TIMEOUT,
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(SendCommandError::Rejected(p)) if p.code == "command_unavailable" => {
+                    return Err(WorkError::Other(format!("conversation.apply: {}", p.title)));
+                }
+                Err(SendCommandError::Rejected(p)) => {
+                    // A business refusal (closed, merged, …) is final; the decision stays
+                    // recorded.
+                    tracing::info!(conversation_id = %conversation, rule_id = %r.rule_id, code = %p.code, "rule action refused");
+                }
+                Err(e) => return Err(WorkError::Other(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+}
