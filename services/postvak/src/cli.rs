@@ -546,6 +546,8 @@ async fn admin(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
             println!("re-applied {n} events");
             let n = postvak_conversation::contacts::rebuild(&cells, &ctx).await?;
             println!("re-applied {n} contact and message events");
+            let n = postvak_routing::metrics::rebuild(&ctx).await?;
+            println!("re-applied {n} conversation and timer events to the routing metrics");
         }
         AdminCommand::GenKey => {}
     }

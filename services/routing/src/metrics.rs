@@ -367,7 +367,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/metrics", web::get().to(get_metrics));
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsQuery {
@@ -418,8 +418,18 @@ pub async fn get_metrics(
     query: web::Query<MetricsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let ctx = auth.0;
-    let q = query.into_inner();
     let access = dir.access(&ctx).await?;
+    let m = compute(&dir, &ctx, &access, &query.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(m))
+}
+
+/// The metrics `access` may see (the body of `GET /v1/metrics`).
+pub async fn compute(
+    dir: &Directory,
+    ctx: &TenantContext,
+    access: &postvak_directory::identity::Access,
+    q: &MetricsQuery,
+) -> Result<dto::Metrics, ApiError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let to = q.to.unwrap_or(now);
     let from = q.from.unwrap_or(to - 7 * 86_400);
@@ -435,7 +445,7 @@ pub async fn get_metrics(
     let users: Option<BTreeSet<Uuid>> = match (q.team_id, q.user_id) {
         (Some(team), user) => {
             let members: BTreeSet<Uuid> = dir
-                .get_team(&ctx, team)
+                .get_team(ctx, team)
                 .await?
                 .members
                 .into_iter()
@@ -535,7 +545,7 @@ pub async fn get_metrics(
     #[allow(clippy::cast_precision_loss)]
     let replies_per_conversation =
         (!replied_convs.is_empty()).then(|| replies as f64 / replied_convs.len() as f64);
-    Ok(HttpResponse::Ok().json(dto::Metrics {
+    Ok(dto::Metrics {
         from,
         to,
         first_response: stats(frt),
@@ -549,5 +559,5 @@ pub async fn get_metrics(
         replies_per_conversation,
         duplicate_replies_prevented: stale,
         template_uses: templates,
-    }))
+    })
 }

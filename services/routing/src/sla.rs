@@ -795,7 +795,16 @@ pub async fn put_sla_policy(
 ) -> Result<HttpResponse, ApiError> {
     let inbox = path.into_inner();
     let ctx = inbox_ctx(&dir, auth, inbox, InboxRole::Admin).await?;
-    let mut policy = body.into_inner();
+    let saved = save_policy(&ctx, inbox, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(saved))
+}
+
+/// Validates and stores an inbox's SLA policy (the caller checked the permission).
+pub async fn save_policy(
+    ctx: &TenantContext,
+    inbox: Uuid,
+    mut policy: dto::PutSlaPolicy,
+) -> Result<dto::SlaPolicy, ApiError> {
     policy.name = policy.name.trim().to_owned();
     validate_policy(&policy)?;
     let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
@@ -819,11 +828,11 @@ pub async fn put_sla_policy(
     .map(|_| ()))
     .map_err(db_error)?;
     tx.commit().await?;
-    Ok(HttpResponse::Ok().json(dto::SlaPolicy {
+    Ok(dto::SlaPolicy {
         id,
         inbox_id: inbox,
         policy,
-    }))
+    })
 }
 
 /// Removes the inbox's SLA policy: no new clocks start (running ones finish).
@@ -923,7 +932,16 @@ pub async fn put_automation(
 ) -> Result<HttpResponse, ApiError> {
     let inbox = path.into_inner();
     let ctx = inbox_ctx(&dir, auth, inbox, InboxRole::Admin).await?;
-    let a = body.into_inner();
+    let a = save_automation(&ctx, inbox, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(a))
+}
+
+/// Validates and stores an inbox's timer settings (the caller checked the permission).
+pub async fn save_automation(
+    ctx: &TenantContext,
+    inbox: Uuid,
+    a: dto::Automation,
+) -> Result<dto::Automation, ApiError> {
     validate_automation(&a)?;
     let json = serde_json::to_string(&a).map_err(|e| ApiError::internal(&e))?;
     let now = micros(OffsetDateTime::now_utc());
@@ -942,5 +960,5 @@ pub async fn put_automation(
     .map(|_| ()))
     .map_err(db_error)?;
     tx.commit().await?;
-    Ok(HttpResponse::Ok().json(a))
+    Ok(a)
 }

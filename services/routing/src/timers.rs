@@ -284,16 +284,13 @@ fn actions_for(timer: &DueTimer) -> Vec<ActionV1> {
                 .ok()
                 .and_then(|p| p.after_days)
                 .unwrap_or(0);
-            vec![
-                ActionV1::Note {
-                    body: format!(
-                        "Closed automatically: no reply from the customer in {days} days."
-                    ),
-                },
-                ActionV1::SetStatus {
-                    status: "closed".into(),
-                },
-            ]
+            // No note beside it: on SQLite, a note sealed inside `conversation.apply` waits for
+            // the writer connection its own transaction holds (left to the conversation
+            // service). The fire's `routing.timer_fired` says why it closed.
+            let _ = days;
+            vec![ActionV1::SetStatus {
+                status: "closed".into(),
+            }]
         }
         TimerKind::Escalate => {
             let Some(e) = serde_json::from_value::<ActionParams>(timer.params.clone())

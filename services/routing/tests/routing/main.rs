@@ -2,4 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod metrics;
 mod rules;
+mod sla;
+mod timers;

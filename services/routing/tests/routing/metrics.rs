@@ -1,0 +1,238 @@
+//! A scripted day of traffic with chosen timestamps; first response, resolution, breaches,
+//! reopened, workload and replies per conversation computed by hand; the same answers after
+//! the projection is rebuilt from the log.
+
+use crate::timers::{BACKENDS, Env, acted, message, opened, until};
+use postvak_platform::store::{ExpectedVersion, NewEvent};
+use postvak_proto::events::conversation as cev;
+use postvak_proto::events::timers as tev;
+use postvak_proto::rest::sla as dto;
+use postvak_routing::metrics::{MetricsQuery, compute, rebuild};
+use postvak_routing::timers::timer_stream;
+use serde_json::json;
+use uuid::Uuid;
+
+/// Monday 2026-11-23 00:00Z.
+const DAY: i64 = 1_795_392_000;
+
+fn at(h: i64, m: i64) -> i64 {
+    (DAY + h * 3600 + m * 60) * 1_000_000
+}
+
+async fn metrics(env: &Env, q: MetricsQuery) -> dto::Metrics {
+    let access = env.dir.access(&env.ctx).await.unwrap();
+    compute(&env.dir, &env.ctx, &access, &q).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_scripted_day_gives_the_hand_computed_metrics() {
+    for backend in BACKENDS {
+        let env = Env::new(backend, true).await;
+        let other_inbox = env
+            .dir
+            .create_inbox(&env.ctx, "Sales", &["sales@acme.test".to_owned()])
+            .await
+            .unwrap()
+            .id;
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let inbox = env.inbox;
+        let (a, b, c, d) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        // A: asked 08:00, Alice answers 08:30 (FRT 30 min), again 09:10, closed 10:00 (2 h).
+        env.script(
+            a,
+            &[
+                (cev::OPENED, opened(a, inbox, at(8, 0))),
+                (cev::MESSAGE_RECEIVED, message(a, inbox, None, at(8, 0))),
+                (
+                    cev::ASSIGNED,
+                    json!({"assignee": alice, "claimed": true, "at_us": at(8, 10)}),
+                ),
+                (cev::REPLY_QUEUED, message(a, inbox, Some(alice), at(8, 30))),
+                (cev::MESSAGE_RECEIVED, message(a, inbox, None, at(9, 0))),
+                (cev::REPLY_QUEUED, message(a, inbox, Some(alice), at(9, 10))),
+                (
+                    cev::STATUS_CHANGED,
+                    json!({"status": "closed", "at_us": at(10, 0)}),
+                ),
+            ],
+        )
+        .await;
+        // B: asked 09:00, Bob answers 10:00 (FRT 1 h), closed 12:00 (3 h), reopened 13:00,
+        // assigned to Bob 13:05 (open now).
+        env.script(
+            b,
+            &[
+                (cev::OPENED, opened(b, inbox, at(9, 0))),
+                (cev::MESSAGE_RECEIVED, message(b, inbox, None, at(9, 0))),
+                (cev::REPLY_QUEUED, message(b, inbox, Some(bob), at(10, 0))),
+                (
+                    cev::STATUS_CHANGED,
+                    json!({"status": "closed", "at_us": at(12, 0)}),
+                ),
+                (
+                    cev::STATUS_CHANGED,
+                    json!({"status": "open", "at_us": at(13, 0)}),
+                ),
+                (
+                    cev::ASSIGNED,
+                    json!({"assignee": bob, "claimed": false, "at_us": at(13, 5)}),
+                ),
+            ],
+        )
+        .await;
+        // C: asked 11:00, nobody answers; its first-response SLA breached at 12:00.
+        env.script(
+            c,
+            &[
+                (cev::OPENED, opened(c, inbox, at(11, 0))),
+                (cev::MESSAGE_RECEIVED, message(c, inbox, None, at(11, 0))),
+            ],
+        )
+        .await;
+        let timer = Uuid::now_v7();
+        let breach = tev::SlaClockEventV1 {
+            policy_id: Uuid::now_v7(),
+            policy_name: "Gold".into(),
+            conversation_id: c,
+            inbox_id: inbox,
+            clock: "first_response".into(),
+            due_at_us: at(12, 0),
+            timer_id: timer,
+            at_us: at(12, 0),
+        };
+        env.ctx
+            .append(
+                &timer_stream(timer),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::from_payload(tev::SLA_BREACHED, 1, &breach).unwrap()],
+            )
+            .await
+            .unwrap();
+        // D, in another inbox: answered in 5 minutes.
+        env.script(
+            d,
+            &[
+                (cev::OPENED, opened(d, other_inbox, at(8, 0))),
+                (
+                    cev::MESSAGE_RECEIVED,
+                    message(d, other_inbox, None, at(8, 0)),
+                ),
+                (
+                    cev::REPLY_QUEUED,
+                    message(d, other_inbox, Some(alice), at(8, 5)),
+                ),
+            ],
+        )
+        .await;
+        let _ = acted;
+
+        let day = MetricsQuery {
+            inbox_id: Some(inbox),
+            from: Some(DAY),
+            to: Some(DAY + 86_400),
+            ..MetricsQuery::default()
+        };
+        let m = until(30, "the projection to catch up", || async {
+            let m = metrics(&env, day.clone()).await;
+            let all = metrics(
+                &env,
+                MetricsQuery {
+                    inbox_id: None,
+                    ..day.clone()
+                },
+            )
+            .await;
+            (m.sla_breaches == 1
+                && m.workload.len() == 2
+                && m.reopened == 1
+                && all.first_response.count == 3)
+                .then_some(m)
+        })
+        .await;
+        let expected = dto::Metrics {
+            from: DAY,
+            to: DAY + 86_400,
+            first_response: dto::DurationStats {
+                count: 2,
+                p50_secs: Some(1800),
+                avg_secs: Some(2700.0),
+            },
+            resolution: dto::DurationStats {
+                count: 2,
+                p50_secs: Some(7200),
+                avg_secs: Some(9000.0),
+            },
+            unassigned_now: 1,
+            unassigned_at_end_of_shift: None,
+            workload: {
+                let mut w = vec![
+                    dto::AgentWorkload {
+                        user_id: alice,
+                        open: 0,
+                        replies: 2,
+                    },
+                    dto::AgentWorkload {
+                        user_id: bob,
+                        open: 1,
+                        replies: 1,
+                    },
+                ];
+                w.sort_by_key(|x| x.user_id);
+                w
+            },
+            sla_breaches: 1,
+            sla_warnings: 0,
+            reopened: 1,
+            replies_per_conversation: Some(1.5),
+            duplicate_replies_prevented: 0,
+            template_uses: 0,
+        };
+        assert_eq!(m, expected, "{backend:?}");
+
+        // Alice alone; the whole tenant; a period before the day.
+        let m = metrics(
+            &env,
+            MetricsQuery {
+                user_id: Some(alice),
+                ..day.clone()
+            },
+        )
+        .await;
+        assert_eq!(m.first_response.count, 1);
+        assert_eq!(m.first_response.p50_secs, Some(1800));
+        assert_eq!(m.replies_per_conversation, Some(2.0));
+        let all = metrics(
+            &env,
+            MetricsQuery {
+                inbox_id: None,
+                ..day.clone()
+            },
+        )
+        .await;
+        assert_eq!(all.first_response.count, 3);
+        assert_eq!(all.first_response.p50_secs, Some(1800));
+        assert_eq!(all.first_response.avg_secs, Some(1900.0));
+        assert_eq!(all.unassigned_now, 2);
+        let before = metrics(
+            &env,
+            MetricsQuery {
+                from: Some(DAY - 86_400),
+                to: Some(DAY),
+                ..day.clone()
+            },
+        )
+        .await;
+        assert_eq!(before.first_response.count, 0);
+        assert_eq!(before.sla_breaches, 0);
+
+        // Rebuilt from the log: the same answers.
+        let applied = rebuild(&env.ctx).await.unwrap();
+        assert!(applied >= 19, "{applied}");
+        assert_eq!(metrics(&env, day.clone()).await, expected, "{backend:?}");
+    }
+}

@@ -1,0 +1,590 @@
+//! Durable timers: snooze wake-ups, escalation, auto-close and SLA timers fire once, through
+//! the conversation service's `conversation.apply`, naming the timer; and a runner killed with
+//! SIGKILL around the due time, again and again, still fires each timer exactly once.
+
+use postvak_conversation::commands;
+use postvak_directory::Directory;
+use postvak_platform::bus::Bus;
+use postvak_platform::bus::nats::NatsBus;
+use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
+use postvak_platform::crypto::MasterKey;
+use postvak_platform::db::{self, DbOptions};
+use postvak_platform::store::{
+    self, ExpectedVersion, NewEvent, RecordedEvent, StreamRef, TenantId, micros,
+};
+use postvak_platform::testkit;
+use postvak_proto::events::conversation as cev;
+use postvak_proto::events::timers as tev;
+use postvak_proto::rest::sla as dto;
+use postvak_routing::timers::{self, TimerRow};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// A tenant with an inbox, the conversation service's `apply` command served, and
+/// (optionally) the routing timers running, all in this process.
+pub struct Env {
+    pub cells: Cells,
+    pub dir: Directory,
+    pub ctx: TenantContext,
+    pub tenant: TenantId,
+    pub inbox: Uuid,
+    pub cancel: CancellationToken,
+    _tmp: Option<testkit::TempDir>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+pub fn now_us() -> i64 {
+    micros(OffsetDateTime::now_utc())
+}
+
+impl Env {
+    pub async fn new(backend: Backend, run_timers: bool) -> Env {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+        let (tmp, url) = match backend {
+            Backend::Sqlite => {
+                let (t, u) = testkit::fresh_sqlite_database();
+                (Some(t), u)
+            }
+            Backend::Postgres => (None, testkit::fresh_postgres_database().await),
+        };
+        let cells = postvak_ingest::standalone::open_cells(&url, testkit::master_key(), true)
+            .await
+            .unwrap();
+        Self::with_cells(cells, tmp, run_timers).await
+    }
+
+    async fn with_cells(cells: Cells, tmp: Option<testkit::TempDir>, run_timers: bool) -> Env {
+        let dir = Directory::new(cells.clone());
+        let tenant = dir.create_tenant("Acme", None).await.unwrap();
+        let ctx = cells
+            .context(tenant, Principal::Service { name: "test" })
+            .await
+            .unwrap();
+        let inbox = dir
+            .create_inbox(&ctx, "Support", &["support@acme.test".to_owned()])
+            .await
+            .unwrap()
+            .id;
+        let cancel = CancellationToken::new();
+        commands::serve(&cells, cells.default_cell(), cancel.clone())
+            .await
+            .unwrap();
+        if run_timers {
+            timers::start(cells.default_cell(), cancel.clone());
+        }
+        Env {
+            cells,
+            dir,
+            ctx,
+            tenant,
+            inbox,
+            cancel,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn cell(&self) -> Arc<Cell> {
+        self.cells.default_cell()
+    }
+
+    /// Appends conversation events as the conversation service would have.
+    pub async fn script(&self, conv: Uuid, events: &[(&str, Value)]) {
+        let new = events
+            .iter()
+            .map(|(t, p)| NewEvent::new(*t, 1, p.clone()))
+            .collect();
+        self.ctx
+            .append(&conversation_stream(conv), ExpectedVersion::Any, new)
+            .await
+            .unwrap();
+    }
+
+    /// Opens a conversation from a customer message at `at_us`.
+    pub async fn open(&self, inbox: Uuid, at_us: i64) -> Uuid {
+        let conv = Uuid::now_v7();
+        self.script(
+            conv,
+            &[
+                (cev::OPENED, opened(conv, inbox, at_us)),
+                (cev::MESSAGE_RECEIVED, message(conv, inbox, None, at_us)),
+            ],
+        )
+        .await;
+        conv
+    }
+
+    pub async fn stream(&self, s: &StreamRef) -> Vec<RecordedEvent> {
+        self.ctx.read_stream(s).await.unwrap()
+    }
+
+    pub async fn conversation(&self, conv: Uuid) -> Vec<RecordedEvent> {
+        self.stream(&conversation_stream(conv)).await
+    }
+
+    pub async fn timers(&self, conv: Uuid) -> Vec<TimerRow> {
+        timers::list(self.cells.default_cell().db(), self.tenant, conv)
+            .await
+            .unwrap()
+    }
+
+    /// Makes a pending timer due now (as if its time had come).
+    pub async fn make_due(&self, timer: Uuid) {
+        let sql = "UPDATE routing_timers SET due_at = $1 WHERE timer_id = $2";
+        match self.cell().db() {
+            db::Db::Postgres(p) => {
+                sqlx::query(sql)
+                    .bind(now_us())
+                    .bind(timer)
+                    .execute(p)
+                    .await
+                    .unwrap();
+            }
+            db::Db::Sqlite(s) => {
+                sqlx::query(sql)
+                    .bind(now_us())
+                    .bind(timer)
+                    .execute(&s.writer)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Polls `check` every 100 ms for up to `secs` seconds.
+pub async fn until<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn conversation_stream(conv: Uuid) -> StreamRef {
+    StreamRef::new(cev::STREAM_CONVERSATION, format!("conv-{conv}"))
+}
+
+pub fn opened(conv: Uuid, inbox: Uuid, at_us: i64) -> Value {
+    json!({"conversation_id": conv, "inbox_id": inbox, "origin": "message",
+           "participants": [], "at_us": at_us})
+}
+
+pub fn message(conv: Uuid, inbox: Uuid, author: Option<Uuid>, at_us: i64) -> Value {
+    let mut m = json!({"message_id": Uuid::now_v7(), "conversation_id": conv,
+                       "inbox_id": inbox, "subject": "Order 7", "snippet": "Where is it?",
+                       "from": [{"address": "carol@example.org"}], "at_us": at_us});
+    if let Some(a) = author {
+        m["author"] = json!(a);
+        m["from"] = json!([{"address": "support@acme.test"}]);
+        m["to"] = json!([{"address": "carol@example.org"}]);
+        m["body_text"] = json!("On its way.");
+    }
+    m
+}
+
+pub fn acted(at_us: i64) -> Value {
+    json!({"at_us": at_us})
+}
+
+fn types(events: &[RecordedEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event_type.as_str()).collect()
+}
+
+fn fired_timer(rows: &[TimerRow], kind: &str) -> TimerRow {
+    let matching: Vec<_> = rows.iter().filter(|t| t.kind == kind).collect();
+    assert_eq!(matching.len(), 1, "one {kind} timer: {rows:?}");
+    matching[0].clone()
+}
+
+/// The fire of a timer: exactly one `routing.timer_fired` on its stream, by the timer.
+async fn assert_fired_once(env: &Env, timer: &TimerRow, outcome: &str) -> Vec<RecordedEvent> {
+    let events = env.stream(&timers::timer_stream(timer.timer_id)).await;
+    let fired: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == tev::TIMER_FIRED)
+        .collect();
+    assert_eq!(fired.len(), 1, "{:?}", types(&events));
+    let p: tev::TimerFiredV1 = fired[0].payload().unwrap();
+    assert_eq!(p.kind, timer.kind);
+    assert_eq!(p.conversation_id, timer.conversation_id);
+    assert_eq!(p.outcome, outcome);
+    assert_eq!(
+        fired[0].metadata.actor.as_deref(),
+        Some(format!("timer:{}", timer.timer_id).as_str())
+    );
+    events
+}
+
+/// Events on a conversation caused by a timer.
+fn by_timer(events: &[RecordedEvent], timer: Uuid) -> Vec<&RecordedEvent> {
+    let actor = format!("timer:{timer}");
+    events
+        .iter()
+        .filter(|e| e.metadata.actor.as_deref() == Some(actor.as_str()))
+        .collect()
+}
+
+async fn snooze_wakes_once_and_a_customer_message_cancels_it(backend: Backend) {
+    let env = Env::new(backend, true).await;
+    let now = now_us();
+    let sleeper = env.open(env.inbox, now).await;
+    let answered = env.open(env.inbox, now).await;
+    for c in [sleeper, answered] {
+        env.script(
+            c,
+            &[(
+                cev::SNOOZED,
+                json!({"until_us": now + 1_500_000, "at_us": now}),
+            )],
+        )
+        .await;
+    }
+    // The customer writes again before the snooze is over: that conversation needs no wake-up.
+    env.script(
+        answered,
+        &[(
+            cev::MESSAGE_RECEIVED,
+            message(answered, env.inbox, None, now + 1),
+        )],
+    )
+    .await;
+    let woken = until(30, "the snoozed conversation to wake", || async {
+        let events = env.conversation(sleeper).await;
+        events
+            .iter()
+            .any(|e| e.event_type == cev::WOKEN)
+            .then_some(events)
+    })
+    .await;
+    let timer = until(20, "the wake-up to be recorded", || async {
+        let t = fired_timer(&env.timers(sleeper).await, "snooze_wake");
+        (t.state == "fired").then_some(t)
+    })
+    .await;
+    assert_eq!(timer.outcome.as_deref(), Some("applied"));
+    assert_fired_once(&env, &timer, "applied").await;
+    let caused = by_timer(&woken, timer.timer_id);
+    assert_eq!(
+        types(&caused.into_iter().cloned().collect::<Vec<_>>()),
+        [cev::WOKEN]
+    );
+    // Later passes change nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = env.conversation(sleeper).await;
+    assert_eq!(
+        again.iter().filter(|e| e.event_type == cev::WOKEN).count(),
+        1
+    );
+    let rows = env.timers(answered).await;
+    assert_eq!(fired_timer(&rows, "snooze_wake").state, "cancelled");
+    assert!(
+        !env.conversation(answered)
+            .await
+            .iter()
+            .any(|e| e.event_type == cev::WOKEN)
+    );
+}
+
+#[tokio::test]
+async fn snooze_wakes_once_and_a_customer_message_cancels_it_sqlite() {
+    snooze_wakes_once_and_a_customer_message_cancels_it(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn snooze_wakes_once_and_a_customer_message_cancels_it_postgres() {
+    snooze_wakes_once_and_a_customer_message_cancels_it(Backend::Postgres).await;
+}
+
+async fn escalation_and_auto_close_act_through_the_conversation(backend: Backend) {
+    let env = Env::new(backend, true).await;
+    postvak_routing::sla::save_automation(
+        &env.ctx,
+        env.inbox,
+        dto::Automation {
+            escalate: Some(dto::EscalateSettings {
+                after_hours: 4,
+                set_priority: Some("urgent".into()),
+                add_tag: Some("escalated".into()),
+                notify: false,
+            }),
+            auto_close: Some(dto::AutoCloseSettings { after_days: 3 }),
+        },
+    )
+    .await
+    .unwrap();
+    let now = now_us();
+    let conv = env.open(env.inbox, now).await;
+    let escalate = until(20, "the escalation timer", || async {
+        env.timers(conv)
+            .await
+            .into_iter()
+            .find(|t| t.kind == "escalate")
+    })
+    .await;
+    assert_eq!(escalate.state, "pending");
+    assert_eq!(escalate.due_at_us, now + 4 * 3_600_000_000);
+    // Four hours pass.
+    env.make_due(escalate.timer_id).await;
+    let events = until(20, "the escalation", || async {
+        let ev = env.conversation(conv).await;
+        ev.iter().any(|e| e.event_type == cev::TAGGED).then_some(ev)
+    })
+    .await;
+    let caused: Vec<RecordedEvent> = by_timer(&events, escalate.timer_id)
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(types(&caused), [cev::PRIORITY_CHANGED, cev::TAGGED]);
+    let p: cev::PriorityChangedV1 = caused[0].payload().unwrap();
+    assert_eq!(p.priority, "urgent");
+    let escalate = until(20, "the escalation to be recorded", || async {
+        let t = fired_timer(&env.timers(conv).await, "escalate");
+        (t.state == "fired").then_some(t)
+    })
+    .await;
+    assert_fired_once(&env, &escalate, "applied").await;
+
+    // An agent answers: auto-close is set three days out; the customer stays silent.
+    let alice = Uuid::now_v7();
+    env.script(
+        conv,
+        &[(
+            cev::REPLY_QUEUED,
+            message(conv, env.inbox, Some(alice), now_us()),
+        )],
+    )
+    .await;
+    let close = until(20, "the auto-close timer", || async {
+        env.timers(conv)
+            .await
+            .into_iter()
+            .find(|t| t.kind == "auto_close")
+    })
+    .await;
+    env.make_due(close.timer_id).await;
+    let events = until(20, "the auto-close", || async {
+        let ev = env.conversation(conv).await;
+        ev.iter()
+            .any(|e| e.event_type == cev::STATUS_CHANGED)
+            .then_some(ev)
+    })
+    .await;
+    let caused: Vec<RecordedEvent> = by_timer(&events, close.timer_id)
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(types(&caused), [cev::STATUS_CHANGED]);
+    let s: cev::StatusChangedV1 = caused[0].payload().unwrap();
+    assert_eq!(s.status, "closed");
+    let close = until(20, "the auto-close to be recorded", || async {
+        let t = fired_timer(&env.timers(conv).await, "auto_close");
+        (t.state == "fired").then_some(t)
+    })
+    .await;
+    assert_fired_once(&env, &close, "applied").await;
+}
+
+#[tokio::test]
+async fn escalation_and_auto_close_act_through_the_conversation_sqlite() {
+    escalation_and_auto_close_act_through_the_conversation(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn escalation_and_auto_close_act_through_the_conversation_postgres() {
+    escalation_and_auto_close_act_through_the_conversation(Backend::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// kill -9 around the due time
+
+const CHILD_DB: &str = "ROUTING_CRASH_CHILD_DB";
+const CHILD_PREFIX: &str = "ROUTING_CRASH_CHILD_PREFIX";
+const CHILD_KEY: &str = "ROUTING_CRASH_CHILD_KEY";
+
+async fn nats_cells(url: &str, prefix: &str, key: &str) -> Cells {
+    let opts = DbOptions {
+        max_connections: 8,
+        ..DbOptions::default()
+    };
+    let store = store::open_store(url, &opts, MasterKey::from_base64(key).unwrap())
+        .await
+        .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(
+        NatsBus::connect(&testkit::nats_url(), prefix, "local")
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "NATS is required for this test and is not reachable at {}: {e}",
+                    testkit::nats_url()
+                )
+            }),
+    );
+    let directory = store.db().clone();
+    Cells::new(
+        vec![Cell {
+            name: "local".to_owned(),
+            region: None,
+            store,
+            bus,
+        }],
+        "local",
+        directory,
+    )
+    .unwrap()
+}
+
+/// The routing process of [`timers_fire_exactly_once_across_kill_9`]: the scheduler
+/// consumer and the timer runner against PostgreSQL + NATS, until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by timers_fire_exactly_once_across_kill_9"]
+async fn crash_child() {
+    let (Ok(url), Ok(prefix), Ok(key)) = (
+        std::env::var(CHILD_DB),
+        std::env::var(CHILD_PREFIX),
+        std::env::var(CHILD_KEY),
+    ) else {
+        panic!("crash_child runs only as a child of timers_fire_exactly_once_across_kill_9");
+    };
+    let cells = nats_cells(&url, &prefix, &key).await;
+    let _handles = timers::start(cells.default_cell(), CancellationToken::new());
+    std::future::pending::<()>().await;
+}
+
+fn spawn_child(url: &str, prefix: &str, key: &str) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
+    std::process::Command::new(exe)
+        .args(["timers::crash_child", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_DB, url)
+        .env(CHILD_PREFIX, prefix)
+        .env(CHILD_KEY, key)
+        .stdout(std::process::Stdio::null())
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .spawn()
+        .unwrap()
+}
+
+fn kill_9(child: &mut std::process::Child) {
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -9 {pid}");
+    let _ = child.wait();
+}
+
+/// Twelve snoozes fall due over three seconds while the routing process is killed with
+/// SIGKILL every 600 ms and started again; afterwards every conversation was woken once, and
+/// every timer has one `routing.timer_fired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_exactly_once_across_kill_9() {
+    let url = testkit::fresh_postgres_database().await;
+    db::migrate(&url).await.unwrap();
+    let prefix = testkit::unique_prefix();
+    let key = MasterKey::generate_base64();
+    let cells = nats_cells(&url, &prefix, &key).await;
+    let cell = cells.default_cell();
+    let stop = CancellationToken::new();
+    tokio::spawn(postvak_platform::relay::run_relay(
+        cell.store.clone(),
+        cell.bus.clone(),
+        postvak_platform::relay::RelayOptions::new("local"),
+        stop.clone(),
+    ));
+    let env = Env::with_cells(cells, None, false).await;
+    let mut child = spawn_child(&url, &prefix, &key);
+    let start = now_us();
+    let mut convs = Vec::new();
+    for i in 0..12 {
+        let conv = env.open(env.inbox, start).await;
+        env.script(
+            conv,
+            &[(
+                cev::SNOOZED,
+                json!({"until_us": start + 3_000_000 + i * 250_000, "at_us": start}),
+            )],
+        )
+        .await;
+        convs.push(conv);
+    }
+    // Kill and restart around the due times (3 s … 5.75 s from now).
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        kill_9(&mut child);
+        child = spawn_child(&url, &prefix, &key);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut fired = 0;
+        for c in &convs {
+            fired += env
+                .timers(*c)
+                .await
+                .iter()
+                .filter(|t| t.state == "fired")
+                .count();
+        }
+        if fired == convs.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{fired} of {} timers fired after 60 s",
+            convs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Give a duplicate every chance to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kill_9(&mut child);
+    stop.cancel();
+    for c in &convs {
+        let rows = env.timers(*c).await;
+        let timer = fired_timer(&rows, "snooze_wake");
+        assert_eq!(timer.outcome.as_deref(), Some("applied"), "{rows:?}");
+        assert_fired_once(&env, &timer, "applied").await;
+        let events = env.conversation(*c).await;
+        let woken: Vec<_> = events
+            .iter()
+            .filter(|e| e.event_type == cev::WOKEN)
+            .collect();
+        assert_eq!(woken.len(), 1, "{:?}", types(&events));
+        assert_eq!(
+            woken[0].metadata.actor.as_deref(),
+            Some(format!("timer:{}", timer.timer_id).as_str())
+        );
+    }
+}
