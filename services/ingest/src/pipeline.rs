@@ -662,18 +662,16 @@ impl Ingestor {
     }
 }
 
-/// Commit workers per cell: `POSTVAK_INGEST_COMMIT_WORKERS` (0 = no group commit, each session
-/// commits its own mail), else one. One worker never deadlocks against itself; two batches
-/// running at once can, when they write shared index rows or blobs in opposite orders
-/// (PostgreSQL then aborts one after `deadlock_timeout`, and its mails retry one by one).
-fn commit_workers(_cell: &postvak_platform::cell::Cell) -> usize {
-    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *WORKERS.get_or_init(|| {
-        std::env::var("POSTVAK_INGEST_COMMIT_WORKERS")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1)
-    })
+/// Commit workers per cell. SQLite: one — it has one writer and every commit is an fsync, so
+/// batching is pure gain. PostgreSQL: none — each session commits its own mail in its own
+/// transaction (PostgreSQL already flushes concurrent commits together); a single worker made
+/// every mail wait for the worker's serial round trips (22 mails/s on a loaded machine), two
+/// deadlocked on shared index rows (ADR 0011).
+fn commit_workers(cell: &postvak_platform::cell::Cell) -> usize {
+    match cell.store.backend() {
+        postvak_platform::store::Backend::Sqlite => 1,
+        postvak_platform::store::Backend::Postgres => 0,
+    }
 }
 
 /// Takes whatever mails are waiting (up to [`MAX_BATCH`]) and commits them together: no timer,

@@ -229,9 +229,10 @@ async fn concurrent_same_mail_is_stored_once_postgres() {
     concurrent_same_mail_is_stored_once(Backend::Postgres).await;
 }
 
-/// 24 sessions deliver at once, so the commit stage carries several mails per transaction: a
-/// reply and its parent arriving together share a conversation (the lookup sees the batch's
-/// earlier rows), and one mail whose write fails fails alone — the rest are stored, once.
+/// 24 sessions deliver at once (on SQLite the commit stage then carries several mails per
+/// transaction, and a reply and its parent arriving together share a conversation: the lookup
+/// sees the batch's earlier rows); one mail whose write fails fails alone — the rest are
+/// stored, once.
 async fn group_commit_threads_within_a_batch_and_isolates_a_failure(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let poison = mail(
@@ -330,7 +331,11 @@ async fn group_commit_threads_within_a_batch_and_isolates_a_failure(backend: Bac
     let msgs = env.messages().await;
     assert_eq!(msgs.len(), mails.len() - 1);
     assert_eq!(rows(&env, backend, "events").await, mails.len() as i64 - 1);
-    for i in 0..11 {
+    // SQLite commits through the group-commit stage, which threads mail after mail; on
+    // PostgreSQL each session commits its own transaction, and a reply and its root arriving
+    // in the same instant may still open two conversations (neither sees the other's
+    // uncommitted index rows: ADR 0011).
+    for i in (0..11).filter(|_| backend == Backend::Sqlite) {
         let conv = |id: String| {
             msgs.iter()
                 .find(|m| m.message_id_header.as_deref() == Some(id.as_str()))
