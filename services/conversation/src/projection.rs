@@ -592,7 +592,9 @@ pub(crate) async fn list(
     limit: i64,
 ) -> Result<Vec<ConversationRow>, StoreError> {
     // Placeholders are numbered in order of first use (SQLite numbers them so): the search
-    // terms come after $12, the cursor and the limit after them.
+    // terms come after $12, the cursor and the limit after them. The cursor is a row-value
+    // comparison so that PostgreSQL walks `conversations_recent` in order and stops after
+    // `limit` rows (an OR of the two cases made it read every row of the tenant).
     let n = f.search.len();
     let search: String = (0..n)
         .map(|i| {
@@ -618,7 +620,7 @@ pub(crate) async fn list(
          AND ($9 IS NULL OR ((c.snoozed_until IS NOT NULL AND c.snoozed_until > $10) = $9)) \
          AND ($11 IS NULL OR c.updated_us >= $11) \
          AND ($12 OR c.merged_into IS NULL){search} \
-         AND (c.updated_us < ${p_us} OR (c.updated_us = ${p_us} AND c.conversation_id < ${p_id})) \
+         AND (c.updated_us, c.conversation_id) < (${p_us}, ${p_id}) \
          ORDER BY c.updated_us DESC, c.conversation_id DESC LIMIT ${p_limit}"
     ));
     on_tx!(tx, |c| {
