@@ -49,6 +49,7 @@ pub async fn serve(
     let handler = Arc::new(ApplyHandler {
         service: Conversations::new(cells.clone()),
         ingestor: Ingestor::new(cells.clone()),
+        appended: cell.store.append_signal(),
     });
     serve_command(
         cell.bus.clone(),
@@ -64,6 +65,8 @@ pub async fn serve(
 struct ApplyHandler {
     service: Conversations,
     ingestor: Ingestor,
+    /// The cell store's append signal: the events an apply wrote wake the tailers at once.
+    appended: Arc<tokio::sync::Notify>,
 }
 
 fn refuse(status: u16, code: &str, title: &str, detail: Option<String>) -> CommandReply {
@@ -89,6 +92,10 @@ enum Step {
 
 #[async_trait]
 impl CommandHandler for ApplyHandler {
+    fn committed(&self) {
+        self.appended.notify_waiters();
+    }
+
     async fn handle(
         &self,
         tx: &mut DbTx,

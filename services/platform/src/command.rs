@@ -52,6 +52,12 @@ pub trait CommandHandler: Send + Sync {
         tx: &mut DbTx,
         command: &CommandEnvelope,
     ) -> Result<CommandReply, CommandError>;
+
+    /// Called once the transaction `handle` wrote into has committed. A handler that appended
+    /// events through it wakes this process's log tailers here (`EventStore::append_signal`),
+    /// as `EventStore::commit_appended` would: otherwise they see the events only at their next
+    /// poll.
+    fn committed(&self) {}
 }
 
 /// Serves `service.command` until `cancel` fires. Returns once the subscription is in place
@@ -148,6 +154,7 @@ async fn execute_inner(
         let reply = handler.handle(&mut tx, envelope).await?;
         store_reply(&mut tx, service, command, key, &reply).await?;
         tx.commit().await?;
+        handler.committed();
         metrics::counter!("postvak_commands_total", "service" => service.to_owned(), "command" => command.to_owned(), "outcome" => "handled").increment(1);
         return Ok(reply);
     }
