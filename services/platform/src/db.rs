@@ -59,11 +59,6 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0008_conversation_search.sql"),
     ),
     (
-        14,
-        "delivery_relays",
-        include_str!("../../../migrations/postgres/0014_delivery_relays.sql"),
-    ),
-    (
         9,
         "routing_rules",
         include_str!("../../../migrations/postgres/0009_routing_rules.sql"),
@@ -82,6 +77,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "contacts",
         include_str!("../../../migrations/postgres/0013_contacts.sql"),
+    ),
+    (
+        14,
+        "delivery_relays",
+        include_str!("../../../migrations/postgres/0014_delivery_relays.sql"),
     ),
 ];
 
@@ -128,11 +128,6 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0008_conversation_search.sql"),
     ),
     (
-        14,
-        "delivery_relays",
-        include_str!("../../../migrations/sqlite/0014_delivery_relays.sql"),
-    ),
-    (
         9,
         "routing_rules",
         include_str!("../../../migrations/sqlite/0009_routing_rules.sql"),
@@ -151,6 +146,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "contacts",
         include_str!("../../../migrations/sqlite/0013_contacts.sql"),
+    ),
+    (
+        14,
+        "delivery_relays",
+        include_str!("../../../migrations/sqlite/0014_delivery_relays.sql"),
     ),
 ];
 
