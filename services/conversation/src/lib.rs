@@ -13,9 +13,9 @@
 
 pub mod api;
 mod codec;
+pub mod commands;
 pub mod contacts;
 mod delivery;
-pub mod commands;
 pub mod drafts;
 mod idempotency;
 pub mod inbound;

@@ -8,7 +8,7 @@ pub mod chain;
 pub mod contact;
 pub mod conversation;
 pub mod directory;
-pub mod sla;
 pub mod routing;
+pub mod sla;
 
 pub use aggregate::Aggregate;

@@ -444,12 +444,8 @@ pub async fn compute(
     }
     let users: Option<BTreeSet<Uuid>> = match (q.team_id, q.user_id) {
         (Some(team), user) => {
-            let members: BTreeSet<Uuid> = dir
-                .get_team(ctx, team)
-                .await?
-                .members
-                .into_iter()
-                .collect();
+            let members: BTreeSet<Uuid> =
+                dir.get_team(ctx, team).await?.members.into_iter().collect();
             Some(match user {
                 Some(u) => members.into_iter().filter(|m| *m == u).collect(),
                 None => members,
