@@ -377,8 +377,10 @@ pub struct MetricsQuery {
     /// Only this agent.
     pub user_id: Option<Uuid>,
     /// Period start, Unix seconds (default: `to` − 7 days).
+    #[param(minimum = 0, maximum = 253_402_300_799_i64)]
     pub from: Option<i64>,
     /// Period end (exclusive), Unix seconds (default: now).
+    #[param(minimum = 0, maximum = 253_402_300_799_i64)]
     pub to: Option<i64>,
 }
 
@@ -431,8 +433,20 @@ pub async fn compute(
     q: &MetricsQuery,
 ) -> Result<dto::Metrics, ApiError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
+    // Unix seconds from 1970 to the end of year 9999: anything else is a mistake, not a period.
+    const LATEST: i64 = 253_402_300_799;
+    if [q.from, q.to]
+        .into_iter()
+        .flatten()
+        .any(|t| !(0..=LATEST).contains(&t))
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_period",
+            "from and to are Unix seconds between 1970 and 9999",
+        ));
+    }
     let to = q.to.unwrap_or(now);
-    let from = q.from.unwrap_or(to - 7 * 86_400);
+    let from = q.from.unwrap_or_else(|| to.saturating_sub(7 * 86_400));
     if from >= to {
         return Err(ApiError::unprocessable(
             "invalid_period",
