@@ -7,8 +7,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Targets in business seconds (counted in the inbox's business hours and time zone).
+///
+/// Flattened into [`PutSlaPolicy`], so neither struct says `deny_unknown_fields` (serde does
+/// not support it with `flatten`, and the OpenAPI `allOf` would forbid each part's fields to
+/// the other): the API checks unknown fields itself ([`PutSlaPolicy::unknown_fields`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct SlaTargets {
     /// From the first customer message to the first agent reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,7 +26,6 @@ pub struct SlaTargets {
 
 /// An inbox's SLA policy, as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PutSlaPolicy {
     pub name: String,
     #[serde(flatten)]
@@ -126,4 +128,44 @@ pub struct Metrics {
     /// Writes refused because the writer's view was stale (409 `stale_conversation`).
     pub duplicate_replies_prevented: u64,
     pub template_uses: u64,
+}
+
+impl PutSlaPolicy {
+    const FIELDS: [&'static str; 7] = [
+        "name",
+        "first_response_secs",
+        "next_response_secs",
+        "resolution_secs",
+        "by_priority",
+        "warn_at",
+        "holidays",
+    ];
+    const TARGET_FIELDS: [&'static str; 3] = [
+        "first_response_secs",
+        "next_response_secs",
+        "resolution_secs",
+    ];
+
+    /// Fields of a request body (JSON) that a policy doesn't have, as `path.field`.
+    pub fn unknown_fields(body: &serde_json::Value) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(top) = body.as_object() {
+            for (k, v) in top {
+                if !Self::FIELDS.contains(&k.as_str()) {
+                    out.push(k.clone());
+                } else if k == "by_priority"
+                    && let Some(levels) = v.as_object()
+                {
+                    for (level, targets) in levels {
+                        for f in targets.as_object().into_iter().flat_map(|t| t.keys()) {
+                            if !Self::TARGET_FIELDS.contains(&f.as_str()) {
+                                out.push(format!("by_priority.{level}.{f}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }

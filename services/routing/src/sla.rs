@@ -791,11 +791,22 @@ pub async fn put_sla_policy(
     dir: web::Data<Directory>,
     auth: Authenticated,
     path: web::Path<Uuid>,
-    body: web::Json<dto::PutSlaPolicy>,
+    body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
     let inbox = path.into_inner();
     let ctx = inbox_ctx(&dir, auth, inbox, InboxRole::Admin).await?;
-    let saved = save_policy(&ctx, inbox, body.into_inner()).await?;
+    let body = body.into_inner();
+    let unknown = dto::PutSlaPolicy::unknown_fields(&body);
+    if !unknown.is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_sla_policy",
+            format!("unknown fields: {}", unknown.join(", ")),
+        ));
+    }
+    let policy: dto::PutSlaPolicy = serde_json::from_value(body).map_err(|e| {
+        ApiError::unprocessable("invalid_sla_policy", format!("not an SLA policy: {e}"))
+    })?;
+    let saved = save_policy(&ctx, inbox, policy).await?;
     Ok(HttpResponse::Ok().json(saved))
 }
 
