@@ -169,3 +169,39 @@ impl PutSlaPolicy {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let body = json!({
+            "name": "Gold",
+            "first_responce_secs": 60,
+            "by_priority": {"high": {"first_response_secs": 30, "resolution": 5}},
+        });
+        assert_eq!(
+            PutSlaPolicy::unknown_fields(&body),
+            vec!["by_priority.high.resolution", "first_responce_secs"]
+        );
+    }
+
+    #[test]
+    fn a_policy_as_written_has_no_unknown_fields_and_round_trips() {
+        let body = json!({
+            "name": "Gold",
+            "first_response_secs": 60,
+            "next_response_secs": 120,
+            "resolution_secs": 3600,
+            "by_priority": {"urgent": {"first_response_secs": 10}},
+            "warn_at": 0.8,
+            "holidays": ["2026-12-25"],
+        });
+        assert!(PutSlaPolicy::unknown_fields(&body).is_empty());
+        let p: PutSlaPolicy = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(p.targets.first_response_secs, Some(60));
+        assert_eq!(serde_json::to_value(&p).unwrap(), body);
+    }
+}
