@@ -450,7 +450,8 @@ fn event<T: serde::Serialize>(t: &str, p: &T) -> Result<NewEvent, ApiError> {
     Ok(NewEvent::from_payload(t, 1, p)?)
 }
 
-async fn inbox_ctx(
+/// The caller's context once they hold `role` on `inbox` (and the inbox exists).
+pub(crate) async fn inbox_ctx(
     dir: &Directory,
     auth: Authenticated,
     inbox: Uuid,

@@ -16,6 +16,7 @@
 //! `inbox.updated` events, consumed into `routing_inbox_calendars` (no other service's
 //! tables are read).
 
+use crate::rules::inbox_ctx;
 use crate::timers::{self, ActionParams, NewTimer, TimerKind};
 use actix_web::{HttpResponse, web};
 use async_trait::async_trait;
@@ -722,18 +723,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/inboxes/{inbox_id}/automation",
         web::put().to(put_automation),
     );
-}
-
-async fn inbox_ctx(
-    dir: &Directory,
-    auth: Authenticated,
-    inbox: Uuid,
-    role: InboxRole,
-) -> Result<TenantContext, ApiError> {
-    let ctx = auth.0;
-    dir.access(&ctx).await?.require_inbox(inbox, role)?;
-    dir.get_inbox(&ctx, inbox).await?;
-    Ok(ctx)
 }
 
 fn validate_policy(p: &dto::PutSlaPolicy) -> Result<(), ApiError> {
