@@ -20,18 +20,16 @@ use postvak_core::conversation::{
 };
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
 use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
-use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
-use postvak_platform::store::{RecordedEvent, StoreError, StreamRef, TenantId};
+use postvak_platform::store::{RecordedEvent, StoreError, StreamRef};
 use postvak_proto::events::conversation as cev;
 use postvak_proto::events::ingest::{self as iev, MailboxV1, MessageReceivedV1};
-use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// Durable consumer names.
 pub const INGEST_CONSUMER: &str = "conversation-inbound";
@@ -147,62 +145,6 @@ impl EventHandler for ProjectionHandler {
     }
 }
 
-#[derive(Debug)]
-struct Queued {
-    event_id: Uuid,
-    tenant: TenantId,
-    stream_id: String,
-    stream_version: u64,
-}
-
-async fn next_batch(db: &Db) -> Result<Vec<Queued>, StoreError> {
-    let mut tx = db.begin().await?;
-    let rows: Vec<(Uuid, Uuid, String, i64)> = on_tx!(&mut tx, |c| sqlx::query(
-        "SELECT event_id, tenant_id, stream_id, stream_version FROM conversation_inbound_queue \
-         ORDER BY queued_at, event_id LIMIT 64"
-    )
-    .fetch_all(c)
-    .await
-    .and_then(|rows| rows
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect()))
-    .map_err(db_error)?;
-    tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|(event_id, tenant, stream_id, v)| Queued {
-            event_id,
-            tenant: TenantId(tenant),
-            stream_id,
-            stream_version: u64::try_from(v).unwrap_or(0),
-        })
-        .collect())
-}
-
-async fn finish(db: &Db, event_id: Uuid, error: Option<&str>) -> Result<(), StoreError> {
-    let mut tx = db.begin().await?;
-    match error {
-        None => on_tx!(&mut tx, |c| sqlx::query(
-            "DELETE FROM conversation_inbound_queue WHERE event_id = $1"
-        )
-        .bind(event_id)
-        .execute(c)
-        .await
-        .map(|_| ())),
-        Some(e) => on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE conversation_inbound_queue SET attempts = attempts + 1, last_error = $1 WHERE event_id = $2"
-        )
-        .bind(e)
-        .bind(event_id)
-        .execute(c)
-        .await
-        .map(|_| ())),
-    }
-    .map_err(db_error)?;
-    tx.commit().await
-}
-
 async fn run_worker(
     service: Conversations,
     cell: Arc<Cell>,
@@ -216,7 +158,7 @@ async fn run_worker(
         }
         let mut failing = false;
         let mut progressed = false;
-        match next_batch(&db).await {
+        match crate::queue::next_batch(&db, &crate::queue::INBOUND).await {
             Ok(batch) => {
                 for q in batch {
                     if cancel.is_cancelled() {
@@ -230,7 +172,14 @@ async fn run_worker(
                     } else {
                         progressed = true;
                     }
-                    if let Err(e) = finish(&db, q.event_id, error.as_deref()).await {
+                    if let Err(e) = crate::queue::finish(
+                        &db,
+                        &crate::queue::INBOUND,
+                        q.event_id,
+                        error.as_deref(),
+                    )
+                    .await
+                    {
                         tracing::warn!(error = %e, "cannot update the inbound queue");
                     }
                 }
@@ -292,7 +241,7 @@ pub(crate) fn message_of(p: &MessageReceivedV1) -> Message {
 }
 
 impl Conversations {
-    async fn receive_queued(&self, q: &Queued) -> Result<(), ServiceError> {
+    async fn receive_queued(&self, q: &crate::queue::Queued) -> Result<(), ServiceError> {
         let ctx = self.cells().context(q.tenant, SERVICE).await?;
         let stream = StreamRef::new(iev::STREAM_INBOUND_MESSAGE, q.stream_id.clone());
         let events = ctx

@@ -21,6 +21,7 @@ mod idempotency;
 pub mod inbound;
 mod live;
 mod projection;
+mod queue;
 pub mod seed;
 pub mod templates;
 

@@ -17,14 +17,13 @@ use postvak_core::Aggregate;
 use postvak_core::contact::{Contact, normalise_address};
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
 use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
-use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
-    EventData, EventStore, LogPosition, RecordedEvent, StoreError, StreamRef, TenantId,
+    EventData, EventStore, LogPosition, RecordedEvent, StoreError, StreamRef,
 };
 use postvak_proto::events::contact as cev;
 use postvak_proto::events::conversation::{self as conv, MessageV1};
-use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,62 +144,6 @@ async fn project_from_log(
     read::write(tx, event.tenant_id, &prepared).await
 }
 
-#[derive(Debug)]
-struct Queued {
-    event_id: Uuid,
-    tenant: TenantId,
-    stream_id: String,
-    stream_version: u64,
-}
-
-async fn next_batch(db: &Db) -> Result<Vec<Queued>, StoreError> {
-    let mut tx = db.begin().await?;
-    let rows: Vec<(Uuid, Uuid, String, i64)> = on_tx!(&mut tx, |c| sqlx::query(
-        "SELECT event_id, tenant_id, stream_id, stream_version FROM contact_link_queue \
-         ORDER BY queued_at, event_id LIMIT 64"
-    )
-    .fetch_all(c)
-    .await
-    .and_then(|rows| rows
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect()))
-    .map_err(db_error)?;
-    tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|(event_id, tenant, stream_id, v)| Queued {
-            event_id,
-            tenant: TenantId(tenant),
-            stream_id,
-            stream_version: u64::try_from(v).unwrap_or(0),
-        })
-        .collect())
-}
-
-async fn finish(db: &Db, event_id: Uuid, error: Option<&str>) -> Result<(), StoreError> {
-    let mut tx = db.begin().await?;
-    match error {
-        None => on_tx!(&mut tx, |c| sqlx::query(
-            "DELETE FROM contact_link_queue WHERE event_id = $1"
-        )
-        .bind(event_id)
-        .execute(c)
-        .await
-        .map(|_| ())),
-        Some(e) => on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE contact_link_queue SET attempts = attempts + 1, last_error = $1 WHERE event_id = $2"
-        )
-        .bind(e)
-        .bind(event_id)
-        .execute(c)
-        .await
-        .map(|_| ())),
-    }
-    .map_err(db_error)?;
-    tx.commit().await
-}
-
 async fn run_worker(
     service: Contacts,
     cell: Arc<Cell>,
@@ -214,7 +157,7 @@ async fn run_worker(
         }
         let mut failing = false;
         let mut progressed = false;
-        match next_batch(&db).await {
+        match crate::queue::next_batch(&db, &crate::queue::CONTACT_LINK).await {
             Ok(batch) => {
                 for q in batch {
                     if cancel.is_cancelled() {
@@ -228,7 +171,14 @@ async fn run_worker(
                     } else {
                         progressed = true;
                     }
-                    if let Err(e) = finish(&db, q.event_id, error.as_deref()).await {
+                    if let Err(e) = crate::queue::finish(
+                        &db,
+                        &crate::queue::CONTACT_LINK,
+                        q.event_id,
+                        error.as_deref(),
+                    )
+                    .await
+                    {
                         tracing::warn!(error = %e, "cannot update the contact link queue");
                     }
                 }
@@ -254,7 +204,10 @@ async fn run_worker(
     }
 }
 
-async fn file_queued(service: &Contacts, q: &Queued) -> Result<(), ContactServiceError> {
+async fn file_queued(
+    service: &Contacts,
+    q: &crate::queue::Queued,
+) -> Result<(), ContactServiceError> {
     let ctx = service.cells().context(q.tenant, SERVICE).await?;
     let events = ctx
         .cell()
