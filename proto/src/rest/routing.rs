@@ -153,8 +153,17 @@ pub struct Rule {
     pub inbox_id: Uuid,
     /// 0-based place in the inbox's order.
     pub position: u32,
-    #[serde(flatten)]
-    pub body: RuleBody,
+    // The fields of [`RuleBody`], written out rather than flattened: `RuleBody` refuses
+    // unknown fields, and a flattened strict part would make the OpenAPI `allOf` forbid
+    // `id`, `position`, … in every response.
+    pub name: String,
+    pub enabled: bool,
+    pub triggers: Vec<String>,
+    #[serde(rename = "match")]
+    pub match_mode: String,
+    pub conditions: Vec<RuleCondition>,
+    pub actions: Vec<RuleAction>,
+    pub stop_processing: bool,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: time::OffsetDateTime,

@@ -153,3 +153,67 @@ impl utoipa::Modify for BearerAuth {
 pub fn json() -> anyhow::Result<String> {
     Ok(ApiDoc::openapi().to_pretty_json()? + "\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every `allOf` in the document whose parts can all hold at once: a part that forbids
+    /// additional properties must name every property the other parts add. (A strict struct
+    /// flattened into another — `deny_unknown_fields` + `flatten` — breaks this, and every
+    /// response of that type then fails its own schema.)
+    #[test]
+    fn no_all_of_contradicts_itself() {
+        let doc: Value = serde_json::from_str(&super::json().unwrap()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let resolve = |v: &Value| -> Value {
+            match v.get("$ref").and_then(Value::as_str) {
+                Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+                None => v.clone(),
+            }
+        };
+        let mut bad = Vec::new();
+        let mut stack: Vec<(String, Value)> = vec![("#".into(), doc.clone())];
+        while let Some((at, v)) = stack.pop() {
+            match &v {
+                Value::Object(m) => {
+                    if let Some(Value::Array(parts)) = m.get("allOf") {
+                        let parts: Vec<Value> = parts.iter().map(&resolve).collect();
+                        let props = |p: &Value| -> Vec<String> {
+                            p["properties"]
+                                .as_object()
+                                .map(|o| o.keys().cloned().collect())
+                                .unwrap_or_default()
+                        };
+                        for (i, p) in parts.iter().enumerate() {
+                            if p["additionalProperties"] != Value::Bool(false) {
+                                continue;
+                            }
+                            let own = props(p);
+                            for (j, q) in parts.iter().enumerate() {
+                                if i != j {
+                                    for k in props(q).into_iter().filter(|k| !own.contains(k)) {
+                                        bad.push(format!(
+                                            "{at}: part {i} forbids `{k}` of part {j}"
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (k, c) in m {
+                        stack.push((format!("{at}/{k}"), c.clone()));
+                    }
+                }
+                Value::Array(a) => {
+                    for (i, c) in a.iter().enumerate() {
+                        stack.push((format!("{at}/{i}"), c.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        bad.sort();
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+}
