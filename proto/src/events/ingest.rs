@@ -166,3 +166,66 @@ pub struct RawMessageAccepted {
     /// The same mail was already stored for this inbox: nothing new was written.
     pub duplicate: bool,
 }
+
+/// The audit trail of an IMAP account's settings: one stream per account
+/// (`imap-<account id>`), appended in the transaction that changes the account's row, with the
+/// caller as the event's actor. Never the password or token (ADR 0004: secrets are not events);
+/// a replaced secret shows only as `"secret"` in `changed`.
+pub const STREAM_IMAP_ACCOUNT: &str = "imap_account";
+
+pub const IMAP_ACCOUNT_CREATED: &str = "imap.account_created";
+pub const IMAP_ACCOUNT_UPDATED: &str = "imap.account_updated";
+pub const IMAP_ACCOUNT_DELETED: &str = "imap.account_deleted";
+/// A quarantined message was imported by request (`POST …/quarantine/{uid_validity}/{uid}/reimport`).
+pub const IMAP_MESSAGE_REIMPORTED: &str = "imap.message_reimported";
+
+/// An IMAP account's settings as audited (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImapAccountSettingsV1 {
+    pub account_id: Uuid,
+    pub inbox_id: Uuid,
+    pub host: String,
+    pub port: u16,
+    /// `tls`, `starttls` or `plain`.
+    pub tls: String,
+    /// `password` or `xoauth2`.
+    pub auth: String,
+    pub username: String,
+    pub folder: String,
+    pub after_import: String,
+    pub enabled: bool,
+}
+
+/// `imap.account_created` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImapAccountCreatedV1 {
+    pub account: ImapAccountSettingsV1,
+}
+
+/// `imap.account_updated` v1: the settings after the change, and which fields changed
+/// (`host`, `port`, `tls`, `auth`, `username`, `secret`, `folder`, `after_import`, `enabled`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImapAccountUpdatedV1 {
+    pub account: ImapAccountSettingsV1,
+    pub changed: Vec<String>,
+    /// The sync position was reset (another server, login or folder).
+    pub position_reset: bool,
+}
+
+/// `imap.account_deleted` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImapAccountDeletedV1 {
+    pub account_id: Uuid,
+    pub inbox_id: Uuid,
+}
+
+/// `imap.message_reimported` v1: a quarantined message was fetched again and delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImapMessageReimportedV1 {
+    pub account_id: Uuid,
+    pub uid_validity: u32,
+    pub uid: u32,
+    /// The delivered message (the first delivery's id when it was already stored).
+    pub message_id: Uuid,
+    pub duplicate: bool,
+}

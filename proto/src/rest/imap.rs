@@ -155,6 +155,22 @@ pub struct QuarantinedMessage {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub quarantined_at: OffsetDateTime,
+    /// Set once the message was imported by request
+    /// (`POST …/quarantine/{uid_validity}/{uid}/reimport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reimported: Option<ReimportedMessage>,
+}
+
+/// A quarantined message imported by request. Asking again answers the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReimportedMessage {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    /// The inbox already had this mail: nothing new was stored.
+    pub duplicate: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub reimported_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

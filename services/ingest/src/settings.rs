@@ -99,6 +99,11 @@ pub struct ImapSettings {
     pub allow_plaintext: bool,
     /// A PEM file of extra trust anchors (a private CA; tests), besides the Web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Address ranges an account's host may resolve to although they are not public
+    /// (e.g. `["127.0.0.1/32"]` for a server on the same host). Everything else that is
+    /// loopback, private, link-local or reserved is refused at creation and at every
+    /// connection — the same policy as webhooks (`postvak_platform::netguard`).
+    pub allow_private: Vec<String>,
 }
 
 impl Default for ImapSettings {
@@ -117,6 +122,7 @@ impl Default for ImapSettings {
             max_message_attempts: 5,
             allow_plaintext: false,
             ca_file: None,
+            allow_private: Vec::new(),
         }
     }
 }

@@ -83,6 +83,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery_relays",
         include_str!("../../../migrations/postgres/0014_delivery_relays.sql"),
     ),
+    (
+        18,
+        "imap_reimport",
+        include_str!("../../../migrations/postgres/0018_imap_reimport.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -151,6 +156,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "delivery_relays",
         include_str!("../../../migrations/sqlite/0014_delivery_relays.sql"),
+    ),
+    (
+        18,
+        "imap_reimport",
+        include_str!("../../../migrations/sqlite/0018_imap_reimport.sql"),
     ),
 ];
 

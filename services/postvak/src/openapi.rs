@@ -48,6 +48,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_ingest::imap::api::get_imap_account,
         postvak_ingest::imap::api::update_imap_account,
         postvak_ingest::imap::api::delete_imap_account,
+        postvak_ingest::imap::api::reimport_quarantined_message,
         postvak_conversation::api::list_conversations,
         postvak_conversation::api::create_conversation,
         postvak_conversation::api::get_conversation,

@@ -3,7 +3,7 @@
 //! only; the password or token is accepted, sealed, and never returned.
 
 use super::store::{self, AccountRow, AccountWrite};
-use super::{AfterImport, AuthKind, Credentials, Secret, TlsMode, valid_folder};
+use super::{AfterImport, AuthKind, Credentials, ReimportError, Secret, TlsMode, valid_folder};
 use crate::settings::ImapSettings;
 use actix_web::{HttpResponse, web};
 use postvak_core::access::InboxRole;
@@ -11,7 +11,10 @@ use postvak_directory::Directory;
 use postvak_platform::auth::Authenticated;
 use postvak_platform::cell::{Cells, TenantContext};
 use postvak_platform::http::ApiError;
+use postvak_platform::netguard::{AddressPolicy, ResolveError};
+use postvak_platform::store::NewEvent;
 use postvak_proto::Problem;
+use postvak_proto::events::ingest as ev;
 use postvak_proto::rest::imap as dto;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -22,6 +25,7 @@ use uuid::Uuid;
 pub fn routes_with(settings: ImapSettings) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         let settings = web::Data::new(settings);
+        let reimport_settings = settings.clone();
         cfg.service(
             web::resource("/v1/inboxes/{inbox_id}/imap-accounts")
                 .app_data(settings.clone())
@@ -34,6 +38,13 @@ pub fn routes_with(settings: ImapSettings) -> impl FnOnce(&mut web::ServiceConfi
                 .route(web::get().to(get_imap_account))
                 .route(web::patch().to(update_imap_account))
                 .route(web::delete().to(delete_imap_account)),
+        )
+        .service(
+            web::resource(
+                "/v1/inboxes/{inbox_id}/imap-accounts/{account_id}/quarantine/{uid_validity}/{uid}/reimport",
+            )
+            .app_data(reimport_settings)
+            .route(web::post().to(reimport_quarantined_message)),
         );
     }
 }
@@ -71,6 +82,23 @@ fn check_host(h: &str) -> Result<String, ApiError> {
         return Err(invalid("host must be a DNS name or an IP address"));
     }
     Ok(h)
+}
+
+/// The host must resolve to public addresses only, unless `imap.allow_private` lets its range
+/// through (the connector checks again at every connection).
+async fn check_destination(settings: &ImapSettings, host: &str, port: u16) -> Result<(), ApiError> {
+    let policy = AddressPolicy::new(&settings.allow_private).map_err(|e| ApiError::internal(&e))?;
+    match policy.check_host(host, port).await {
+        Ok(()) => Ok(()),
+        Err(e @ ResolveError::Forbidden(_)) => Err(ApiError::unprocessable(
+            "imap_host_forbidden",
+            format!("{host}: {e}; the operator can allow a range with imap.allow_private"),
+        )),
+        Err(e @ ResolveError::Unresolvable) => Err(ApiError::unprocessable(
+            "imap_host_unresolvable",
+            format!("{host}: {e}"),
+        )),
+    }
 }
 
 fn check_text(what: &str, v: &str, max: usize) -> Result<(), ApiError> {
@@ -114,6 +142,31 @@ fn check_after_import(v: &str) -> Result<AfterImport, ApiError> {
         .ok_or_else(|| invalid("after_import must be keep, mark_seen, move:<folder> or delete"))
 }
 
+/// An account's settings as its audit events record them: everything but the secret.
+fn audited(w: &AccountWrite, username: &str) -> ev::ImapAccountSettingsV1 {
+    ev::ImapAccountSettingsV1 {
+        account_id: w.account_id,
+        inbox_id: w.inbox_id,
+        host: w.host.clone(),
+        port: w.port,
+        tls: w.tls.as_str().to_owned(),
+        auth: w.auth.as_str().to_owned(),
+        username: username.to_owned(),
+        folder: w.folder.clone(),
+        after_import: w.after_import.to_string(),
+        enabled: w.enabled,
+    }
+}
+
+fn reimported_view(r: &store::Reimported) -> dto::ReimportedMessage {
+    dto::ReimportedMessage {
+        message_id: r.message_id,
+        conversation_id: r.conversation_id,
+        duplicate: r.duplicate,
+        reimported_at: time_of(r.at),
+    }
+}
+
 fn time_of(secs: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
@@ -130,6 +183,7 @@ async fn view(ctx: &TenantContext, row: &AccountRow) -> Result<dto::ImapAccount,
             detail: q.detail,
             size: q.size,
             quarantined_at: time_of(q.at),
+            reimported: q.reimported.map(|r| reimported_view(&r)),
         })
         .collect();
     Ok(dto::ImapAccount {
@@ -225,12 +279,14 @@ pub async fn create_imap_account(
     let folder = b.folder.unwrap_or_else(|| "INBOX".to_owned());
     check_folder(&folder)?;
     let after_import = check_after_import(b.after_import.as_deref().unwrap_or("keep"))?;
+    check_destination(&settings, &host, port).await?;
     let account_id = Uuid::now_v7();
+    let username = b.username;
     let (credentials_key, credentials) = store::seal_credentials(
         &ctx,
         account_id,
         &Credentials {
-            username: b.username,
+            username: username.clone(),
             secret: Secret::new(b.secret),
         },
     )
@@ -248,7 +304,14 @@ pub async fn create_imap_account(
         after_import,
         enabled: b.enabled.unwrap_or(true),
     };
-    store::insert_account(ctx.cell().db(), ctx.tenant(), &write).await?;
+    let audit = NewEvent::from_payload(
+        ev::IMAP_ACCOUNT_CREATED,
+        1,
+        &ev::ImapAccountCreatedV1 {
+            account: audited(&write, &username),
+        },
+    )?;
+    store::insert_account(&ctx, &write, audit).await?;
     let row = load(&ctx, inbox, account_id).await?;
     Ok(HttpResponse::Created().json(view(&ctx, &row).await?))
 }
@@ -327,16 +390,30 @@ pub async fn update_imap_account(
         .username
         .clone()
         .unwrap_or_else(|| cur.credentials.username.clone());
+    if host != cur.host || port != cur.port {
+        check_destination(&settings, &host, port).await?;
+    }
     let reset = host != cur.host
         || port != cur.port
         || username != cur.credentials.username
         || folder != cur.folder;
+    let secret_changed = b
+        .secret
+        .as_deref()
+        .is_some_and(|s| s != cur.credentials.secret.expose());
     let secret = b
         .secret
         .map(Secret::new)
         .unwrap_or_else(|| cur.credentials.secret.clone());
-    let (credentials_key, credentials) =
-        store::seal_credentials(&ctx, account, &Credentials { username, secret }).await?;
+    let (credentials_key, credentials) = store::seal_credentials(
+        &ctx,
+        account,
+        &Credentials {
+            username: username.clone(),
+            secret,
+        },
+    )
+    .await?;
     let write = AccountWrite {
         account_id: account,
         inbox_id: inbox,
@@ -350,7 +427,31 @@ pub async fn update_imap_account(
         after_import,
         enabled: b.enabled.unwrap_or(cur.enabled),
     };
-    if !store::update_account(ctx.cell().db(), ctx.tenant(), &write, reset).await? {
+    let changed: Vec<String> = [
+        ("host", write.host != cur.host),
+        ("port", write.port != cur.port),
+        ("tls", write.tls != cur.tls),
+        ("auth", write.auth != cur.auth),
+        ("username", username != cur.credentials.username),
+        ("secret", secret_changed),
+        ("folder", write.folder != cur.folder),
+        ("after_import", write.after_import != cur.after_import),
+        ("enabled", write.enabled != cur.enabled),
+    ]
+    .into_iter()
+    .filter(|(_, c)| *c)
+    .map(|(f, _)| f.to_owned())
+    .collect();
+    let audit = NewEvent::from_payload(
+        ev::IMAP_ACCOUNT_UPDATED,
+        1,
+        &ev::ImapAccountUpdatedV1 {
+            account: audited(&write, &username),
+            changed,
+            position_reset: reset,
+        },
+    )?;
+    if !store::update_account(&ctx, &write, reset, audit).await? {
         return Err(ApiError::not_found());
     }
     let row = load(&ctx, inbox, account).await?;
@@ -374,8 +475,92 @@ pub async fn delete_imap_account(
     let (inbox, account) = path.into_inner();
     let ctx = inbox_admin(&cells, &directory, auth, inbox).await?;
     load(&ctx, inbox, account).await?;
-    if !store::delete_account(ctx.cell().db(), ctx.tenant(), account).await? {
+    let audit = NewEvent::from_payload(
+        ev::IMAP_ACCOUNT_DELETED,
+        1,
+        &ev::ImapAccountDeletedV1 {
+            account_id: account,
+            inbox_id: inbox,
+        },
+    )?;
+    if !store::delete_account(&ctx, account, audit).await? {
         return Err(ApiError::not_found());
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Imports a quarantined message by request, e.g. after `imap.max_message_size` was raised:
+/// fetched again from the account's server and delivered like any other (the size limit
+/// applies; the check whether it looks like a mail does not). Asking again answers the same
+/// delivery without fetching again.
+#[utoipa::path(post,
+    path = "/v1/inboxes/{inbox_id}/imap-accounts/{account_id}/quarantine/{uid_validity}/{uid}/reimport",
+    tag = "ingest",
+    params(("inbox_id" = Uuid, Path), ("account_id" = Uuid, Path),
+           ("uid_validity" = u32, Path), ("uid" = u32, Path)),
+    security(("bearer" = [])),
+    responses((status = 200, body = dto::ReimportedMessage),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              (status = 502, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")))]
+pub async fn reimport_quarantined_message(
+    req: actix_web::HttpRequest,
+    cells: web::Data<Cells>,
+    directory: web::Data<Directory>,
+    settings: web::Data<ImapSettings>,
+    auth: Authenticated,
+    path: web::Path<(Uuid, Uuid, u32, u32)>,
+) -> Result<HttpResponse, ApiError> {
+    use actix_web::http::StatusCode;
+    let (inbox, account, uid_validity, uid) = path.into_inner();
+    let ctx = inbox_admin(&cells, &directory, auth, inbox).await?;
+    load(&ctx, inbox, account).await?;
+    // The binary shares one ingestor (index keys cached, one commit stage per cell).
+    let ingestor = match req.app_data::<web::Data<crate::Ingestor>>() {
+        Some(i) => i.get_ref().clone(),
+        None => crate::Ingestor::new(cells.get_ref().clone()),
+    };
+    let connector = super::ImapConnector::new(ingestor, settings.get_ref().clone())
+        .map_err(|e| ApiError::internal(&e))?;
+    match connector.reimport(&ctx, account, uid_validity, uid).await {
+        Ok(done) => Ok(HttpResponse::Ok().json(reimported_view(&done))),
+        Err(ReimportError::NotQuarantined) => Err(ApiError::not_found()),
+        Err(e @ ReimportError::UidValidityChanged { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "imap_uidvalidity_changed",
+            "The folder was recreated",
+        )
+        .with_detail(e.to_string())),
+        Err(e @ ReimportError::Gone) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "imap_message_gone",
+            "The message is no longer at the source",
+        )
+        .with_detail(e.to_string())),
+        Err(e @ ReimportError::TooLarge { .. }) => Err(ApiError::unprocessable(
+            "imap_message_too_large",
+            e.to_string(),
+        )),
+        Err(ReimportError::Store(e)) => Err(e.into()),
+        Err(ReimportError::Sync(e)) => {
+            tracing::warn!(error = %e, %account, code = "imap_reimport_failed", "re-import: the IMAP server failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "imap_server_failed",
+                "The IMAP server could not be reached, refused the login or failed",
+            ))
+        }
+        Err(ReimportError::Pipeline(e)) => {
+            tracing::warn!(error = %e, %account, code = "imap_reimport_failed", "re-import: the pipeline failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ingest_unavailable",
+                "The message could not be stored now; try again",
+            ))
+        }
+    }
 }

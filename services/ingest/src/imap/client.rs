@@ -2,6 +2,7 @@
 //! plus an optional CA file), then `LOGIN` or `AUTHENTICATE XOAUTH2`.
 
 use super::{AccountConfig, AuthKind, TlsMode};
+use postvak_platform::netguard::{AddressPolicy, ResolveError};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -63,6 +64,8 @@ pub type Session = async_imap::Session<ImapStream>;
 pub enum ConnectError {
     #[error("connecting to {0}: {1}")]
     Connect(String, std::io::Error),
+    #[error("{0}: {1} (imap.allow_private)")]
+    Destination(String, ResolveError),
     #[error("TLS handshake with {0}: {1}")]
     Tls(String, std::io::Error),
     #[error("invalid server name {0:?}")]
@@ -148,13 +151,20 @@ impl async_imap::Authenticator for XOAuth2<'_> {
     }
 }
 
-/// Connects, protects the connection as configured, and logs in.
+/// Connects, protects the connection as configured, and logs in. The host is resolved here
+/// and only addresses `policy` permits are dialled (checked at every connection, so a name
+/// re-pointed inside after the account was created reaches nothing).
 pub async fn connect(
     account: &AccountConfig,
     tls: &Arc<rustls::ClientConfig>,
+    policy: &AddressPolicy,
 ) -> Result<Session, ConnectError> {
     let addr = format!("{}:{}", account.host, account.port);
-    let tcp = TcpStream::connect((account.host.as_str(), account.port))
+    let permitted = policy
+        .resolve(&account.host, account.port)
+        .await
+        .map_err(|e| ConnectError::Destination(addr.clone(), e))?;
+    let tcp = TcpStream::connect(permitted.as_slice())
         .await
         .map_err(|e| ConnectError::Connect(addr.clone(), e))?;
     let _ = tcp.set_nodelay(true);

@@ -22,7 +22,7 @@ mod client;
 pub(crate) mod store;
 mod sync;
 
-pub use sync::{ImapConnector, SyncReport};
+pub use sync::{ImapConnector, ReimportError, SyncReport};
 
 use std::fmt;
 use uuid::Uuid;

@@ -4,9 +4,13 @@
 
 use super::{AccountConfig, AfterImport, AuthKind, Credentials, TlsMode};
 use postvak_platform::cell::TenantContext;
+use postvak_platform::db::DbTx;
 use postvak_platform::db::{Db, db_error};
 use postvak_platform::on_tx;
-use postvak_platform::store::{KeyScope, StoreError, TenantId};
+use postvak_platform::store::{
+    ExpectedVersion, KeyScope, NewEvent, StoreError, StreamRef, TenantId,
+};
+use postvak_proto::events::ingest as ev;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -173,9 +177,44 @@ pub struct AccountWrite {
     pub enabled: bool,
 }
 
-pub async fn insert_account(db: &Db, tenant: TenantId, a: &AccountWrite) -> Result<(), StoreError> {
+/// The audit stream of an account.
+pub fn audit_stream(account: Uuid) -> StreamRef {
+    StreamRef::new(
+        ev::STREAM_IMAP_ACCOUNT,
+        format!("imap-{}", account.simple()),
+    )
+}
+
+/// Appends an account's audit event inside `tx` (acted by the context's principal) and
+/// commits: the change and its record commit together or not at all.
+async fn commit_with_audit(
+    ctx: &TenantContext,
+    mut tx: DbTx,
+    account: Uuid,
+    mut event: NewEvent,
+) -> Result<(), StoreError> {
+    event.metadata.actor = Some(ctx.principal().actor());
+    let store = &ctx.cell().store;
+    store
+        .append_in_tx(
+            &mut tx,
+            ctx.tenant(),
+            &audit_stream(account),
+            ExpectedVersion::Any,
+            vec![event],
+        )
+        .await?;
+    store.commit_appended(tx).await
+}
+
+pub async fn insert_account(
+    ctx: &TenantContext,
+    a: &AccountWrite,
+    audit: NewEvent,
+) -> Result<(), StoreError> {
     let now = now_secs();
-    let mut tx = db.tenant_tx(tenant, true).await?;
+    let tenant = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(tenant, true).await?;
     on_tx!(&mut tx, |c| sqlx::query(
         "INSERT INTO imap_accounts (tenant_id, account_id, inbox_id, host, port, tls, auth, \
          credentials, credentials_key, folder, after_import, enabled, revision, created_at, \
@@ -211,19 +250,20 @@ pub async fn insert_account(db: &Db, tenant: TenantId, a: &AccountWrite) -> Resu
     .await
     .map(|_| ()))
     .map_err(db_error)?;
-    tx.commit().await
+    commit_with_audit(ctx, tx, a.account_id, audit).await
 }
 
 /// Replaces an account's settings and bumps its revision (the supervisor restarts its task).
 /// `reset_position` forgets the sync position (another server, login or folder).
 pub async fn update_account(
-    db: &Db,
-    tenant: TenantId,
+    ctx: &TenantContext,
     a: &AccountWrite,
     reset_position: bool,
+    audit: NewEvent,
 ) -> Result<bool, StoreError> {
     let now = now_secs();
-    let mut tx = db.tenant_tx(tenant, true).await?;
+    let tenant = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(tenant, true).await?;
     let n = on_tx!(&mut tx, |c| sqlx::query(
         "UPDATE imap_accounts SET host = $3, port = $4, tls = $5, auth = $6, credentials = $7, \
          credentials_key = $8, folder = $9, after_import = $10, enabled = $11, \
@@ -263,12 +303,18 @@ pub async fn update_account(
     .await
     .map(|_| ()))
     .map_err(db_error)?;
-    tx.commit().await?;
+    commit_with_audit(ctx, tx, a.account_id, audit).await?;
     Ok(true)
 }
 
-pub async fn delete_account(db: &Db, tenant: TenantId, account: Uuid) -> Result<bool, StoreError> {
-    let mut tx = db.tenant_tx(tenant, true).await?;
+/// Deletes an account (and its quarantine list); `audit` is recorded only if it existed.
+pub async fn delete_account(
+    ctx: &TenantContext,
+    account: Uuid,
+    audit: NewEvent,
+) -> Result<bool, StoreError> {
+    let tenant = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(tenant, true).await?;
     let n = on_tx!(&mut tx, |c| sqlx::query(
         "DELETE FROM imap_accounts WHERE tenant_id = $1 AND account_id = $2"
     )
@@ -297,8 +343,10 @@ pub async fn delete_account(db: &Db, tenant: TenantId, account: Uuid) -> Result<
         .await
         .map(|_| ()))
         .map_err(db_error)?;
+        commit_with_audit(ctx, tx, account, audit).await?;
+    } else {
+        tx.commit().await?;
     }
-    tx.commit().await?;
     Ok(n > 0)
 }
 
@@ -470,6 +518,122 @@ pub struct Quarantined {
     pub detail: String,
     pub size: Option<u64>,
     pub at: i64,
+    /// Imported later by request (never set when quarantining).
+    pub reimported: Option<Reimported>,
+}
+
+/// What re-importing a quarantined message delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reimported {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub duplicate: bool,
+    pub at: i64,
+}
+
+const QUARANTINE_COLUMNS: &str = "uid_validity, uid, reason, detail, size, quarantined_at, \
+     reimported_message_id, reimported_conversation_id, reimported_duplicate, reimported_at";
+
+fn quarantine_row<'r, R>(r: &'r R) -> Result<Quarantined, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<Uuid>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let reimported = match (
+        r.try_get::<Option<Uuid>, _>(6)?,
+        r.try_get::<Option<Uuid>, _>(7)?,
+        r.try_get::<Option<bool>, _>(8)?,
+        r.try_get::<Option<i64>, _>(9)?,
+    ) {
+        (Some(message_id), Some(conversation_id), duplicate, at) => Some(Reimported {
+            message_id,
+            conversation_id,
+            duplicate: duplicate.unwrap_or(false),
+            at: at.unwrap_or(0),
+        }),
+        _ => None,
+    };
+    Ok(Quarantined {
+        uid_validity: u32::try_from(r.try_get::<i64, _>(0)?).unwrap_or_default(),
+        uid: u32::try_from(r.try_get::<i64, _>(1)?).unwrap_or_default(),
+        reason: r.try_get(2)?,
+        detail: r.try_get(3)?,
+        size: r.try_get::<Option<i64>, _>(4)?.map(|s| s as u64),
+        at: r.try_get(5)?,
+        reimported,
+    })
+}
+
+/// One quarantined message of an account.
+pub async fn quarantined_one(
+    db: &Db,
+    tenant: TenantId,
+    account: Uuid,
+    uid_validity: u32,
+    uid: u32,
+) -> Result<Option<Quarantined>, StoreError> {
+    let mut tx = db.tenant_tx(tenant, false).await?;
+    let sql = format!(
+        "SELECT {QUARANTINE_COLUMNS} FROM imap_quarantine \
+         WHERE tenant_id = $1 AND account_id = $2 AND uid_validity = $3 AND uid = $4"
+    );
+    let row = on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(tenant.0)
+        .bind(account)
+        .bind(i64::from(uid_validity))
+        .bind(i64::from(uid))
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r.as_ref().map(quarantine_row).transpose()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Records that a quarantined message was imported, with its audit event, in one
+/// transaction. `false` (nothing written) when a concurrent request recorded it first.
+pub async fn mark_reimported(
+    ctx: &TenantContext,
+    account: Uuid,
+    uid_validity: u32,
+    uid: u32,
+    done: &Reimported,
+    audit: NewEvent,
+) -> Result<bool, StoreError> {
+    let tenant = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(tenant, true).await?;
+    let n = on_tx!(&mut tx, |c| {
+        sqlx::query(
+        "UPDATE imap_quarantine SET reimported_message_id = $5, reimported_conversation_id = $6, \
+         reimported_duplicate = $7, reimported_at = $8 \
+         WHERE tenant_id = $1 AND account_id = $2 AND uid_validity = $3 AND uid = $4 \
+         AND reimported_message_id IS NULL"
+    )
+    .bind(tenant.0)
+    .bind(account)
+    .bind(i64::from(uid_validity))
+    .bind(i64::from(uid))
+    .bind(done.message_id)
+    .bind(done.conversation_id)
+    .bind(done.duplicate)
+    .bind(done.at)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected())
+    })
+    .map_err(db_error)?;
+    if n == 0 {
+        // Dropping the transaction rolls it back.
+        drop(tx);
+        return Ok(false);
+    }
+    commit_with_audit(ctx, tx, account, audit).await?;
+    Ok(true)
 }
 
 pub async fn quarantine(
@@ -521,27 +685,21 @@ pub async fn quarantined(
     limit: i64,
 ) -> Result<Vec<Quarantined>, StoreError> {
     let mut tx = db.tenant_tx(tenant, false).await?;
-    let rows = on_tx!(&mut tx, |c| sqlx::query(
-        "SELECT uid_validity, uid, reason, detail, size, quarantined_at FROM imap_quarantine \
+    let sql = format!(
+        "SELECT {QUARANTINE_COLUMNS} FROM imap_quarantine \
          WHERE tenant_id = $1 AND account_id = $2 \
          ORDER BY quarantined_at DESC, uid DESC LIMIT $3"
-    )
-    .bind(tenant.0)
-    .bind(account)
-    .bind(limit)
-    .fetch_all(c)
-    .await
-    .and_then(|rows| rows
-        .iter()
-        .map(|r| Ok(Quarantined {
-            uid_validity: u32::try_from(r.try_get::<i64, _>(0)?).unwrap_or_default(),
-            uid: u32::try_from(r.try_get::<i64, _>(1)?).unwrap_or_default(),
-            reason: r.try_get(2)?,
-            detail: r.try_get(3)?,
-            size: r.try_get::<Option<i64>, _>(4)?.map(|s| s as u64),
-            at: r.try_get(5)?,
-        }))
-        .collect::<Result<Vec<_>, sqlx::Error>>()))
+    );
+    let rows = on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .bind(tenant.0)
+        .bind(account)
+        .bind(limit)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows
+            .iter()
+            .map(quarantine_row)
+            .collect::<Result<Vec<_>, _>>()))
     .map_err(db_error)?;
     tx.commit().await?;
     Ok(rows)

@@ -8,8 +8,9 @@ use crate::settings::ImapSettings;
 use async_imap::types::UnsolicitedResponse;
 use futures::TryStreamExt;
 use postvak_platform::cell::{Cell, Cells, TenantContext};
-use postvak_platform::store::{StoreError, TenantId};
-use postvak_proto::events::ingest::EnvelopeV1;
+use postvak_platform::netguard::AddressPolicy;
+use postvak_platform::store::{NewEvent, StoreError, TenantId};
+use postvak_proto::events::ingest::{self as ev, EnvelopeV1};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,25 @@ pub enum SyncError {
     NoUidValidity,
 }
 
+/// Why a quarantined message was not re-imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ReimportError {
+    #[error("no such quarantined message")]
+    NotQuarantined,
+    #[error("the folder's UIDVALIDITY is now {now}: UID {uid} of {then} can no longer be fetched")]
+    UidValidityChanged { then: u32, now: u32, uid: u32 },
+    #[error("the message is no longer in the folder")]
+    Gone,
+    #[error("{size} bytes; the limit (imap.max_message_size) is {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the pipeline failed: {0}")]
+    Pipeline(crate::pipeline::IngestError),
+}
+
 /// What one sync pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -56,6 +76,7 @@ pub struct ImapConnector {
     ingestor: Ingestor,
     settings: Arc<ImapSettings>,
     tls: Arc<rustls::ClientConfig>,
+    destinations: AddressPolicy,
 }
 
 async fn within<T, E>(
@@ -103,10 +124,13 @@ fn malformed(raw: &[u8], parsed: &crate::parse::ParsedMail) -> Option<String> {
 impl ImapConnector {
     pub fn new(ingestor: Ingestor, settings: ImapSettings) -> anyhow::Result<Self> {
         let tls = client::tls_config(settings.ca_file.as_deref())?;
+        let destinations = AddressPolicy::new(&settings.allow_private)
+            .map_err(|e| anyhow::anyhow!("imap.allow_private: {e}"))?;
         Ok(Self {
             ingestor,
             settings: Arc::new(settings),
             tls,
+            destinations,
         })
     }
 
@@ -262,7 +286,7 @@ impl ImapConnector {
         let mut session = within(
             s.connect_timeout_secs,
             "connecting",
-            client::connect(&cfg, &self.tls),
+            client::connect(&cfg, &self.tls, &self.destinations),
         )
         .await?;
         let caps = within(s.command_timeout_secs, "CAPABILITY", session.capabilities()).await?;
@@ -549,6 +573,7 @@ impl ImapConnector {
                 detail,
                 size,
                 at: store::now_secs(),
+                reimported: None,
             },
         )
         .await?;
@@ -610,6 +635,168 @@ impl ImapConnector {
         Ok(())
     }
 
+    /// Imports a quarantined message by request: fetches it again (the size limit still
+    /// applies; the "is it a mail" check does not — someone looked at it and asked) and
+    /// delivers it like any other. Idempotent: once done, the recorded delivery is answered
+    /// without fetching again; two requests at once store the mail once (the pipeline's
+    /// dedupe) and record the first.
+    pub async fn reimport(
+        &self,
+        ctx: &TenantContext,
+        account: Uuid,
+        uid_validity: u32,
+        uid: u32,
+    ) -> Result<store::Reimported, ReimportError> {
+        let tenant = ctx.tenant();
+        let db = ctx.cell().db().clone();
+        let q = store::quarantined_one(&db, tenant, account, uid_validity, uid)
+            .await?
+            .ok_or(ReimportError::NotQuarantined)?;
+        if let Some(done) = q.reimported {
+            return Ok(done);
+        }
+        let row = store::get_account(&db, tenant, account)
+            .await?
+            .ok_or(ReimportError::NotQuarantined)?;
+        let cfg = row.open(ctx).await?;
+        if cfg.tls == TlsMode::Plain && !self.settings.allow_plaintext {
+            return Err(SyncError::Config(
+                "tls = plain is not allowed here (imap.allow_plaintext)".into(),
+            )
+            .into());
+        }
+        let mut session = within(
+            self.settings.connect_timeout_secs,
+            "connecting",
+            client::connect(&cfg, &self.tls, &self.destinations),
+        )
+        .await?;
+        let result = self.reimport_in(ctx, &cfg, &mut session, &q).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), session.logout()).await;
+        result
+    }
+
+    async fn reimport_in(
+        &self,
+        ctx: &TenantContext,
+        cfg: &AccountConfig,
+        session: &mut Session,
+        q: &Quarantined,
+    ) -> Result<store::Reimported, ReimportError> {
+        let s = &self.settings;
+        let t = s.command_timeout_secs;
+        let caps = within(t, "CAPABILITY", session.capabilities()).await?;
+        let can_move = caps.has_str("MOVE");
+        drop(caps);
+        let mailbox = within(t, "SELECT", session.select(&cfg.folder)).await?;
+        while session.unsolicited_responses.try_recv().is_ok() {}
+        let validity = mailbox.uid_validity.ok_or(SyncError::NoUidValidity)?;
+        if validity != q.uid_validity {
+            return Err(ReimportError::UidValidityChanged {
+                then: q.uid_validity,
+                now: validity,
+                uid: q.uid,
+            });
+        }
+        let set = q.uid.to_string();
+        let sizes: Vec<async_imap::types::Fetch> = within(t, "UID FETCH", async {
+            session
+                .uid_fetch(&set, "(UID RFC822.SIZE)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        let size = sizes
+            .iter()
+            .find(|f| f.uid == Some(q.uid))
+            .ok_or(ReimportError::Gone)?
+            .size;
+        drop(sizes);
+        if let Some(size) = size
+            && u64::from(size) > s.max_message_size
+        {
+            return Err(ReimportError::TooLarge {
+                size: u64::from(size),
+                limit: s.max_message_size,
+            });
+        }
+        let fetched: Vec<async_imap::types::Fetch> = within(t, "UID FETCH BODY", async {
+            session
+                .uid_fetch(&set, "(UID BODY.PEEK[])")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        let body = fetched
+            .iter()
+            .find(|f| f.uid == Some(q.uid))
+            .and_then(|f| f.body())
+            .ok_or(ReimportError::Gone)?;
+        if body.len() as u64 > s.max_message_size {
+            return Err(ReimportError::TooLarge {
+                size: body.len() as u64,
+                limit: s.max_message_size,
+            });
+        }
+        let raw = Arc::new(body.to_vec());
+        drop(fetched);
+        let parsed = Ingestor::parse(raw.clone())
+            .await
+            .map_err(ReimportError::Pipeline)?;
+        let envelope = EnvelopeV1 {
+            peer: Some(format!("imap:{}:{}/{}", cfg.host, cfg.port, cfg.folder)),
+            tls: cfg.tls != TlsMode::Plain,
+            ..EnvelopeV1::default()
+        };
+        let d = self
+            .ingestor
+            .deliver_to_inbox(
+                ctx,
+                cfg.inbox_id,
+                &raw,
+                &parsed,
+                None,
+                envelope,
+                Source::Imap,
+            )
+            .await
+            .map_err(ReimportError::Pipeline)?;
+        let done = store::Reimported {
+            message_id: d.message_id,
+            conversation_id: d.conversation_id,
+            duplicate: d.duplicate,
+            at: store::now_secs(),
+        };
+        let audit = NewEvent::from_payload(
+            ev::IMAP_MESSAGE_REIMPORTED,
+            1,
+            &ev::ImapMessageReimportedV1 {
+                account_id: cfg.id,
+                uid_validity: q.uid_validity,
+                uid: q.uid,
+                message_id: d.message_id,
+                duplicate: d.duplicate,
+            },
+        )?;
+        let db = ctx.cell().db();
+        if !store::mark_reimported(ctx, cfg.id, q.uid_validity, q.uid, &done, audit).await? {
+            // A concurrent request recorded it first (the same mail: dedupe): answer that.
+            return store::quarantined_one(db, ctx.tenant(), cfg.id, q.uid_validity, q.uid)
+                .await?
+                .and_then(|q| q.reimported)
+                .ok_or(ReimportError::NotQuarantined);
+        }
+        metrics::counter!("postvak_imap_messages_total", "outcome" => "reimported").increment(1);
+        // The mail is stored and recorded; a source that refuses the after-import action
+        // does not undo that (the next sync pass never sees this UID again).
+        if let Err(e) = self.after_import(session, cfg, q.uid, can_move).await {
+            tracing::warn!(error = %e, account_id = %cfg.id, uid = q.uid, "after_import failed for a re-imported message");
+        }
+        Ok(done)
+    }
+
     /// One sync pass of one account over a fresh connection, without waiting for news: what
     /// the account's task does each time, for tools and tests.
     pub async fn sync_once(
@@ -636,7 +823,7 @@ impl ImapConnector {
         let mut session = within(
             s.connect_timeout_secs,
             "connecting",
-            client::connect(&cfg, &self.tls),
+            client::connect(&cfg, &self.tls, &self.destinations),
         )
         .await?;
         let caps = within(s.command_timeout_secs, "CAPABILITY", session.capabilities()).await?;

@@ -286,6 +286,8 @@ fn settings(max_message_size: u64) -> ImapSettings {
         backoff_initial_secs: 1,
         backoff_max_secs: 2,
         allow_plaintext: true,
+        // Dovecot listens on loopback, which accounts may not name unless allowed.
+        allow_private: vec!["127.0.0.0/8".into(), "::1/128".into()],
         ..ImapSettings::default()
     }
 }
@@ -461,6 +463,26 @@ async fn imap_account_lifecycle(backend: Backend) {
     assert_eq!(created["sync"]["status"], "pending");
     let account = created["id"].as_str().unwrap().to_owned();
 
+    // The destination is checked again at every connection: without the operator's
+    // exception for loopback the connector refuses to dial, before any byte is sent.
+    let strict = ImapConnector::new(
+        env.ingestor.clone(),
+        ImapSettings {
+            allow_private: Vec::new(),
+            ..s.clone()
+        },
+    )
+    .unwrap();
+    let refused = strict
+        .sync_once(env.ctx.tenant(), account.parse().unwrap())
+        .await
+        .expect_err("a loopback server without imap.allow_private");
+    assert!(
+        refused.to_string().contains("not a public address"),
+        "{refused}"
+    );
+    assert!(env.messages().await.is_empty());
+
     let connector = ImapConnector::new(env.ingestor.clone(), s.clone()).unwrap();
     let cancel = CancellationToken::new();
     let handles = connector.start(&env.cells, cancel.clone());
@@ -578,6 +600,61 @@ async fn imap_account_lifecycle(backend: Backend) {
         .unwrap();
     assert_eq!(fifth.conversation_id, c.conversation_id);
 
+    // Re-import of quarantined messages by request. Under the same limit the huge one is
+    // still refused, and nothing is recorded.
+    let reimport = |uid: u32| format!("{base}/{account}/quarantine/{validity}/{uid}/reimport");
+    let (status, body) = call!(app, token, "POST", &reimport(2), None);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("imap_message_too_large")),
+        "{body}"
+    );
+    let (status, _) = call!(app, token, "POST", &reimport(99), None);
+    assert_eq!(status, 404, "UID 99 was never quarantined");
+    // With the limit raised, it is imported; asking again answers the same delivery.
+    let raised = imap_api!(env, settings(1024 * 1024));
+    let (status, first) = call!(raised, token, "POST", &reimport(2), None);
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["duplicate"], false);
+    let (status, again) = call!(raised, token, "POST", &reimport(2), None);
+    assert_eq!((status, &again), (200, &first));
+    // The "not a mail" one: someone looked at it and asked, so it is stored as it is.
+    let (status, text_only) = call!(raised, token, "POST", &reimport(4), None);
+    assert_eq!(status, 200, "{text_only}");
+    let msgs = env.messages().await;
+    let imported = imap_messages(&msgs);
+    assert_eq!(
+        imported.len(),
+        8,
+        "six synced and two re-imported, once each"
+    );
+    let huge = imported
+        .iter()
+        .find(|m| m.message_id_header.as_deref() == Some("huge@example.org"))
+        .expect("the huge message was imported");
+    assert_eq!(first["message_id"], huge.message_id.to_string());
+    assert_eq!(first["conversation_id"], huge.conversation_id.to_string());
+    let (_, acct) = call!(app, token, "GET", &format!("{base}/{account}"), None);
+    let shown: Vec<(u64, String)> = acct["sync"]["quarantined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["uid"].as_u64().unwrap(),
+                q["reimported"]["message_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        shown.contains(&(2, huge.message_id.to_string())),
+        "{shown:?}"
+    );
+    assert_eq!(acct["sync"]["last_uid"], 8, "the position did not move");
+
     // Deleting the account stops its task; what was imported stays.
     let (status, _) = call!(app, token, "DELETE", &format!("{base}/{account}"), None);
     assert_eq!(status, 204);
@@ -587,7 +664,40 @@ async fn imap_account_lifecycle(backend: Backend) {
         .append("INBOX", &[mail("seventh@example.org", "After", "", "gone")])
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(imap_messages(&env.messages().await).len(), 6);
+    assert_eq!(imap_messages(&env.messages().await).len(), 8);
+
+    // The account's audit trail: who did what, never the password.
+    let trail = env
+        .ctx
+        .read_stream(&postvak_platform::store::StreamRef::new(
+            "imap_account",
+            format!("imap-{}", account.parse::<Uuid>().unwrap().simple()),
+        ))
+        .await
+        .unwrap();
+    let types: Vec<&str> = trail.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "imap.account_created",
+            "imap.message_reimported",
+            "imap.message_reimported",
+            "imap.account_deleted"
+        ]
+    );
+    let actor = trail[0].metadata.actor.clone().unwrap();
+    assert!(actor.starts_with("apikey:"), "{actor}");
+    for e in &trail {
+        assert_eq!(e.metadata.actor.as_ref(), Some(&actor));
+        let json = serde_json::to_string(&e.payload::<serde_json::Value>().unwrap()).unwrap();
+        assert!(
+            !json.contains("s3cret"),
+            "an audit event carries the password: {json}"
+        );
+    }
+    let created: postvak_proto::events::ingest::ImapAccountCreatedV1 = trail[0].payload().unwrap();
+    assert_eq!(created.account.host, "127.0.0.1");
+    assert_eq!(created.account.username, USER);
     cancel.cancel();
     for h in handles {
         let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
@@ -801,7 +911,8 @@ async fn imap_account_api_validates_and_checks_permissions() {
     let app = imap_api!(env, ImapSettings::default());
     let token = admin_token(&env).await;
     let base = format!("/v1/inboxes/{}/imap-accounts", env.inbox);
-    let good = json!({"host": "imap.example.org", "username": "u@example.org", "secret": "pw"});
+    // A public address (an IP literal: no DNS needed).
+    let good = json!({"host": "93.184.216.34", "username": "u@example.org", "secret": "pw"});
     let (status, body) = call!(
         app,
         token,
@@ -833,6 +944,29 @@ async fn imap_account_api_validates_and_checks_permissions() {
         Some(json!({"host": "x", "password": "nope"}))
     );
     assert_eq!(status, 400, "{body}");
+    // Internal destinations are refused (SSRF): loopback, private, link-local (cloud
+    // metadata), names resolving there; a name that does not resolve is refused too.
+    for (host, code) in [
+        ("127.0.0.1", "imap_host_forbidden"),
+        ("localhost", "imap_host_forbidden"),
+        ("10.1.2.3", "imap_host_forbidden"),
+        ("169.254.169.254", "imap_host_forbidden"),
+        ("[::1]", "imap_host_forbidden"),
+        ("no-such-host.invalid", "imap_host_unresolvable"),
+    ] {
+        let (status, body) = call!(
+            app,
+            token,
+            "POST",
+            &base,
+            Some(json!({"host": host, "username": "u", "secret": "pw"})),
+        );
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some(code)),
+            "{host} → {body}"
+        );
+    }
 
     let (status, created) = call!(app, token, "POST", &base, Some(good));
     assert_eq!(status, 201, "{created}");
@@ -855,6 +989,62 @@ async fn imap_account_api_validates_and_checks_permissions() {
     assert_eq!(updated["enabled"], false);
     assert_eq!(updated["after_import"], "move:Done");
     assert_eq!(updated["sync"]["status"], "disabled");
+    let (status, _) = call!(
+        app,
+        token,
+        "PATCH",
+        &format!("{base}/{id}"),
+        Some(json!({"secret": "n3w-s3cret"})),
+    );
+    assert_eq!(status, 200);
+    // Audited: what changed, by whom — the secret only as the word "secret".
+    let trail = env
+        .ctx
+        .read_stream(&postvak_platform::store::StreamRef::new(
+            "imap_account",
+            format!("imap-{}", id.parse::<Uuid>().unwrap().simple()),
+        ))
+        .await
+        .unwrap();
+    let changes: Vec<(String, Vec<String>)> = trail
+        .iter()
+        .skip(1)
+        .map(|e| {
+            let u: postvak_proto::events::ingest::ImapAccountUpdatedV1 = e.payload().unwrap();
+            assert!(!u.position_reset);
+            (e.event_type.clone(), u.changed)
+        })
+        .collect();
+    assert_eq!(trail[0].event_type, "imap.account_created");
+    assert_eq!(
+        changes,
+        vec![
+            (
+                "imap.account_updated".to_owned(),
+                vec!["after_import".to_owned(), "enabled".to_owned()]
+            ),
+            ("imap.account_updated".to_owned(), vec!["secret".to_owned()]),
+        ]
+    );
+    for e in &trail {
+        let json = serde_json::to_string(&e.payload::<serde_json::Value>().unwrap()).unwrap();
+        assert!(
+            !json.contains("s3cret") && !json.contains("\"pw\""),
+            "{json}"
+        );
+    }
+    let (status, body) = call!(
+        app,
+        token,
+        "PATCH",
+        &format!("{base}/{id}"),
+        Some(json!({"host": "192.168.0.10"})),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("imap_host_forbidden")),
+        "{body}"
+    );
 
     // A reply-only key may not manage accounts; another tenant's key sees nothing.
     let writer = env
