@@ -290,7 +290,7 @@ pub(crate) fn require(
     }
 }
 
-fn row_role(access: &Access, row: &ConversationRow) -> Option<InboxRole> {
+pub(crate) fn row_role(access: &Access, row: &ConversationRow) -> Option<InboxRole> {
     let inboxes: Vec<Uuid> = row.inboxes.iter().map(|(i, _)| *i).collect();
     let participant = access
         .user_id()
@@ -651,14 +651,11 @@ pub async fn get_conversation(
 ) -> Result<HttpResponse, Failure> {
     let c = call(&cells, &dir, auth).await?;
     let id = path.into_inner();
-    let row = c.svc.row(&c.ctx, id).await.map_err(service_error)?;
-    let Some(row) = row else {
-        return Err(ApiError::not_found().into());
-    };
-    if row_role(&c.access, &row).is_none() {
-        return Err(ApiError::not_found().into());
-    }
-    let detail = c.svc.get(&c.ctx, id).await.map_err(service_error)?;
+    let detail = c
+        .svc
+        .get_visible(&c.ctx, id, |row| row_role(&c.access, row).is_some())
+        .await
+        .map_err(service_error)?;
     Ok(HttpResponse::Ok()
         .insert_header(("ETag", etag(detail.conversation.version)))
         .json(detail))

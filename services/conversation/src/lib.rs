@@ -304,17 +304,29 @@ impl Conversations {
     }
 
     /// A conversation with its messages and notes, from the read model (no permission check:
-    /// the API checks first).
+    /// the API checks, with [`Self::get_visible`]).
     pub async fn get(
         &self,
         ctx: &TenantContext,
         id: Uuid,
+    ) -> Result<postvak_proto::rest::conversation::ConversationDetail, ServiceError> {
+        self.get_visible(ctx, id, |_| true).await
+    }
+
+    /// A conversation with its messages and notes, from the read model, if `visible` lets its
+    /// row through (`NotFound` otherwise): the check and the read share one transaction.
+    pub(crate) async fn get_visible(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        visible: impl Fn(&projection::ConversationRow) -> bool,
     ) -> Result<postvak_proto::rest::conversation::ConversationDetail, ServiceError> {
         let keyring = ctx.cell().store.keyring();
         let t = ctx.tenant();
         let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
         let row = projection::get(&mut tx, t, id)
             .await?
+            .filter(|r| visible(r))
             .ok_or(ServiceError::NotFound)?;
         let messages = projection::messages(&mut tx, t, id, 0).await?;
         let notes = projection::notes(&mut tx, t, id).await?;

@@ -424,12 +424,15 @@ pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Resu
     }
     for (inbox, archived) in &r.inbox_rows {
         on_tx!(&mut *tx, |c| sqlx::query(
-            "INSERT INTO conversation_inboxes (tenant_id, conversation_id, inbox_id, archived) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO conversation_inboxes (tenant_id, conversation_id, inbox_id, archived, status, updated_us) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
         )
         .bind(t)
         .bind(conv)
         .bind(inbox)
         .bind(archived)
+        .bind(r.status)
+        .bind(r.updated_us)
         .execute(c)
         .await
         .map(|_| ()))
@@ -437,11 +440,13 @@ pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Resu
     }
     for user in &r.user_ids {
         on_tx!(&mut *tx, |c| sqlx::query(
-            "INSERT INTO conversation_participants (tenant_id, conversation_id, user_id) VALUES ($1, $2, $3)"
+            "INSERT INTO conversation_participants (tenant_id, conversation_id, user_id, updated_us) \
+             VALUES ($1, $2, $3, $4)"
         )
         .bind(t)
         .bind(conv)
         .bind(user)
+        .bind(r.updated_us)
         .execute(c)
         .await
         .map(|_| ()))
@@ -591,63 +596,133 @@ pub(crate) async fn list(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<ConversationRow>, StoreError> {
-    // Placeholders are numbered in order of first use (SQLite numbers them so): the search
-    // terms come after $12, the cursor and the limit after them. The cursor is a row-value
-    // comparison so that PostgreSQL walks `conversations_recent` in order and stops after
-    // `limit` rows (an OR of the two cases made it read every row of the tenant).
-    let n = f.search.len();
-    let search: String = (0..n)
-        .map(|i| {
-            format!(
-                " AND c.conversation_id IN (SELECT s.conversation_id FROM conversation_search s \
-                  WHERE s.tenant_id = $1 AND s.term = ${})",
-                13 + i
-            )
-        })
-        .collect();
-    let (p_us, p_id, p_limit) = (13 + n, 14 + n, 15 + n);
-    let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM conversations c WHERE c.tenant_id = $1 \
-         AND ($2 IS NULL OR EXISTS (SELECT 1 FROM conversation_inboxes ci WHERE ci.tenant_id = $1 \
-              AND ci.conversation_id = c.conversation_id AND ci.inbox_id = $2 AND ci.archived = $3)) \
-         AND ($4 IS NULL OR c.status = $4) \
-         AND ($5 IS NULL OR c.assignee = $5) \
-         AND (NOT $6 OR c.assignee IS NULL) \
-         AND ($7 IS NULL OR EXISTS (SELECT 1 FROM conversation_tags t WHERE t.tenant_id = $1 \
-              AND t.conversation_id = c.conversation_id AND t.tag = $7)) \
-         AND ($8 IS NULL OR EXISTS (SELECT 1 FROM conversation_participants p WHERE p.tenant_id = $1 \
-              AND p.conversation_id = c.conversation_id AND p.user_id = $8)) \
-         AND ($9 IS NULL OR ((c.snoozed_until IS NOT NULL AND c.snoozed_until > $10) = $9)) \
-         AND ($11 IS NULL OR c.updated_us >= $11) \
-         AND ($12 OR c.merged_into IS NULL){search} \
-         AND (c.updated_us, c.conversation_id) < (${p_us}, ${p_id}) \
-         ORDER BY c.updated_us DESC, c.conversation_id DESC LIMIT ${p_limit}"
-    ));
+    let (sql, args) = list_sql(tenant, f, after, limit);
+    let sql = sqlx::AssertSqlSafe(sql);
     on_tx!(tx, |c| {
-        let mut q = sqlx::query(sql)
-            .bind(tenant.0)
-            .bind(f.inbox)
-            .bind(f.archived)
-            .bind(&f.status)
-            .bind(f.assignee)
-            .bind(f.unassigned)
-            .bind(&f.tag)
-            .bind(f.participant)
-            .bind(f.snoozed)
-            .bind(f.now_us)
-            .bind(f.updated_since_us)
-            .bind(f.include_merged);
-        for term in &f.search {
-            q = q.bind(term.as_slice());
+        let mut q = sqlx::query(sql);
+        for a in &args {
+            q = match a {
+                Arg::Uuid(v) => q.bind(*v),
+                Arg::Bool(v) => q.bind(*v),
+                Arg::Int(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_str()),
+                Arg::Bytes(v) => q.bind(v.as_slice()),
+            };
         }
-        q.bind(after.updated_us)
-            .bind(after.id)
-            .bind(limit)
-            .fetch_all(c)
+        q.fetch_all(c)
             .await
             .and_then(|rows| rows.iter().map(conversation_row).collect())
     })
     .map_err(db_error)
+}
+
+/// A bound value of a list query.
+#[derive(Debug, Clone, PartialEq)]
+enum Arg {
+    Uuid(Uuid),
+    Bool(bool),
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// The list query for exactly the filters given, newest change first.
+///
+/// Only the active filters are in the SQL (a catch-all `$n IS NULL OR …` statement gets one
+/// generic plan from PostgreSQL after a few executions, which cannot use the right index and
+/// read every row of the inbox). The query walks the index of the most selective view it has:
+/// the inbox's (`conversation_inboxes_recent`/`_status`, which carry `status` and `updated_us`
+/// copied from the conversation), else the participant's (`conversation_participants_recent`),
+/// else the tenant's (`conversations_recent`), and stops after `limit` rows. The cursor is a
+/// row-value comparison on the walked index's columns.
+fn list_sql(tenant: TenantId, f: &ListFilter, after: Cursor, limit: i64) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut p = |a: Arg| {
+        args.push(a);
+        format!("${}", args.len())
+    };
+    let t = p(Arg::Uuid(tenant.0));
+    let mut from = String::from("conversations c");
+    let mut conds: Vec<String> = Vec::new();
+    // The walked view: its alias holds `updated_us` and `conversation_id` for order and cursor.
+    let mut view = "c";
+    let mut status_done = false;
+    if let Some(inbox) = f.inbox {
+        from = "conversation_inboxes v JOIN conversations c ON c.tenant_id = v.tenant_id \
+                AND c.conversation_id = v.conversation_id"
+            .to_owned();
+        view = "v";
+        conds.push(format!("v.tenant_id = {t}"));
+        conds.push(format!("v.inbox_id = {}", p(Arg::Uuid(inbox))));
+        conds.push(format!("v.archived = {}", p(Arg::Bool(f.archived))));
+        if let Some(s) = &f.status {
+            conds.push(format!("v.status = {}", p(Arg::Text(s.clone()))));
+            status_done = true;
+        }
+    } else if let Some(user) = f.participant {
+        from = "conversation_participants v JOIN conversations c ON c.tenant_id = v.tenant_id \
+                AND c.conversation_id = v.conversation_id"
+            .to_owned();
+        view = "v";
+        conds.push(format!("v.tenant_id = {t}"));
+        conds.push(format!("v.user_id = {}", p(Arg::Uuid(user))));
+    }
+    conds.push(format!("c.tenant_id = {t}"));
+    if let (Some(user), Some(_)) = (f.participant, f.inbox) {
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM conversation_participants pp WHERE pp.tenant_id = {t} \
+             AND pp.conversation_id = c.conversation_id AND pp.user_id = {})",
+            p(Arg::Uuid(user))
+        ));
+    }
+    if let (Some(s), false) = (&f.status, status_done) {
+        conds.push(format!("c.status = {}", p(Arg::Text(s.clone()))));
+    }
+    if let Some(a) = f.assignee {
+        conds.push(format!("c.assignee = {}", p(Arg::Uuid(a))));
+    }
+    if f.unassigned {
+        conds.push("c.assignee IS NULL".into());
+    }
+    if let Some(tag) = &f.tag {
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM conversation_tags g WHERE g.tenant_id = {t} \
+             AND g.conversation_id = c.conversation_id AND g.tag = {})",
+            p(Arg::Text(tag.clone()))
+        ));
+    }
+    if let Some(snoozed) = f.snoozed {
+        let now = p(Arg::Int(f.now_us));
+        conds.push(if snoozed {
+            format!("(c.snoozed_until IS NOT NULL AND c.snoozed_until > {now})")
+        } else {
+            format!("(c.snoozed_until IS NULL OR c.snoozed_until <= {now})")
+        });
+    }
+    if let Some(since) = f.updated_since_us {
+        conds.push(format!("c.updated_us >= {}", p(Arg::Int(since))));
+    }
+    if !f.include_merged {
+        conds.push("c.merged_into IS NULL".into());
+    }
+    for term in &f.search {
+        conds.push(format!(
+            "c.conversation_id IN (SELECT s.conversation_id FROM conversation_search s \
+             WHERE s.tenant_id = {t} AND s.term = {})",
+            p(Arg::Bytes(term.clone()))
+        ));
+    }
+    let (us, id) = (p(Arg::Int(after.updated_us)), p(Arg::Uuid(after.id)));
+    conds.push(format!(
+        "({view}.updated_us, {view}.conversation_id) < ({us}, {id})"
+    ));
+    let lim = p(Arg::Int(limit));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM {from} WHERE {} \
+         ORDER BY {view}.updated_us DESC, {view}.conversation_id DESC LIMIT {lim}",
+        conds.join(" AND ")
+    );
+    (sql, args)
 }
 
 pub(crate) async fn get(

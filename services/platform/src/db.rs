@@ -88,6 +88,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "imap_reimport",
         include_str!("../../../migrations/postgres/0018_imap_reimport.sql"),
     ),
+    (
+        19,
+        "conversation_views",
+        include_str!("../../../migrations/postgres/0019_conversation_views.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -161,6 +166,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         18,
         "imap_reimport",
         include_str!("../../../migrations/sqlite/0018_imap_reimport.sql"),
+    ),
+    (
+        19,
+        "conversation_views",
+        include_str!("../../../migrations/sqlite/0019_conversation_views.sql"),
     ),
 ];
 
@@ -413,10 +423,15 @@ impl Db {
     ) -> Result<DbTx, StoreError> {
         match self {
             Self::Postgres(p) => {
-                let mut tx = p.begin().await.map_err(db_error)?;
-                sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
-                    .bind(tenant.0.to_string())
-                    .execute(&mut *tx)
+                // BEGIN and the tenant setting in one round trip (one simple-query message):
+                // every request pays for this, reads included. The tenant id is a UUID printed
+                // by `Uuid`'s Display (hex and hyphens), so it is safe inside the literal.
+                let sql = format!(
+                    "BEGIN; SELECT set_config('postvak.tenant_id', '{}', true)",
+                    tenant.0.hyphenated()
+                );
+                let tx = p
+                    .begin_with(sqlx::AssertSqlSafe(sql))
                     .await
                     .map_err(db_error)?;
                 Ok(DbTx::Postgres(tx))

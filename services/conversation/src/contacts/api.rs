@@ -7,8 +7,8 @@
 //! `contact_merged` naming the survivor (`merged_into`); an erased one answers its erased state.
 
 use super::{ContactServiceError, Contacts, read};
+use crate::ServiceError;
 use crate::api::{Call, Done, Failure, call, etag, if_match, json, service_error};
-use crate::{ServiceError, conversation_role};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use base64::Engine;
@@ -185,16 +185,8 @@ async fn role_on(c: &Call, links: &[(Uuid, Uuid)]) -> Result<Option<InboxRole>, 
 
 /// The caller's role on a conversation (from its read-model row), `None` if hidden.
 async fn conversation_visible(c: &Call, id: Uuid) -> Result<Option<InboxRole>, ContactFailure> {
-    let Some(row) = c.svc.row(&c.ctx, id).await.map_err(service_error)? else {
-        return Ok(None);
-    };
-    let inboxes: Vec<Uuid> = row.inboxes.iter().map(|(i, _)| *i).collect();
-    let participant = c
-        .access
-        .user_id()
-        .filter(|u| row.participants.contains(u))
-        .map(|u| row.explicit.contains(&u));
-    Ok(conversation_role(&c.access, &inboxes, participant))
+    let row = c.svc.row(&c.ctx, id).await.map_err(service_error)?;
+    Ok(row.and_then(|row| crate::api::row_role(&c.access, &row)))
 }
 
 /// A contact's row if the caller may see it with at least `needed`: 404 when hidden or
@@ -606,10 +598,13 @@ pub async fn export_contact(
     let links = svc.links(&c.ctx, id).await.map_err(fail)?;
     let mut conversations = Vec::new();
     for (conversation, _) in &links {
-        if conversation_visible(&c, *conversation).await?.is_none() {
-            continue;
-        }
-        match c.svc.get(&c.ctx, *conversation).await {
+        match c
+            .svc
+            .get_visible(&c.ctx, *conversation, |row| {
+                crate::api::row_role(&c.access, row).is_some()
+            })
+            .await
+        {
             Ok(d) => conversations.push(d),
             Err(ServiceError::NotFound) => {}
             Err(e) => return Err(service_error(e).into()),

@@ -10,6 +10,7 @@ mod contacts;
 mod drafts;
 mod helpers;
 mod inbound;
+mod list;
 mod live;
 mod search;
 mod templates;
