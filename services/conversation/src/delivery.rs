@@ -1,7 +1,7 @@
 //! Replies' delivery as the conversation shows it (ADR 0013).
 //!
-//! The notification service owns the `outbound_mail` stream and reports there that it gave up
-//! on a reply (`reply.failed`). Only the owning service appends to a stream type, so this
+//! The notification service owns the `outbound_mail` stream and reports there that a reply was
+//! sent (`reply.sent`) or that it gave up on it (`reply.failed`). Only the owning service appends to a stream type, so this
 //! service consumes that fact and records it itself:
 //! - the consumer writes the read model (`conversation_reply_delivery`: state, SMTP code, the
 //!   relay's answer sealed) and queues the failure, both through the consumer's transaction
@@ -11,8 +11,9 @@
 //!   queue row. The event reaches every reader of `/v1/stream`, webhooks, and the notification
 //!   service, which alerts the reply's author by mail.
 //!
-//! An outbound message without a report shows `queued`: it is waiting, being sent or retried,
-//! or was sent (the notification service reports success only in its own outbox; ADR 0013).
+//! `reply.sent` (the relay said 250) only fills the read model: `delivery` shows `sent` with
+//! its time, and the conversation stream (its version, the ETag) is not touched (ADR 0016).
+//! An outbound message without a report shows `queued`: it is waiting, being sent or retried.
 
 use crate::projection::bind_tenant;
 use crate::{Conversations, now_us};
@@ -24,7 +25,7 @@ use postvak_platform::crypto::Keyring;
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{EventStore, KeyScope, RecordedEvent, StoreError, TenantId};
-use postvak_proto::events::notification::{self as nev, ReplyFailedV1};
+use postvak_proto::events::notification::{self as nev, ReplyFailedV1, ReplySentV1};
 use postvak_proto::rest::conversation as dto;
 use sqlx::Row;
 use std::sync::Arc;
@@ -94,6 +95,9 @@ impl EventHandler for DeliveryHandler {
     }
 
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        if event.event_type == nev::REPLY_SENT {
+            return record_sent(tx, event).await;
+        }
         if event.event_type != nev::REPLY_FAILED {
             return Ok(());
         }
@@ -152,6 +156,32 @@ impl EventHandler for DeliveryHandler {
         self.wake.notify_one();
         Ok(())
     }
+}
+
+/// `reply.sent` goes to the read model only: the conversation stream is not touched, so the
+/// author's ETag stays valid after the mail leaves (ADR 0013, ADR 0016).
+async fn record_sent(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+    let s: ReplySentV1 = match event.payload() {
+        Ok(s) => s,
+        Err(StoreError::Shredded { .. }) => return Ok(()),
+        Err(e) => return Err(HandlerError::Permanent(e.to_string())),
+    };
+    let t = event.tenant_id;
+    bind_tenant(tx, t).await?;
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO conversation_reply_delivery (tenant_id, message_id, conversation_id, \
+         state, smtp_code, at_us) VALUES ($1, $2, $3, 'sent', $4, $5) \
+         ON CONFLICT (tenant_id, message_id) DO NOTHING"
+    )
+    .bind(t.0)
+    .bind(s.message_id)
+    .bind(s.conversation_id)
+    .bind(i64::from(s.smtp_code))
+    .bind(s.at_us)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(|e| HandlerError::Store(db_error(e)))
 }
 
 struct Queued {

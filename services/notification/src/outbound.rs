@@ -27,7 +27,7 @@ use postvak_platform::store::{
     EventStore, ExpectedVersion, KeyScope, NewEvent, RecordedEvent, StoreError, StreamRef, TenantId,
 };
 use postvak_proto::events::conversation::{self as cev, MailboxV1, MessageV1};
-use postvak_proto::events::notification::{self as nev, ReplyFailedV1};
+use postvak_proto::events::notification::{self as nev, ReplyFailedV1, ReplySentV1};
 use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -391,11 +391,20 @@ impl Sender {
             Err(e) => Err(SendFailure::Build(e)),
         };
         match outcome {
-            Ok(_) => {
+            Ok(response) => {
                 metrics::counter!("postvak_outbound_mail_total", "outcome" => "sent").increment(1);
                 metrics::histogram!("postvak_outbound_mail_send_seconds")
                     .record(started.elapsed().as_secs_f64());
-                self.record_sent(&ctx, id).await
+                let sent = ReplySentV1 {
+                    message_id: id,
+                    conversation_id: m.conversation_id,
+                    inbox_id: m.inbox_id,
+                    smtp_code: u16::from(response.code()),
+                    response: response.message().collect::<Vec<_>>().join(" "),
+                    attempts: claimed.attempts,
+                    at_us: now_us(),
+                };
+                self.record_sent(&ctx, sent).await
             }
             Err(f) => {
                 let (permanent, code, detail) = f.describe();
@@ -441,22 +450,41 @@ impl Sender {
         }
     }
 
-    async fn record_sent(&self, ctx: &TenantContext, id: Uuid) -> Result<(), StoreError> {
-        let t = ctx.tenant();
+    /// Marks the row `sent` and appends `reply.sent` in one transaction, so the conversation
+    /// learns of every mail the outbox calls sent, and of no other.
+    async fn record_sent(&self, ctx: &TenantContext, sent: ReplySentV1) -> Result<(), StoreError> {
+        let (t, id) = (ctx.tenant(), sent.message_id);
+        let mut event = NewEvent::from_payload(nev::REPLY_SENT, 1, &sent)?;
+        event.metadata.actor = Some(SERVICE.actor());
+        let store = &ctx.cell().store;
         let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
         on_tx!(&mut tx, |c| sqlx::query(
             "UPDATE outbound_mail SET state = 'sent', sent_us = $1, last_error = NULL \
              WHERE tenant_id = $2 AND message_id = $3"
         )
-        .bind(now_us())
+        .bind(sent.at_us)
         .bind(t.0)
         .bind(id)
         .execute(c)
         .await
         .map(|_| ()))
         .map_err(db_error)?;
+        match store
+            .append_in_tx(
+                &mut tx,
+                t,
+                &failure_stream(id),
+                ExpectedVersion::NoStream,
+                vec![event],
+            )
+            .await
+        {
+            // Already recorded (a retry of this step): the row update is all that was missing.
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
         due::unschedule(&mut tx, due::MAIL, id).await?;
-        tx.commit().await
+        store.commit_appended(tx).await
     }
 
     async fn retry_later(
@@ -531,7 +559,7 @@ async fn open_content(
         .map_err(|e| StoreError::Database(format!("outbound mail {id}: {e}")))
 }
 
-/// The stream that records the fate of one outbound message.
+/// The stream that records the fate of one outbound message (`reply.sent` or `reply.failed`).
 pub fn failure_stream(message_id: Uuid) -> StreamRef {
     StreamRef::new(nev::STREAM_OUTBOUND_MAIL, format!("mail-{message_id}"))
 }

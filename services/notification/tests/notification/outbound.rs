@@ -446,3 +446,77 @@ async fn a_refused_reply_shows_on_its_conversation_and_alerts_its_author() {
         sink.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_sent_reply_shows_sent_on_its_conversation_without_moving_its_version() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start(false).await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: sink.settings(),
+            ..Default::default()
+        });
+        let app = env.spawn_app().await;
+        let t = &env.acme;
+        let c = env
+            .deliver(t, &mail(&t.address, "ok@example.org", "Hello", "", "Hi."))
+            .await;
+        let path = format!("/v1/conversations/{}", c.conversation_id);
+        let before = std::time::SystemTime::now();
+        let id = env.reply(t, c.conversation_id, "Answer.").await;
+        let version = env
+            .service
+            .load(&t.ctx, c.conversation_id)
+            .await
+            .unwrap()
+            .events
+            .len();
+        sink.wait_for(1).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let delivery = loop {
+            let r = app.call("GET", &path, &t.alice, None).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+            let m = r.body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["id"] == id.to_string())
+                .cloned()
+                .unwrap();
+            if m["delivery"]["state"] == "sent" {
+                break m["delivery"].clone();
+            }
+            assert_eq!(m["delivery"]["state"], "queued", "{backend:?}: {m}");
+            assert!(tokio::time::Instant::now() < deadline, "never sent: {m}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(delivery["smtp_code"], 250, "{delivery}");
+        assert!(delivery.get("reason").is_none(), "{delivery}");
+        let at = time::OffsetDateTime::parse(
+            delivery["at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert!(
+            at >= time::OffsetDateTime::from(before) - time::Duration::seconds(1),
+            "{delivery}"
+        );
+        // The fact is on the outbox's stream, once; the conversation's version did not move.
+        let events = t
+            .ctx
+            .read_stream(&postvak_notification::outbound::failure_stream(id))
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].event_type,
+            postvak_proto::events::notification::REPLY_SENT
+        );
+        let s: postvak_proto::events::notification::ReplySentV1 = events[0].payload().unwrap();
+        assert_eq!((s.conversation_id, s.attempts), (c.conversation_id, 1));
+        let after = env.service.load(&t.ctx, c.conversation_id).await.unwrap();
+        assert_eq!(after.events.len(), version, "{backend:?}");
+        sink.stop().await;
+    }
+}
