@@ -189,6 +189,7 @@ pub mod identity {
 
 pub mod contact;
 pub mod conversation;
+pub mod draft;
 pub mod ingest;
 pub mod notification;
 pub mod routing;

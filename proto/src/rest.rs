@@ -343,6 +343,7 @@ pub struct CreatedTenant {
 
 pub mod contact;
 pub mod conversation;
+pub mod draft_providers;
 pub mod imap;
 pub mod notification;
 pub mod routing;

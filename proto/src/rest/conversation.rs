@@ -183,6 +183,10 @@ pub struct CreateReply {
     /// Default: `Re: ` + the conversation's subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The shared draft this reply was written in: it is removed once the reply is queued,
+    /// and a suggested one counts as accepted (`draft.suggestion_accepted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_id: Option<Uuid>,
 }
 
 /// Body of `POST /v1/conversations/{id}/notes`.
@@ -374,6 +378,12 @@ pub struct Draft {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: OffsetDateTime,
+    /// Made from a draft provider's suggestion (stays so after edits; ADR 0016).
+    #[serde(default)]
+    pub suggested: bool,
+    /// The draft provider that suggested it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggested_by: Option<Uuid>,
 }
 
 /// Body of `POST /v1/conversations/{id}/drafts` and `PUT …/drafts/{draft_id}`.

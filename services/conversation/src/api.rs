@@ -110,6 +110,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/stream", web::get().to(stream_changes))
         .configure(crate::drafts::routes)
         .configure(crate::templates::routes)
+        .configure(crate::suggest::routes)
         .configure(crate::contacts::api::routes);
 }
 
@@ -878,6 +879,9 @@ pub async fn create_reply(
         // Check first, so that a stranger learns nothing about the inbox.
         let loaded = c.svc.load(&c.ctx, id).await.map_err(service_error)?;
         require(&c.access, &loaded.state, InboxRole::Reply).map_err(service_error)?;
+        if let Some(d) = body.draft_id {
+            crate::suggest::check_draft(&c.ctx, id, d).await?;
+        }
         let from = inbox_sender(&c, loaded.state.inbox_id).await?;
         let outbound = outbound_ids(
             &c,
@@ -909,6 +913,11 @@ pub async fn create_reply(
             }])
         })
         .await?;
+        if let Some(d) = body.draft_id {
+            let inbox = ch.state.inbox_id;
+            let by = c.access.user_id();
+            crate::suggest::reply_sent_from_draft(&c.ctx, id, inbox, d, message_id, by).await;
+        }
         Ok(Done {
             status: StatusCode::CREATED,
             version: ch.state.version,

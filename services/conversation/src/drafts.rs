@@ -13,7 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use postvak_core::access::InboxRole;
 use postvak_directory::Directory;
 use postvak_platform::auth::Authenticated;
-use postvak_platform::cell::Cells;
+use postvak_platform::cell::{Cells, TenantContext};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::http::ApiError;
 use postvak_platform::on_tx;
@@ -83,10 +83,11 @@ struct Row_ {
     lock_expires_us: Option<i64>,
     created_us: i64,
     updated_us: i64,
+    suggested_by: Option<Uuid>,
 }
 
 const COLUMNS: &str = "draft_id, conversation_id, version, content, content_key, created_by, updated_by, \
-    lock_holder, lock_expires_us, created_us, updated_us";
+    lock_holder, lock_expires_us, created_us, updated_us, suggested_by";
 
 fn row_of<R: Row>(r: &R) -> Result<Row_, sqlx::Error>
 where
@@ -107,6 +108,7 @@ where
         lock_expires_us: r.try_get(8)?,
         created_us: r.try_get(9)?,
         updated_us: r.try_get(10)?,
+        suggested_by: r.try_get(11)?,
     })
 }
 
@@ -183,7 +185,95 @@ async fn to_dto(c: &Call, r: &Row_) -> Result<dto::Draft, Failure> {
         lock_expires_at: live.map(from_micros),
         created_at: from_micros(r.created_us),
         updated_at: from_micros(r.updated_us),
+        suggested: r.suggested_by.is_some(),
+        suggested_by: r.suggested_by,
     })
+}
+
+/// A provider's suggestion as a new, unlocked draft `id` of `conversation` (ADR 0016); a draft
+/// that exists already is left alone (a repeated request).
+pub(crate) async fn insert_suggested(
+    ctx: &TenantContext,
+    id: Uuid,
+    conversation: Uuid,
+    provider: Uuid,
+    subject: Option<String>,
+    body: String,
+) -> Result<(), StoreError> {
+    let t = ctx.tenant();
+    let content = Content {
+        subject,
+        body,
+        to: Vec::new(),
+        cc: Vec::new(),
+    };
+    let json =
+        serde_json::to_vec(&content).map_err(|e| StoreError::Serialization(e.to_string()))?;
+    let (key, sealed) = ctx
+        .cell()
+        .store
+        .keyring()
+        .seal(t, &KeyScope::Tenant, &json, &aad(t, id))
+        .await?;
+    let now = crate::now_us();
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "INSERT INTO conversation_drafts (tenant_id, draft_id, conversation_id, version, content, \
+         content_key, created_by, updated_by, lock_holder, lock_expires_us, created_us, updated_us, \
+         suggested_by) VALUES ($1, $2, $3, 1, $4, $5, NULL, NULL, NULL, NULL, $6, $6, $7) \
+         ON CONFLICT (tenant_id, draft_id) DO NOTHING"
+    )
+    .bind(t.0)
+    .bind(id)
+    .bind(conversation)
+    .bind(sealed)
+    .bind(key)
+    .bind(now)
+    .bind(provider)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    tx.commit().await
+}
+
+/// Whether `conversation` has the draft `draft`.
+pub(crate) async fn exists(
+    ctx: &TenantContext,
+    conversation: Uuid,
+    draft: Uuid,
+) -> Result<bool, StoreError> {
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+    let rows = fetch(&mut tx, t, conversation, Some(draft)).await?;
+    tx.commit().await?;
+    Ok(!rows.is_empty())
+}
+
+/// A draft a reply was sent from: removed (the reply is the fact now). Returns its provider
+/// and version when it was a suggestion, so that the acceptance can be recorded.
+pub(crate) async fn take_sent(
+    ctx: &TenantContext,
+    conversation: Uuid,
+    draft: Uuid,
+) -> Result<Option<(Uuid, i64)>, StoreError> {
+    let t = ctx.tenant();
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    let rows = fetch(&mut tx, t, conversation, Some(draft)).await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "DELETE FROM conversation_drafts WHERE tenant_id = $1 AND conversation_id = $2 AND draft_id = $3"
+    )
+    .bind(t.0)
+    .bind(conversation)
+    .bind(draft)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.suggested_by.map(|p| (p, r.version))))
 }
 
 async fn seal(c: &Call, id: Uuid, body: &dto::SaveDraft) -> Result<(Uuid, Vec<u8>), Failure> {

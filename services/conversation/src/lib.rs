@@ -23,6 +23,7 @@ mod live;
 mod projection;
 mod queue;
 pub mod seed;
+pub mod suggest;
 pub mod templates;
 
 use postvak_core::Aggregate;

@@ -84,6 +84,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0014_delivery_relays.sql"),
     ),
     (
+        17,
+        "draft_providers",
+        include_str!("../../../migrations/postgres/0017_draft_providers.sql"),
+    ),
+    (
         18,
         "imap_reimport",
         include_str!("../../../migrations/postgres/0018_imap_reimport.sql"),
@@ -161,6 +166,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "delivery_relays",
         include_str!("../../../migrations/sqlite/0014_delivery_relays.sql"),
+    ),
+    (
+        17,
+        "draft_providers",
+        include_str!("../../../migrations/sqlite/0017_draft_providers.sql"),
     ),
     (
         18,

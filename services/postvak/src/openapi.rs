@@ -89,6 +89,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_conversation::templates::update_template,
         postvak_conversation::templates::delete_template,
         postvak_conversation::templates::render_conversation_template,
+        postvak_conversation::suggest::list_providers,
+        postvak_conversation::suggest::create_provider,
+        postvak_conversation::suggest::get_provider,
+        postvak_conversation::suggest::update_provider,
+        postvak_conversation::suggest::delete_provider,
         postvak_conversation::contacts::api::list_contacts,
         postvak_conversation::contacts::api::create_contact,
         postvak_conversation::contacts::api::get_contact,
@@ -115,7 +120,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_routing::sla::put_automation,
         postvak_routing::metrics::get_metrics,
     ),
-    components(schemas(postvak_proto::Problem)),
+    components(schemas(
+        postvak_proto::Problem,
+        // What a draft provider receives and answers (not a route of ours).
+        postvak_proto::rest::draft_providers::SuggestionRequest,
+        postvak_proto::rest::draft_providers::SuggestionAnswer,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "operations", description = "Health, readiness and metrics"),
@@ -125,6 +135,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "ingest", description = "Mail in: raw MIME and IMAP accounts"),
         (name = "conversations", description = "Conversations, replies as the inbox, notes, hand-offs, drafts, live updates"),
         (name = "templates", description = "Reply templates per tenant or inbox"),
+        (name = "draft-providers", description = "Tenant endpoints asked for suggested reply drafts"),
         (name = "contacts", description = "Contacts: history, merge, GDPR export and erasure"),
         (name = "webhooks", description = "Signed tenant webhooks, deliveries and redelivery"),
         (name = "notifications", description = "Agent notification preferences"),

@@ -245,6 +245,18 @@ impl Application {
                         }
                     });
                 }
+                for handle in postvak_conversation::suggest::start(
+                    &cells,
+                    cell.clone(),
+                    cfg.section("draft_providers")?,
+                    cancel.clone(),
+                ) {
+                    tasks.spawn(async move {
+                        if let Err(e) = handle.await {
+                            tracing::error!(error = %e, "draft provider worker ended abnormally");
+                        }
+                    });
+                }
             }
         }
 
@@ -305,6 +317,13 @@ impl Application {
             &notification_settings(cfg)?.webhooks.allow_private,
         )
         .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
+        let provider_policy = web::Data::new(postvak_conversation::suggest::ProviderPolicy(
+            postvak_platform::netguard::AddressPolicy::new(
+                &cfg.section::<postvak_conversation::suggest::SuggestSettings>("draft_providers")?
+                    .allow_private,
+            )
+            .map_err(|e| anyhow::anyhow!("draft_providers.allow_private: {e}"))?,
+        ));
         let mut server = HttpServer::new(move || {
             let app = App::new()
                 .wrap(from_fn(observe))
@@ -314,6 +333,7 @@ impl Application {
                 .app_data(platform_token.clone())
                 .app_data(sso.clone())
                 .app_data(ingestor.clone())
+                .app_data(provider_policy.clone())
                 .app_data(postvak_platform::http::json_config())
                 .app_data(postvak_platform::http::query_config())
                 .app_data(postvak_platform::http::path_config())

@@ -13,4 +13,5 @@ mod inbound;
 mod list;
 mod live;
 mod search;
+mod suggest;
 mod templates;
