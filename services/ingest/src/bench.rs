@@ -379,65 +379,100 @@ fn percentiles(v: &mut [Duration]) -> (f64, f64, f64) {
 }
 
 /// Realistic mails: 2–50 KB of text, a fifth with a base64 attachment, 30 % replies naming an
-/// earlier mail of the run.
+/// earlier mail of the run. The bodies (and their SMTP dot-stuffing) are made once, before the
+/// clock starts, from a pool of [`BODIES`] variants; each mail gets its own headers (a unique
+/// Message-ID, so none is a duplicate). The clients run in the server's process: generating
+/// 2–50 KB of text per mail there was CPU taken from the server under test.
 struct MailFactory {
     n: AtomicU64,
     run: String,
+    /// (MIME headers + body, already dot-stuffed and ending in `.\r\n`).
+    bodies: Vec<Vec<u8>>,
 }
+
+/// Body variants: sizes and attachments spread as before, over a pool large enough that the
+/// server cannot tell.
+const BODIES: u64 = 128;
 
 impl MailFactory {
     fn new() -> Self {
         Self {
             n: AtomicU64::new(0),
             run: Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            bodies: (0..BODIES).map(|v| body(splitmix(v ^ 0x5eed))).collect(),
         }
     }
 
+    /// One mail as sent after `DATA`: dot-stuffed, with the terminating `.`.
     fn next(&self) -> Vec<u8> {
         let i = self.n.fetch_add(1, Ordering::Relaxed);
         let h = splitmix(i);
-        let size = 2_000 + (h % 48_000) as usize;
         let reply = h % 10 < 3 && i > 0;
-        let attach = (h >> 8).is_multiple_of(5);
-        let mut m = format!(
-            "From: Customer {i} <c{i}@example.org>\r\nTo: Support <{RCPT}>\r\n\
-             Subject: {}Order {} question\r\nMessage-ID: <bench-{}-{i}@example.org>\r\n\
-             Date: Mon, 2 Mar 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\n",
-            if reply { "Re: " } else { "" },
-            h % 1000,
-            self.run
+        let body = &self.bodies[(h % BODIES) as usize];
+        let mut m = Vec::with_capacity(body.len() + 512);
+        m.extend_from_slice(
+            format!(
+                "From: Customer {i} <c{i}@example.org>\r\nTo: Support <{RCPT}>\r\n\
+                 Subject: {}Order {} question\r\nMessage-ID: <bench-{}-{i}@example.org>\r\n\
+                 Date: Mon, 2 Mar 2026 10:00:00 +0100\r\nMIME-Version: 1.0\r\n",
+                if reply { "Re: " } else { "" },
+                h % 1000,
+                self.run
+            )
+            .as_bytes(),
         );
         if reply {
             let parent = (h >> 16) % i;
-            m.push_str(&format!(
-                "In-Reply-To: <bench-{run}-{parent}@example.org>\r\nReferences: <bench-{run}-{parent}@example.org>\r\n",
-                run = self.run
-            ));
+            m.extend_from_slice(
+                format!(
+                    "In-Reply-To: <bench-{run}-{parent}@example.org>\r\nReferences: <bench-{run}-{parent}@example.org>\r\n",
+                    run = self.run
+                )
+                .as_bytes(),
+            );
         }
-        let text_len = if attach { size / 2 } else { size };
-        let text = lorem(text_len, h);
-        if attach {
-            m.push_str("Content-Type: multipart/mixed; boundary=\"BENCH\"\r\n\r\n--BENCH\r\n");
-            m.push_str("Content-Type: text/plain; charset=utf-8\r\n\r\n");
-            m.push_str(&text);
-            m.push_str("\r\n--BENCH\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n");
-            m.push_str("Content-Disposition: attachment; filename=\"invoice.pdf\"\r\n");
-            m.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
-            let raw: Vec<u8> = (0..(size - text_len) * 3 / 4)
-                .map(|k| splitmix(h ^ k as u64) as u8)
-                .collect();
-            for chunk in base64(&raw).as_bytes().chunks(76) {
-                m.push_str(&String::from_utf8_lossy(chunk));
-                m.push_str("\r\n");
-            }
-            m.push_str("--BENCH--\r\n");
-        } else {
-            m.push_str("Content-Type: text/plain; charset=utf-8\r\n\r\n");
-            m.push_str(&text);
+        m.extend_from_slice(body);
+        m
+    }
+}
+
+/// The MIME part of a mail after the common headers: a text body, or text and a PDF
+/// attachment; dot-stuffed, ending with the `.` line.
+fn body(h: u64) -> Vec<u8> {
+    let size = 2_000 + (h % 48_000) as usize;
+    let attach = (h >> 8).is_multiple_of(5);
+    let text_len = if attach { size / 2 } else { size };
+    let text = lorem(text_len, h);
+    let mut m = String::with_capacity(size + 1024);
+    if attach {
+        m.push_str("Content-Type: multipart/mixed; boundary=\"BENCH\"\r\n\r\n--BENCH\r\n");
+        m.push_str("Content-Type: text/plain; charset=utf-8\r\n\r\n");
+        m.push_str(&text);
+        m.push_str("\r\n--BENCH\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n");
+        m.push_str("Content-Disposition: attachment; filename=\"invoice.pdf\"\r\n");
+        m.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
+        let raw: Vec<u8> = (0..(size - text_len) * 3 / 4)
+            .map(|k| splitmix(h ^ k as u64) as u8)
+            .collect();
+        for chunk in base64(&raw).as_bytes().chunks(76) {
+            m.push_str(&String::from_utf8_lossy(chunk));
             m.push_str("\r\n");
         }
-        m.into_bytes()
+        m.push_str("--BENCH--\r\n");
+    } else {
+        m.push_str("Content-Type: text/plain; charset=utf-8\r\n\r\n");
+        m.push_str(&text);
+        m.push_str("\r\n");
     }
+    let mut out = Vec::with_capacity(m.len() + 16);
+    for line in m.as_bytes().split_inclusive(|b| *b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
 }
 
 fn splitmix(x: u64) -> u64 {
@@ -533,8 +568,9 @@ impl BenchClient {
         Ok(())
     }
 
-    /// MAIL, RCPT and DATA pipelined (we advertise PIPELINING), then the body.
-    async fn send(&mut self, data: &[u8]) -> anyhow::Result<()> {
+    /// MAIL, RCPT and DATA pipelined (we advertise PIPELINING), then the body (`wire`: already
+    /// dot-stuffed and terminated, see [`MailFactory::next`]).
+    async fn send(&mut self, wire: &[u8]) -> anyhow::Result<()> {
         self.writer
             .write_all(
                 format!("MAIL FROM:<c@example.org>\r\nRCPT TO:<{RCPT}>\r\nDATA\r\n").as_bytes(),
@@ -543,15 +579,7 @@ impl BenchClient {
         self.expect(250).await?;
         self.expect(250).await?;
         self.expect(354).await?;
-        let mut body = Vec::with_capacity(data.len() + 8);
-        for line in data.split_inclusive(|b| *b == b'\n') {
-            if line.first() == Some(&b'.') {
-                body.push(b'.');
-            }
-            body.extend_from_slice(line);
-        }
-        body.extend_from_slice(b".\r\n");
-        self.writer.write_all(&body).await?;
+        self.writer.write_all(wire).await?;
         self.expect(250).await
     }
 }

@@ -207,12 +207,34 @@ fn clean_text(s: &str) -> String {
     t.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The first [`SNIPPET_CHARS`] characters of the text as [`clean_text`] would make it, with
+/// `…` when there is more — reading only as far as needed: cleaning a whole 50 KB body to keep
+/// 200 characters was 14 % of ingest's CPU.
 fn snippet(text: &str) -> String {
-    let t = clean_text(text);
-    match t.char_indices().nth(SNIPPET_CHARS) {
-        Some((i, _)) => format!("{}…", &t[..i]),
-        None => t,
+    let mut out = String::with_capacity(SNIPPET_CHARS + 8);
+    let mut n = 0;
+    let words = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty());
+    for word in words {
+        if n > 0 {
+            if n == SNIPPET_CHARS {
+                out.push('…');
+                return out;
+            }
+            out.push(' ');
+            n += 1;
+        }
+        for c in word.chars() {
+            if n == SNIPPET_CHARS {
+                out.push('…');
+                return out;
+            }
+            out.push(c);
+            n += 1;
+        }
     }
+    out
 }
 
 /// A Message-ID without angle brackets and surrounding space; `None` when empty or absurd.
@@ -406,6 +428,41 @@ fn split_lines(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The snippet as it was made before (clean everything, then cut).
+    fn snippet_reference(text: &str) -> String {
+        let t = clean_text(text);
+        match t.char_indices().nth(SNIPPET_CHARS) {
+            Some((i, _)) => format!("{}…", &t[..i]),
+            None => t,
+        }
+    }
+
+    #[test]
+    fn the_snippet_is_the_cleaned_text_cut() {
+        let long = "word ".repeat(100);
+        for text in [
+            "",
+            "   ",
+            "a",
+            " \t\r\nhello\u{7}world\u{0}  again\u{2003}end ",
+            "x".repeat(SNIPPET_CHARS).as_str(),
+            format!("{} ", "x".repeat(SNIPPET_CHARS)).as_str(),
+            format!("{} y", "x".repeat(SNIPPET_CHARS - 1)).as_str(),
+            format!("{} y", "x".repeat(SNIPPET_CHARS)).as_str(),
+            format!("{}ü€😀", "é".repeat(SNIPPET_CHARS - 2)).as_str(),
+            long.as_str(),
+        ] {
+            assert_eq!(snippet(text), snippet_reference(text), "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_snippet_matches_the_reference(text in "(\\PC|[ \t\r\n\u{0}-\u{1f}\u{2003}]){0,400}") {
+            proptest::prop_assert_eq!(snippet(&text), snippet_reference(&text));
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

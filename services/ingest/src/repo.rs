@@ -255,9 +255,15 @@ pub async fn lookup_thread_tx(
         return Ok(HashMap::new());
     }
     let rows = match tx {
+        // One primary-key probe per candidate, whatever the plan cache decides. The plain
+        // `mid_hash = ANY($3)` let PostgreSQL's cached generic plan (chosen while the table was
+        // empty) scan the whole inbox's index and filter: every lookup read every index row of
+        // the inbox (measured: 1,077,457 rows fetched for 3,408 lookups over 1,472 mails, so
+        // ingest slowed as an inbox grew).
         DbTx::Postgres(tx) => sqlx::query(
-            "SELECT mid_hash, conversation_id FROM ingest_thread_index \
-             WHERE tenant_id = $1 AND inbox_id = $2 AND mid_hash = ANY($3)",
+            "SELECT h.mid_hash, t.conversation_id FROM unnest($3::text[]) AS h(mid_hash) \
+             CROSS JOIN LATERAL (SELECT conversation_id FROM ingest_thread_index \
+               WHERE tenant_id = $1 AND inbox_id = $2 AND mid_hash = h.mid_hash LIMIT 1) AS t",
         )
         .bind(tenant.0)
         .bind(inbox)

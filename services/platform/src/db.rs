@@ -320,6 +320,29 @@ fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .busy_timeout(Duration::from_secs(10)))
 }
 
+/// Without an explicit `sslmode`, sqlx prefers TLS, so a server with `ssl = on` encrypts even
+/// loopback connections: a handshake per connection and every byte through the cipher, for a
+/// link that never leaves the host (~3.5 % of ingest's CPU samples). On a loopback host with
+/// no `sslmode` in the URL, connect in plaintext; an explicit `sslmode` is always obeyed.
+fn plaintext_on_loopback(connect: PgConnectOptions, url: &str) -> PgConnectOptions {
+    let explicit = url
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("sslmode=")));
+    let host = connect.get_host();
+    let loopback = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback && !explicit {
+        connect.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    } else {
+        connect
+    }
+}
+
 /// Opens the application pool of a cell's database (no migrations).
 pub async fn connect(url: &str, opts: &DbOptions) -> Result<Db, StoreError> {
     match kind_of(url)? {
@@ -329,6 +352,7 @@ pub async fn connect(url: &str, opts: &DbOptions) -> Result<Db, StoreError> {
                     StoreError::Unavailable(format!("bad PostgreSQL URL {}: {e}", redact_url(url)))
                 })?
                 .application_name("postvak");
+            let connect = plaintext_on_loopback(connect, url);
             let role = opts.app_role.clone();
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
