@@ -187,6 +187,7 @@ pub mod identity {
     }
 }
 
+pub mod agent_activity;
 pub mod contact;
 pub mod conversation;
 pub mod draft;

@@ -183,6 +183,10 @@ pub struct CreateReply {
     /// Default: `Re: ` + the conversation's subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The template the reply was written from (a template of the tenant or of the
+    /// conversation's inbox); counted as template use in `GET /v1/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<Uuid>,
     /// The shared draft this reply was written in: it is removed once the reply is queued,
     /// and a suggested one counts as accepted (`draft.suggestion_accepted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

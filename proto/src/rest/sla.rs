@@ -94,6 +94,14 @@ pub struct DurationStats {
     pub avg_secs: Option<f64>,
 }
 
+/// Conversations left open and unassigned when a shift ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ShiftEnd {
+    /// The end of the business day, Unix seconds.
+    pub ended_at: i64,
+    pub unassigned: u64,
+}
+
 /// One agent's open conversations now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AgentWorkload {
@@ -114,10 +122,12 @@ pub struct Metrics {
     pub resolution: DurationStats,
     /// Open conversations with nobody assigned, now.
     pub unassigned_now: u64,
-    /// Open and unassigned at the end of the last business day in the period (the inbox's
-    /// business hours; only with `inbox_id`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unassigned_at_end_of_shift: Option<u64>,
+    /// Open (or pending) and unassigned at the end of each business day of the inbox in the
+    /// period that has ended (its time zone and business hours; 24/7 inboxes: local
+    /// midnight), oldest first, at most the latest 400. Only with `inbox_id` and without
+    /// `team_id`/`user_id`; empty otherwise.
+    #[serde(default)]
+    pub unassigned_at_end_of_shift: Vec<ShiftEnd>,
     pub workload: Vec<AgentWorkload>,
     pub sla_breaches: u64,
     pub sla_warnings: u64,

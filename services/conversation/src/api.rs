@@ -879,6 +879,9 @@ pub async fn create_reply(
         // Check first, so that a stranger learns nothing about the inbox.
         let loaded = c.svc.load(&c.ctx, id).await.map_err(service_error)?;
         require(&c.access, &loaded.state, InboxRole::Reply).map_err(service_error)?;
+        if let Some(t) = body.template_id {
+            crate::activity::check_template(&c.ctx, loaded.state.inbox_id, t).await?;
+        }
         if let Some(d) = body.draft_id {
             crate::suggest::check_draft(&c.ctx, id, d).await?;
         }
@@ -912,7 +915,15 @@ pub async fn create_reply(
                 at_us: crate::now_us(),
             }])
         })
-        .await?;
+        .await;
+        let seen = if_match(&req).ok().flatten();
+        let ch = match ch {
+            Ok(ch) => ch,
+            Err(f) => return Err(crate::activity::refused(&c.ctx, id, "reply", seen, f).await),
+        };
+        if let Some(t) = body.template_id {
+            crate::activity::template_used(&c.ctx, id, message_id, t).await;
+        }
         if let Some(d) = body.draft_id {
             let inbox = ch.state.inbox_id;
             let by = c.access.user_id();
@@ -961,7 +972,12 @@ pub async fn create_note(
                 at_us: crate::now_us(),
             }])
         })
-        .await?;
+        .await;
+        let seen = if_match(&req).ok().flatten();
+        let ch = match ch {
+            Ok(ch) => ch,
+            Err(f) => return Err(crate::activity::refused(&c.ctx, id, "note", seen, f).await),
+        };
         let Some(ConversationEvent::NoteAdded {
             note_id,
             author,

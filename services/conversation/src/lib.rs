@@ -11,6 +11,7 @@
 //! The participant snapshot needs an inbox's members: for now the directory library is called
 //! in-process (`Directory::grants`, `list_teams`) rather than over a command.
 
+mod activity;
 pub mod api;
 mod codec;
 pub mod commands;

@@ -11,6 +11,7 @@
 use actix_web::{HttpResponse, web};
 use async_trait::async_trait;
 use postvak_core::access::InboxRole;
+use postvak_core::sla::BusinessCalendar;
 use postvak_directory::Directory;
 use postvak_platform::auth::Authenticated;
 use postvak_platform::cell::TenantContext;
@@ -22,6 +23,7 @@ use postvak_platform::store::{
     EventData, LogPosition, RecordedEvent, StoreError, TenantId, micros,
 };
 use postvak_proto::Problem;
+use postvak_proto::events::agent_activity as aev;
 use postvak_proto::events::conversation as cev;
 use postvak_proto::events::timers as tev;
 use postvak_proto::rest::sla as dto;
@@ -42,6 +44,19 @@ pub const SLA_BREACH: &str = "sla_breach";
 pub const SLA_WARNING: &str = "sla_warning";
 pub const STALE_REFUSED: &str = "stale_refused";
 pub const TEMPLATE_USED: &str = "template_used";
+/// The conversation became open-and-unassigned (`value` 1) or stopped being so (0), in the
+/// inbox of the row: the history "unassigned at the end of each shift" is read from.
+pub const UNASSIGNED: &str = "unassigned";
+
+/// Shift ends counted per query, the latest ones of the period (about 13 months).
+const MAX_SHIFT_ENDS: usize = 400;
+
+/// The stream types the metrics are made of.
+const STREAMS: [&str; 3] = [
+    cev::STREAM_CONVERSATION,
+    tev::STREAM_ROUTING_TIMER,
+    aev::STREAM_ACTIVITY,
+];
 
 /// Feeds the metrics tables from the log.
 #[derive(Debug, Default)]
@@ -54,10 +69,7 @@ impl EventHandler for MetricsProjection {
     }
 
     fn stream_types(&self) -> Vec<String> {
-        vec![
-            cev::STREAM_CONVERSATION.to_owned(),
-            tev::STREAM_ROUTING_TIMER.to_owned(),
-        ]
+        STREAMS.iter().map(|s| (*s).to_owned()).collect()
     }
 
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
@@ -172,6 +184,13 @@ fn secs(us: i64) -> i64 {
     us.div_euclid(1_000_000)
 }
 
+impl MetricConv {
+    /// Open (or pending) with nobody assigned: what "unassigned" counts.
+    fn waiting(&self) -> bool {
+        (self.status == "open" || self.status == "pending") && self.assignee.is_none()
+    }
+}
+
 /// Applies one event to the metrics tables (idempotent).
 pub async fn apply(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), StoreError> {
     if matches!(event.data, EventData::Shredded) {
@@ -203,6 +222,32 @@ pub async fn apply(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), StoreErro
             )
             .await;
         }
+        aev::STALE_WRITE_REFUSED | aev::TEMPLATE_USED => {
+            let (kind, conv, user) = if event.event_type == aev::STALE_WRITE_REFUSED {
+                let p: aev::StaleWriteRefusedV1 = event.payload()?;
+                (STALE_REFUSED, p.conversation_id, p.user_id)
+            } else {
+                let p: aev::TemplateUsedV1 = event.payload()?;
+                (TEMPLATE_USED, p.conversation_id, p.user_id)
+            };
+            // Counted in the inbox the conversation is in (a fact about an unknown
+            // conversation has no inbox to be counted in).
+            let Some(m) = load(tx, t, conv).await? else {
+                return Ok(());
+            };
+            return fact(
+                tx,
+                t,
+                event.event_id,
+                kind,
+                m.inbox_id,
+                conv,
+                user,
+                at,
+                None,
+            )
+            .await;
+        }
         _ if event.stream_type != cev::STREAM_CONVERSATION => return Ok(()),
         _ => {}
     }
@@ -225,12 +270,15 @@ pub async fn apply(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), StoreErro
                 first_response_us: None,
             };
             save(tx, t, conv, &m).await?;
+            let (id, inbox) = (event.event_id, m.inbox_id);
+            fact(tx, t, id, UNASSIGNED, inbox, conv, None, p.at_us, Some(1)).await?;
         }
         return Ok(());
     }
     let Some(mut m) = load(tx, t, conv).await? else {
         return Ok(());
     };
+    let (was_waiting, was_in) = (m.waiting(), m.inbox_id);
     match event.event_type.as_str() {
         cev::MESSAGE_RECEIVED => {
             if m.awaiting_since_us.is_none() {
@@ -318,6 +366,11 @@ pub async fn apply(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), StoreErro
         cev::MERGED_INTO => m.status = "closed".into(),
         _ => return Ok(()),
     }
+    if m.waiting() != was_waiting || (m.waiting() && m.inbox_id != was_in) {
+        let value = i64::from(m.waiting());
+        let (id, inbox) = (event.event_id, m.inbox_id);
+        fact(tx, t, id, UNASSIGNED, inbox, conv, None, at, Some(value)).await?;
+    }
     save(tx, t, conv, &m).await
 }
 
@@ -345,9 +398,7 @@ pub async fn rebuild(ctx: &TenantContext) -> Result<u64, StoreError> {
         after = last.position;
         let mut tx = db.tenant_tx(tenant, true).await?;
         for stored in &page {
-            if stored.stream_type != cev::STREAM_CONVERSATION
-                && stored.stream_type != tev::STREAM_ROUTING_TIMER
-            {
+            if !STREAMS.contains(&stored.stream_type.as_str()) {
                 continue;
             }
             let event = store.open(stored).await?;
@@ -491,7 +542,28 @@ pub async fn compute(
     .fetch_all(c)
     .await)
     .map_err(db_error)?;
+    // Open-and-unassigned history of the inbox up to the period's end.
+    let history: Vec<(Uuid, Uuid, i64, Option<i64>)> = match q.inbox_id {
+        Some(_) if users.is_none() => on_tx!(&mut tx, |c| sqlx::query_as(
+            "SELECT conversation_id, inbox_id, at_us, value FROM routing_metric_facts \
+             WHERE tenant_id = $1 AND kind = $2 AND at_us <= $3 ORDER BY at_us, event_id"
+        )
+        .bind(tenant.0)
+        .bind(UNASSIGNED)
+        .bind(to.saturating_mul(1_000_000))
+        .fetch_all(c)
+        .await)
+        .map_err(db_error)?,
+        _ => Vec::new(),
+    };
     drop(tx);
+    let unassigned_at_end_of_shift = match q.inbox_id {
+        Some(inbox) if users.is_none() => {
+            let ends = shift_ends(dir, ctx, inbox, from, to.min(now)).await;
+            unassigned_at(&history, inbox, &ends)
+        }
+        _ => Vec::new(),
+    };
     let visible = |inbox: &Uuid| {
         q.inbox_id.is_none_or(|i| i == *inbox) && (admin || access.inbox_role(*inbox).is_some())
     };
@@ -561,7 +633,7 @@ pub async fn compute(
         first_response: stats(frt),
         resolution: stats(resolution),
         unassigned_now,
-        unassigned_at_end_of_shift: None,
+        unassigned_at_end_of_shift,
         workload,
         sla_breaches: breaches,
         sla_warnings: warnings,
@@ -570,4 +642,57 @@ pub async fn compute(
         duplicate_replies_prevented: stale,
         template_uses: templates,
     })
+}
+
+/// The ends of the inbox's business days (its time zone and hours; 24/7 = local midnight) in
+/// `from < end ≤ to`, Unix seconds; at most the latest [`MAX_SHIFT_ENDS`].
+async fn shift_ends(
+    dir: &Directory,
+    ctx: &TenantContext,
+    inbox: Uuid,
+    from: i64,
+    to: i64,
+) -> Vec<i64> {
+    let calendar = match dir.get_inbox(ctx, inbox).await {
+        Ok(i) => BusinessCalendar::new(i.timezone.as_deref(), i.business_hours.as_ref(), &[])
+            .unwrap_or_else(|_| BusinessCalendar::always_open()),
+        Err(_) => BusinessCalendar::always_open(),
+    };
+    let mut ends = BTreeSet::new();
+    // Every 12 hours from the end backwards: each local date is met at least once, DST or not.
+    let mut at = to.saturating_add(86_400);
+    while at > from.saturating_sub(86_400) && ends.len() <= MAX_SHIFT_ENDS {
+        if let Some(end) = calendar.end_of_day(at.saturating_mul(1_000_000)) {
+            let end = end.div_euclid(1_000_000);
+            if from < end && end <= to {
+                ends.insert(end);
+            }
+        }
+        at -= 43_200;
+    }
+    let skip = ends.len().saturating_sub(MAX_SHIFT_ENDS);
+    ends.into_iter().skip(skip).collect()
+}
+
+/// How many conversations were open and unassigned in `inbox` at each end (the last fact at or
+/// before it decides), from the history sorted by time.
+fn unassigned_at(
+    history: &[(Uuid, Uuid, i64, Option<i64>)],
+    inbox: Uuid,
+    ends: &[i64],
+) -> Vec<dto::ShiftEnd> {
+    let mut state: BTreeMap<Uuid, bool> = BTreeMap::new();
+    let mut next = history.iter().peekable();
+    ends.iter()
+        .map(|&end| {
+            let end_us = end.saturating_mul(1_000_000);
+            while let Some((conv, in_inbox, _, value)) = next.next_if(|f| f.2 <= end_us) {
+                state.insert(*conv, *in_inbox == inbox && *value == Some(1));
+            }
+            dto::ShiftEnd {
+                ended_at: end,
+                unassigned: state.values().filter(|w| **w).count() as u64,
+            }
+        })
+        .collect()
 }

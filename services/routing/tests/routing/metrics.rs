@@ -1,9 +1,11 @@
 //! A scripted day of traffic with chosen timestamps; first response, resolution, breaches,
-//! reopened, workload and replies per conversation computed by hand; the same answers after
-//! the projection is rebuilt from the log.
+//! reopened, workload, replies per conversation, duplicate replies prevented (stale refusals),
+//! template use and unassigned at the end of each shift computed by hand; the same answers
+//! after the projection is rebuilt from the log.
 
 use crate::timers::{BACKENDS, Env, acted, message, opened, until};
-use postvak_platform::store::{ExpectedVersion, NewEvent};
+use postvak_platform::store::{ExpectedVersion, NewEvent, StreamRef};
+use postvak_proto::events::agent_activity as aev;
 use postvak_proto::events::conversation as cev;
 use postvak_proto::events::timers as tev;
 use postvak_proto::rest::sla as dto;
@@ -24,10 +26,50 @@ async fn metrics(env: &Env, q: MetricsQuery) -> dto::Metrics {
     compute(&env.dir, &env.ctx, &access, &q).await.unwrap()
 }
 
+/// Records an agent-activity fact as the conversation service does.
+async fn activity<T: serde::Serialize>(env: &Env, event_type: &str, fact: &T) {
+    env.ctx
+        .append(
+            &StreamRef::new(aev::STREAM_ACTIVITY, format!("test-{}", Uuid::now_v7())),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_payload(event_type, 1, fact).unwrap()],
+        )
+        .await
+        .unwrap();
+}
+
+fn refused(conv: Uuid, user: Uuid, action: &str, at_us: i64) -> aev::StaleWriteRefusedV1 {
+    aev::StaleWriteRefusedV1 {
+        conversation_id: conv,
+        action: action.into(),
+        user_id: Some(user),
+        seen_version: 3,
+        current_version: 4,
+        at_us,
+    }
+}
+
 #[tokio::test]
 async fn a_scripted_day_gives_the_hand_computed_metrics() {
     for backend in BACKENDS {
         let env = Env::new(backend, true).await;
+        // Shifts: 09:00–17:00 Amsterdam (CET in November: the shift ends at 16:00Z), Mon–Fri.
+        let shift = json!([["09:00", "17:00"]]);
+        env.dir
+            .update_inbox(
+                &env.ctx,
+                env.inbox,
+                postvak_proto::events::identity::InboxUpdatedV1 {
+                    inbox_id: env.inbox,
+                    name: None,
+                    signature: None,
+                    timezone: Some("Europe/Amsterdam".into()),
+                    business_hours: Some(json!({
+                        "mon": shift, "tue": shift, "wed": shift, "thu": shift, "fri": shift})),
+                },
+            )
+            .await
+            .unwrap();
         let other_inbox = env
             .dir
             .create_inbox(&env.ctx, "Sales", &["sales@acme.test".to_owned()])
@@ -36,7 +78,8 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             .id;
         let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
         let inbox = env.inbox;
-        let (a, b, c, d) = (
+        let (a, b, c, d, e) = (
+            Uuid::now_v7(),
             Uuid::now_v7(),
             Uuid::now_v7(),
             Uuid::now_v7(),
@@ -129,6 +172,59 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             ],
         )
         .await;
+        // E: asked 15:00, still unassigned when Monday's shift ends (16:00Z), assigned to
+        // Alice 17:00.
+        env.script(
+            e,
+            &[
+                (cev::OPENED, opened(e, inbox, at(15, 0))),
+                (cev::MESSAGE_RECEIVED, message(e, inbox, None, at(15, 0))),
+                (
+                    cev::ASSIGNED,
+                    json!({"assignee": alice, "claimed": false, "at_us": at(17, 0)}),
+                ),
+            ],
+        )
+        .await;
+        // Duplicate replies prevented: Alice's reply to A at 09:05 and Bob's note on B at 10:30
+        // were refused as stale; one in the other inbox (D); one about a conversation nobody
+        // knows (not counted anywhere). Alice's 09:10 reply on A came from a template.
+        activity(
+            &env,
+            aev::STALE_WRITE_REFUSED,
+            &refused(a, alice, "reply", at(9, 5)),
+        )
+        .await;
+        activity(
+            &env,
+            aev::STALE_WRITE_REFUSED,
+            &refused(b, bob, "note", at(10, 30)),
+        )
+        .await;
+        activity(
+            &env,
+            aev::STALE_WRITE_REFUSED,
+            &refused(d, alice, "reply", at(8, 3)),
+        )
+        .await;
+        activity(
+            &env,
+            aev::STALE_WRITE_REFUSED,
+            &refused(Uuid::now_v7(), bob, "reply", at(9, 0)),
+        )
+        .await;
+        activity(
+            &env,
+            aev::TEMPLATE_USED,
+            &aev::TemplateUsedV1 {
+                conversation_id: a,
+                message_id: Uuid::now_v7(),
+                template_id: Uuid::now_v7(),
+                user_id: Some(alice),
+                at_us: at(9, 10),
+            },
+        )
+        .await;
         let _ = acted;
 
         let day = MetricsQuery {
@@ -149,7 +245,10 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             .await;
             (m.sla_breaches == 1
                 && m.workload.len() == 2
+                && m.workload.iter().map(|w| w.open).sum::<u64>() == 2
                 && m.reopened == 1
+                && m.template_uses == 1
+                && all.duplicate_replies_prevented == 3
                 && all.first_response.count == 3)
                 .then_some(m)
         })
@@ -168,12 +267,16 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
                 avg_secs: Some(9000.0),
             },
             unassigned_now: 1,
-            unassigned_at_end_of_shift: None,
+            // Monday 16:00Z: C and E (A assigned, B closed then assigned after reopening).
+            unassigned_at_end_of_shift: vec![dto::ShiftEnd {
+                ended_at: DAY + 16 * 3600,
+                unassigned: 2,
+            }],
             workload: {
                 let mut w = vec![
                     dto::AgentWorkload {
                         user_id: alice,
-                        open: 0,
+                        open: 1,
                         replies: 2,
                     },
                     dto::AgentWorkload {
@@ -189,10 +292,33 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             sla_warnings: 0,
             reopened: 1,
             replies_per_conversation: Some(1.5),
-            duplicate_replies_prevented: 0,
-            template_uses: 0,
+            duplicate_replies_prevented: 2,
+            template_uses: 1,
         };
         assert_eq!(m, expected, "{backend:?}");
+
+        // Two days: Tuesday's shift ends with C alone (E was assigned Monday evening).
+        let two_days = metrics(
+            &env,
+            MetricsQuery {
+                to: Some(DAY + 2 * 86_400),
+                ..day.clone()
+            },
+        )
+        .await;
+        assert_eq!(
+            two_days.unassigned_at_end_of_shift,
+            [
+                dto::ShiftEnd {
+                    ended_at: DAY + 16 * 3600,
+                    unassigned: 2
+                },
+                dto::ShiftEnd {
+                    ended_at: DAY + 86_400 + 16 * 3600,
+                    unassigned: 1
+                },
+            ]
+        );
 
         // Alice alone; the whole tenant; a period before the day.
         let m = metrics(
@@ -206,6 +332,13 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
         assert_eq!(m.first_response.count, 1);
         assert_eq!(m.first_response.p50_secs, Some(1800));
         assert_eq!(m.replies_per_conversation, Some(2.0));
+        assert_eq!(
+            (m.duplicate_replies_prevented, m.template_uses),
+            (1, 1),
+            "Alice's own"
+        );
+        // Per agent, shifts are not counted (unassigned belongs to nobody).
+        assert!(m.unassigned_at_end_of_shift.is_empty());
         let all = metrics(
             &env,
             MetricsQuery {
@@ -218,6 +351,8 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
         assert_eq!(all.first_response.p50_secs, Some(1800));
         assert_eq!(all.first_response.avg_secs, Some(1900.0));
         assert_eq!(all.unassigned_now, 2);
+        assert_eq!(all.duplicate_replies_prevented, 3);
+        assert!(all.unassigned_at_end_of_shift.is_empty(), "only per inbox");
         let before = metrics(
             &env,
             MetricsQuery {

@@ -912,3 +912,102 @@ async fn a_redelivered_event_never_acts_twice() {
         );
     }
 }
+
+/// Through the conversation API: replies and notes refused as stale (409) and a reply written
+/// from a template are what `GET /v1/metrics` counts as duplicate replies prevented and
+/// template use — and a rebuild from the log counts the same.
+#[tokio::test]
+async fn stale_refusals_and_template_replies_reach_the_metrics() {
+    for backend in BACKENDS {
+        let env = Env::new(backend).await;
+        postvak_routing::timers::start(env.cells.default_cell(), env.cancel.clone());
+        let d = env
+            .deliver(&mail("m@c.example", "c@c.example", "Help", "", "Hello?"))
+            .await;
+        let conv = d.conversation_id;
+        env.wait(conv, "opened", |_| true).await;
+        let url = |p: &str| format!("{}/v1/conversations/{conv}/{p}", env.base);
+        let post = |who: &Who, p: &str, body: Value, etag: Option<u64>| {
+            let mut r = env.client.post(url(p)).bearer_auth(&who.token).json(&body);
+            if let Some(v) = etag {
+                r = r.header("If-Match", format!("\"{v}\""));
+            }
+            async move {
+                let r = r.send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap_or(Value::Null))
+            }
+        };
+        let seen = env.conversations.get(&env.ctx, conv).await.unwrap();
+        let v = seen.conversation.version;
+        // Alice writes first; Bob's reply and note, written against the same view, are refused.
+        let (s, _) = post(&env.alice, "notes", json!({"body": "mine"}), Some(v)).await;
+        assert_eq!(s, 201, "{backend:?}");
+        let (s, b) = post(&env.bob, "replies", json!({"body": "Hi!"}), Some(v)).await;
+        assert_eq!((s, b["code"].as_str()), (409, Some("stale_conversation")));
+        let (s, b) = post(&env.bob, "notes", json!({"body": "also"}), Some(v)).await;
+        assert_eq!((s, b["code"].as_str()), (409, Some("stale_conversation")));
+        // A template of the inbox; a reply from it; a reply naming no template is refused.
+        let t = env
+            .call(
+                "POST",
+                "/v1/templates",
+                &env.admin,
+                Some(json!({"name": "Thanks", "body": "Thanks!", "inbox_id": env.inbox})),
+            )
+            .await;
+        assert_eq!(t.status, 201, "{t:?}");
+        let template = t.body["id"].as_str().unwrap().to_owned();
+        let (s, b) = post(
+            &env.alice,
+            "replies",
+            json!({"body": "Thanks!", "template_id": Uuid::now_v7()}),
+            None,
+        )
+        .await;
+        assert_eq!((s, b["code"].as_str()), (422, Some("unknown_template")));
+        let (s, _) = post(
+            &env.alice,
+            "replies",
+            json!({"body": "Thanks!", "template_id": template}),
+            None,
+        )
+        .await;
+        assert_eq!(s, 201, "{backend:?}");
+
+        let path = format!("/v1/metrics?inbox_id={}", env.inbox);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let counts = |m: &Value| {
+            (
+                m["duplicate_replies_prevented"].as_u64(),
+                m["template_uses"].as_u64(),
+            )
+        };
+        loop {
+            let m = env.call("GET", &path, &env.admin, None).await;
+            assert_eq!(m.status, 200, "{m:?}");
+            if counts(&m.body) == (Some(2), Some(1)) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{backend:?}: metrics {:?}",
+                m.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Bob's own: the two refusals.
+        let m = env
+            .call(
+                "GET",
+                &format!("{path}&user_id={}", env.bob.id),
+                &env.admin,
+                None,
+            )
+            .await;
+        assert_eq!(counts(&m.body), (Some(2), Some(0)), "{m:?}");
+        postvak_routing::metrics::rebuild(&env.ctx).await.unwrap();
+        let m = env.call("GET", &path, &env.admin, None).await;
+        assert_eq!(counts(&m.body), (Some(2), Some(1)), "rebuilt: {m:?}");
+    }
+}
