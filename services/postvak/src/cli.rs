@@ -202,6 +202,29 @@ enum BenchCommand {
         #[arg(long, conflicts_with = "keep")]
         reuse: Option<PathBuf>,
     },
+    /// Routing in distributed mode (relay, ingest, conversation, routing as separate processes
+    /// on PostgreSQL + NATS): from a mail's SMTP 250 to the conversation visible as assigned by
+    /// a round-robin rule (SSE + GET), p50/p99 at a fixed rate.
+    Routing {
+        /// A PostgreSQL server URL: a scratch database is created and dropped after.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        target: String,
+        /// The NATS server (a unique stream prefix is used and its stream deleted after).
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// Mails per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Agents in the round-robin team.
+        #[arg(long, default_value_t = 8)]
+        agents: usize,
+        /// SMTP connections the mails are spread over.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
     /// Authentication and permission checks per request: p50/p99 latency.
     Auth {
         /// A PostgreSQL server URL (a scratch database is created and dropped) or `sqlite`.
@@ -338,6 +361,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed_concurrency,
                 keep,
                 reuse,
+            })
+            .await?;
+            println!("{report}");
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Routing {
+                    target,
+                    nats,
+                    rate,
+                    seconds,
+                    agents,
+                    connections,
+                },
+        } => {
+            let report = crate::bench_routing::run(crate::bench_routing::RoutingBenchOptions {
+                target,
+                nats,
+                rate,
+                seconds,
+                agents,
+                connections,
             })
             .await?;
             println!("{report}");

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod bench_api;
+mod bench_routing;
 mod cli;
 mod openapi;
 mod startup;

@@ -1,0 +1,666 @@
+//! `postvak bench routing`: from a mail accepted over SMTP (its 250) to the conversation
+//! assigned by a round-robin rule and visible as assigned through the agent API — in
+//! distributed mode: separate `postvak run relay|ingest|conversation|routing` processes on a
+//! scratch PostgreSQL database and a unique NATS JetStream prefix (both removed afterwards).
+//!
+//! What is measured is what an agent's client sees: it holds `GET /v1/stream` (SSE) open on the
+//! conversation process; on each `conversation.assigned` change it fetches
+//! `GET /v1/conversations/{id}`, and the mail counts as visible when that answer names an
+//! assignee. Latency = that answer's arrival − the 250 of the mail (matched by its subject).
+//! The same run's `conversation.opened` (visible, not yet assigned) is the baseline: the part of
+//! the latency that is ingest → NATS → conversation, before routing acts.
+//!
+//! Mails are sent open loop at `rate` per second over a pool of SMTP connections; a slow server
+//! shows up as a lower achieved rate and a later 250, never as fewer mails.
+
+use crate::bench::Scratch;
+use anyhow::Context;
+use postvak_core::access::{Grantee, InboxRole, TenantRole};
+use postvak_directory::Directory;
+use postvak_directory::identity::SessionKind;
+use postvak_platform::cell::Principal;
+use postvak_platform::config::Config;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+pub const TARGET_P99_MS: f64 = 1_000.0;
+
+#[derive(Debug, Clone)]
+pub struct RoutingBenchOptions {
+    /// A PostgreSQL server URL: a scratch database is created on it and dropped after.
+    pub target: String,
+    pub nats: String,
+    /// Mails per second.
+    pub rate: u32,
+    /// Seconds of sending.
+    pub seconds: u64,
+    /// Agents in the round-robin team.
+    pub agents: usize,
+    /// SMTP connections the mails are spread over.
+    pub connections: usize,
+}
+
+const ADDRESS: &str = "support@routing-bench.example";
+const SUBJECT: &str = "routing bench #";
+
+pub async fn run(opts: RoutingBenchOptions) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        opts.target.starts_with("postgres"),
+        "bench routing measures distributed mode: --target must be a PostgreSQL URL"
+    );
+    anyhow::ensure!(
+        opts.rate > 0 && opts.seconds > 0,
+        "--rate and --seconds must be positive"
+    );
+    let scratch = Scratch::create(&opts.target).await?;
+    let prefix = format!("pvbench{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let result = measure(&scratch.url, &prefix, &opts).await;
+    // Remove what the run made: the JetStream stream (with its consumers) and the database.
+    if let Ok(nats) = async_nats::connect(&opts.nats).await {
+        let js = async_nats::jetstream::new(nats);
+        let _ = js
+            .delete_stream(postvak_proto::subjects::jetstream_name(&prefix, CELL))
+            .await;
+    }
+    scratch.drop_database().await;
+    result
+}
+
+const CELL: &str = "bench";
+
+fn env_of(url: &str, nats: &str, prefix: &str, master: &str) -> Vec<(String, String)> {
+    [
+        ("POSTVAK_CELLS__BENCH__DATABASE_URL", url),
+        ("POSTVAK_CELLS__BENCH__NATS_URL", nats),
+        ("POSTVAK_BUS__PREFIX", prefix),
+        ("POSTVAK_SECURITY__MASTER_KEY", master),
+        ("POSTVAK_DEMO", "false"),
+        ("POSTVAK_HTTP__ADDR", "127.0.0.1:0"),
+        ("POSTVAK_SMTP__ADDR", "127.0.0.1:0"),
+        ("POSTVAK_HTTP__SHUTDOWN_GRACE_SECS", "5"),
+        ("POSTVAK_TELEMETRY__LOG_LEVEL", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// One `postvak run <service>` child; SIGTERM on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    http: u16,
+    smtp: Option<u16>,
+}
+
+impl Proc {
+    fn start(service: &'static str, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the postvak binary")?;
+        let mut cmd = Command::new(exe);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("POSTVAK_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["run", service])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().with_context(|| format!("starting {service}"))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    // Keep draining so the child never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut http, mut smtp) = (None, None);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    let line = line.trim();
+                    let port_of = |rest: &str| -> Option<u16> {
+                        let addr = rest.split_whitespace().next()?;
+                        let addr = addr.trim_end_matches("/v1");
+                        addr.rsplit_once(':')?.1.parse().ok()
+                    };
+                    if let Some(rest) = line.strip_prefix("HTTP API:") {
+                        http = port_of(rest);
+                    }
+                    if let Some(rest) = line.strip_prefix("SMTP:") {
+                        smtp = port_of(rest);
+                    }
+                    if line.contains("Press Ctrl-C") {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        anyhow::bail!("postvak run {service} exited with {status}");
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        anyhow::bail!("postvak run {service} did not start within 60 s");
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("postvak run {service} closed its output before serving")
+                }
+            }
+        }
+        let http = http.with_context(|| format!("{service} printed no HTTP address"))?;
+        Ok(Self {
+            name: service,
+            child,
+            http,
+            smtp,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(service = self.name, "did not stop within 10 s; killed");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// When each thing happened to mail `n`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Times {
+    scheduled: Option<Instant>,
+    accepted: Option<Instant>,
+    opened_visible: Option<Instant>,
+    assigned_visible: Option<Instant>,
+}
+
+type Timeline = Arc<Mutex<HashMap<u64, Times>>>;
+
+async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow::Result<String> {
+    let master = postvak_platform::crypto::MasterKey::generate_base64();
+    let env = env_of(url, &opts.nats, prefix, &master);
+    let cfg = Config::load_with_env(None, env.clone())?;
+    // Migrate and set the tenant up in this process (the directory's own code), then start the
+    // services as separate processes.
+    let cells = crate::startup::open_cells(&cfg, true).await?;
+    let dir = Directory::new(cells.clone());
+    let tenant = dir.create_tenant("Routing bench", None).await?;
+    let ctx = cells
+        .context(tenant, Principal::Service { name: "bench" })
+        .await?;
+    let inbox = dir
+        .create_inbox(&ctx, "Support", &[ADDRESS.to_owned()])
+        .await?
+        .id;
+    let admin = dir
+        .create_user(
+            &ctx,
+            "admin@routing-bench.example",
+            "Admin",
+            TenantRole::Admin,
+        )
+        .await?;
+    let token = dir
+        .create_session(tenant, admin.id, SessionKind::Bearer, &[])
+        .await?
+        .token;
+    let team = dir.create_team(&ctx, "Support", &[]).await?.id;
+    let mut agents = Vec::new();
+    for i in 0..opts.agents.max(1) {
+        let u = dir
+            .create_user(
+                &ctx,
+                &format!("agent{i}@routing-bench.example"),
+                &format!("Agent {i}"),
+                TenantRole::Agent,
+            )
+            .await?;
+        dir.grant_inbox(
+            &ctx,
+            inbox,
+            Grantee::User(u.id),
+            InboxRole::Reply,
+            None,
+            None,
+        )
+        .await?;
+        dir.set_team_member(&ctx, team, u.id, true).await?;
+        agents.push(u.id);
+    }
+    drop(dir);
+    drop(ctx);
+    drop(cells);
+
+    let mut procs = Vec::new();
+    for service in ["relay", "ingest", "conversation", "routing"] {
+        procs.push(Proc::start(service, &env)?);
+    }
+    let (ingest, conversation, routing) = (&procs[1], &procs[2], &procs[3]);
+    let smtp = ingest
+        .smtp
+        .context("the ingest process printed no SMTP port")?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    for p in &procs {
+        let r = http.get(p.url("/readyz")).send().await?;
+        anyhow::ensure!(
+            r.status().is_success(),
+            "{} is not ready: {}",
+            p.name,
+            r.status()
+        );
+    }
+    let r = http
+        .post(routing.url(&format!("/v1/inboxes/{inbox}/rules")))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "name": "Round-robin over the support team",
+            "actions": [{"type": "assign_team", "team": team, "strategy": "round_robin"}]
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status().as_u16() == 201,
+        "creating the rule: {} {}",
+        r.status(),
+        r.text().await.unwrap_or_default()
+    );
+
+    // The client's live view, held open for the whole run.
+    let timeline: Timeline = Arc::default();
+    let assignees: Arc<Mutex<BTreeMap<Uuid, u64>>> = Arc::default();
+    let sse = http
+        .get(conversation.url("/v1/stream?heartbeat_secs=5"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        sse.status().is_success(),
+        "GET /v1/stream: {}",
+        sse.status()
+    );
+    let watcher = tokio::spawn(watch(
+        sse,
+        http.clone(),
+        conversation.url(""),
+        token.clone(),
+        timeline.clone(),
+        assignees.clone(),
+    ));
+
+    // Warm-up: one mail all the way (consumers created, caches filled); not counted.
+    let mut warm = Smtp::connect(smtp).await?;
+    warm.send(&mail(u64::MAX)).await?;
+    wait_for(&timeline, &[u64::MAX], Duration::from_secs(60))
+        .await
+        .context("the warm-up mail was not assigned within 60 s")?;
+    drop(warm);
+    timeline
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clear();
+    assignees
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clear();
+
+    // Open loop: mail n is due at start + n/rate.
+    let total = u64::from(opts.rate) * opts.seconds;
+    let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(total as usize + 1);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..opts.connections.max(1) {
+        let (rx, timeline) = (rx.clone(), timeline.clone());
+        let mut client = Smtp::connect(smtp).await?;
+        senders.spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((n, due)) = next else {
+                    return anyhow::Ok(());
+                };
+                client.send(&mail(n)).await?;
+                let now = Instant::now();
+                if let Ok(mut t) = timeline.lock() {
+                    let e = t.entry(n).or_default();
+                    e.scheduled = Some(due);
+                    e.accepted = Some(now);
+                }
+            }
+        });
+    }
+    let start = Instant::now();
+    for n in 0..total {
+        let due = start + Duration::from_secs_f64(n as f64 / f64::from(opts.rate));
+        tokio::time::sleep_until(due.into()).await;
+        tx.send((n, due)).await.ok();
+    }
+    drop(tx);
+    while let Some(done) = senders.join_next().await {
+        done??;
+    }
+    let sent_in = start.elapsed();
+    let all: Vec<u64> = (0..total).collect();
+    let waited = wait_for(&timeline, &all, Duration::from_secs(60)).await;
+    watcher.abort();
+    drop(procs);
+
+    let t = timeline
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let mut to_250 = Vec::new();
+    let mut to_opened = Vec::new();
+    let mut to_assigned = Vec::new();
+    for n in 0..total {
+        let Some(e) = t.get(&n) else { continue };
+        if let (Some(s), Some(a)) = (e.scheduled, e.accepted) {
+            to_250.push(a - s);
+        }
+        if let (Some(a), Some(o)) = (e.accepted, e.opened_visible) {
+            to_opened.push(o.saturating_duration_since(a));
+        }
+        if let (Some(a), Some(v)) = (e.accepted, e.assigned_visible) {
+            to_assigned.push(v.saturating_duration_since(a));
+        }
+    }
+    let mut out = String::new();
+    writeln!(
+        out,
+        "routing, distributed (relay, ingest, conversation, routing as separate processes; \
+         PostgreSQL + NATS), {} agents in a round-robin team",
+        agents.len()
+    )?;
+    writeln!(
+        out,
+        "sent {total} mails at {} /s for {} s over {} SMTP connections: {} accepted in {:.1} s \
+         ({:.1} mails/s achieved)",
+        opts.rate,
+        opts.seconds,
+        opts.connections,
+        to_250.len(),
+        sent_in.as_secs_f64(),
+        to_250.len() as f64 / sent_in.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "visibility: GET /v1/stream (SSE) on the conversation process; on each change a \
+         GET /v1/conversations/{{id}}; counted when that answer shows it (assigned: names an assignee)"
+    )?;
+    writeln!(
+        out,
+        "{:<52} {:>6} {:>9} {:>9} {:>9}",
+        "from", "mails", "p50", "p99", "max"
+    )?;
+    for (name, v) in [
+        ("due → 250 (SMTP accept, queueing included)", &mut to_250),
+        (
+            "250 → visible opened (baseline: before routing)",
+            &mut to_opened,
+        ),
+        (
+            "250 → visible ASSIGNED (the issue's figure)",
+            &mut to_assigned,
+        ),
+    ] {
+        let (p50, p99, max) = percentiles(v);
+        writeln!(
+            out,
+            "{name:<52} {:>6} {p50:>7.1}ms {p99:>7.1}ms {max:>7.1}ms",
+            v.len()
+        )?;
+    }
+    let per_agent: Vec<u64> = assignees
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .values()
+        .copied()
+        .collect();
+    writeln!(
+        out,
+        "assignments per agent (round-robin): {per_agent:?}; target p99 ≤ {TARGET_P99_MS:.0} ms"
+    )?;
+    if let Err(e) = waited {
+        anyhow::bail!("{out}\n{e:#}");
+    }
+    Ok(out)
+}
+
+fn percentiles(v: &mut [Duration]) -> (f64, f64, f64) {
+    v.sort();
+    let at = |q: f64| {
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    (
+        at(0.5),
+        at(0.99),
+        v.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    )
+}
+
+/// Waits until every mail in `ns` was seen assigned.
+async fn wait_for(timeline: &Timeline, ns: &[u64], limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let missing = {
+            let t = timeline.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            ns.iter()
+                .filter(|n| t.get(n).and_then(|e| e.assigned_visible).is_none())
+                .count()
+        };
+        if missing == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{missing} of {} mails were not visible as assigned {} s after the last was sent",
+                ns.len(),
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads the SSE stream; each conversation change is checked through the API by its own task.
+async fn watch(
+    mut sse: reqwest::Response,
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    timeline: Timeline,
+    assignees: Arc<Mutex<BTreeMap<Uuid, u64>>>,
+) -> anyhow::Result<()> {
+    let mut buf = String::new();
+    while let Some(chunk) = sse.chunk().await? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let mut event = "";
+            let mut data = "";
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v;
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = v;
+                }
+            }
+            if event != "conversation" {
+                continue;
+            }
+            let Ok(change) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            let kind = change["change"].as_str().unwrap_or_default();
+            let assigned = match kind {
+                postvak_proto::events::conversation::OPENED => false,
+                postvak_proto::events::conversation::ASSIGNED => true,
+                _ => continue,
+            };
+            let Some(id) = change["conversation_id"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let (http, base, token, timeline, assignees) = (
+                http.clone(),
+                base.clone(),
+                token.clone(),
+                timeline.clone(),
+                assignees.clone(),
+            );
+            tokio::spawn(async move {
+                // What the agent's client does on the change: fetch the conversation. The read
+                // model may trail the event the stream announced, so it asks again until the
+                // answer shows the change (or gives up after 30 s: counted as never visible).
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    let got = async {
+                        let r = http
+                            .get(format!("{base}/v1/conversations/{id}"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                            .ok()?;
+                        if !r.status().is_success() {
+                            return None;
+                        }
+                        r.json::<serde_json::Value>().await.ok()
+                    }
+                    .await;
+                    let now = Instant::now();
+                    if let Some(body) = got {
+                        // The detail is the conversation with its messages and notes.
+                        let c = body.get("conversation").unwrap_or(&body);
+                        let n = c["subject"]
+                            .as_str()
+                            .and_then(|s| s.strip_prefix(SUBJECT))
+                            .and_then(|n| n.trim().parse::<u64>().ok());
+                        let Some(n) = n else { return };
+                        let assignee = c["assignee"].as_str().and_then(|a| a.parse::<Uuid>().ok());
+                        if !assigned || assignee.is_some() {
+                            let Ok(mut t) = timeline.lock() else { return };
+                            let e = t.entry(n).or_default();
+                            match assignee {
+                                Some(a) if assigned && e.assigned_visible.is_none() => {
+                                    e.assigned_visible = Some(now);
+                                    if let Ok(mut per) = assignees.lock() {
+                                        *per.entry(a).or_default() += 1;
+                                    }
+                                }
+                                _ if !assigned && e.opened_visible.is_none() => {
+                                    e.opened_visible = Some(now);
+                                }
+                                _ => {}
+                            }
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn mail(n: u64) -> Vec<u8> {
+    let id = Uuid::new_v4();
+    format!(
+        "From: Customer {n} <customer{n}@example.org>\r\nTo: {ADDRESS}\r\n\
+         Subject: {SUBJECT}{n}\r\nMessage-ID: <{id}@example.org>\r\n\
+         Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Hello, this is mail {n} of the routing bench. Please help.\r\n"
+    )
+    .into_bytes()
+}
+
+/// A minimal SMTP client: one transaction at a time, EHLO once per connection.
+struct Smtp {
+    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Smtp {
+    async fn connect(port: u16) -> anyhow::Result<Self> {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        let mut c = Self {
+            reader: tokio::io::BufReader::new(r),
+            writer: w,
+        };
+        c.expect(220).await?;
+        c.writer.write_all(b"EHLO bench.example\r\n").await?;
+        c.expect(250).await?;
+        Ok(c)
+    }
+
+    async fn expect(&mut self, code: u16) -> anyhow::Result<()> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            anyhow::ensure!(
+                self.reader.read_line(&mut line).await? > 0,
+                "SMTP connection closed"
+            );
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        }
+        anyhow::ensure!(
+            line.starts_with(&code.to_string()),
+            "SMTP: expected {code}, got {}",
+            line.trim()
+        );
+        Ok(())
+    }
+
+    /// MAIL, RCPT and DATA pipelined (the listener advertises PIPELINING), then the body; the
+    /// final 250 comes only after the mail's commit.
+    async fn send(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        self.writer
+            .write_all(
+                format!("MAIL FROM:<c@example.org>\r\nRCPT TO:<{ADDRESS}>\r\nDATA\r\n").as_bytes(),
+            )
+            .await?;
+        self.expect(250).await?;
+        self.expect(250).await?;
+        self.expect(354).await?;
+        let mut body = Vec::with_capacity(data.len() + 8);
+        for line in data.split_inclusive(|b| *b == b'\n') {
+            if line.first() == Some(&b'.') {
+                body.push(b'.');
+            }
+            body.extend_from_slice(line);
+        }
+        body.extend_from_slice(b".\r\n");
+        self.writer.write_all(&body).await?;
+        self.expect(250).await
+    }
+}
