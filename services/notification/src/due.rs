@@ -160,6 +160,12 @@ pub(crate) struct Limits {
 
 /// Runs due items of `kind` until `cancel` fires. A lane at its limit is skipped, never
 /// waited for, so a slow lane delays only itself.
+///
+/// One query reads a page of due work (16 × `total`, at most 4 × `per_lane` per lane) into a
+/// local backlog; a finished job starts the next eligible item of that backlog without asking
+/// the database again. The page is read again only when the backlog holds nothing startable,
+/// when new work is announced (`wake`), or after a pause — not once per finished job, which
+/// made the dispatcher's own query the bottleneck at a few thousand jobs per second.
 pub(crate) async fn dispatch(
     db: Db,
     kind: &'static str,
@@ -172,66 +178,102 @@ pub(crate) async fn dispatch(
     let per_lane = limits.per_lane.max(1);
     let total = limits.total.max(1);
     let per_tenant = limits.per_tenant.max(1);
+    // Finished jobs: start the next from the backlog.
+    let done = Arc::new(Notify::new());
+    let mut backlog: Vec<DueItem> = Vec::new();
+    let limits = (per_lane, per_tenant, total);
+    let mut read_db = true;
+    let mut pause = Duration::from_millis(200);
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        let now = crate::now_us();
-        let fetch = i64::try_from(total.saturating_mul(4)).unwrap_or(1024);
-        let mut pause = Duration::from_millis(200);
-        let lane_page = i64::try_from(per_lane).unwrap_or(i64::MAX);
-        match due_items(&db, kind, now, lane_page, fetch).await {
-            Ok(items) => {
-                for item in items {
-                    {
-                        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-                        if s.items.contains(&item.item_id) || s.items.len() >= total {
-                            continue;
-                        }
-                        if s.tenants.get(&item.tenant).copied().unwrap_or(0) >= per_tenant {
-                            continue;
-                        }
-                        let lane = s.lanes.entry(item.lane.clone()).or_default();
-                        if *lane >= per_lane {
-                            continue;
-                        }
-                        *lane += 1;
-                        *s.tenants.entry(item.tenant).or_default() += 1;
-                        s.items.insert(item.item_id);
-                    }
-                    let (job, state, wake) = (job.clone(), state.clone(), wake.clone());
-                    tokio::spawn(async move {
-                        let (id, lane, tenant) = (item.item_id, item.lane.clone(), item.tenant);
-                        job.run(item).await;
-                        {
-                            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-                            s.items.remove(&id);
-                            if let Some(n) = s.tenants.get_mut(&tenant) {
-                                *n = n.saturating_sub(1);
-                                if *n == 0 {
-                                    s.tenants.remove(&tenant);
-                                }
-                            }
-                            if let Some(n) = s.lanes.get_mut(&lane) {
-                                *n = n.saturating_sub(1);
-                                if *n == 0 {
-                                    s.lanes.remove(&lane);
-                                }
-                            }
-                        }
-                        wake.notify_one();
-                    });
+        if read_db {
+            pause = Duration::from_millis(200);
+            let now = crate::now_us();
+            // Four times what a lane may have in flight, so that a page still holds
+            // startable work of a busy lane; the page four times that per slot, so that lanes
+            // with a backlog fill it no sooner than with one lane-limit each (as before).
+            let lane_page = i64::try_from(per_lane.saturating_mul(4)).unwrap_or(i64::MAX);
+            let fetch = i64::try_from(total.saturating_mul(16)).unwrap_or(4096);
+            match due_items(&db, kind, now, lane_page, fetch).await {
+                Ok(items) => {
+                    let s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    backlog = items
+                        .into_iter()
+                        .filter(|i| !s.items.contains(&i.item_id))
+                        .collect();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind, "cannot read due work");
+                    pause = Duration::from_secs(2);
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, kind, "cannot read due work");
-                pause = Duration::from_secs(2);
-            }
+            start_eligible(&mut backlog, &state, &job, &done, limits);
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(pause) => {}
+            () = wake.notified() => read_db = true,
+            () = tokio::time::sleep(pause) => read_db = true,
+            () = done.notified() => {
+                // A slot is free: the backlog first, the database when it has nothing.
+                read_db = start_eligible(&mut backlog, &state, &job, &done, limits) == 0;
+            }
         }
     }
+}
+
+/// Starts what the limits allow from `backlog` (oldest first), removing what it started;
+/// returns how many.
+fn start_eligible(
+    backlog: &mut Vec<DueItem>,
+    state: &Arc<Mutex<InFlight>>,
+    job: &Arc<dyn Job>,
+    done: &Arc<Notify>,
+    (per_lane, per_tenant, total): (usize, usize, usize),
+) -> usize {
+    let mut started = 0;
+    let mut keep = Vec::with_capacity(backlog.len());
+    for item in backlog.drain(..) {
+        {
+            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+            if s.items.contains(&item.item_id) {
+                continue;
+            }
+            let lane_busy = s.lanes.get(&item.lane).copied().unwrap_or(0) >= per_lane;
+            let tenant_busy = s.tenants.get(&item.tenant).copied().unwrap_or(0) >= per_tenant;
+            if s.items.len() >= total || lane_busy || tenant_busy {
+                keep.push(item);
+                continue;
+            }
+            *s.lanes.entry(item.lane.clone()).or_default() += 1;
+            *s.tenants.entry(item.tenant).or_default() += 1;
+            s.items.insert(item.item_id);
+        }
+        started += 1;
+        let (job, state, done) = (job.clone(), state.clone(), done.clone());
+        tokio::spawn(async move {
+            let (id, lane, tenant) = (item.item_id, item.lane.clone(), item.tenant);
+            job.run(item).await;
+            {
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                s.items.remove(&id);
+                if let Some(n) = s.tenants.get_mut(&tenant) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        s.tenants.remove(&tenant);
+                    }
+                }
+                if let Some(n) = s.lanes.get_mut(&lane) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        s.lanes.remove(&lane);
+                    }
+                }
+            }
+            done.notify_one();
+        });
+    }
+    *backlog = keep;
+    started
 }

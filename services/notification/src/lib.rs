@@ -88,6 +88,11 @@ impl EventHandler for Combined {
         vec![postvak_proto::events::conversation::STREAM_CONVERSATION.to_owned()]
     }
 
+    /// Many events per transaction: each part only writes rows through `tx`.
+    fn batch_transactions(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
         for h in &self.handlers {
             h.handle(tx, event).await?;

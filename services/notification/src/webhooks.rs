@@ -23,7 +23,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use postvak_platform::cell::{Cell, Cells, TenantContext};
 use postvak_platform::consumer::{EventHandler, HandlerError};
-use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
     EventData, EventStore, KeyScope, RecordedEvent, StoreError, TenantId, from_micros,
@@ -147,11 +147,15 @@ pub(crate) fn start(
         per_tenant: settings.per_tenant_concurrency,
         total: settings.total_concurrency,
     };
+    let (books, ledger) = tokio::sync::mpsc::channel(BOOKS_BATCH * 4);
+    part.tasks
+        .push(tokio::spawn(keep_books(cell.db().clone(), ledger)));
     let job: Arc<dyn Job> = Arc::new(Deliverer {
         cells: cells.clone(),
         client,
         policy,
         settings,
+        books,
     });
     part.tasks.push(tokio::spawn(due::dispatch(
         cell.db().clone(),
@@ -326,6 +330,96 @@ struct Deliverer {
     client: reqwest::Client,
     policy: DestinationPolicy,
     settings: WebhookSettings,
+    /// Outcomes go to [`keep_books`], which records many per transaction.
+    books: tokio::sync::mpsc::Sender<Entry>,
+}
+
+/// Outcomes recorded per transaction at most.
+const BOOKS_BATCH: usize = 256;
+
+/// One attempt's outcome on its way to the books, and who waits for it to be recorded.
+struct Entry {
+    tenant: TenantId,
+    delivery: Uuid,
+    outcome: Option<Outcome>,
+    recorded: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Records attempts' outcomes: whatever has queued up meanwhile (up to [`BOOKS_BATCH`]) in one
+/// transaction, so that a few thousand deliveries a second cost a few hundred commits. Each
+/// deliverer waits for its own outcome's commit before its slot is free (its due row must be
+/// gone or moved before the dispatcher may look at it again). Should a batch fail, each entry
+/// is recorded on its own.
+async fn keep_books(db: Db, mut ledger: tokio::sync::mpsc::Receiver<Entry>) {
+    let mut batch = Vec::with_capacity(BOOKS_BATCH);
+    while ledger.recv_many(&mut batch, BOOKS_BATCH).await > 0 {
+        batch.sort_by_key(|e| e.tenant.0);
+        match record_outcomes(&db, &batch).await {
+            Ok(()) => {
+                for e in batch.drain(..) {
+                    let _ = e.recorded.send(Ok(()));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, entries = batch.len(), "webhook outcomes: batch failed; one by one");
+                for e in batch.drain(..) {
+                    let one = record_outcomes(&db, std::slice::from_ref(&e)).await;
+                    let _ = e.recorded.send(one.map_err(|x| x.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn record_outcomes(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    let now = now_us();
+    let mut bound = None;
+    for e in entries {
+        if bound != Some(e.tenant) {
+            bind_tenant(&mut tx, e.tenant).await?;
+            bound = Some(e.tenant);
+        }
+        record_outcome(&mut tx, e.tenant, e.delivery, e.outcome.as_ref(), now).await?;
+    }
+    tx.commit().await
+}
+
+/// Records an attempt's outcome (`None`: only drop the due row) in `tx`.
+async fn record_outcome(
+    tx: &mut DbTx,
+    t: TenantId,
+    id: Uuid,
+    outcome: Option<&Outcome>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if let Some(o) = outcome {
+        let counts = i64::from(o.status.is_some() || o.error.is_some());
+        on_tx!(tx, |c| sqlx::query(
+            "UPDATE webhook_deliveries SET state = $1, attempts = attempts + $2, \
+             last_status = $3, last_error = $4, next_attempt_at = $5, \
+             delivered_us = CASE WHEN $1 = 'delivered' THEN $6 ELSE delivered_us END \
+             WHERE tenant_id = $7 AND delivery_id = $8 AND state = 'pending'"
+        )
+        .bind(o.state)
+        .bind(counts)
+        .bind(o.status.map(i64::from))
+        .bind(o.error.as_deref())
+        .bind(o.retry_at.map_or(0, |(at, _)| at))
+        .bind(now)
+        .bind(t.0)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    match outcome.and_then(|o| o.retry_at) {
+        Some((at, webhook)) => {
+            due::schedule(tx, due::WEBHOOK, id, t, &webhook.to_string(), at).await
+        }
+        None => due::unschedule(tx, due::WEBHOOK, id).await,
+    }
 }
 
 #[async_trait]
@@ -514,43 +608,28 @@ impl Deliverer {
         self.finish(&ctx, id, Some(outcome)).await
     }
 
-    /// Records an attempt's outcome (`None`: only drop the due row).
+    /// Records an attempt's outcome (`None`: only drop the due row) and waits for its commit.
     async fn finish(
         &self,
         ctx: &TenantContext,
         id: Uuid,
         outcome: Option<Outcome>,
     ) -> Result<(), StoreError> {
-        let t = ctx.tenant();
-        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        if let Some(o) = &outcome {
-            let counts = i64::from(o.status.is_some() || o.error.is_some());
-            on_tx!(&mut tx, |c| sqlx::query(
-                "UPDATE webhook_deliveries SET state = $1, attempts = attempts + $2, \
-                 last_status = $3, last_error = $4, next_attempt_at = $5, \
-                 delivered_us = CASE WHEN $1 = 'delivered' THEN $6 ELSE delivered_us END \
-                 WHERE tenant_id = $7 AND delivery_id = $8 AND state = 'pending'"
-            )
-            .bind(o.state)
-            .bind(counts)
-            .bind(o.status.map(i64::from))
-            .bind(o.error.as_deref())
-            .bind(o.retry_at.map_or(0, |(at, _)| at))
-            .bind(now_us())
-            .bind(t.0)
-            .bind(id)
-            .execute(c)
-            .await
-            .map(|_| ()))
-            .map_err(db_error)?;
+        let (recorded, done) = tokio::sync::oneshot::channel();
+        let entry = Entry {
+            tenant: ctx.tenant(),
+            delivery: id,
+            outcome,
+            recorded,
+        };
+        if self.books.send(entry).await.is_err() {
+            return Err(StoreError::Unavailable(
+                "the webhook books are closed".into(),
+            ));
         }
-        match outcome.as_ref().and_then(|o| o.retry_at) {
-            Some((at, webhook)) => {
-                due::schedule(&mut tx, due::WEBHOOK, id, t, &webhook.to_string(), at).await?;
-            }
-            None => due::unschedule(&mut tx, due::WEBHOOK, id).await?,
-        }
-        tx.commit().await
+        done.await
+            .map_err(|_| StoreError::Unavailable("the webhook books are closed".into()))?
+            .map_err(StoreError::Unavailable)
     }
 }
 

@@ -51,6 +51,12 @@ pub trait EventHandler: Send + Sync {
     /// Handles one event. Must write only through `tx`, so that the effect commits with the
     /// "processed" mark. Shredded events arrive with [`crate::store::EventData::Shredded`].
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError>;
+    /// `true`: the events of one fetch may share one transaction (one commit for many
+    /// events). Should any of them fail, that transaction is rolled back and each event is
+    /// handled again in its own, as without batching. Default `false`.
+    fn batch_transactions(&self) -> bool {
+        false
+    }
 }
 
 /// How a consumer runs.
@@ -170,6 +176,11 @@ pub async fn run_consumer_with(
                 }
             };
             pause.reset();
+            let deliveries = if run.handler.batch_transactions() && deliveries.len() > 1 {
+                run.process_batch(deliveries).await
+            } else {
+                deliveries
+            };
             for delivery in deliveries {
                 run.process(delivery).await;
             }
@@ -312,6 +323,66 @@ impl Run {
             Some(oldest) if *oldest < at => None,
             Some(_) => Some(at),
         }
+    }
+
+    /// Handles `deliveries` in one transaction and acknowledges them; on any failure nothing
+    /// of it stays and they are returned, to be processed one by one.
+    #[tracing::instrument(skip_all, fields(events = deliveries.len()))]
+    async fn process_batch(&mut self, deliveries: Vec<EventDelivery>) -> Vec<EventDelivery> {
+        let (outstanding, max_finished) = (self.outstanding.clone(), self.max_finished);
+        match self.attempt_batch(&deliveries).await {
+            Some(fresh) => {
+                let name = self.handler.name().to_owned();
+                let handled = fresh.iter().filter(|f| **f).count() as u64;
+                let duplicates = fresh.len() as u64 - handled;
+                self.report.handled += handled;
+                self.report.duplicates += duplicates;
+                metrics::counter!("postvak_consumer_events_total", "consumer" => name.clone(), "outcome" => "handled").increment(handled);
+                metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "duplicate").increment(duplicates);
+                for d in &deliveries {
+                    ack(d).await;
+                }
+                Vec::new()
+            }
+            None => {
+                self.outstanding = outstanding;
+                self.max_finished = max_finished;
+                deliveries
+            }
+        }
+    }
+
+    /// Which events were fresh (not duplicates), or `None` when the batch did not commit.
+    async fn attempt_batch(&mut self, deliveries: &[EventDelivery]) -> Option<Vec<bool>> {
+        let mut recorded = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            recorded.push(open_stored(self.store.keyring(), &d.event).await.ok()?);
+        }
+        let mut tx = self.db.begin().await.ok()?;
+        let mut fresh = Vec::with_capacity(deliveries.len());
+        for (d, r) in deliveries.iter().zip(&recorded) {
+            let f = mark_processed(&mut tx, self.handler.name(), &d.event)
+                .await
+                .ok()?;
+            if f && let Err(e) = self.handler.handle(&mut tx, r).await {
+                tracing::debug!(error = %e, event_id = %d.event.event_id, "batch failed; one by one");
+                return None;
+            }
+            fresh.push(f);
+        }
+        let mut checkpoint = None;
+        for d in deliveries {
+            if let Some(at) = self.finish(d.event.position) {
+                checkpoint = checkpoint.max(Some(at));
+            }
+        }
+        if let Some(at) = checkpoint {
+            save_consumer_checkpoint(&mut tx, self.handler.name(), at)
+                .await
+                .ok()?;
+        }
+        tx.commit().await.ok()?;
+        Some(fresh)
     }
 
     #[tracing::instrument(skip_all, fields(event_id = %delivery.event.event_id, event_type = %delivery.event.event_type))]
