@@ -110,7 +110,7 @@ pub struct WebhookData {
     pub event: serde_json::Value,
 }
 
-/// How a user is told about assignments and mentions.
+/// How a user is told about assignments, mentions, undelivered replies and SLA alerts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationPreferences {
@@ -119,8 +119,16 @@ pub struct NotificationPreferences {
     /// The digest interval in seconds (default 3600).
     #[serde(default = "default_digest_secs")]
     pub digest_secs: u32,
+    /// SLA warnings and breaches of conversations assigned to you (or, unassigned, of inboxes
+    /// you administer): `inherit` (as `delivery`; the default), `each`, `digest` or `off`.
+    #[serde(default = "default_sla_alerts")]
+    pub sla_alerts: String,
 }
 
 fn default_digest_secs() -> u32 {
     3_600
+}
+
+fn default_sla_alerts() -> String {
+    "inherit".to_owned()
 }

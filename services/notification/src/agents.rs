@@ -1,6 +1,14 @@
-//! Agent notifications by email: "assigned to you", "mentioned in a note" and "your reply was
-//! not delivered" (`reply.delivery_failed`, to the reply's author), one mail each or
-//! a digest per interval, per the user's preference (`off` records them as skipped).
+//! Agent notifications by email: "assigned to you", "mentioned in a note", "your reply was
+//! not delivered" (`reply.delivery_failed`, to the reply's author) and SLA warnings and breaches
+//! (`routing.sla_warning` / `routing.sla_breached`, to the conversation's assignee or, when it
+//! is unassigned, to the inbox's admins), one mail each or a digest per interval, per the
+//! user's preference (`off` records them as skipped; SLA alerts may have their own, ADR 0015).
+//!
+//! SLA alerts come from routing's timer streams through a consumer of their own
+//! ([`SLA_CONSUMER`]); the assignee is what the conversation consumer last recorded in
+//! `notification_conversations`. An SLA event older than [`SLA_STALE_US`] when it is handled
+//! (a replay after an outage, or the first start of this consumer over an old log) is recorded
+//! as skipped, never mailed: it would tell of a deadline long past.
 //!
 //! The consumer records each notification and schedules the user (one due item per user) in
 //! its transaction; the worker sends what is pending for a user through the relay and marks it
@@ -14,8 +22,10 @@ use crate::{Part, SERVICE, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use postvak_core::access::{Grantee, InboxRole};
 use postvak_directory::Directory;
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
+use postvak_platform::consumer::run_consumer;
 use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
@@ -23,6 +33,7 @@ use postvak_platform::store::{RecordedEvent, StoreError, TenantId};
 use postvak_proto::events::conversation::{
     self as cev, AssignedV1, NoteAddedV1, ReplyDeliveryFailedV1,
 };
+use postvak_proto::events::timers::{self as tev, SlaClockEventV1};
 use postvak_proto::rest::notification::NotificationPreferences;
 use sqlx::Row;
 use std::sync::Arc;
@@ -33,6 +44,10 @@ use uuid::Uuid;
 /// This part's name inside the combined [`crate::CONSUMER`] (logs only; the checkpoint is
 /// the combined consumer's).
 pub const AGENT_CONSUMER: &str = "notification-agents";
+/// Durable consumer of routing's timer streams for SLA alerts (its own checkpoint).
+pub const SLA_CONSUMER: &str = "notification-sla";
+/// SLA events older than this when handled are recorded as skipped, never mailed.
+pub const SLA_STALE_US: i64 = 3_600_000_000;
 
 const LANE: &str = "agents";
 const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
@@ -52,9 +67,19 @@ pub(crate) fn start(
 ) -> Part {
     let wake = Arc::new(Notify::new());
     let handler: Arc<dyn EventHandler> = Arc::new(Recorder { wake: wake.clone() });
+    let sla: Arc<dyn EventHandler> = Arc::new(SlaAlerts {
+        recorder: Recorder { wake: wake.clone() },
+        cells: cells.clone(),
+        directory: Directory::new(cells.clone()),
+    });
     let mut part = Part {
         handlers: vec![handler],
-        tasks: Vec::new(),
+        tasks: vec![tokio::spawn({
+            let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
+            async move {
+                run_consumer(store, bus, sla, cancel).await;
+            }
+        })],
     };
     let Some(transport) = transport else {
         return part;
@@ -84,18 +109,46 @@ struct Recorder {
     wake: Arc<Notify>,
 }
 
-async fn prefs(tx: &mut DbTx, t: TenantId, user: Uuid) -> Result<(String, i64), StoreError> {
-    let row: Option<(String, i64)> = on_tx!(tx, |c| sqlx::query(
-        "SELECT delivery, digest_secs FROM agent_notification_prefs \
+/// A user's preferences as stored.
+struct Prefs {
+    delivery: String,
+    digest_secs: i64,
+    sla_alerts: String,
+}
+
+impl Prefs {
+    /// `each`, `digest` or `off` for a notification of `kind`.
+    fn mode(&self, kind: &str) -> &str {
+        if kind.starts_with("sla_") && self.sla_alerts != "inherit" {
+            &self.sla_alerts
+        } else {
+            &self.delivery
+        }
+    }
+}
+
+async fn prefs(tx: &mut DbTx, t: TenantId, user: Uuid) -> Result<Prefs, StoreError> {
+    let row: Option<Prefs> = on_tx!(tx, |c| sqlx::query(
+        "SELECT delivery, digest_secs, sla_alerts FROM agent_notification_prefs \
          WHERE tenant_id = $1 AND user_id = $2"
     )
     .bind(t.0)
     .bind(user)
     .fetch_optional(c)
     .await
-    .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()))
+    .and_then(|r| r
+        .map(|r| Ok(Prefs {
+            delivery: r.try_get(0)?,
+            digest_secs: r.try_get(1)?,
+            sla_alerts: r.try_get(2)?,
+        }))
+        .transpose()))
     .map_err(db_error)?;
-    Ok(row.unwrap_or_else(|| ("each".into(), DEFAULT_DIGEST_SECS)))
+    Ok(row.unwrap_or_else(|| Prefs {
+        delivery: "each".into(),
+        digest_secs: DEFAULT_DIGEST_SECS,
+        sla_alerts: "inherit".into(),
+    }))
 }
 
 impl Recorder {
@@ -114,18 +167,37 @@ impl Recorder {
         else {
             return Ok(());
         };
+        self.record(tx, event, conversation, user, kind, actor, None, false)
+            .await
+    }
+
+    /// Records one notification for `user` and schedules them (`skip`: recorded as skipped).
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        tx: &mut DbTx,
+        event: &RecordedEvent,
+        conversation: Uuid,
+        user: Uuid,
+        kind: &str,
+        actor: Option<Uuid>,
+        detail: Option<&str>,
+        skip: bool,
+    ) -> Result<(), HandlerError> {
         let t = event.tenant_id;
-        let (delivery, digest_secs) = prefs(tx, t, user).await?;
+        let p = prefs(tx, t, user).await?;
+        let delivery = p.mode(kind).to_owned();
+        let digest_secs = p.digest_secs;
         let now = now_us();
-        let state = if delivery == "off" {
+        let state = if delivery == "off" || skip {
             "skipped"
         } else {
             "pending"
         };
         let inserted = on_tx!(tx, |c| sqlx::query(
             "INSERT INTO agent_notifications (tenant_id, notification_id, user_id, kind, \
-             conversation_id, event_id, actor, state, created_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             conversation_id, event_id, actor, state, created_us, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (tenant_id, user_id, event_id) DO NOTHING"
         )
         .bind(t.0)
@@ -137,6 +209,7 @@ impl Recorder {
         .bind(actor)
         .bind(state)
         .bind(now)
+        .bind(detail)
         .execute(c)
         .await
         .map(|r| r.rows_affected()))
@@ -175,18 +248,26 @@ impl EventHandler for Recorder {
                     Ok(a) => a,
                     Err(e) => return decode(e).map_or(Ok(()), Err),
                 };
+                bind_tenant(tx, event.tenant_id).await?;
+                set_assignee(tx, event, Some(a.assignee)).await?;
                 // Taking it yourself needs no mail.
                 if a.claimed || a.by == Some(a.assignee) {
                     return Ok(());
                 }
-                bind_tenant(tx, event.tenant_id).await?;
                 self.notify(tx, event, a.assignee, "assigned", a.by).await
+            }
+            cev::UNASSIGNED => {
+                bind_tenant(tx, event.tenant_id).await?;
+                set_assignee(tx, event, None).await
             }
             cev::NOTE_ADDED => {
                 let n: NoteAddedV1 = match event.payload() {
                     Ok(n) => n,
                     Err(e) => return decode(e).map_or(Ok(()), Err),
                 };
+                if n.mentions.is_empty() {
+                    return Ok(());
+                }
                 bind_tenant(tx, event.tenant_id).await?;
                 let mut seen = std::collections::BTreeSet::new();
                 for m in n.mentions {
@@ -212,6 +293,172 @@ impl EventHandler for Recorder {
     }
 }
 
+/// Keeps the conversation's assignee (`None`: unassigned) for SLA alerts.
+async fn set_assignee(
+    tx: &mut DbTx,
+    event: &RecordedEvent,
+    assignee: Option<Uuid>,
+) -> Result<(), HandlerError> {
+    let Some(conversation) = event
+        .stream_id
+        .strip_prefix("conv-")
+        .and_then(|s| Uuid::parse_str(s).ok())
+    else {
+        return Ok(());
+    };
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE notification_conversations SET assignee_id = $1 \
+         WHERE tenant_id = $2 AND conversation_id = $3"
+    )
+    .bind(assignee)
+    .bind(event.tenant_id.0)
+    .bind(conversation)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(|e| HandlerError::Store(db_error(e)))
+}
+
+/// SLA warnings and breaches → alerts for the assignee, or the inbox's admins.
+struct SlaAlerts {
+    recorder: Recorder,
+    cells: Cells,
+    directory: Directory,
+}
+
+impl SlaAlerts {
+    /// Users holding an `admin` grant on the inbox now, directly or through a team.
+    async fn inbox_admins(&self, tenant: TenantId, inbox: Uuid) -> Result<Vec<Uuid>, HandlerError> {
+        let unavailable =
+            |e: &dyn std::fmt::Display| HandlerError::Store(StoreError::Unavailable(e.to_string()));
+        let ctx = self
+            .cells
+            .context(tenant, SERVICE)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let grants = self
+            .directory
+            .grants(&ctx, Some(inbox))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut users = std::collections::BTreeSet::new();
+        for g in grants {
+            if g.role != InboxRole::Admin || !g.in_force(now) {
+                continue;
+            }
+            match g.grantee {
+                Grantee::User(u) => {
+                    users.insert(u);
+                }
+                Grantee::Team(team) => match self.directory.get_team(&ctx, team).await {
+                    Ok(t) => users.extend(t.members),
+                    Err(postvak_directory::ServiceError::NotFound) => {}
+                    Err(e) => return Err(unavailable(&e)),
+                },
+            }
+        }
+        Ok(users.into_iter().collect())
+    }
+}
+
+#[async_trait]
+impl EventHandler for SlaAlerts {
+    fn name(&self) -> &str {
+        SLA_CONSUMER
+    }
+
+    fn stream_types(&self) -> Vec<String> {
+        vec![tev::STREAM_ROUTING_TIMER.to_owned()]
+    }
+
+    async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
+        let kind = match event.event_type.as_str() {
+            tev::SLA_WARNING => "sla_warning",
+            tev::SLA_BREACHED => "sla_breached",
+            _ => return Ok(()),
+        };
+        let e: SlaClockEventV1 = match event.payload() {
+            Ok(e) => e,
+            Err(StoreError::Shredded { .. }) => return Ok(()),
+            Err(other) => return Err(HandlerError::Permanent(other.to_string())),
+        };
+        let t = event.tenant_id;
+        bind_tenant(tx, t).await?;
+        let assignee: Option<Uuid> = on_tx!(tx, |c| sqlx::query(
+            "SELECT assignee_id FROM notification_conversations \
+             WHERE tenant_id = $1 AND conversation_id = $2"
+        )
+        .bind(t.0)
+        .bind(e.conversation_id)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r.map(|r| r.try_get::<Option<Uuid>, _>(0)).transpose()))
+        .map_err(|e| HandlerError::Store(db_error(e)))?
+        .flatten();
+        let users = match assignee {
+            Some(a) => vec![a],
+            None => self.inbox_admins(t, e.inbox_id).await?,
+        };
+        if users.is_empty() {
+            tracing::info!(conversation_id = %e.conversation_id, inbox_id = %e.inbox_id, "SLA alert: no assignee and no inbox admin to tell");
+        }
+        let detail = serde_json::json!({
+            "clock": e.clock,
+            "due_at_us": e.due_at_us,
+            "policy": e.policy_name,
+        })
+        .to_string();
+        let stale = now_us().saturating_sub(e.at_us) > SLA_STALE_US;
+        for user in users {
+            self.recorder
+                .record(
+                    tx,
+                    event,
+                    e.conversation_id,
+                    user,
+                    kind,
+                    None,
+                    Some(&detail),
+                    stale,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What an SLA alert says, from its `detail`.
+fn sla_line(kind: &str, conversation: Uuid, detail: Option<&str>) -> String {
+    let d: serde_json::Value = detail
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default();
+    let clock = match d["clock"].as_str().unwrap_or("") {
+        "first_response" => "first response",
+        "next_response" => "next response",
+        "resolution" => "resolution",
+        _ => "target",
+    };
+    let due = d["due_at_us"]
+        .as_i64()
+        .map(postvak_platform::store::from_micros)
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let policy = d["policy"].as_str().unwrap_or("SLA");
+    if kind == "sla_breached" {
+        format!(
+            "SLA breached: the {clock} in conversation {conversation} was due at {due} ({policy})."
+        )
+    } else {
+        format!(
+            "SLA warning: the {clock} in conversation {conversation} is due at {due} ({policy})."
+        )
+    }
+}
+
 struct Mailer {
     cells: Cells,
     directory: Directory,
@@ -226,6 +473,7 @@ struct PendingNote {
     conversation: Uuid,
     actor: Option<Uuid>,
     created_us: i64,
+    detail: Option<String>,
 }
 
 #[async_trait]
@@ -263,9 +511,9 @@ impl Mailer {
         let user = item.item_id;
         let now = now_us();
         let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
-        let (delivery, digest_secs) = prefs(&mut tx, t, user).await?;
+        let p = prefs(&mut tx, t, user).await?;
         let pending: Vec<PendingNote> = on_tx!(&mut tx, |c| sqlx::query(
-            "SELECT notification_id, kind, conversation_id, actor, created_us \
+            "SELECT notification_id, kind, conversation_id, actor, created_us, detail \
              FROM agent_notifications WHERE tenant_id = $1 AND user_id = $2 AND state = 'pending' \
              ORDER BY created_us, notification_id"
         )
@@ -281,32 +529,46 @@ impl Mailer {
                 conversation: r.try_get(2)?,
                 actor: r.try_get(3)?,
                 created_us: r.try_get(4)?,
+                detail: r.try_get(5)?,
             }))
             .collect()))
         .map_err(db_error)?;
         tx.commit().await?;
-        let Some(oldest) = pending.first() else {
+        if pending.is_empty() {
             return self.reschedule(&ctx, user, None).await;
-        };
-        if delivery == "digest" {
-            let due_at = oldest
-                .created_us
-                .saturating_add(digest_secs.saturating_mul(1_000_000));
-            if due_at > now {
-                return self.reschedule(&ctx, user, Some(due_at)).await;
-            }
         }
+        // Each kind as the user wants it now: one by one at once, or gathered in a digest
+        // that is due one interval after its oldest notification.
+        let (digest, each): (Vec<PendingNote>, Vec<PendingNote>) = pending
+            .into_iter()
+            .partition(|n| p.mode(&n.kind) == "digest");
+        let digest_due = digest.first().map(|oldest| {
+            oldest
+                .created_us
+                .saturating_add(p.digest_secs.saturating_mul(1_000_000))
+        });
+        let digest_now = digest_due.is_some_and(|d| d <= now);
+        let later = digest_due.filter(|_| !digest_now);
+        if each.is_empty() && !digest_now {
+            return self.reschedule(&ctx, user, later).await;
+        }
+        let digest = if digest_now { digest } else { Vec::new() };
+        let pending: Vec<&PendingNote> = each.iter().chain(&digest).collect();
         let recipient = match self.directory.get_user(&ctx, user).await {
             Ok(u) if !u.disabled => u,
             Ok(_) | Err(postvak_directory::ServiceError::NotFound) => {
                 let ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
                 self.mark(&ctx, &ids, "skipped").await?;
-                return self.reschedule(&ctx, user, None).await;
+                return self.reschedule(&ctx, user, later).await;
             }
             Err(e) => return Err(StoreError::Unavailable(e.to_string())),
         };
         let mut lines = Vec::with_capacity(pending.len());
         for p in &pending {
+            if p.kind.starts_with("sla_") {
+                lines.push(sla_line(&p.kind, p.conversation, p.detail.as_deref()));
+                continue;
+            }
             let who = match p.actor {
                 Some(a) => self
                     .directory
@@ -325,27 +587,29 @@ impl Mailer {
                 _ => format!("{who} mentioned you in conversation {}.", p.conversation),
             });
         }
-        let batches: Vec<(String, Vec<Uuid>, String)> = if delivery == "digest" {
-            vec![(
-                format!("[Postvak] {} notifications", pending.len()),
-                pending.iter().map(|p| p.id).collect(),
-                lines.join("\n"),
-            )]
-        } else {
-            pending
-                .iter()
-                .zip(lines)
-                .map(|(p, line)| {
-                    let subject = match p.kind.as_str() {
-                        "assigned" => "[Postvak] A conversation was assigned to you",
-                        "reply_failed" => "[Postvak] Your reply was not delivered",
-                        _ => "[Postvak] You were mentioned",
-                    }
-                    .to_owned();
-                    (subject, vec![p.id], line)
-                })
-                .collect()
-        };
+        let (each_lines, digest_lines) = lines.split_at(each.len());
+        let mut batches: Vec<(String, Vec<Uuid>, String)> = each
+            .iter()
+            .zip(each_lines)
+            .map(|(p, line)| {
+                let subject = match p.kind.as_str() {
+                    "assigned" => "[Postvak] A conversation was assigned to you",
+                    "reply_failed" => "[Postvak] Your reply was not delivered",
+                    "sla_warning" => "[Postvak] SLA warning",
+                    "sla_breached" => "[Postvak] SLA breached",
+                    _ => "[Postvak] You were mentioned",
+                }
+                .to_owned();
+                (subject, vec![p.id], line.clone())
+            })
+            .collect();
+        if !digest.is_empty() {
+            batches.push((
+                format!("[Postvak] {} notifications", digest.len()),
+                digest.iter().map(|p| p.id).collect(),
+                digest_lines.join("\n"),
+            ));
+        }
         for (subject, ids, body) in batches {
             let mail = self.mail(&recipient.email, &recipient.display_name, &subject, &body);
             let sent = match mail {
@@ -360,8 +624,9 @@ impl Mailer {
             metrics::counter!("postvak_agent_notifications_total").increment(ids.len() as u64);
             self.mark(&ctx, &ids, "sent").await?;
         }
-        self.reschedule(&ctx, user, Some(now_us().saturating_add(SWEEP_AFTER_US)))
-            .await
+        let sweep = now_us().saturating_add(SWEEP_AFTER_US);
+        let next = later.map_or(sweep, |l| l.min(sweep));
+        self.reschedule(&ctx, user, Some(next)).await
     }
 
     fn mail(&self, to: &str, name: &str, subject: &str, body: &str) -> Result<Message, String> {
@@ -416,11 +681,12 @@ pub async fn preferences(
 ) -> Result<NotificationPreferences, StoreError> {
     let t = ctx.tenant();
     let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
-    let (delivery, secs) = prefs(&mut tx, t, user).await?;
+    let p = prefs(&mut tx, t, user).await?;
     tx.commit().await?;
     Ok(NotificationPreferences {
-        delivery,
-        digest_secs: u32::try_from(secs).unwrap_or(u32::MAX),
+        delivery: p.delivery,
+        digest_secs: u32::try_from(p.digest_secs).unwrap_or(u32::MAX),
+        sla_alerts: p.sla_alerts,
     })
 }
 
@@ -436,19 +702,24 @@ pub async fn set_preferences(
     if p.digest_secs == 0 || p.digest_secs > 7 * 86_400 {
         return Ok(Err("digest_secs: 1 to 604800".into()));
     }
+    if !matches!(p.sla_alerts.as_str(), "inherit" | "each" | "digest" | "off") {
+        return Ok(Err("sla_alerts: one of inherit, each, digest, off".into()));
+    }
     let t = ctx.tenant();
     let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
     on_tx!(&mut tx, |c| sqlx::query(
-        "INSERT INTO agent_notification_prefs (tenant_id, user_id, delivery, digest_secs, updated_us) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, user_id) DO UPDATE \
+        "INSERT INTO agent_notification_prefs (tenant_id, user_id, delivery, digest_secs, \
+         updated_us, sla_alerts) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (tenant_id, user_id) DO UPDATE \
          SET delivery = excluded.delivery, digest_secs = excluded.digest_secs, \
-             updated_us = excluded.updated_us"
+             updated_us = excluded.updated_us, sla_alerts = excluded.sla_alerts"
     )
     .bind(t.0)
     .bind(user)
     .bind(&p.delivery)
     .bind(i64::from(p.digest_secs))
     .bind(now_us())
+    .bind(&p.sla_alerts)
     .execute(c)
     .await
     .map(|_| ()))

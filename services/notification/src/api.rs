@@ -178,7 +178,7 @@ fn me(ctx: &TenantContext) -> Result<Uuid, ApiError> {
     })
 }
 
-/// The caller's notification preferences (assigned, mentioned): each, digest or off.
+/// The caller's notification preferences: each, digest or off, and a mode for SLA alerts.
 #[utoipa::path(get, path = "/v1/me/notification-preferences", tag = "notifications", security(("bearer" = [])),
     responses((status = 200, body = dto::NotificationPreferences),
               (status = 401, body = Problem, content_type = "application/problem+json"),

@@ -84,6 +84,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0014_delivery_relays.sql"),
     ),
     (
+        16,
+        "sla_alerts",
+        include_str!("../../../migrations/postgres/0016_sla_alerts.sql"),
+    ),
+    (
         17,
         "draft_providers",
         include_str!("../../../migrations/postgres/0017_draft_providers.sql"),
@@ -166,6 +171,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "delivery_relays",
         include_str!("../../../migrations/sqlite/0014_delivery_relays.sql"),
+    ),
+    (
+        16,
+        "sla_alerts",
+        include_str!("../../../migrations/sqlite/0016_sla_alerts.sql"),
     ),
     (
         17,
