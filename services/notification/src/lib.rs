@@ -21,7 +21,10 @@ mod settings;
 pub mod ssrf;
 pub mod webhooks;
 
-pub use settings::{NotificationSettings, OutboundSmtpSettings, SmtpSecurity, WebhookSettings};
+pub use settings::{
+    DkimAlgorithm, DkimKeySettings, NotificationSettings, OutboundSmtpSettings, SmtpSecurity,
+    WebhookSettings,
+};
 
 use postvak_platform::cell::{Cell, Cells, Principal};
 use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};

@@ -11,9 +11,15 @@
 //!   decide.
 
 use crate::due::{self, DueItem, Job, Limits};
+use crate::settings::DkimAlgorithm;
 use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
 use crate::{Part, SERVICE, backoff, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
+use lettre::message::dkim::{
+    DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
+    DkimSigningKey,
+};
+use lettre::message::header::HeaderName;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
@@ -58,7 +64,92 @@ pub enum SenderError {
     CaCert { path: String, reason: String },
     #[error("TLS settings of the relay: {0}")]
     Tls(String),
+    #[error("DKIM key for {domain}: {reason}")]
+    Dkim { domain: String, reason: String },
 }
+
+/// DKIM signing keys by sending domain (lowercase).
+#[derive(Default, Clone)]
+pub struct DkimKeys(Arc<Vec<(String, DkimConfig)>>);
+
+/// Names the domains only: a key never prints.
+impl std::fmt::Debug for DkimKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(d, _)| d))
+            .finish()
+    }
+}
+
+impl DkimKeys {
+    /// Reads every configured key; a key that can't be read or parsed is an error (mail is not
+    /// sent unsigned from a domain the operator meant to sign).
+    pub fn load(s: &OutboundSmtpSettings) -> Result<Self, SenderError> {
+        let mut keys = Vec::new();
+        for k in &s.dkim {
+            let err = |reason: String| SenderError::Dkim {
+                domain: k.domain.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(&k.private_key_file)
+                .map_err(|e| err(format!("{}: {e}", k.private_key_file.display())))?;
+            let algorithm = match k.algorithm {
+                DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
+                DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,
+            };
+            let key = DkimSigningKey::new(text.trim(), algorithm)
+                .map_err(|e| err(format!("not a usable private key: {e}")))?;
+            let domain = k.domain.trim().to_ascii_lowercase();
+            let headers = SIGNED_HEADERS
+                .iter()
+                .map(|h| HeaderName::new_from_ascii_str(h))
+                .collect();
+            let config = DkimConfig::new(
+                k.selector.clone(),
+                domain.clone(),
+                key,
+                headers,
+                DkimCanonicalization {
+                    header: DkimCanonicalizationType::Relaxed,
+                    body: DkimCanonicalizationType::Relaxed,
+                },
+            );
+            keys.push((domain, config));
+        }
+        Ok(Self(Arc::new(keys)))
+    }
+
+    /// Signs `mail` when a key is configured for its From address's domain.
+    pub fn sign(&self, from: &str, mail: &mut Message) -> bool {
+        let domain = from
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        match self.0.iter().find(|(d, _)| *d == domain) {
+            Some((_, config)) => {
+                mail.sign(config);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Headers covered by the signature; DKIM treats a listed header that is absent as empty, so
+/// listing the threading headers also keeps anyone from adding them later.
+const SIGNED_HEADERS: &[&str] = &[
+    "From",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+];
 
 /// The outbox handler and the sender for one cell (and the agent notifications, which share
 /// the relay).
@@ -92,6 +183,13 @@ pub(crate) fn start(
     let Some(transport) = transport else {
         return part;
     };
+    let dkim = match DkimKeys::load(&settings) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "outbound DKIM is misconfigured; nothing will be sent");
+            return part;
+        }
+    };
     // One relay for everyone: a tenant may use all of it (per-inbox relays come later).
     let limits = Limits {
         per_lane: settings.concurrency,
@@ -101,6 +199,7 @@ pub(crate) fn start(
     let job: Arc<dyn Job> = Arc::new(Sender {
         cells: cells.clone(),
         transport,
+        dkim,
         settings,
     });
     part.tasks.push(tokio::spawn(due::dispatch(
@@ -237,6 +336,7 @@ impl EventHandler for OutboxHandler {
 struct Sender {
     cells: Cells,
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    dkim: DkimKeys,
     settings: OutboundSmtpSettings,
 }
 
@@ -387,7 +487,12 @@ impl Sender {
         let m = &claimed.content;
         let started = std::time::Instant::now();
         let outcome = match build(m) {
-            Ok(mail) => self.transport.send(mail).await.map_err(SendFailure::Smtp),
+            Ok(mut mail) => {
+                if let Some(from) = m.from.first() {
+                    self.dkim.sign(&from.address, &mut mail);
+                }
+                self.transport.send(mail).await.map_err(SendFailure::Smtp)
+            }
             Err(e) => Err(SendFailure::Build(e)),
         };
         match outcome {

@@ -18,8 +18,8 @@ pub enum SmtpSecurity {
     None,
 }
 
-/// The platform's default SMTP relay (`Config::section("outbound_smtp")`). Per-inbox relays
-/// come later.
+/// The platform's default SMTP relay (`Config::section("outbound_smtp")`) and the DKIM keys
+/// replies are signed with. Per-inbox relays come later.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboundSmtpSettings {
@@ -45,6 +45,32 @@ pub struct OutboundSmtpSettings {
     pub sending_lease_ms: u64,
     /// Sender of agent notifications (assigned, mentioned, digests).
     pub notification_from: String,
+    /// DKIM keys by sending domain: a reply whose From address is at `domain` is signed.
+    pub dkim: Vec<DkimKeySettings>,
+}
+
+/// One DKIM signing key (`[[outbound_smtp.dkim]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeySettings {
+    /// The sending domain (`d=`), matched against the From address, case-insensitively.
+    pub domain: String,
+    /// The selector (`s=`): the public key is at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// PEM (PKCS#1, `BEGIN RSA PRIVATE KEY`) for `rsa`; base64 of the 32-byte seed for
+    /// `ed25519`. Read once at start; never logged.
+    pub private_key_file: PathBuf,
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+}
+
+/// `rsa` (rsa-sha256, the default) or `ed25519` (ed25519-sha256, RFC 8463).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithm {
+    #[default]
+    Rsa,
+    Ed25519,
 }
 
 impl Default for OutboundSmtpSettings {
@@ -64,6 +90,7 @@ impl Default for OutboundSmtpSettings {
             max_attempts: 12,
             sending_lease_ms: 600_000,
             notification_from: "Postvak <notifications@localhost>".into(),
+            dkim: Vec::new(),
         }
     }
 }

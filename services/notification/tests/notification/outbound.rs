@@ -520,3 +520,141 @@ async fn a_sent_reply_shows_sent_on_its_conversation_without_moving_its_version(
         sink.stop().await;
     }
 }
+
+/// Verifies a received mail's DKIM signature with dkimpy (installed with pip when missing),
+/// the public key served by a DNS override for `<selector>._domainkey.<domain>`.
+fn dkim_verifies(mail: &[u8], txt_name: &str, txt: &str) -> bool {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import dkim"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        let out = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "dkimpy"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip could not install dkimpy (needed to verify DKIM): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = postvak_platform::testkit::TempDir::new();
+    let path = dir.path().join("mail.eml");
+    std::fs::write(&path, mail).unwrap();
+    let script = r#"
+import sys, dkim
+name, txt, path = sys.argv[1].encode(), sys.argv[2].encode(), sys.argv[3]
+def dns(q, timeout=5):
+    return txt if q.rstrip(b".") == name else None
+try:
+    ok = dkim.verify(open(path, "rb").read(), dnsfunc=dns)
+except Exception:
+    ok = False
+print("verified" if ok else "failed")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, txt_name, txt, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said.trim() == "verified"
+}
+
+#[tokio::test]
+async fn a_reply_from_a_domain_with_a_dkim_key_is_signed_and_the_signature_verifies() {
+    use base64::Engine;
+    // Throw-away RSA keys (PKCS#1 PEM) and their public halves as DKIM TXT records.
+    let keys = postvak_platform::testkit::TempDir::new();
+    let make = |name: &str| {
+        let key = keys.path().join(name);
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genrsa",
+                "-traditional",
+                "-out",
+                key.to_str().unwrap(),
+                "2048",
+            ])
+            .output()
+            .expect("openssl is needed to make the test DKIM key");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new("openssl")
+            .args([
+                "rsa",
+                "-in",
+                key.to_str().unwrap(),
+                "-pubout",
+                "-outform",
+                "DER",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let txt = format!(
+            "v=DKIM1; k=rsa; p={}",
+            base64::engine::general_purpose::STANDARD.encode(&out.stdout)
+        );
+        (key, txt)
+    };
+    let (key, txt) = make("dkim.pem");
+    let (_, other) = make("other.pem");
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start(false).await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: postvak_notification::OutboundSmtpSettings {
+                dkim: vec![postvak_notification::DkimKeySettings {
+                    domain: "ACME.test".into(),
+                    selector: "pv1".into(),
+                    private_key_file: key.clone(),
+                    algorithm: postvak_notification::DkimAlgorithm::Rsa,
+                }],
+                ..sink.settings()
+            },
+            ..Default::default()
+        });
+        let t = &env.acme;
+        let first = env
+            .deliver(
+                t,
+                &mail(&t.address, "d1@example.org", "Signed?", "", "Please sign."),
+            )
+            .await;
+        env.reply(t, first.conversation_id, "Signed answer.\nTwo lines.")
+            .await;
+        let got = sink.wait_for(1).await;
+        let m = &got[0];
+        assert!(header(m, "DKIM-Signature").is_some(), "unsigned: {m}");
+        let head = m.split("\r\n\r\n").next().unwrap();
+        assert!(head.contains("d=acme.test;"), "{head}");
+        assert!(head.contains("s=pv1;"), "{head}");
+        assert!(
+            dkim_verifies(m.as_bytes(), "pv1._domainkey.acme.test", &txt),
+            "{backend:?}: {m}"
+        );
+        // The check can fail: a changed body or a wrong key does not verify.
+        let tampered = m.replace("Signed answer.", "Signed answer!");
+        assert!(!dkim_verifies(
+            tampered.as_bytes(),
+            "pv1._domainkey.acme.test",
+            &txt
+        ));
+        assert!(!dkim_verifies(
+            m.as_bytes(),
+            "pv1._domainkey.acme.test",
+            &other
+        ));
+        sink.stop().await;
+    }
+}
