@@ -517,3 +517,39 @@ pub fn db_error(e: sqlx::Error) -> StoreError {
         other => StoreError::Database(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sqlx::postgres::PgSslMode;
+
+    fn mode(url: &str) -> PgSslMode {
+        plaintext_on_loopback(PgConnectOptions::from_str(url).unwrap(), url).get_ssl_mode()
+    }
+
+    #[test]
+    fn loopback_without_sslmode_is_plaintext_and_an_explicit_sslmode_wins() {
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1:5432/d"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@localhost/d"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@[::1]:5432/d"),
+            PgSslMode::Disable
+        ));
+        assert!(matches!(
+            mode("postgres://u@127.0.0.1/d?sslmode=require"),
+            PgSslMode::Require
+        ));
+        assert!(matches!(
+            mode("postgres://u@db.internal/d"),
+            PgSslMode::Prefer
+        ));
+        assert!(matches!(mode("postgres://u@10.0.0.5/d"), PgSslMode::Prefer));
+    }
+}
