@@ -10,5 +10,7 @@ mod helpers;
 mod openapi;
 mod outbound;
 mod receiver;
+mod sla_alerts;
 mod smtp_sink;
+mod webhook_events;
 mod webhooks;

@@ -1,0 +1,130 @@
+//! Every Help Scout-style event name the issue lists is emitted: one subscription to all of
+//! them, one conversation taken through each change by the real conversation service, and each
+//! delivery checked by a receiver that verifies signatures exactly as a Standard Webhooks
+//! consumer does (it refuses a bad one with 400, which the test would see as missing).
+
+use crate::helpers::*;
+use crate::receiver::{Mode, Receiver};
+use postvak_core::conversation::{Actor, ConversationCommand, Status};
+use postvak_notification::{NotificationSettings, WebhookSettings};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const LISTED: [&str; 7] = [
+    "convo.created",
+    "convo.assigned",
+    "convo.customer.reply.created",
+    "convo.agent.reply.created",
+    "convo.note.created",
+    "convo.status",
+    "convo.tags",
+];
+
+fn now_us() -> i64 {
+    postvak_platform::store::micros(time::OffsetDateTime::now_utc())
+}
+
+#[tokio::test]
+async fn each_listed_event_is_delivered_signed_to_its_subscriber() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        env.start_notification(NotificationSettings {
+            webhooks: WebhookSettings {
+                timeout_ms: 2_000,
+                retry_base_ms: 100,
+                retry_max_ms: 300,
+                allow_private: vec!["127.0.0.1/32".into()],
+                ..WebhookSettings::default()
+            },
+            ..Default::default()
+        });
+        let app = env.spawn_app().await;
+        let t = &env.acme;
+        let r = Receiver::start(Mode::Accept, env.cancel.clone()).await;
+        let resp = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &t.admin,
+                Some(json!({"url": r.url, "events": LISTED})),
+            )
+            .await;
+        assert_eq!(resp.status, 201, "{:?}", resp.body);
+        r.set_secret(resp.body["secret"].as_str().unwrap());
+
+        let d = env
+            .deliver(
+                t,
+                &mail(&t.address, "events@example.org", "Events", "", "Hello."),
+            )
+            .await;
+        let id = d.conversation_id;
+        let note = uuid::Uuid::now_v7();
+        env.service
+            .change(&t.ctx, id, None, |_| {
+                Ok(vec![
+                    ConversationCommand::Assign {
+                        assignee: t.alice.id,
+                        by: Actor::Admin(t.admin.id),
+                        at_us: now_us(),
+                    },
+                    ConversationCommand::AddNote {
+                        note_id: note,
+                        body: "internal".into(),
+                        mentions: vec![],
+                        by: Actor::Admin(t.admin.id),
+                        at_us: now_us(),
+                    },
+                    ConversationCommand::AddTag {
+                        tag: "billing".into(),
+                        by: Actor::Admin(t.admin.id),
+                        at_us: now_us(),
+                    },
+                    ConversationCommand::SetStatus {
+                        status: Status::Pending,
+                        by: Actor::Admin(t.admin.id),
+                        at_us: now_us(),
+                    },
+                ])
+            })
+            .await
+            .unwrap();
+        env.reply(t, id, "Answered.").await;
+
+        let mut ids = BTreeSet::new();
+        for name in LISTED {
+            let got = r.wait_for(name, Duration::from_secs(20)).await;
+            assert_eq!(got.body["type"], name, "{backend:?}");
+            assert_eq!(
+                got.body["data"]["conversation_id"],
+                id.to_string(),
+                "{backend:?} {name}"
+            );
+            assert_eq!(got.body["data"]["inbox_id"], t.inbox.to_string(), "{name}");
+            ids.insert(got.id.clone());
+        }
+        assert_eq!(ids.len(), LISTED.len(), "one webhook-id per delivery");
+        let by_type = |n: &str| {
+            r.received()
+                .into_iter()
+                .find(|x| x.body["type"] == n)
+                .unwrap()
+                .body
+        };
+        assert_eq!(
+            by_type("convo.assigned")["data"]["event"]["assignee"],
+            t.alice.id.to_string()
+        );
+        assert_eq!(by_type("convo.tags")["data"]["event"]["tag"], "billing");
+        assert_eq!(
+            by_type("convo.status")["data"]["event"]["status"],
+            "pending"
+        );
+        assert_eq!(
+            by_type("convo.note.created")["data"]["event"]["note_id"],
+            note.to_string()
+        );
+        assert_eq!(r.bad_signatures(), 0, "{backend:?}");
+    }
+}
