@@ -385,6 +385,17 @@ pub(crate) fn queued() -> dto::MessageDelivery {
     }
 }
 
+/// message_id, state, reason, SMTP code, sealed detail, its key, time.
+pub(crate) type DeliveryRow = (
+    Uuid,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<Uuid>,
+    i64,
+);
+
 /// Fills in `delivery` of the outbound messages among `messages` (of one conversation).
 pub(crate) async fn attach(
     ctx: &TenantContext,
@@ -394,18 +405,20 @@ pub(crate) async fn attach(
     if !messages.iter().any(|m| m.direction == "outbound") {
         return Ok(());
     }
-    let (t, keyring) = (ctx.tenant(), ctx.cell().store.keyring());
-    let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
-    type Row = (
-        Uuid,
-        String,
-        Option<String>,
-        Option<i64>,
-        Option<Vec<u8>>,
-        Option<Uuid>,
-        i64,
-    );
-    let rows: Vec<Row> = on_tx!(&mut tx, |c| sqlx::query(
+    let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
+    let rows = fetch(&mut tx, ctx.tenant(), conversation).await?;
+    tx.commit().await?;
+    apply(ctx, rows, messages).await
+}
+
+/// The delivery reports of a conversation's replies, read in the caller's transaction (see
+/// [`apply`]).
+pub(crate) async fn fetch(
+    tx: &mut DbTx,
+    t: TenantId,
+    conversation: Uuid,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    on_tx!(tx, |c| sqlx::query(
         "SELECT message_id, state, reason, smtp_code, detail, detail_key, at_us \
          FROM conversation_reply_delivery WHERE tenant_id = $1 AND conversation_id = $2"
     )
@@ -425,8 +438,16 @@ pub(crate) async fn attach(
             r.try_get(6)?
         )))
         .collect()))
-    .map_err(db_error)?;
-    tx.commit().await?;
+    .map_err(db_error)
+}
+
+/// What [`fetch`] read, on the outbound messages: `queued` until a report says otherwise.
+pub(crate) async fn apply(
+    ctx: &TenantContext,
+    rows: Vec<DeliveryRow>,
+    messages: &mut [dto::ConversationMessage],
+) -> Result<(), StoreError> {
+    let (t, keyring) = (ctx.tenant(), ctx.cell().store.keyring());
     for m in messages.iter_mut().filter(|m| m.direction == "outbound") {
         m.delivery = Some(queued());
     }

@@ -210,15 +210,33 @@ impl Conversations {
                     Ok(NewEvent::new(t, v, payload))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            match ctx.append(&stream(id), expected, new_events).await {
+            // The events and the read model commit together (one commit, one WAL flush, and
+            // what the caller reads next is what it wrote). Everything is sealed before the
+            // transaction opens: on SQLite a new data key needs the writer it would hold.
+            let keyring = ctx.cell().store.keyring();
+            let prepared =
+                projection::prepare(keyring, ctx.tenant(), &next, state.version + 1, &events)
+                    .await?;
+            let store = &ctx.cell().store;
+            let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
+            let actor = ctx.principal().actor();
+            let new_events = new_events
+                .into_iter()
+                .map(|mut e| {
+                    e.metadata.actor.get_or_insert_with(|| actor.clone());
+                    e
+                })
+                .collect();
+            match store
+                .append_in_tx(&mut tx, ctx.tenant(), &stream(id), expected, new_events)
+                .await
+            {
                 Ok(_) => {}
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
-            if let Err(e) = self.project(ctx, &next, state.version + 1, &events).await {
-                // The projection consumer applies these events again from the log.
-                tracing::warn!(error = %e, conversation_id = %id, "read model update deferred");
-            }
+            projection::write(&mut tx, ctx.tenant(), &prepared).await?;
+            store.commit_appended(tx).await?;
             return Ok(Changed {
                 state: next,
                 events,
@@ -229,23 +247,6 @@ impl Conversations {
             expected: ExpectedVersion::Any,
             actual: 0,
         }))
-    }
-
-    /// Writes the read model for `events` (applied from `first_version` on) right after the
-    /// append. Idempotent.
-    async fn project(
-        &self,
-        ctx: &TenantContext,
-        state: &Conversation,
-        first_version: u64,
-        events: &[ConversationEvent],
-    ) -> Result<(), StoreError> {
-        let keyring = ctx.cell().store.keyring();
-        let prepared =
-            projection::prepare(keyring, ctx.tenant(), state, first_version, events).await?;
-        let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
-        projection::write(&mut tx, ctx.tenant(), &prepared).await?;
-        tx.commit().await
     }
 }
 
@@ -332,12 +333,17 @@ impl Conversations {
             .ok_or(ServiceError::NotFound)?;
         let messages = projection::messages(&mut tx, t, id, 0).await?;
         let notes = projection::notes(&mut tx, t, id).await?;
+        let reports = if messages.iter().any(|m| m.1 == "outbound") {
+            delivery::fetch(&mut tx, t, id).await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
         let mut out_messages = Vec::with_capacity(messages.len());
         for m in &messages {
             out_messages.push(projection::message_dto(keyring, t, m).await?);
         }
-        delivery::attach(ctx, id, &mut out_messages).await?;
+        delivery::apply(ctx, reports, &mut out_messages).await?;
         let mut out_notes = Vec::with_capacity(notes.len());
         for n in &notes {
             out_notes.push(projection::note_dto(keyring, t, n).await?);
