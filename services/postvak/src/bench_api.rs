@@ -271,6 +271,7 @@ async fn seed(url: &str, opts: &ApiBenchOptions) -> anyhow::Result<Seeded> {
         open_sample.extend(o);
     }
     drop(cells);
+    analyze(url).await?;
     Ok(Seeded {
         database_url: url.to_owned(),
         master_key,
@@ -282,6 +283,26 @@ async fn seed(url: &str, opts: &ApiBenchOptions) -> anyhow::Result<Seeded> {
         sample,
         open_sample,
     })
+}
+
+/// Gives the planner the statistics a running database would have (autovacuum analyses a table
+/// after enough changes): measured right after a bulk load, PostgreSQL would otherwise plan
+/// from the empty tables' estimates. As the login user, who owns the tables.
+async fn analyze(url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    match postvak_platform::db::kind_of(url)? {
+        postvak_platform::db::DbKind::Postgres => {
+            let mut c = sqlx::PgConnection::connect(url).await?;
+            sqlx::query("ANALYZE").execute(&mut c).await?;
+            c.close().await?;
+        }
+        postvak_platform::db::DbKind::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(url).await?;
+            sqlx::query("ANALYZE").execute(&mut c).await?;
+            c.close().await?;
+        }
+    }
+    Ok(())
 }
 
 async fn measure(seeded: &Seeded, opts: &ApiBenchOptions) -> anyhow::Result<Vec<WrkResult>> {
