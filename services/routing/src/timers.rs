@@ -382,11 +382,12 @@ pub async fn fire_one(
                 return Ok(Fired::Skipped);
             }
             let outcome = effect_of(effect, timer).await?;
-            record(store, &mut tx, timer, &outcome).await?;
+            record(store, &mut tx, timer, &outcome, None).await?;
             store.commit_appended(tx).await?;
             Ok(Fired::Done(outcome))
         }
         Db::Sqlite(s) => {
+            let read_at = micros(OffsetDateTime::now_utc());
             // One runner per database (the one process of the embedded default): read, act,
             // then mark — the writer can't be held while the conversation service commits.
             let pending: Option<String> = sqlx::query_scalar(
@@ -401,7 +402,7 @@ pub async fn fire_one(
             }
             let outcome = effect_of(effect, timer).await?;
             let mut tx = db.begin().await?;
-            record(store, &mut tx, timer, &outcome).await?;
+            record(store, &mut tx, timer, &outcome, Some(read_at)).await?;
             store.commit_appended(tx).await?;
             Ok(Fired::Done(outcome))
         }
@@ -422,27 +423,36 @@ async fn effect_of(effect: &dyn TimerEffect, timer: &DueTimer) -> Result<String,
 }
 
 /// Appends the fire to the timer's stream and marks the row, in `tx`.
+///
+/// `read_at` (SQLite, where the row is not locked during the effect): when the runner saw the
+/// row pending. A cancellation after that came too late — typically the effect's own event
+/// (an auto-close's `closed` cancels the conversation's pending timers): the effect was
+/// applied, so the timer fired and is recorded as such. Without this the fire went unrecorded
+/// whenever the scheduling consumer handled the effect's event first (the flake under load).
 async fn record(
     store: &dyn EventStore,
     tx: &mut DbTx,
     timer: &DueTimer,
     outcome: &str,
+    read_at: Option<i64>,
 ) -> Result<(), StoreError> {
     bind_tenant(tx, timer.tenant).await?;
     let now = micros(OffsetDateTime::now_utc());
     let marked = on_tx!(tx, |c| sqlx::query(
         "UPDATE routing_timers SET state = 'fired', done_us = $1, outcome = $2 \
-         WHERE timer_id = $3 AND state = 'pending'"
+         WHERE timer_id = $3 AND (state = 'pending' \
+           OR (state = 'cancelled' AND $4 IS NOT NULL AND done_us >= $4))"
     )
     .bind(now)
     .bind(outcome)
     .bind(timer.timer_id)
+    .bind(read_at)
     .execute(c)
     .await
     .map(|r| r.rows_affected()))
     .map_err(db_error)?;
     if marked == 0 {
-        // Cancelled (SQLite: between our read and now). Nothing to record.
+        // Fired already, or cancelled before the runner saw it. Nothing to record.
         return Ok(());
     }
     let inbox_id = inbox_of(tx, timer.tenant, timer.conversation_id).await?;
