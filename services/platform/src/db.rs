@@ -480,10 +480,16 @@ impl Db {
                     .map_err(db_error)?;
                 Ok(DbTx::Postgres(tx))
             }
-            Self::Sqlite(s) => {
-                let pool = if write { &s.writer } else { &s.reader };
-                pool.begin().await.map(DbTx::Sqlite).map_err(db_error)
-            }
+            // A write transaction takes SQLite's write lock at BEGIN (waiting up to the busy
+            // timeout): a deferred one that reads first (a stream's version) and writes later
+            // fails at once with SQLITE_BUSY if another process wrote in between.
+            Self::Sqlite(s) if write => s
+                .writer
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map(DbTx::Sqlite)
+                .map_err(db_error),
+            Self::Sqlite(s) => s.reader.begin().await.map(DbTx::Sqlite).map_err(db_error),
         }
     }
 
