@@ -9,62 +9,33 @@
 //! nothing to connect to). URLs with an IP literal are checked before each request.
 
 pub use postvak_platform::netguard::Cidr;
-use postvak_platform::netguard::{canonical, forbidden_v4, forbidden_v6};
+use postvak_platform::netguard::{AddressPolicy, ResolveError};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-/// The check, with the operator's exceptions.
+/// The check, with the operator's exceptions: the platform's [`AddressPolicy`] (shared with
+/// the IMAP connector and draft providers), with webhook-worded errors.
 #[derive(Debug, Clone, Default)]
-pub struct DestinationPolicy {
-    allow: Arc<Vec<Cidr>>,
-}
+pub struct DestinationPolicy(AddressPolicy);
 
 impl DestinationPolicy {
     /// `allow_private`: ranges let through even though they are not public.
     pub fn new(allow_private: &[String]) -> Result<Self, String> {
-        let allow = allow_private
-            .iter()
-            .map(|s| Cidr::parse(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            allow: Arc::new(allow),
-        })
+        AddressPolicy::new(allow_private).map(Self)
     }
 
     /// May a webhook connect to `ip`?
     pub fn permits(&self, ip: IpAddr) -> bool {
-        if self.allow.iter().any(|c| c.contains(ip)) {
-            return true;
-        }
-        match canonical(ip) {
-            IpAddr::V4(v4) => !forbidden_v4(v4),
-            IpAddr::V6(v6) => !forbidden_v6(v6),
-        }
+        self.0.permits(ip)
     }
 
     /// Checks a URL's host now: an IP literal, or every address its name resolves to.
     pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), DestinationError> {
         let host = url.host_str().ok_or(DestinationError::Unresolvable)?;
         let port = url.port_or_known_default().unwrap_or(443);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return if self.permits(ip) {
-                Ok(())
-            } else {
-                Err(DestinationError::Forbidden(ip))
-            };
-        }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|_| DestinationError::Unresolvable)?
-            .collect();
-        if addrs.is_empty() {
-            return Err(DestinationError::Unresolvable);
-        }
-        match addrs.iter().find(|a| !self.permits(a.ip())) {
-            Some(a) => Err(DestinationError::Forbidden(a.ip())),
-            None => Ok(()),
-        }
+        self.0.check_host(host, port).await.map_err(|e| match e {
+            ResolveError::Forbidden(ip) => DestinationError::Forbidden(ip),
+            ResolveError::Unresolvable => DestinationError::Unresolvable,
+        })
     }
 }
 
