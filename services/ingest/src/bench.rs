@@ -464,8 +464,13 @@ fn body(h: u64) -> Vec<u8> {
         m.push_str(&text);
         m.push_str("\r\n");
     }
-    let mut out = Vec::with_capacity(m.len() + 16);
-    for line in m.as_bytes().split_inclusive(|b| *b == b'\n') {
+    dot_stuff(m.as_bytes())
+}
+
+/// A message as sent after `DATA`: lines starting with `.` doubled, and the terminating `.`.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    for line in message.split_inclusive(|b| *b == b'\n') {
         if line.first() == Some(&b'.') {
             out.push(b'.');
         }
@@ -528,13 +533,16 @@ fn base64(d: &[u8]) -> String {
 }
 
 /// A minimal SMTP client: one transaction at a time, EHLO once per connection.
-struct BenchClient {
+/// A minimal pipelining SMTP client for benchmarks: EHLO once per connection, one
+/// transaction at a time (also used by `postvak bench routing`).
+#[derive(Debug)]
+pub struct BenchClient {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl BenchClient {
-    async fn connect(port: u16) -> anyhow::Result<Self> {
+    pub async fn connect(port: u16) -> anyhow::Result<Self> {
         let s = TcpStream::connect(("127.0.0.1", port)).await?;
         s.set_nodelay(true)?;
         let (r, w) = s.into_split();
@@ -571,9 +579,14 @@ impl BenchClient {
     /// MAIL, RCPT and DATA pipelined (we advertise PIPELINING), then the body (`wire`: already
     /// dot-stuffed and terminated, see [`MailFactory::next`]).
     async fn send(&mut self, wire: &[u8]) -> anyhow::Result<()> {
+        self.send_to(RCPT, wire).await
+    }
+
+    /// One mail to `rcpt`; the final 250 comes only after the mail's commit.
+    pub async fn send_to(&mut self, rcpt: &str, wire: &[u8]) -> anyhow::Result<()> {
         self.writer
             .write_all(
-                format!("MAIL FROM:<c@example.org>\r\nRCPT TO:<{RCPT}>\r\nDATA\r\n").as_bytes(),
+                format!("MAIL FROM:<c@example.org>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").as_bytes(),
             )
             .await?;
         self.expect(250).await?;

@@ -18,6 +18,7 @@ use anyhow::Context;
 use postvak_core::access::{Grantee, InboxRole, TenantRole};
 use postvak_directory::Directory;
 use postvak_directory::identity::SessionKind;
+use postvak_ingest::bench::{BenchClient, dot_stuff};
 use postvak_platform::cell::Principal;
 use postvak_platform::config::Config;
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +27,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 pub const TARGET_P99_MS: f64 = 1_000.0;
@@ -316,8 +316,8 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
     ));
 
     // Warm-up: one mail all the way (consumers created, caches filled); not counted.
-    let mut warm = Smtp::connect(smtp).await?;
-    warm.send(&mail(u64::MAX)).await?;
+    let mut warm = BenchClient::connect(smtp).await?;
+    send(&mut warm, &mail(u64::MAX)).await?;
     wait_for(&timeline, &[u64::MAX], Duration::from_secs(60))
         .await
         .context("the warm-up mail was not assigned within 60 s")?;
@@ -338,14 +338,14 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..opts.connections.max(1) {
         let (rx, timeline) = (rx.clone(), timeline.clone());
-        let mut client = Smtp::connect(smtp).await?;
+        let mut client = BenchClient::connect(smtp).await?;
         senders.spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some((n, due)) = next else {
                     return anyhow::Ok(());
                 };
-                client.send(&mail(n)).await?;
+                send(&mut client, &mail(n)).await?;
                 let now = Instant::now();
                 if let Ok(mut t) = timeline.lock() {
                     let e = t.entry(n).or_default();
@@ -600,67 +600,7 @@ fn mail(n: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A minimal SMTP client: one transaction at a time, EHLO once per connection.
-struct Smtp {
-    reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Smtp {
-    async fn connect(port: u16) -> anyhow::Result<Self> {
-        let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        let mut c = Self {
-            reader: tokio::io::BufReader::new(r),
-            writer: w,
-        };
-        c.expect(220).await?;
-        c.writer.write_all(b"EHLO bench.example\r\n").await?;
-        c.expect(250).await?;
-        Ok(c)
-    }
-
-    async fn expect(&mut self, code: u16) -> anyhow::Result<()> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            anyhow::ensure!(
-                self.reader.read_line(&mut line).await? > 0,
-                "SMTP connection closed"
-            );
-            if line.as_bytes().get(3) != Some(&b'-') {
-                break;
-            }
-        }
-        anyhow::ensure!(
-            line.starts_with(&code.to_string()),
-            "SMTP: expected {code}, got {}",
-            line.trim()
-        );
-        Ok(())
-    }
-
-    /// MAIL, RCPT and DATA pipelined (the listener advertises PIPELINING), then the body; the
-    /// final 250 comes only after the mail's commit.
-    async fn send(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.writer
-            .write_all(
-                format!("MAIL FROM:<c@example.org>\r\nRCPT TO:<{ADDRESS}>\r\nDATA\r\n").as_bytes(),
-            )
-            .await?;
-        self.expect(250).await?;
-        self.expect(250).await?;
-        self.expect(354).await?;
-        let mut body = Vec::with_capacity(data.len() + 8);
-        for line in data.split_inclusive(|b| *b == b'\n') {
-            if line.first() == Some(&b'.') {
-                body.push(b'.');
-            }
-            body.extend_from_slice(line);
-        }
-        body.extend_from_slice(b".\r\n");
-        self.writer.write_all(&body).await?;
-        self.expect(250).await
-    }
+/// One mail to the bench inbox over `client` (the ingest bench's SMTP client).
+async fn send(client: &mut BenchClient, data: &[u8]) -> anyhow::Result<()> {
+    client.send_to(ADDRESS, &dot_stuff(data)).await
 }
