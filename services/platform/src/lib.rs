@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod crypto;
 pub mod db;
 pub mod http;
+pub mod memo;
 pub mod netguard;
 pub mod relay;
 pub mod store;

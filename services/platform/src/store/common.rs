@@ -6,10 +6,10 @@ use super::{
     TenantId, VerifyFinding, VerifyReport, now_micros, payload_aad,
 };
 use crate::crypto::Keyring;
+use crate::memo::Generational;
 use async_trait::async_trait;
 use postvak_core::chain::{ChainInput, ChainVerifier, GENESIS, Hash, event_hash};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashSet, VecDeque};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -226,55 +226,24 @@ pub(crate) enum HeadCheck {
 
 /// A bounded cache of stream heads `(tenant, stream) → (type, version, hash)`. Only a hint:
 /// an append that trusts it is conditional on the head still being exactly that.
-/// Two generations: lookups check both, inserts go to the young one, and when it is full the
-/// old one is dropped, so recently used heads survive and memory stays bounded.
 #[derive(Debug)]
-pub(crate) struct HeadCache {
-    capacity: usize,
-    inner: Mutex<Generations>,
-}
-
-#[derive(Debug, Default)]
-struct Generations {
-    young: HashMap<(TenantId, String), Head>,
-    old: HashMap<(TenantId, String), Head>,
-}
+pub(crate) struct HeadCache(Generational<(TenantId, String), Head>);
 
 impl HeadCache {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(2),
-            inner: Mutex::new(Generations::default()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        Self(Generational::new(capacity))
     }
 
     pub fn get(&self, tenant: TenantId, stream_id: &str) -> Option<Head> {
-        let key = (tenant, stream_id.to_owned());
-        let g = self.lock();
-        g.young.get(&key).or_else(|| g.old.get(&key)).cloned()
+        self.0.get(&(tenant, stream_id.to_owned()))
     }
 
     pub fn put(&self, tenant: TenantId, stream_id: &str, head: Head) {
-        let mut g = self.lock();
-        if g.young.len() >= self.capacity / 2 {
-            g.old = std::mem::take(&mut g.young);
-        }
-        let key = (tenant, stream_id.to_owned());
-        g.old.remove(&key);
-        g.young.insert(key, head);
+        self.0.put((tenant, stream_id.to_owned()), head);
     }
 
     pub fn forget(&self, tenant: TenantId, stream_id: &str) {
-        let key = (tenant, stream_id.to_owned());
-        let mut g = self.lock();
-        g.young.remove(&key);
-        g.old.remove(&key);
+        self.0.forget(&(tenant, stream_id.to_owned()));
     }
 }
 
