@@ -877,19 +877,19 @@ pub async fn create_reply(
     let body = body.into_inner();
     idempotent(&c, &req, &body, || async {
         // Check first, so that a stranger learns nothing about the inbox.
-        let loaded = c.svc.load(&c.ctx, id).await.map_err(service_error)?;
-        require(&c.access, &loaded.state, InboxRole::Reply).map_err(service_error)?;
+        let state = c.svc.state(&c.ctx, id).await.map_err(service_error)?;
+        require(&c.access, &state, InboxRole::Reply).map_err(service_error)?;
         if let Some(t) = body.template_id {
-            crate::activity::check_template(&c.ctx, loaded.state.inbox_id, t).await?;
+            crate::activity::check_template(&c.ctx, state.inbox_id, t).await?;
         }
         if let Some(d) = body.draft_id {
             crate::suggest::check_draft(&c.ctx, id, d).await?;
         }
-        let from = inbox_sender(&c, loaded.state.inbox_id).await?;
+        let from = inbox_sender(&c, state.inbox_id).await?;
         let outbound = outbound_ids(
             &c,
             ingestor.as_ref().map(|i| i.get_ref()),
-            loaded.state.inbox_id,
+            state.inbox_id,
             id,
             &from,
         )

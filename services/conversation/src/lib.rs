@@ -35,9 +35,12 @@ use postvak_core::conversation::{
 use postvak_directory::Directory;
 use postvak_directory::identity::Access;
 use postvak_platform::cell::{CellError, Cells, Principal, TenantContext};
+use postvak_platform::memo::Generational;
 use postvak_platform::store::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef};
 use postvak_proto::events::conversation as ev;
 use std::collections::BTreeSet;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -123,6 +126,35 @@ impl Conversations {
         Ok(Loaded { state, events })
     }
 
+    /// The conversation's current state: a recently seen state of this process caught up
+    /// with the events appended since (one indexed read that usually returns nothing), else
+    /// a replay of the whole stream. Always as current as the store at the moment of the
+    /// read; a decision taken on it is still checked by the append's expected version.
+    pub async fn state(&self, ctx: &TenantContext, id: Uuid) -> Result<Conversation, ServiceError> {
+        let key = state_key(ctx, id);
+        let cached = states()
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < STATE_TTL)
+            .map(|(s, _)| s);
+        let hit = cached.is_some();
+        let mut state = cached.unwrap_or_default();
+        let events = ctx
+            .cell()
+            .store
+            .read_stream(ctx.tenant(), &stream(id), state.version + 1)
+            .await?;
+        if hit && events.is_empty() {
+            return Ok(state);
+        }
+        for e in &events {
+            state = state.evolve(&codec::decode(e)?);
+        }
+        if state.version > 0 {
+            states().put(key, (state.clone(), Instant::now()));
+        }
+        Ok(state)
+    }
+
     /// Users who are members of `inbox` now: direct grants and members of granted teams.
     pub async fn members_of(
         &self,
@@ -168,8 +200,7 @@ impl Conversations {
         F: Fn(&Conversation) -> Result<Vec<ConversationCommand>, ServiceError>,
     {
         for _ in 0..MAX_ATTEMPTS {
-            let loaded = self.load(ctx, id).await?;
-            let state = loaded.state;
+            let state = self.state(ctx, id).await?;
             let decided = make(&state).and_then(|cmds| {
                 let mut s = state.clone();
                 let mut out = Vec::new();
@@ -237,6 +268,7 @@ impl Conversations {
             }
             projection::write(&mut tx, ctx.tenant(), &prepared).await?;
             store.commit_appended(tx).await?;
+            states().put(state_key(ctx, id), (next.clone(), Instant::now()));
             return Ok(Changed {
                 state: next,
                 events,
@@ -248,6 +280,26 @@ impl Conversations {
             actual: 0,
         }))
     }
+}
+
+/// Conversation states this process saw last, by (store, tenant, conversation): a write
+/// replays only the events appended since instead of the whole stream (ADR 0022). Bounded in
+/// number, and an entry is trusted for [`STATE_TTL`] at most, so decrypted subjects and
+/// addresses do not linger in memory (after a contact's erasure, for instance).
+type StateKey = (usize, postvak_platform::store::TenantId, Uuid);
+type StateEntry = (Conversation, Instant);
+const STATE_CACHE: usize = 20_000;
+const STATE_TTL: Duration = Duration::from_secs(60);
+
+fn states() -> &'static Generational<StateKey, StateEntry> {
+    static STATES: OnceLock<Generational<StateKey, StateEntry>> = OnceLock::new();
+    STATES.get_or_init(|| Generational::new(STATE_CACHE))
+}
+
+/// The store's address tells cells (and test databases) of one process apart.
+fn state_key(ctx: &TenantContext, id: Uuid) -> StateKey {
+    let store = std::sync::Arc::as_ptr(&ctx.cell().store).cast::<()>() as usize;
+    (store, ctx.tenant(), id)
 }
 
 /// How a principal acts in the aggregate.

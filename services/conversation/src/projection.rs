@@ -97,6 +97,8 @@ pub(crate) struct Prepared {
     /// Blind-index terms of the words the events add (see [`search_terms`]).
     search: BTreeSet<Vec<u8>>,
     conversation_id: Uuid,
+    /// The change starts the stream: there is no row to update in place.
+    first: bool,
 }
 
 #[derive(Debug)]
@@ -278,6 +280,7 @@ pub(crate) async fn prepare(
         merged_from,
         search,
         conversation_id,
+        first: first_version == 1,
     })
 }
 
@@ -371,6 +374,9 @@ pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Resu
         }
     }
     let Some(r) = &p.row else { return Ok(()) };
+    if !p.first && p.merged_from.is_empty() && update_in_place(tx, t, conv, r).await? {
+        return Ok(());
+    }
     let changed = on_tx!(&mut *tx, |c| sqlx::query(
         "INSERT INTO conversations (tenant_id, conversation_id, inbox_id, status, priority, assignee, snoozed_until, merged_into, \
            participants, inboxes, tags, message_count, note_count, summary, summary_key, created_us, updated_us, version) \
@@ -409,62 +415,175 @@ pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Resu
         // A newer version is already there.
         return Ok(());
     }
-    for sql in [
-        "DELETE FROM conversation_inboxes WHERE tenant_id = $1 AND conversation_id = $2",
-        "DELETE FROM conversation_participants WHERE tenant_id = $1 AND conversation_id = $2",
-        "DELETE FROM conversation_tags WHERE tenant_id = $1 AND conversation_id = $2",
-    ] {
-        on_tx!(&mut *tx, |c| sqlx::query(sql)
-            .bind(t)
-            .bind(conv)
-            .execute(c)
-            .await
-            .map(|_| ()))
+    if !p.first {
+        for sql in [
+            "DELETE FROM conversation_inboxes WHERE tenant_id = $1 AND conversation_id = $2",
+            "DELETE FROM conversation_participants WHERE tenant_id = $1 AND conversation_id = $2",
+            "DELETE FROM conversation_tags WHERE tenant_id = $1 AND conversation_id = $2",
+        ] {
+            on_tx!(&mut *tx, |c| sqlx::query(sql)
+                .bind(t)
+                .bind(conv)
+                .execute(c)
+                .await
+                .map(|_| ()))
+            .map_err(db_error)?;
+        }
+    }
+    // One multi-row insert per table (a conversation of a big inbox has many participants).
+    for chunk in r.inbox_rows.chunks(ROWS_PER_INSERT) {
+        let sql = values_sql(
+            "INSERT INTO conversation_inboxes (tenant_id, conversation_id, inbox_id, archived, status, updated_us) VALUES ",
+            &["$1", "$2", "?", "?", "$3", "$4"],
+            chunk.len(),
+            4,
+        );
+        on_tx!(&mut *tx, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(t)
+                .bind(conv)
+                .bind(r.status)
+                .bind(r.updated_us);
+            for (inbox, archived) in chunk {
+                q = q.bind(inbox).bind(archived);
+            }
+            q.execute(c).await.map(|_| ())
+        })
         .map_err(db_error)?;
     }
-    for (inbox, archived) in &r.inbox_rows {
-        on_tx!(&mut *tx, |c| sqlx::query(
-            "INSERT INTO conversation_inboxes (tenant_id, conversation_id, inbox_id, archived, status, updated_us) \
-             VALUES ($1, $2, $3, $4, $5, $6)"
-        )
-        .bind(t)
-        .bind(conv)
-        .bind(inbox)
-        .bind(archived)
-        .bind(r.status)
-        .bind(r.updated_us)
-        .execute(c)
-        .await
-        .map(|_| ()))
+    for chunk in r.user_ids.chunks(ROWS_PER_INSERT) {
+        let sql = values_sql(
+            "INSERT INTO conversation_participants (tenant_id, conversation_id, user_id, updated_us) VALUES ",
+            &["$1", "$2", "?", "$3"],
+            chunk.len(),
+            3,
+        );
+        on_tx!(&mut *tx, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(t)
+                .bind(conv)
+                .bind(r.updated_us);
+            for user in chunk {
+                q = q.bind(user);
+            }
+            q.execute(c).await.map(|_| ())
+        })
         .map_err(db_error)?;
     }
-    for user in &r.user_ids {
-        on_tx!(&mut *tx, |c| sqlx::query(
-            "INSERT INTO conversation_participants (tenant_id, conversation_id, user_id, updated_us) \
-             VALUES ($1, $2, $3, $4)"
-        )
-        .bind(t)
-        .bind(conv)
-        .bind(user)
-        .bind(r.updated_us)
-        .execute(c)
-        .await
-        .map(|_| ()))
-        .map_err(db_error)?;
-    }
-    for tag in &r.tag_list {
-        on_tx!(&mut *tx, |c| sqlx::query(
-            "INSERT INTO conversation_tags (tenant_id, conversation_id, tag) VALUES ($1, $2, $3)"
-        )
-        .bind(t)
-        .bind(conv)
-        .bind(tag)
-        .execute(c)
-        .await
-        .map(|_| ()))
+    for chunk in r.tag_list.chunks(ROWS_PER_INSERT) {
+        let sql = values_sql(
+            "INSERT INTO conversation_tags (tenant_id, conversation_id, tag) VALUES ",
+            &["$1", "$2", "?"],
+            chunk.len(),
+            2,
+        );
+        on_tx!(&mut *tx, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(t)
+                .bind(conv);
+            for tag in chunk {
+                q = q.bind(tag.as_str());
+            }
+            q.execute(c).await.map(|_| ())
+        })
         .map_err(db_error)?;
     }
     Ok(())
+}
+
+/// Rows per multi-row insert of the index tables (well below either backend's parameter limit).
+const ROWS_PER_INSERT: usize = 200;
+
+/// `prefix` followed by `rows` tuples of `columns`: a `$n` column is shared by every row, each
+/// `?` becomes the next parameter after the `shared` ones.
+fn values_sql(prefix: &str, columns: &[&str], rows: usize, shared: usize) -> String {
+    let mut next = shared;
+    let tuples: Vec<String> = (0..rows)
+        .map(|_| {
+            let cols: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    if *c == "?" {
+                        next += 1;
+                        format!("${next}")
+                    } else {
+                        (*c).to_owned()
+                    }
+                })
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect();
+    // Idempotent: a row already there (a replay) is left as it is.
+    format!("{prefix}{} ON CONFLICT DO NOTHING", tuples.join(", "))
+}
+
+/// The common change — a reply, a note, a status or an assignment — leaves the conversation's
+/// participants, inboxes and tags as they were. Then the rows that index them stay and only
+/// their order columns move: three statements instead of a delete and an insert per row.
+/// `false` (nothing written) when the stored row has other sets, or is missing, or is newer.
+async fn update_in_place(
+    tx: &mut DbTx,
+    t: Uuid,
+    conv: Uuid,
+    r: &RowValues,
+) -> Result<bool, StoreError> {
+    let changed = on_tx!(&mut *tx, |c| sqlx::query(
+        "UPDATE conversations SET inbox_id = $3, status = $4, priority = $5, assignee = $6, snoozed_until = $7, \
+           merged_into = $8, message_count = $9, note_count = $10, summary = $11, summary_key = $12, \
+           created_us = $13, updated_us = $14, version = $15 \
+         WHERE tenant_id = $1 AND conversation_id = $2 AND version < $15 \
+           AND participants = $16 AND inboxes = $17 AND tags = $18"
+    )
+    .bind(t)
+    .bind(conv)
+    .bind(r.inbox_id)
+    .bind(r.status)
+    .bind(r.priority)
+    .bind(r.assignee)
+    .bind(r.snoozed_until)
+    .bind(r.merged_into)
+    .bind(r.message_count)
+    .bind(r.note_count)
+    .bind(&r.summary)
+    .bind(r.summary_key)
+    .bind(r.created_us)
+    .bind(r.updated_us)
+    .bind(r.version)
+    .bind(&r.participants)
+    .bind(&r.inboxes)
+    .bind(&r.tags)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(db_error)?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    on_tx!(&mut *tx, |c| sqlx::query(
+        "UPDATE conversation_inboxes SET status = $3, updated_us = $4 WHERE tenant_id = $1 AND conversation_id = $2"
+    )
+    .bind(t)
+    .bind(conv)
+    .bind(r.status)
+    .bind(r.updated_us)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    if !r.user_ids.is_empty() {
+        on_tx!(&mut *tx, |c| sqlx::query(
+            "UPDATE conversation_participants SET updated_us = $3 WHERE tenant_id = $1 AND conversation_id = $2"
+        )
+        .bind(t)
+        .bind(conv)
+        .bind(r.updated_us)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    Ok(true)
 }
 
 /// A conversation row as read.
