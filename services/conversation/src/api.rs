@@ -613,10 +613,9 @@ pub async fn list_conversations(
         })
         .await
         .map_err(service_error)?;
-    Ok(HttpResponse::Ok().json(dto::ConversationPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(page.to_json()))
 }
 
 /// The blind-index terms of a search query.

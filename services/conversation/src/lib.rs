@@ -39,7 +39,7 @@ use postvak_platform::memo::Generational;
 use postvak_platform::store::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef};
 use postvak_proto::events::conversation as ev;
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -297,9 +297,37 @@ fn states() -> &'static Generational<StateKey, StateEntry> {
 }
 
 /// The store's address tells cells (and test databases) of one process apart.
+fn store_key(ctx: &TenantContext) -> usize {
+    Arc::as_ptr(&ctx.cell().store).cast::<()>() as usize
+}
+
 fn state_key(ctx: &TenantContext, id: Uuid) -> StateKey {
-    let store = std::sync::Arc::as_ptr(&ctx.cell().store).cast::<()>() as usize;
-    (store, ctx.tenant(), id)
+    (store_key(ctx), ctx.tenant(), id)
+}
+
+/// A conversation's list entry as JSON by (store, tenant, conversation), with the version it
+/// shows: a list serves repeated rows without opening and re-serialising their sealed
+/// summaries. Same bounds as the states.
+type SummaryEntry = (i64, Instant, Arc<str>);
+
+/// A conversation's messages and notes as shown, by the version they belong to (ADR 0022).
+type Thread = (
+    Vec<postvak_proto::rest::conversation::ConversationMessage>,
+    Vec<postvak_proto::rest::conversation::Note>,
+);
+type DetailEntry = (i64, Instant, Arc<Thread>);
+
+fn details() -> &'static Generational<StateKey, DetailEntry> {
+    static DETAILS: OnceLock<Generational<StateKey, DetailEntry>> = OnceLock::new();
+    DETAILS.get_or_init(|| Generational::new(DETAIL_CACHE))
+}
+
+/// Threads are bigger than states: fewer of them.
+const DETAIL_CACHE: usize = 5_000;
+
+fn summaries() -> &'static Generational<StateKey, SummaryEntry> {
+    static SUMMARIES: OnceLock<Generational<StateKey, SummaryEntry>> = OnceLock::new();
+    SUMMARIES.get_or_init(|| Generational::new(STATE_CACHE))
 }
 
 /// How a principal acts in the aggregate.
@@ -342,8 +370,32 @@ pub(crate) fn participation(state: &Conversation, user: Option<Uuid>) -> Option<
 /// One page of a list.
 #[derive(Debug, Clone)]
 pub struct Page {
-    pub items: Vec<postvak_proto::rest::conversation::Conversation>,
+    /// Each a `Conversation` as JSON (cached per conversation version).
+    pub items: Vec<Arc<str>>,
     pub next_cursor: Option<String>,
+}
+
+impl Page {
+    /// The page as a `ConversationPage` JSON document.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(32 + self.items.iter().map(|i| i.len() + 1).sum::<usize>());
+        out.extend_from_slice(b"{\"items\":[");
+        for (n, item) in self.items.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(item.as_bytes());
+        }
+        out.push(b']');
+        if let Some(c) = &self.next_cursor {
+            out.extend_from_slice(b",\"next_cursor\":");
+            // A cursor is base64url text; serde_json quotes and escapes it all the same.
+            out.extend_from_slice(serde_json::to_string(c).unwrap_or_default().as_bytes());
+        }
+        out.push(b'}');
+        out
+    }
 }
 
 impl Conversations {
@@ -383,27 +435,42 @@ impl Conversations {
             .await?
             .filter(|r| visible(r))
             .ok_or(ServiceError::NotFound)?;
-        let messages = projection::messages(&mut tx, t, id, 0).await?;
-        let notes = projection::notes(&mut tx, t, id).await?;
-        let reports = if messages.iter().any(|m| m.1 == "outbound") {
+        // Messages and notes change only with the version; delivery reports do not (they
+        // leave the ETag alone), so they are always read.
+        let key = (store_key(ctx), t, id);
+        let cached = details()
+            .get(&key)
+            .filter(|(v, at, _)| *v == row.version && at.elapsed() < STATE_TTL);
+        let (hit, thread) = match cached {
+            Some((_, _, thread)) => (true, thread),
+            None => {
+                let (messages, notes) = projection::messages_and_notes(&mut tx, t, id).await?;
+                let mut out_messages = Vec::with_capacity(messages.len());
+                for m in &messages {
+                    out_messages.push(projection::message_dto(keyring, t, m).await?);
+                }
+                let mut out_notes = Vec::with_capacity(notes.len());
+                for n in &notes {
+                    out_notes.push(projection::note_dto(keyring, t, n).await?);
+                }
+                (false, Arc::new((out_messages, out_notes)))
+            }
+        };
+        let reports = if thread.0.iter().any(|m| m.direction == "outbound") {
             delivery::fetch(&mut tx, t, id).await?
         } else {
             Vec::new()
         };
         tx.commit().await?;
-        let mut out_messages = Vec::with_capacity(messages.len());
-        for m in &messages {
-            out_messages.push(projection::message_dto(keyring, t, m).await?);
+        if !hit {
+            details().put(key, (row.version, Instant::now(), thread.clone()));
         }
-        delivery::apply(ctx, reports, &mut out_messages).await?;
-        let mut out_notes = Vec::with_capacity(notes.len());
-        for n in &notes {
-            out_notes.push(projection::note_dto(keyring, t, n).await?);
-        }
+        let (mut messages, notes) = Arc::unwrap_or_clone(thread);
+        delivery::apply(ctx, reports, &mut messages).await?;
         Ok(postvak_proto::rest::conversation::ConversationDetail {
             conversation: projection::conversation_dto(keyring, t, &row).await?,
-            messages: out_messages,
-            notes: out_notes,
+            messages,
+            notes,
         })
     }
 
@@ -442,7 +509,10 @@ impl Conversations {
         let t = ctx.tenant();
         let mut after = cursor.unwrap_or(projection::Cursor::START);
         let mut rows = Vec::new();
-        let batch = i64::try_from(limit.saturating_mul(2).max(20)).unwrap_or(200);
+        // One row more than the page tells whether there is a next one. Rows the caller may
+        // not see (an inbox-limited key, say) are skipped and the walk goes on, in bigger
+        // batches.
+        let mut batch = i64::try_from(limit + 1).unwrap_or(201);
         let mut more = false;
         let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
         'fill: loop {
@@ -464,6 +534,7 @@ impl Conversations {
             if exhausted {
                 break;
             }
+            batch = (batch * 2).min(400);
         }
         tx.commit().await?;
         let next_cursor = if more {
@@ -479,7 +550,22 @@ impl Conversations {
         };
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
-            items.push(projection::conversation_dto(keyring, t, r).await?);
+            let key = (store_key(ctx), t, r.id);
+            let cached = summaries()
+                .get(&key)
+                .filter(|(v, at, _)| *v == r.version && at.elapsed() < STATE_TTL);
+            let json = match cached {
+                Some((_, _, json)) => json,
+                None => {
+                    let dto = projection::conversation_dto(keyring, t, r).await?;
+                    let json: Arc<str> = serde_json::to_string(&dto)
+                        .map_err(|e| StoreError::Serialization(e.to_string()))?
+                        .into();
+                    summaries().put(key, (r.version, Instant::now(), json.clone()));
+                    json
+                }
+            };
+            items.push(json);
         }
         Ok(Page { items, next_cursor })
     }

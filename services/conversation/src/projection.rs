@@ -624,6 +624,22 @@ where
     let participants: String = r.try_get(7)?;
     let inboxes: String = r.try_get(8)?;
     let tags: String = r.try_get(9)?;
+    // Written by `prepare` (ids separated by one space, `+` after an explicit one): one
+    // pass, ASCII parsing — a list page reads dozens of these rows.
+    let mut all = Vec::new();
+    let mut explicit = Vec::new();
+    for s in participants.split(' ').filter(|s| !s.is_empty()) {
+        let (id, added) = match s.strip_suffix('+') {
+            Some(id) => (id, true),
+            None => (s, false),
+        };
+        if let Ok(u) = Uuid::try_parse_ascii(id.as_bytes()) {
+            all.push(u);
+            if added {
+                explicit.push(u);
+            }
+        }
+    }
     Ok(ConversationRow {
         id: r.try_get(0)?,
         inbox_id: r.try_get(1)?,
@@ -632,23 +648,20 @@ where
         assignee: r.try_get(4)?,
         snoozed_until: r.try_get(5)?,
         merged_into: r.try_get(6)?,
-        participants: participants
-            .split_whitespace()
-            .filter_map(|s| Uuid::try_parse(s.trim_end_matches('+')).ok())
-            .collect(),
-        explicit: participants
-            .split_whitespace()
-            .filter_map(|s| s.strip_suffix('+'))
-            .filter_map(|s| Uuid::try_parse(s).ok())
-            .collect(),
+        participants: all,
+        explicit,
         inboxes: inboxes
-            .split_whitespace()
+            .split(' ')
             .filter_map(|s| {
                 let (id, archived) = s.split_once(':')?;
-                Some((Uuid::try_parse(id).ok()?, archived == "1"))
+                Some((Uuid::try_parse_ascii(id.as_bytes()).ok()?, archived == "1"))
             })
             .collect(),
-        tags: tags.split_whitespace().map(str::to_owned).collect(),
+        tags: tags
+            .split(' ')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
         message_count: r.try_get(10)?,
         note_count: r.try_get(11)?,
         summary: r.try_get(12)?,
@@ -867,7 +880,7 @@ pub(crate) async fn messages(
     tenant: TenantId,
     conversation: Uuid,
     after_version: i64,
-) -> Result<Vec<(Uuid, String, Vec<u8>, Uuid)>, StoreError> {
+) -> Result<Vec<MessageEntry>, StoreError> {
     on_tx!(tx, |c| sqlx::query(
         "SELECT message_id, direction, content, content_key FROM conversation_messages \
          WHERE tenant_id = $1 AND conversation_id = $2 AND version > $3 ORDER BY at_us, message_id"
@@ -884,14 +897,25 @@ pub(crate) async fn messages(
     .map_err(db_error)
 }
 
-pub(crate) async fn notes(
+/// A sealed message: id, direction, content, key.
+pub(crate) type MessageEntry = (Uuid, String, Vec<u8>, Uuid);
+/// A sealed note: id, content, key.
+pub(crate) type NoteEntry = (Uuid, Vec<u8>, Uuid);
+
+/// All sealed messages and notes of a conversation, each oldest first, in one statement (a
+/// conversation read is a handful of round trips; this saves one).
+pub(crate) async fn messages_and_notes(
     tx: &mut DbTx,
     tenant: TenantId,
     conversation: Uuid,
-) -> Result<Vec<(Uuid, Vec<u8>, Uuid)>, StoreError> {
-    on_tx!(tx, |c| sqlx::query(
-        "SELECT note_id, content, content_key FROM conversation_notes \
-         WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY at_us, note_id"
+) -> Result<(Vec<MessageEntry>, Vec<NoteEntry>), StoreError> {
+    let rows = on_tx!(tx, |c| sqlx::query(
+        "SELECT message_id, direction, content, content_key, at_us FROM conversation_messages \
+           WHERE tenant_id = $1 AND conversation_id = $2 \
+         UNION ALL \
+         SELECT note_id, 'note', content, content_key, at_us FROM conversation_notes \
+           WHERE tenant_id = $1 AND conversation_id = $2 \
+         ORDER BY 5, 1"
     )
     .bind(tenant.0)
     .bind(conversation)
@@ -899,9 +923,19 @@ pub(crate) async fn notes(
     .await
     .and_then(|rows| rows
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect()))
-    .map_err(db_error)
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect::<Result<Vec<MessageEntry>, sqlx::Error>>()))
+    .map_err(db_error)?;
+    let mut messages = Vec::with_capacity(rows.len());
+    let mut notes = Vec::new();
+    for (id, kind, content, key) in rows {
+        if kind == "note" {
+            notes.push((id, content, key));
+        } else {
+            messages.push((id, kind, content, key));
+        }
+    }
+    Ok((messages, notes))
 }
 
 fn time_us(us: i64) -> time::OffsetDateTime {
