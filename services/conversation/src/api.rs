@@ -1489,30 +1489,19 @@ pub async fn merge_conversation(
     let body = body.into_inner();
     let target = body.into;
     idempotent(&c, &req, &body, || async {
-        let t = c.svc.load(&c.ctx, target).await.map_err(service_error)?;
-        require(&c.access, &t.state, InboxRole::Reply).map_err(service_error)?;
         let by = actor_of(c.ctx.principal());
-        let source = changed(&c, id, &req, |s| {
-            require(&c.access, s, InboxRole::Reply)?;
-            Ok(vec![C::MergeInto {
-                target,
-                by,
-                at_us: crate::now_us(),
-            }])
-        })
-        .await?;
-        let handed = source.state.merge_source();
-        let ch = c
+        let seen = if_match(&req)?;
+        let merged = c
             .svc
-            .change(&c.ctx, target, None, |_| {
-                Ok(vec![C::AbsorbMerge {
-                    source: handed.clone(),
-                    by,
-                    at_us: crate::now_us(),
-                }])
+            .merge(&c.ctx, id, target, seen, by, |s| {
+                require(&c.access, s, InboxRole::Reply)
             })
-            .await
-            .map_err(service_error)?;
+            .await;
+        let ch = match merged {
+            Ok((_, target_changed)) => target_changed,
+            Err(ServiceError::Stale { seen, .. }) => return Err(stale(&c, id, seen).await),
+            Err(e) => return Err(service_error(e)),
+        };
         summary_done(&c, target, &ch).await
     })
     .await

@@ -201,19 +201,7 @@ impl Conversations {
     {
         for _ in 0..MAX_ATTEMPTS {
             let state = self.state(ctx, id).await?;
-            let decided = make(&state).and_then(|cmds| {
-                let mut s = state.clone();
-                let mut out = Vec::new();
-                for cmd in cmds {
-                    let events = s.decide(cmd)?;
-                    for e in &events {
-                        s = s.evolve(e);
-                    }
-                    out.extend(events);
-                }
-                Ok((s, out))
-            });
-            let (next, events) = decided?;
+            let (next, events) = decide_all(&state, make(&state)?)?;
             if let Some(seen) = if_match
                 && seen != state.version
             {
@@ -228,58 +216,194 @@ impl Conversations {
                     events,
                 });
             }
-            let expected = if state.version == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(state.version)
-            };
-            let conv = next.id.unwrap_or(id);
-            let new_events = events
-                .iter()
-                .map(|e| {
-                    let (t, v, payload) = codec::encode(e, conv, next.inbox_id)?;
-                    Ok(NewEvent::new(t, v, payload))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            // The events and the read model commit together (one commit, one WAL flush, and
-            // what the caller reads next is what it wrote). Everything is sealed before the
-            // transaction opens: on SQLite a new data key needs the writer it would hold.
-            let keyring = ctx.cell().store.keyring();
-            let prepared =
-                projection::prepare(keyring, ctx.tenant(), &next, state.version + 1, &events)
-                    .await?;
-            let store = &ctx.cell().store;
-            let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
-            let actor = ctx.principal().actor();
-            let new_events = new_events
-                .into_iter()
-                .map(|mut e| {
-                    e.metadata.actor.get_or_insert_with(|| actor.clone());
-                    e
-                })
-                .collect();
-            match store
-                .append_in_tx(&mut tx, ctx.tenant(), &stream(id), expected, new_events)
-                .await
-            {
-                Ok(_) => {}
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            let staged = Staged::new(ctx, id, &state, next, events).await?;
+            if !commit_staged(ctx, std::slice::from_ref(&staged)).await? {
+                continue;
             }
-            projection::write(&mut tx, ctx.tenant(), &prepared).await?;
-            store.commit_appended(tx).await?;
-            states().put(state_key(ctx, id), (next.clone(), Instant::now()));
-            return Ok(Changed {
-                state: next,
-                events,
+            return Ok(staged.into_changed());
+        }
+        Err(too_many_attempts(id))
+    }
+
+    /// Merges `source` into `target` in ONE transaction: the source's `merged_into` and the
+    /// target's `merged_from` commit together or not at all (a target that cannot take it
+    /// leaves the source as it was). `check` runs on both states; `if_match` is the source's.
+    pub async fn merge(
+        &self,
+        ctx: &TenantContext,
+        source: Uuid,
+        target: Uuid,
+        if_match: Option<u64>,
+        by: Actor,
+        check: impl Fn(&Conversation) -> Result<(), ServiceError>,
+    ) -> Result<(Changed, Changed), ServiceError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let s = self.state(ctx, source).await?;
+            let t = self.state(ctx, target).await?;
+            check(&t)?;
+            check(&s)?;
+            let at_us = now_us();
+            let (s_next, s_events) = decide_all(
+                &s,
+                vec![ConversationCommand::MergeInto { target, by, at_us }],
+            )?;
+            if let Some(seen) = if_match
+                && seen != s.version
+            {
+                return Err(ServiceError::Stale {
+                    seen,
+                    current: s.version,
+                });
+            }
+            let handed = s_next.merge_source();
+            let (t_next, t_events) = decide_all(
+                &t,
+                vec![ConversationCommand::AbsorbMerge {
+                    source: handed,
+                    by,
+                    at_us,
+                }],
+            )?;
+            let mut staged = Vec::with_capacity(2);
+            staged.push(Staged::new(ctx, source, &s, s_next, s_events).await?);
+            staged.push(Staged::new(ctx, target, &t, t_next, t_events).await?);
+            staged.retain(|st| !st.events.is_empty());
+            if !commit_staged(ctx, &staged).await? {
+                continue;
+            }
+            let mut done = staged.into_iter().map(Staged::into_changed);
+            let (first, second) = (done.next(), done.next());
+            let unchanged = |state: Conversation| Changed {
+                state,
+                events: Vec::new(),
+            };
+            return Ok(match (first, second) {
+                (Some(a), Some(b)) => (a, b),
+                // Only one stream had something to write (a repeated merge).
+                (Some(a), None) if a.state.id == Some(source) => {
+                    (a, self.state(ctx, target).await.map(unchanged)?)
+                }
+                (Some(b), None) => (self.state(ctx, source).await.map(unchanged)?, b),
+                _ => (
+                    self.state(ctx, source).await.map(unchanged)?,
+                    self.state(ctx, target).await.map(unchanged)?,
+                ),
             });
         }
-        Err(ServiceError::Store(StoreError::Conflict {
-            stream_id: stream(id).stream_id,
-            expected: ExpectedVersion::Any,
-            actual: 0,
-        }))
+        Err(too_many_attempts(source))
     }
+}
+
+/// Applies commands one after another to a copy of `state`.
+fn decide_all(
+    state: &Conversation,
+    cmds: Vec<ConversationCommand>,
+) -> Result<(Conversation, Vec<ConversationEvent>), ServiceError> {
+    let mut s = state.clone();
+    let mut out = Vec::new();
+    for cmd in cmds {
+        let events = s.decide(cmd)?;
+        for e in &events {
+            s = s.evolve(e);
+        }
+        out.extend(events);
+    }
+    Ok((s, out))
+}
+
+fn too_many_attempts(id: Uuid) -> ServiceError {
+    ServiceError::Store(StoreError::Conflict {
+        stream_id: stream(id).stream_id,
+        expected: ExpectedVersion::Any,
+        actual: 0,
+    })
+}
+
+/// A decided change of one conversation, encoded and sealed, ready to commit.
+struct Staged {
+    id: Uuid,
+    expected: ExpectedVersion,
+    new_events: Vec<NewEvent>,
+    prepared: projection::Prepared,
+    next: Conversation,
+    events: Vec<ConversationEvent>,
+}
+
+impl Staged {
+    /// Everything is sealed here, before any transaction opens: on SQLite a new data key
+    /// needs the writer the transaction would hold.
+    async fn new(
+        ctx: &TenantContext,
+        id: Uuid,
+        state: &Conversation,
+        next: Conversation,
+        events: Vec<ConversationEvent>,
+    ) -> Result<Self, ServiceError> {
+        let expected = if state.version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(state.version)
+        };
+        let conv = next.id.unwrap_or(id);
+        let actor = ctx.principal().actor();
+        let new_events = events
+            .iter()
+            .map(|e| {
+                let (t, v, payload) = codec::encode(e, conv, next.inbox_id)?;
+                let mut n = NewEvent::new(t, v, payload);
+                n.metadata.actor.get_or_insert_with(|| actor.clone());
+                Ok(n)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let keyring = ctx.cell().store.keyring();
+        let prepared =
+            projection::prepare(keyring, ctx.tenant(), &next, state.version + 1, &events).await?;
+        Ok(Self {
+            id,
+            expected,
+            new_events,
+            prepared,
+            next,
+            events,
+        })
+    }
+
+    fn into_changed(self) -> Changed {
+        Changed {
+            state: self.next,
+            events: self.events,
+        }
+    }
+}
+
+/// Appends the staged events and writes their read model in ONE transaction (one commit,
+/// one WAL flush; what the caller reads next is what it wrote), then remembers the new
+/// states. `false`: another writer got to one of the streams first, nothing was written.
+async fn commit_staged(ctx: &TenantContext, staged: &[Staged]) -> Result<bool, ServiceError> {
+    let store = &ctx.cell().store;
+    let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), true).await?;
+    for st in staged {
+        match store
+            .append_in_tx(
+                &mut tx,
+                ctx.tenant(),
+                &stream(st.id),
+                st.expected,
+                st.new_events.clone(),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        projection::write(&mut tx, ctx.tenant(), &st.prepared).await?;
+    }
+    store.commit_appended(tx).await?;
+    for st in staged {
+        states().put(state_key(ctx, st.id), (st.next.clone(), Instant::now()));
+    }
+    Ok(true)
 }
 
 /// Conversation states this process saw last, by (store, tenant, conversation): a write

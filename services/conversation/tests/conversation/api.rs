@@ -430,6 +430,29 @@ async fn filters_pagination_changes_and_idempotent_posts() {
         4,
         "merged ones leave the list"
     );
+
+    // A merge is one transaction: into a conversation that was itself merged away, it is
+    // refused and the source stays as it was (it used to be marked merged into a target that
+    // never took it).
+    let refused = app
+        .post(
+            &format!("/v1/conversations/{}/merge", ids[2]),
+            &env.alice,
+            json!({"into": ids[1]}),
+        )
+        .await;
+    assert!(
+        (400..500).contains(&refused.status),
+        "merging into a merged-away conversation: {refused:?}"
+    );
+    let kept = app
+        .get(&format!("/v1/conversations/{}", ids[2]), &env.alice)
+        .await
+        .body;
+    assert_eq!(kept["conversation"]["id"], json!(ids[2]), "{kept}");
+    assert!(kept["conversation"]["merged_into"].is_null(), "{kept}");
+    let list = app.get("/v1/conversations", &env.alice).await.body;
+    assert_eq!(list["items"].as_array().unwrap().len(), 4, "{list}");
 }
 
 #[tokio::test]
