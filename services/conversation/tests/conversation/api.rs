@@ -449,8 +449,8 @@ async fn filters_pagination_changes_and_idempotent_posts() {
         .get(&format!("/v1/conversations/{}", ids[2]), &env.alice)
         .await
         .body;
-    assert_eq!(kept["conversation"]["id"], json!(ids[2]), "{kept}");
-    assert!(kept["conversation"]["merged_into"].is_null(), "{kept}");
+    assert_eq!(kept["id"], json!(ids[2]), "{kept}");
+    assert!(kept["merged_into"].is_null(), "{kept}");
     let list = app.get("/v1/conversations", &env.alice).await.body;
     assert_eq!(list["items"].as_array().unwrap().len(), 4, "{list}");
 }
