@@ -54,3 +54,38 @@ pub struct ReplySentV1 {
     pub attempts: u32,
     pub at_us: i64,
 }
+
+/// Audit trail of an inbox's own SMTP relay: `smtp_relay/relay-<inbox uuid, simple>`. The AUTH
+/// password is never in an event (it is sealed outside the log, ADR 0004); `has_password`
+/// says whether one was stored.
+pub const STREAM_SMTP_RELAY: &str = "smtp_relay";
+
+/// An inbox's relay was set or replaced.
+pub const SMTP_RELAY_SET: &str = "smtp_relay.set";
+/// An inbox's relay was removed: it sends through the platform default again.
+pub const SMTP_RELAY_REMOVED: &str = "smtp_relay.removed";
+
+/// `smtp_relay.set` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmtpRelaySetV1 {
+    pub inbox_id: Uuid,
+    pub host: String,
+    pub port: u16,
+    /// `none`, `starttls`, `tls`.
+    pub security: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    pub has_password: bool,
+    /// The password changed with this event (its value is not recorded).
+    #[serde(default)]
+    pub password_changed: bool,
+    pub revision: u64,
+    pub at_us: i64,
+}
+
+/// `smtp_relay.removed` v1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmtpRelayRemovedV1 {
+    pub inbox_id: Uuid,
+    pub at_us: i64,
+}

@@ -125,6 +125,52 @@ pub struct NotificationPreferences {
     pub sla_alerts: String,
 }
 
+/// Body of `PUT /v1/inboxes/{inbox_id}/smtp-relay`: the inbox's replies go through this relay
+/// instead of the platform's default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSmtpRelay {
+    /// A DNS name or an IP address; it must resolve to public addresses only, unless the
+    /// operator allows a range (`[outbound_smtp] allow_private`).
+    pub host: String,
+    /// Default: 587 for `starttls`, 465 for `tls`, 25 for `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `starttls` (the default: required, not opportunistic), `tls` (from the first byte) or
+    /// `none` (no TLS; not with a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<String>,
+    /// AUTH login; absent: no AUTH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// AUTH password: stored sealed, never returned. May be left out when replacing a relay
+    /// whose username stays the same (the stored one is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// An inbox's own SMTP relay (the password is never shown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SmtpRelay {
+    pub inbox_id: Uuid,
+    pub host: String,
+    pub port: u16,
+    /// `starttls`, `tls` or `none`.
+    pub security: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A password is stored.
+    pub has_password: bool,
+    /// Bumped by every change.
+    pub revision: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+}
+
 fn default_digest_secs() -> u32 {
     3_600
 }

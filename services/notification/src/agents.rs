@@ -98,6 +98,7 @@ pub(crate) fn start(
             per_lane: 4,
             per_tenant: 4,
             total: 4,
+            capped_lanes: None,
         },
         wake,
         cancel,

@@ -156,6 +156,18 @@ pub(crate) struct Limits {
     /// take every slot).
     pub per_tenant: usize,
     pub total: usize,
+    /// Lanes whose name starts with this prefix get their own, usually smaller, limit (an
+    /// inbox's own relay: `relay:<inbox>`), so that one slow relay can't take every slot.
+    pub capped_lanes: Option<(&'static str, usize)>,
+}
+
+impl Limits {
+    fn lane_limit(&self, lane: &str) -> usize {
+        match self.capped_lanes {
+            Some((prefix, cap)) if lane.starts_with(prefix) => cap.max(1),
+            _ => self.per_lane.max(1),
+        }
+    }
 }
 
 /// Runs due items of `kind` until `cancel` fires. A lane at its limit is skipped, never
@@ -177,11 +189,15 @@ pub(crate) async fn dispatch(
     let state = Arc::new(Mutex::new(InFlight::default()));
     let per_lane = limits.per_lane.max(1);
     let total = limits.total.max(1);
-    let per_tenant = limits.per_tenant.max(1);
+    let limits = Limits {
+        per_lane,
+        per_tenant: limits.per_tenant.max(1),
+        total,
+        capped_lanes: limits.capped_lanes,
+    };
     // Finished jobs: start the next from the backlog.
     let done = Arc::new(Notify::new());
     let mut backlog: Vec<DueItem> = Vec::new();
-    let limits = (per_lane, per_tenant, total);
     let mut read_db = true;
     let mut pause = Duration::from_millis(200);
     loop {
@@ -230,8 +246,9 @@ fn start_eligible(
     state: &Arc<Mutex<InFlight>>,
     job: &Arc<dyn Job>,
     done: &Arc<Notify>,
-    (per_lane, per_tenant, total): (usize, usize, usize),
+    limits: Limits,
 ) -> usize {
+    let (per_tenant, total) = (limits.per_tenant, limits.total);
     let mut started = 0;
     let mut keep = Vec::with_capacity(backlog.len());
     for item in backlog.drain(..) {
@@ -240,7 +257,8 @@ fn start_eligible(
             if s.items.contains(&item.item_id) {
                 continue;
             }
-            let lane_busy = s.lanes.get(&item.lane).copied().unwrap_or(0) >= per_lane;
+            let lane_busy =
+                s.lanes.get(&item.lane).copied().unwrap_or(0) >= limits.lane_limit(&item.lane);
             let tenant_busy = s.tenants.get(&item.tenant).copied().unwrap_or(0) >= per_tenant;
             if s.items.len() >= total || lane_busy || tenant_busy {
                 keep.push(item);

@@ -17,6 +17,7 @@ pub mod api;
 pub mod bench;
 mod due;
 pub mod outbound;
+pub mod relays;
 mod settings;
 pub mod ssrf;
 pub mod webhooks;

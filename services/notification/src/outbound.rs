@@ -11,6 +11,7 @@
 //!   decide.
 
 use crate::due::{self, DueItem, Job, Limits};
+use crate::relays::{PoolError, RelayPolicy, Relays};
 use crate::settings::DkimAlgorithm;
 use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
 use crate::{Part, SERVICE, backoff, bind_tenant, duration_us, now_us};
@@ -44,8 +45,8 @@ use uuid::Uuid;
 /// the combined consumer's).
 pub const OUTBOX_CONSUMER: &str = "notification-outbox";
 
-/// The one lane of the default relay.
-const RELAY_LANE: &str = "relay";
+/// The lane of the default relay (an inbox's own relay has `relay:<inbox>`).
+pub(crate) const RELAY_LANE: &str = "relay";
 
 /// State of an outbound mail as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,15 +191,28 @@ pub(crate) fn start(
             return part;
         }
     };
-    // One relay for everyone: a tenant may use all of it (per-inbox relays come later).
+    // The default relay may take every slot; an inbox's own relay at most its own limit, so
+    // a slow one never holds up the rest.
     let limits = Limits {
         per_lane: settings.concurrency,
         per_tenant: settings.concurrency,
         total: settings.concurrency,
+        capped_lanes: Some((
+            crate::relays::INBOX_LANE_PREFIX,
+            settings.inbox_relay_concurrency,
+        )),
+    };
+    let policy = match RelayPolicy::new(&settings.allow_private) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "outbound_smtp.allow_private is invalid; inbox relays get public addresses only");
+            RelayPolicy::default()
+        }
     };
     let job: Arc<dyn Job> = Arc::new(Sender {
         cells: cells.clone(),
         transport,
+        relays: Relays::new(settings.clone(), policy),
         dkim,
         settings,
     });
@@ -213,14 +227,47 @@ pub(crate) fn start(
     part
 }
 
-/// The pooled relay connection.
+/// The pooled connection to the default relay.
 pub fn transport(
     s: &OutboundSmtpSettings,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, SenderError> {
+    build_transport(&TransportSpec {
+        connect_to: s.host.clone(),
+        tls_name: s.host.clone(),
+        port: s.port,
+        security: s.security,
+        username: s.username.clone(),
+        password: s.password.clone(),
+        ca_cert_file: s.ca_cert_file.clone(),
+        timeout: s.timeout(),
+        pool_size: s.pool_size,
+    })
+}
+
+/// What a relay connection pool is built from.
+pub(crate) struct TransportSpec {
+    /// The host or address dialled (an inbox relay: the address that passed the check).
+    pub connect_to: String,
+    /// The name the relay's certificate must carry.
+    pub tls_name: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<postvak_platform::config::SecretString>,
+    /// The operator's extra trusted root (also trusted for inbox relays).
+    pub ca_cert_file: Option<std::path::PathBuf>,
+    pub timeout: std::time::Duration,
+    pub pool_size: u32,
+}
+
+/// A pooled relay connection.
+pub(crate) fn build_transport(
+    s: &TransportSpec,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, SenderError> {
     let tls = if s.security == SmtpSecurity::None {
         Tls::None
     } else {
-        let mut params = TlsParameters::builder(s.host.clone());
+        let mut params = TlsParameters::builder(s.tls_name.clone());
         if let Some(path) = &s.ca_cert_file {
             let pem = std::fs::read(path).map_err(|e| SenderError::CaCert {
                 path: path.display().to_string(),
@@ -240,10 +287,10 @@ pub fn transport(
             _ => Tls::Required(params),
         }
     };
-    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.connect_to)
         .port(s.port)
         .tls(tls)
-        .timeout(Some(s.timeout()))
+        .timeout(Some(s.timeout))
         .pool_config(PoolConfig::new().max_size(s.pool_size.max(1)));
     if let Some(user) = &s.username {
         let pw = s
@@ -309,6 +356,10 @@ impl EventHandler for OutboxHandler {
             .map_err(|e| HandlerError::Store(StoreError::Crypto(e)))?;
         let now = now_us();
         bind_tenant(tx, tenant).await?;
+        let lane = crate::relays::lane(
+            m.inbox_id,
+            crate::relays::has_relay(tx, tenant, m.inbox_id).await?,
+        );
         on_tx!(tx, |c| sqlx::query(
             "INSERT INTO outbound_mail (tenant_id, message_id, conversation_id, inbox_id, event_id, \
              content, content_key, state, attempts, next_attempt_at, created_us) \
@@ -327,7 +378,7 @@ impl EventHandler for OutboxHandler {
         .await
         .map(|_| ()))
         .map_err(|e| HandlerError::Store(db_error(e)))?;
-        due::schedule(tx, due::MAIL, m.message_id, tenant, RELAY_LANE, now).await?;
+        due::schedule(tx, due::MAIL, m.message_id, tenant, &lane, now).await?;
         self.wake.notify_one();
         Ok(())
     }
@@ -335,7 +386,10 @@ impl EventHandler for OutboxHandler {
 
 struct Sender {
     cells: Cells,
+    /// The default relay.
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Inbox relays' pools.
+    relays: Relays,
     dkim: DkimKeys,
     settings: OutboundSmtpSettings,
 }
@@ -344,6 +398,8 @@ struct Sender {
 struct Claimed {
     content: MessageV1,
     attempts: u32,
+    /// The revision of the inbox's own relay, when it has one.
+    relay: Option<u64>,
 }
 
 /// What the row said when the sender looked.
@@ -371,15 +427,19 @@ impl Job for Sender {
 }
 
 type Row5 = (String, i64, i64, Vec<u8>, Uuid);
+type Row8 = (Row5, Uuid, Uuid, Option<i64>);
 
 impl Sender {
     async fn claim(&self, ctx: &TenantContext, id: Uuid) -> Result<Found, StoreError> {
         let t = ctx.tenant();
         let now = now_us();
         let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        let row: Option<(Row5, Uuid, Uuid)> = on_tx!(&mut tx, |c| sqlx::query(
-            "SELECT state, attempts, next_attempt_at, content, content_key, conversation_id, inbox_id \
-             FROM outbound_mail WHERE tenant_id = $1 AND message_id = $2"
+        let row: Option<Row8> = on_tx!(&mut tx, |c| sqlx::query(
+            "SELECT m.state, m.attempts, m.next_attempt_at, m.content, m.content_key, \
+             m.conversation_id, m.inbox_id, r.revision \
+             FROM outbound_mail m LEFT JOIN notification_smtp_relays r \
+               ON r.tenant_id = m.tenant_id AND r.inbox_id = m.inbox_id \
+             WHERE m.tenant_id = $1 AND m.message_id = $2"
         )
         .bind(t.0)
         .bind(id)
@@ -387,22 +447,32 @@ impl Sender {
         .await
         .and_then(|r| r
             .map(|r| Ok((
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?),
+                (
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?
+                ),
                 r.try_get(5)?,
-                r.try_get(6)?
+                r.try_get(6)?,
+                r.try_get(7)?
             )))
             .transpose()))
         .map_err(db_error)?;
-        let Some(((state, attempts, next_at, content, key), conversation_id, inbox_id)) = row
+        let Some(((state, attempts, next_at, content, key), conversation_id, inbox_id, relay)) =
+            row
         else {
             due::unschedule(&mut tx, due::MAIL, id).await?;
             tx.commit().await?;
             return Ok(Found::Gone);
         };
         let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+        let lane = crate::relays::lane(inbox_id, relay.is_some());
+        let lane = lane.as_str();
         match state.as_str() {
             "queued" if next_at > now => {
-                due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, next_at).await?;
+                due::schedule(&mut tx, due::MAIL, id, t, lane, next_at).await?;
                 tx.commit().await?;
                 Ok(Found::NotYet)
             }
@@ -420,17 +490,18 @@ impl Sender {
                 .map(|_| ()))
                 .map_err(db_error)?;
                 // Comes back after the lease if this process dies while sending.
-                due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, lease_end).await?;
+                due::schedule(&mut tx, due::MAIL, id, t, lane, lease_end).await?;
                 // Committed before the first SMTP byte: a crash from here on is never resent.
                 tx.commit().await?;
                 let content = open_content(ctx, id, key, &content).await?;
                 Ok(Found::Claimed(Box::new(Claimed {
                     content,
                     attempts: attempts.saturating_add(1),
+                    relay: relay.and_then(|r| u64::try_from(r).ok()),
                 })))
             }
             "sending" if next_at > now => {
-                due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, next_at).await?;
+                due::schedule(&mut tx, due::MAIL, id, t, lane, next_at).await?;
                 tx.commit().await?;
                 Ok(Found::NotYet)
             }
@@ -486,15 +557,7 @@ impl Sender {
         };
         let m = &claimed.content;
         let started = std::time::Instant::now();
-        let outcome = match build(m) {
-            Ok(mut mail) => {
-                if let Some(from) = m.from.first() {
-                    self.dkim.sign(&from.address, &mut mail);
-                }
-                self.transport.send(mail).await.map_err(SendFailure::Smtp)
-            }
-            Err(e) => Err(SendFailure::Build(e)),
-        };
+        let outcome = self.send_claimed(&ctx, &claimed).await;
         match outcome {
             Ok(response) => {
                 metrics::counter!("postvak_outbound_mail_total", "outcome" => "sent").increment(1);
@@ -552,6 +615,31 @@ impl Sender {
                     .await
                 }
             }
+        }
+    }
+
+    /// Builds the mail and hands it to the inbox's relay, or the default.
+    async fn send_claimed(
+        &self,
+        ctx: &TenantContext,
+        claimed: &Claimed,
+    ) -> Result<lettre::transport::smtp::response::Response, SendFailure> {
+        let m = &claimed.content;
+        let mut mail = build(m).map_err(SendFailure::Build)?;
+        if let Some(from) = m.from.first() {
+            self.dkim.sign(&from.address, &mut mail);
+        }
+        match claimed.relay {
+            Some(revision) => {
+                let transport = match self.relays.transport(ctx, m.inbox_id, revision).await {
+                    Ok(t) => t,
+                    // Removed meanwhile: the default relay takes it.
+                    Err(PoolError::Removed) => self.transport.clone(),
+                    Err(e) => return Err(SendFailure::Temporary(e.to_string())),
+                };
+                transport.send(mail).await.map_err(SendFailure::Smtp)
+            }
+            None => self.transport.send(mail).await.map_err(SendFailure::Smtp),
         }
     }
 
@@ -613,8 +701,32 @@ impl Sender {
         .await
         .map(|_| ()))
         .map_err(db_error)?;
-        due::schedule(&mut tx, due::MAIL, id, t, RELAY_LANE, at).await?;
+        let lane = match self.relays_of(&mut tx, t, id).await? {
+            Some(inbox) => crate::relays::lane(inbox, true),
+            None => RELAY_LANE.to_owned(),
+        };
+        due::schedule(&mut tx, due::MAIL, id, t, &lane, at).await?;
         tx.commit().await
+    }
+
+    /// The inbox of a mail whose inbox has a relay of its own.
+    async fn relays_of(
+        &self,
+        tx: &mut DbTx,
+        t: TenantId,
+        id: Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        on_tx!(tx, |c| sqlx::query(
+            "SELECT m.inbox_id FROM outbound_mail m JOIN notification_smtp_relays r \
+               ON r.tenant_id = m.tenant_id AND r.inbox_id = m.inbox_id \
+             WHERE m.tenant_id = $1 AND m.message_id = $2"
+        )
+        .bind(t.0)
+        .bind(id)
+        .fetch_optional(c)
+        .await
+        .and_then(|r| r.map(|r| r.try_get::<Uuid, _>(0)).transpose()))
+        .map_err(db_error)
     }
 
     /// Appends `reply.failed` (once: the stream holds only it), then marks the row failed.
@@ -700,6 +812,8 @@ pub async fn status(
 enum SendFailure {
     Smtp(lettre::transport::smtp::Error),
     Build(String),
+    /// Not the relay's answer: its pool could not be built.
+    Temporary(String),
 }
 
 impl SendFailure {
@@ -709,6 +823,7 @@ impl SendFailure {
             Self::Smtp(e) => (e.is_permanent(), e.status().map(u16::from), e.to_string()),
             // A message we can't even build will never go out.
             Self::Build(e) => (true, None, e.clone()),
+            Self::Temporary(e) => (false, None, e.clone()),
         }
     }
 }

@@ -18,8 +18,9 @@ pub enum SmtpSecurity {
     None,
 }
 
-/// The platform's default SMTP relay (`Config::section("outbound_smtp")`) and the DKIM keys
-/// replies are signed with. Per-inbox relays come later.
+/// The platform's default SMTP relay (`Config::section("outbound_smtp")`), the DKIM keys
+/// replies are signed with, and the limits of inbox relays (an inbox may have its own relay,
+/// set over the API: `/v1/inboxes/{id}/smtp-relay`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboundSmtpSettings {
@@ -47,6 +48,18 @@ pub struct OutboundSmtpSettings {
     pub notification_from: String,
     /// DKIM keys by sending domain: a reply whose From address is at `domain` is signed.
     pub dkim: Vec<DkimKeySettings>,
+    /// Address ranges an inbox's own relay may be at although they are loopback, private,
+    /// link-local or reserved (refused otherwise, when it is set and at every connection),
+    /// e.g. `["10.20.0.0/16"]` for a relay inside the operator's network. Empty by default.
+    /// The default relay above is the operator's own and is not checked.
+    pub allow_private: Vec<String>,
+    /// Connections kept open to each inbox relay.
+    pub inbox_relay_pool_size: u32,
+    /// Mails sent at once through one inbox relay (a slow one never holds up the others).
+    pub inbox_relay_concurrency: usize,
+    /// Inbox relays whose connection pools are kept at once; the least recently used is
+    /// closed beyond that.
+    pub inbox_relay_pools: usize,
 }
 
 /// One DKIM signing key (`[[outbound_smtp.dkim]]`).
@@ -91,6 +104,10 @@ impl Default for OutboundSmtpSettings {
             sending_lease_ms: 600_000,
             notification_from: "Postvak <notifications@localhost>".into(),
             dkim: Vec::new(),
+            allow_private: Vec::new(),
+            inbox_relay_pool_size: 2,
+            inbox_relay_concurrency: 2,
+            inbox_relay_pools: 64,
         }
     }
 }

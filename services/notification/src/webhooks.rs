@@ -146,6 +146,7 @@ pub(crate) fn start(
         per_lane: settings.per_endpoint_concurrency,
         per_tenant: settings.per_tenant_concurrency,
         total: settings.total_concurrency,
+        capped_lanes: None,
     };
     let (books, ledger) = tokio::sync::mpsc::channel(BOOKS_BATCH * 4);
     part.tasks

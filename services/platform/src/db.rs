@@ -103,6 +103,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "conversation_views",
         include_str!("../../../migrations/postgres/0019_conversation_views.sql"),
     ),
+    (
+        20,
+        "inbox_relays_and_reply_files",
+        include_str!("../../../migrations/postgres/0020_inbox_relays_and_reply_files.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -191,6 +196,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         19,
         "conversation_views",
         include_str!("../../../migrations/sqlite/0019_conversation_views.sql"),
+    ),
+    (
+        20,
+        "inbox_relays_and_reply_files",
+        include_str!("../../../migrations/sqlite/0020_inbox_relays_and_reply_files.sql"),
     ),
 ];
 

@@ -73,6 +73,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_notification::api::delete_webhook,
         postvak_notification::api::list_webhook_deliveries,
         postvak_notification::api::redeliver_webhook_delivery,
+        postvak_notification::api::get_smtp_relay,
+        postvak_notification::api::put_smtp_relay,
+        postvak_notification::api::delete_smtp_relay,
         postvak_notification::api::get_notification_preferences,
         postvak_notification::api::set_notification_preferences,
         postvak_conversation::api::set_presence,
@@ -138,7 +141,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "draft-providers", description = "Tenant endpoints asked for suggested reply drafts"),
         (name = "contacts", description = "Contacts: history, merge, GDPR export and erasure"),
         (name = "webhooks", description = "Signed tenant webhooks, deliveries and redelivery"),
-        (name = "notifications", description = "Agent notification preferences"),
+        (name = "notifications", description = "Agent notification preferences, inbox SMTP relays"),
         (name = "routing", description = "Rules per inbox, dry-run, agent availability and reassignment, SLA policies, metrics"),
     )
 )]

@@ -317,6 +317,10 @@ impl Application {
             &notification_settings(cfg)?.webhooks.allow_private,
         )
         .map_err(|e| anyhow::anyhow!("webhooks.allow_private: {e}"))?;
+        let relay_policy = postvak_notification::relays::RelayPolicy::new(
+            &notification_settings(cfg)?.outbound_smtp.allow_private,
+        )
+        .map_err(|e| anyhow::anyhow!("outbound_smtp.allow_private: {e}"))?;
         let provider_policy = web::Data::new(postvak_conversation::suggest::ProviderPolicy(
             postvak_platform::netguard::AddressPolicy::new(
                 &cfg.section::<postvak_conversation::suggest::SuggestSettings>("draft_providers")?
@@ -360,8 +364,9 @@ impl Application {
                 app
             };
             let app = if serve_notifications {
-                app.configure(postvak_notification::api::routes_with(
+                app.configure(postvak_notification::api::routes_with_policies(
                     webhook_policy.clone(),
+                    relay_policy.clone(),
                 ))
             } else {
                 app

@@ -339,12 +339,14 @@ impl TestEnv {
                 .app_data(postvak_platform::http::json_config())
                 .app_data(postvak_platform::http::query_config())
                 .app_data(postvak_platform::http::path_config())
-                .configure(postvak_notification::api::routes_with(
+                .configure(postvak_notification::api::routes_with_policies(
                     postvak_notification::ssrf::DestinationPolicy::new(&[
                         "127.0.0.1/32".into(),
                         "::1/128".into(),
                     ])
                     .unwrap(),
+                    postvak_notification::relays::RelayPolicy::new(&["127.0.0.1/32".into()])
+                        .unwrap(),
                 ))
                 .configure(postvak_conversation::api::routes)
         })

@@ -7,6 +7,7 @@
 mod agents;
 mod bench;
 mod helpers;
+mod inbox_relay;
 mod openapi;
 mod outbound;
 mod receiver;

@@ -1,4 +1,4 @@
-//! Every webhook route is documented (the handler names the binary's OpenAPI document lists).
+//! Every webhook, preference and inbox-relay route is documented (the handler names the binary's OpenAPI document lists).
 
 use utoipa::OpenApi;
 
@@ -11,6 +11,9 @@ use utoipa::OpenApi;
     postvak_notification::api::redeliver_webhook_delivery,
     postvak_notification::api::get_notification_preferences,
     postvak_notification::api::set_notification_preferences,
+    postvak_notification::api::get_smtp_relay,
+    postvak_notification::api::put_smtp_relay,
+    postvak_notification::api::delete_smtp_relay,
 ))]
 struct Doc;
 
@@ -29,6 +32,9 @@ fn the_webhook_routes_are_in_the_openapi_document() {
         ),
         ("/v1/me/notification-preferences", "get"),
         ("/v1/me/notification-preferences", "put"),
+        ("/v1/inboxes/{inbox_id}/smtp-relay", "get"),
+        ("/v1/inboxes/{inbox_id}/smtp-relay", "put"),
+        ("/v1/inboxes/{inbox_id}/smtp-relay", "delete"),
     ] {
         assert!(paths[path].get(method).is_some(), "{method} {path} missing");
     }
@@ -37,6 +43,8 @@ fn the_webhook_routes_are_in_the_openapi_document() {
         "CreateWebhook",
         "CreatedWebhook",
         "WebhookDeliveryList",
+        "PutSmtpRelay",
+        "SmtpRelay",
         "Problem",
     ] {
         assert!(schemas.contains_key(s), "schema {s} missing");

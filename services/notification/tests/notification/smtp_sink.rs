@@ -19,6 +19,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 port, outdir, mode, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+login, password = sys.argv[6].encode(), sys.argv[7].encode()
 counter = [0]
 
 class Handler:
@@ -36,7 +37,7 @@ class Handler:
         return "250 2.0.0 OK queued"
 
 def auth(server, session, envelope, mechanism, data):
-    ok = data is not None and getattr(data, "login", None) == b"relay" and getattr(data, "password", None) == b"s3cret"
+    ok = data is not None and getattr(data, "login", None) == login and getattr(data, "password", None) == password
     return AuthResult(success=ok)
 
 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -150,6 +151,8 @@ pub struct SmtpSink {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// The AUTH login it accepts (`relay` / `s3cret` unless made with [`SmtpSink::with_login`]).
+    pub login: (String, String),
 }
 
 pub fn free_port() -> u16 {
@@ -172,6 +175,25 @@ impl SmtpSink {
             port: free_port(),
             dir,
             child: None,
+            login: ("relay".into(), "s3cret".into()),
+        }
+    }
+
+    /// Another relay with its own login, and a certificate from `ca_of`'s CA (the one an
+    /// operator's `ca_cert_file` trusts).
+    pub fn with_login(ca_of: &SmtpSink, login: &str, password: &str) -> Self {
+        ensure_aiosmtpd();
+        let dir = TempDir::new();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::copy(ca_of.dir.path().join(f), dir.path().join(f)).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("mail")).unwrap();
+        std::fs::write(dir.path().join("sink.py"), SCRIPT).unwrap();
+        Self {
+            port: free_port(),
+            dir,
+            child: None,
+            login: (login.into(), password.into()),
         }
     }
 
@@ -191,6 +213,8 @@ impl SmtpSink {
             .arg(mode)
             .arg(self.dir.path().join("cert.pem"))
             .arg(self.dir.path().join("key.pem"))
+            .arg(&self.login.0)
+            .arg(&self.login.1)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
