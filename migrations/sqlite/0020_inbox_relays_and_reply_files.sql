@@ -17,3 +17,15 @@ CREATE TABLE notification_smtp_relays (
     PRIMARY KEY (tenant_id, inbox_id)
 );
 
+CREATE TABLE conversation_reply_files (
+    tenant_id  BLOB    NOT NULL,
+    file_id    BLOB    NOT NULL,
+    message_id BLOB    NOT NULL,
+    size       INTEGER NOT NULL,
+    -- sealed with the tenant key (AAD: tenant ‖ file)
+    sealed     BLOB    NOT NULL,
+    key_id     BLOB    NOT NULL,
+    created_us INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, file_id)
+);
+CREATE INDEX conversation_reply_files_message ON conversation_reply_files (tenant_id, message_id);

@@ -87,11 +87,36 @@ pub struct MessageV1 {
     pub html_blob: Option<Uuid>,
     #[serde(default)]
     pub attachments: u32,
+    /// The attachments' names, types and sizes (absent in events written before they were
+    /// recorded; `attachments` still counts those).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<MessageFileV1>,
+    /// Outbound: the HTML alternative the agent wrote, sent as multipart/alternative with
+    /// `body_text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_html: Option<String>,
     #[serde(default)]
     pub auto_reply: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Uuid>,
     pub at_us: i64,
+}
+
+/// One attachment of a message. Inbound: `file_id` is ingest's sealed blob. Outbound: a row
+/// of the conversation service's `conversation_reply_files` (sealed with the tenant key),
+/// read by the notification service through `postvak_conversation::files` when it sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFileV1 {
+    pub file_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 (hex) of the content.
+    pub sha256: String,
+    /// An inline part (an image the HTML refers to by `cid:`), not a download.
+    #[serde(default)]
+    pub inline: bool,
 }
 
 /// `conversation.note_added` v1.

@@ -94,6 +94,13 @@ pub struct ConversationMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html_blob_id: Option<Uuid>,
     pub attachments: u32,
+    /// The attachments: name, type and size (empty for messages recorded before these were
+    /// kept; `attachments` still counts them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachment_list: Vec<MessageAttachment>,
+    /// Outbound: the HTML alternative, when the agent wrote one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_html: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id_header: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -110,6 +117,21 @@ pub struct ConversationMessage {
     /// Outbound: how its delivery stands (absent on inbound messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<MessageDelivery>,
+}
+
+/// An attachment of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessageAttachment {
+    pub id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    pub content_type: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 (hex) of the content.
+    pub sha256: String,
+    /// An inline part (an image the HTML refers to by `cid:`), not a download.
+    pub inline: bool,
 }
 
 /// The delivery of an outbound message as the notification service reported it.
@@ -191,6 +213,28 @@ pub struct CreateReply {
     /// and a suggested one counts as accepted (`draft.suggestion_accepted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_id: Option<Uuid>,
+    /// An HTML alternative of `body`: the mail is then multipart/alternative (text and HTML).
+    /// `body` and `body_html` together at most 512 KiB (413 `reply_body_too_large`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_html: Option<String>,
+    /// Files sent with the reply (multipart/mixed), at most 20 and 10 MiB decoded in all
+    /// (413 `attachments_too_large`); stored sealed, shown on the message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<NewAttachment>,
+}
+
+/// A file attached to a reply, inline as base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAttachment {
+    /// 1–255 characters, no control characters, slashes or backslashes
+    /// (422 `invalid_attachment_filename`).
+    pub filename: String,
+    /// A MIME type `type/subtype`, e.g. `application/pdf`, without parameters
+    /// (422 `invalid_attachment_content_type`).
+    pub content_type: String,
+    /// The content, standard base64 with padding (422 `invalid_attachment_base64`).
+    pub content_base64: String,
 }
 
 /// Body of `POST /v1/conversations/{id}/notes`.

@@ -43,9 +43,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/conversations/{conversation_id}",
             web::get().to(get_conversation),
         )
-        .route(
-            "/v1/conversations/{conversation_id}/replies",
-            web::post().to(create_reply),
+        .service(
+            web::resource("/v1/conversations/{conversation_id}/replies")
+                .app_data(reply_json_config())
+                .route(web::post().to(create_reply)),
         )
         .route(
             "/v1/conversations/{conversation_id}/notes",
@@ -677,6 +678,44 @@ pub(crate) fn mailboxes(v: &[dto::Mailbox]) -> Result<Vec<Mailbox>, Failure> {
         .collect()
 }
 
+/// A reply's files or bodies refused: 413 for sizes, 422 otherwise.
+fn file_error(e: crate::files::FileError) -> Failure {
+    let err = if e.too_large() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            e.code(),
+            "The reply is too large",
+        )
+        .with_detail(e.to_string())
+    } else {
+        ApiError::unprocessable(e.code(), e.to_string())
+    };
+    Failure::Api(err)
+}
+
+/// `POST …/replies` carries files in base64: a larger JSON limit than other routes; a body
+/// over it is 413 `reply_too_large`.
+fn reply_json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(crate::files::MAX_REPLY_JSON)
+        .error_handler(|err, _req| {
+            use actix_web::error::JsonPayloadError as J;
+            match err {
+                J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "reply_too_large",
+                    "The reply is too large",
+                )
+                .with_detail(format!(
+                    "a reply's JSON body may have at most {} bytes",
+                    crate::files::MAX_REPLY_JSON
+                ))
+                .into(),
+                other => ApiError::bad_request("invalid_json", other.to_string()).into(),
+            }
+        })
+}
+
 /// Our Message-ID for an outbound mail and its `Reply-To`, both carrying the ingest service's
 /// signed reply token for (inbox, conversation): an answer that keeps only `In-Reply-To`, or
 /// only our address, still lands in this conversation. Without an ingestor (a process that
@@ -760,7 +799,13 @@ fn message_body(
         body_text: m.body_text.clone(),
         text_blob_id: None,
         html_blob_id: None,
-        attachments: 0,
+        attachments: m.attachments,
+        attachment_list: m
+            .files
+            .iter()
+            .map(|f| crate::files::attachment_dto(&crate::codec::file_v1(f)))
+            .collect(),
+        body_html: m.body_html.clone(),
         message_id_header: m.message_id_header.clone(),
         in_reply_to: m.in_reply_to.clone(),
         references: m.references.clone(),
@@ -835,6 +880,8 @@ pub async fn create_conversation(
                             body: body.body.clone(),
                             message_id_header: outbound.0.clone(),
                             reply_to: outbound.1.clone(),
+                            body_html: None,
+                            files: Vec::new(),
                         },
                         by,
                         at_us: now,
@@ -861,6 +908,7 @@ pub async fn create_conversation(
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, body = dto::StaleConversationProblem, content_type = "application/problem+json"),
+              (status = 413, body = Problem, content_type = "application/problem+json"),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn create_reply(
     cells: web::Data<Cells>,
@@ -878,6 +926,9 @@ pub async fn create_reply(
         // Check first, so that a stranger learns nothing about the inbox.
         let state = c.svc.state(&c.ctx, id).await.map_err(service_error)?;
         require(&c.access, &state, InboxRole::Reply).map_err(service_error)?;
+        let new_files =
+            crate::files::check(&body.body, body.body_html.as_deref(), &body.attachments)
+                .map_err(file_error)?;
         if let Some(t) = body.template_id {
             crate::activity::check_template(&c.ctx, state.inbox_id, t).await?;
         }
@@ -897,6 +948,13 @@ pub async fn create_reply(
         let cc = mailboxes(&body.cc)?;
         let by = actor_of(c.ctx.principal());
         let message_id = Uuid::now_v7();
+        // Stored before the event that names them; removed again if the reply is refused.
+        let files: Vec<core::MessageFile> = crate::files::store(&c.ctx, message_id, &new_files)
+            .await
+            .map_err(|e| Failure::Api(e.into()))?
+            .iter()
+            .map(crate::codec::file)
+            .collect();
         let ch = changed(&c, id, &req, |s| {
             require(&c.access, s, InboxRole::Reply)?;
             Ok(vec![C::Reply {
@@ -909,6 +967,8 @@ pub async fn create_reply(
                     body: body.body.clone(),
                     message_id_header: outbound.0.clone(),
                     reply_to: outbound.1.clone(),
+                    body_html: body.body_html.clone(),
+                    files: files.clone(),
                 },
                 by,
                 at_us: crate::now_us(),
@@ -918,7 +978,14 @@ pub async fn create_reply(
         let seen = if_match(&req).ok().flatten();
         let ch = match ch {
             Ok(ch) => ch,
-            Err(f) => return Err(crate::activity::refused(&c.ctx, id, "reply", seen, f).await),
+            Err(f) => {
+                if !files.is_empty()
+                    && let Err(e) = crate::files::discard(&c.ctx, message_id).await
+                {
+                    tracing::warn!(error = %e, %message_id, "files of a refused reply were not removed");
+                }
+                return Err(crate::activity::refused(&c.ctx, id, "reply", seen, f).await);
+            }
         };
         if let Some(t) = body.template_id {
             crate::activity::template_used(&c.ctx, id, message_id, t).await;

@@ -1,11 +1,11 @@
 //! Domain events ↔ stored shapes (`postvak_proto::events::conversation`).
 
 use postvak_core::conversation::{
-    ConversationEvent as E, DeliveryFailure, Mailbox, MergeSource, Message, Origin, ParticipantRef,
-    Priority, Status,
+    ConversationEvent as E, DeliveryFailure, Mailbox, MergeSource, Message, MessageFile, Origin,
+    ParticipantRef, Priority, Status,
 };
 use postvak_platform::store::{RecordedEvent, StoreError};
-use postvak_proto::events::conversation::{self as ev, MailboxV1, MessageV1};
+use postvak_proto::events::conversation::{self as ev, MailboxV1, MessageFileV1, MessageV1};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -46,9 +46,33 @@ pub(crate) fn message_v1(m: &Message, conversation_id: Uuid, inbox_id: Uuid) -> 
         text_blob: m.text_blob,
         html_blob: m.html_blob,
         attachments: m.attachments,
+        files: m.files.iter().map(file_v1).collect(),
+        body_html: m.body_html.clone(),
         auto_reply: m.auto_reply,
         author: m.author,
         at_us: m.at_us,
+    }
+}
+
+pub(crate) fn file_v1(f: &MessageFile) -> MessageFileV1 {
+    MessageFileV1 {
+        file_id: f.file_id,
+        filename: f.filename.clone(),
+        content_type: f.content_type.clone(),
+        size: f.size,
+        sha256: f.sha256.clone(),
+        inline: f.inline,
+    }
+}
+
+pub(crate) fn file(f: &MessageFileV1) -> MessageFile {
+    MessageFile {
+        file_id: f.file_id,
+        filename: f.filename.clone(),
+        content_type: f.content_type.clone(),
+        size: f.size,
+        sha256: f.sha256.clone(),
+        inline: f.inline,
     }
 }
 
@@ -69,6 +93,8 @@ pub(crate) fn message(m: &MessageV1) -> Message {
         text_blob: m.text_blob,
         html_blob: m.html_blob,
         attachments: m.attachments,
+        files: m.files.iter().map(file).collect(),
+        body_html: m.body_html.clone(),
         auto_reply: m.auto_reply,
         author: m.author,
         at_us: m.at_us,

@@ -473,6 +473,8 @@ impl ApplyHandler {
             body: render_template(&body, value),
             message_id_header,
             reply_to,
+            body_html: None,
+            files: Vec::new(),
         }))
     }
 }

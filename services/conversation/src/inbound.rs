@@ -234,6 +234,19 @@ pub(crate) fn message_of(p: &MessageReceivedV1) -> Message {
         text_blob: p.text_body.as_ref().map(|b| b.blob_id),
         html_blob: p.html_body.as_ref().map(|b| b.blob_id),
         attachments: u32::try_from(p.attachments.len()).unwrap_or(u32::MAX),
+        files: p
+            .attachments
+            .iter()
+            .map(|a| postvak_core::conversation::MessageFile {
+                file_id: a.blob.blob_id,
+                filename: a.filename.clone(),
+                content_type: a.blob.content_type.clone(),
+                size: a.blob.size,
+                sha256: a.blob.sha256.clone(),
+                inline: a.inline,
+            })
+            .collect(),
+        body_html: None,
         auto_reply: p.flags.auto_reply || p.flags.bounce,
         author: None,
         at_us: p.received_at_us,

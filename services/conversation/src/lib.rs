@@ -18,6 +18,7 @@ pub mod commands;
 pub mod contacts;
 mod delivery;
 pub mod drafts;
+pub mod files;
 mod idempotency;
 pub mod inbound;
 mod live;

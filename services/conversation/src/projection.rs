@@ -1015,6 +1015,8 @@ pub(crate) async fn message_dto(
         text_blob_id: m.text_blob,
         html_blob_id: m.html_blob,
         attachments: m.attachments,
+        attachment_list: m.files.iter().map(crate::files::attachment_dto).collect(),
+        body_html: m.body_html,
         message_id_header: m.message_id_header,
         in_reply_to: m.in_reply_to,
         references: m.references,

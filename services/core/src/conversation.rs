@@ -165,11 +165,28 @@ pub struct Message {
     pub text_blob: Option<Uuid>,
     pub html_blob: Option<Uuid>,
     pub attachments: u32,
+    /// The attachments' names, types and sizes (inbound: ingest's blobs; outbound: the
+    /// conversation service's reply files).
+    pub files: Vec<MessageFile>,
+    /// Outbound: the HTML alternative the agent wrote.
+    pub body_html: Option<String>,
     /// An auto-reply or a bounce: never answered automatically.
     pub auto_reply: bool,
     /// Outbound: the agent who wrote it.
     pub author: Option<Uuid>,
     pub at_us: i64,
+}
+
+/// One attachment of a message: where its content is kept, and what a reader is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageFile {
+    pub file_id: Uuid,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 (hex) of the content.
+    pub sha256: String,
+    pub inline: bool,
 }
 
 /// A reply as an agent writes it; the aggregate adds the threading headers.
@@ -190,6 +207,10 @@ pub struct Reply {
     pub message_id_header: Option<String>,
     /// `Reply-To`, e.g. the inbox's plus-address with the reply token.
     pub reply_to: Vec<Mailbox>,
+    /// An HTML alternative of `body`.
+    pub body_html: Option<String>,
+    /// Files already stored by the service (their content is not part of the event).
+    pub files: Vec<MessageFile>,
 }
 
 /// What a merged-away conversation hands to the one it is merged into.
@@ -653,7 +674,9 @@ impl Conversation {
             body_text: Some(body),
             text_blob: None,
             html_blob: None,
-            attachments: 0,
+            attachments: u32::try_from(reply.files.len()).unwrap_or(u32::MAX),
+            files: reply.files,
+            body_html: reply.body_html.filter(|h| !h.trim().is_empty()),
             auto_reply: false,
             author: by.user(),
             at_us,
@@ -1609,6 +1632,8 @@ mod tests {
             body: body.into(),
             message_id_header: None,
             reply_to: vec![],
+            body_html: None,
+            files: vec![],
         }
     }
 

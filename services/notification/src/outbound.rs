@@ -21,7 +21,7 @@ use lettre::message::dkim::{
     DkimSigningKey,
 };
 use lettre::message::header::HeaderName;
-use lettre::message::{Mailbox, header::ContentType};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -33,7 +33,7 @@ use postvak_platform::on_tx;
 use postvak_platform::store::{
     EventStore, ExpectedVersion, KeyScope, NewEvent, RecordedEvent, StoreError, StreamRef, TenantId,
 };
-use postvak_proto::events::conversation::{self as cev, MailboxV1, MessageV1};
+use postvak_proto::events::conversation::{self as cev, MailboxV1, MessageFileV1, MessageV1};
 use postvak_proto::events::notification::{self as nev, ReplyFailedV1, ReplySentV1};
 use sqlx::Row;
 use std::sync::Arc;
@@ -618,14 +618,27 @@ impl Sender {
         }
     }
 
-    /// Builds the mail and hands it to the inbox's relay, or the default.
+    /// Builds the mail (reading its files) and hands it to the inbox's relay, or the default.
     async fn send_claimed(
         &self,
         ctx: &TenantContext,
         claimed: &Claimed,
     ) -> Result<lettre::transport::smtp::response::Response, SendFailure> {
         let m = &claimed.content;
-        let mut mail = build(m).map_err(SendFailure::Build)?;
+        let mut files = Vec::with_capacity(m.files.len());
+        for f in &m.files {
+            match postvak_conversation::files::read(ctx, f.file_id).await {
+                Ok(Some(bytes)) => files.push((f, bytes)),
+                Ok(None) => {
+                    return Err(SendFailure::Build(format!(
+                        "attachment {} is gone",
+                        f.filename.as_deref().unwrap_or("(unnamed)")
+                    )));
+                }
+                Err(e) => return Err(SendFailure::Temporary(e.to_string())),
+            }
+        }
+        let mut mail = build(m, &files).map_err(SendFailure::Build)?;
         if let Some(from) = m.from.first() {
             self.dkim.sign(&from.address, &mut mail);
         }
@@ -812,7 +825,7 @@ pub async fn status(
 enum SendFailure {
     Smtp(lettre::transport::smtp::Error),
     Build(String),
-    /// Not the relay's answer: its pool could not be built.
+    /// Not the relay's answer: its pool could not be built, a file could not be read.
     Temporary(String),
 }
 
@@ -844,8 +857,10 @@ fn ids(v: &[String]) -> String {
 }
 
 /// The RFC 5322 message of a queued reply: from the inbox address (the event's `from`), our
-/// Message-ID, the thread's `In-Reply-To` and full `References`, the text the agent wrote.
-pub(crate) fn build(m: &MessageV1) -> Result<Message, String> {
+/// Message-ID, the thread's `In-Reply-To` and full `References`, the text the agent wrote —
+/// `text/plain` alone, multipart/alternative (text, HTML) when there is HTML, and inside
+/// multipart/mixed with the attachments when there are files.
+pub(crate) fn build(m: &MessageV1, files: &[(&MessageFileV1, Vec<u8>)]) -> Result<Message, String> {
     let from = m
         .from
         .first()
@@ -873,7 +888,43 @@ pub(crate) fn build(m: &MessageV1) -> Result<Message, String> {
         b = b.references(ids(&m.references));
     }
     b = b.subject(m.subject.clone().unwrap_or_default());
-    b.header(ContentType::TEXT_PLAIN)
-        .body(m.body_text.clone().unwrap_or_default())
-        .map_err(|e| e.to_string())
+    let text = m.body_text.clone().unwrap_or_default();
+    if files.is_empty() && m.body_html.is_none() {
+        return b
+            .header(ContentType::TEXT_PLAIN)
+            .body(text)
+            .map_err(|e| e.to_string());
+    }
+    let mut attachments = Vec::with_capacity(files.len());
+    for (f, bytes) in files {
+        let ct = ContentType::parse(&f.content_type)
+            .map_err(|e| format!("attachment content type {}: {e}", f.content_type))?;
+        let name = f.filename.clone().unwrap_or_else(|| "attachment".into());
+        attachments.push(Attachment::new(name).body(bytes.clone(), ct));
+    }
+    let body = match &m.body_html {
+        Some(html) => Body::Alternative(MultiPart::alternative_plain_html(text, html.clone())),
+        None => Body::Text(SinglePart::plain(text)),
+    };
+    let mail = if attachments.is_empty() {
+        match body {
+            Body::Alternative(alt) => b.multipart(alt),
+            Body::Text(part) => b.singlepart(part),
+        }
+    } else {
+        let mut mixed = match body {
+            Body::Alternative(alt) => MultiPart::mixed().multipart(alt),
+            Body::Text(part) => MultiPart::mixed().singlepart(part),
+        };
+        for a in attachments {
+            mixed = mixed.singlepart(a);
+        }
+        b.multipart(mixed)
+    };
+    mail.map_err(|e| e.to_string())
+}
+
+enum Body {
+    Alternative(MultiPart),
+    Text(SinglePart),
 }

@@ -192,6 +192,8 @@ impl TestEnv {
                             name: None,
                             address: t.address.replacen('@', "+r-token@", 1),
                         }],
+                        body_html: None,
+                        files: vec![],
                     },
                     by,
                     at_us: postvak_platform::store::micros(time::OffsetDateTime::now_utc()),

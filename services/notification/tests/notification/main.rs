@@ -11,6 +11,7 @@ mod inbox_relay;
 mod openapi;
 mod outbound;
 mod receiver;
+mod reply_parts;
 mod sla_alerts;
 mod smtp_sink;
 mod webhook_events;
