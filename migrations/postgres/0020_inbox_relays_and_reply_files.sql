@@ -7,6 +7,8 @@
 -- `conversation_reply_files`: the attachments of replies, sealed with the tenant key, written
 -- by the reply API before the `reply.queued` event that names them; the notification service
 -- reads them through the conversation library when it builds the mail.
+-- `agent_notification_prefs.stream`: whether the user's notifications are also pushed to their
+-- `/v1/stream` (as `agent.notified` events); on by default.
 
 CREATE TABLE notification_smtp_relays (
     tenant_id    uuid   NOT NULL,
@@ -36,6 +38,8 @@ CREATE TABLE conversation_reply_files (
     PRIMARY KEY (tenant_id, file_id)
 );
 CREATE INDEX conversation_reply_files_message ON conversation_reply_files (tenant_id, message_id);
+
+ALTER TABLE agent_notification_prefs ADD COLUMN stream boolean NOT NULL DEFAULT true;
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON notification_smtp_relays, conversation_reply_files
     TO postvak_app;

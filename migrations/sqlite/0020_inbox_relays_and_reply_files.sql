@@ -29,3 +29,5 @@ CREATE TABLE conversation_reply_files (
     PRIMARY KEY (tenant_id, file_id)
 );
 CREATE INDEX conversation_reply_files_message ON conversation_reply_files (tenant_id, message_id);
+
+ALTER TABLE agent_notification_prefs ADD COLUMN stream INTEGER NOT NULL DEFAULT 1;

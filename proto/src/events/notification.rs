@@ -89,3 +89,42 @@ pub struct SmtpRelayRemovedV1 {
     pub inbox_id: Uuid,
     pub at_us: i64,
 }
+
+/// Agent notifications pushed to the agent's live stream: one stream per notification,
+/// `agent_notification/user-<user uuid, simple>-<notification uuid, simple>`, appended in the
+/// transaction that records the notification (so it is pushed once, and only if recorded).
+/// The stream id names the user so that `/v1/stream` can pick the caller's without opening
+/// other users' events.
+pub const STREAM_AGENT_NOTIFICATION: &str = "agent_notification";
+
+/// Something an agent should know: assigned to them, mentioned, an SLA warning or breach, a
+/// reply of theirs not delivered.
+pub const AGENT_NOTIFIED: &str = "agent.notified";
+
+/// `agent.notified` v1. Names the conversation, never its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentNotifiedV1 {
+    pub notification_id: Uuid,
+    pub user_id: Uuid,
+    /// `assigned`, `mentioned`, `reply_failed`, `sla_warning`, `sla_breached`.
+    pub kind: String,
+    pub conversation_id: Uuid,
+    /// Who caused it (the assigner, the note's author), when a user did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Uuid>,
+    /// SLA alerts: `{clock, due_at_us, policy}` as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub at_us: i64,
+}
+
+/// The stream of one agent notification.
+pub fn agent_notification_stream_id(user: Uuid, notification: Uuid) -> String {
+    format!("user-{}-{}", user.simple(), notification.simple())
+}
+
+/// The user an `agent_notification` stream id belongs to.
+pub fn agent_notification_user(stream_id: &str) -> Option<Uuid> {
+    let rest = stream_id.strip_prefix("user-")?;
+    Uuid::try_parse(rest.get(..32)?).ok()
+}

@@ -123,6 +123,14 @@ pub struct NotificationPreferences {
     /// you administer): `inherit` (as `delivery`; the default), `each`, `digest` or `off`.
     #[serde(default = "default_sla_alerts")]
     pub sla_alerts: String,
+    /// Also push your notifications to your `/v1/stream` (`event: notification`), whatever
+    /// `delivery` says about mail (default `true`).
+    #[serde(default = "default_stream")]
+    pub stream: bool,
+}
+
+fn default_stream() -> bool {
+    true
 }
 
 /// Body of `PUT /v1/inboxes/{inbox_id}/smtp-relay`: the inbox's replies go through this relay
@@ -169,6 +177,24 @@ pub struct SmtpRelay {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: OffsetDateTime,
+}
+
+/// An agent notification as `/v1/stream` sends it (`event: notification`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NotificationStreamEvent {
+    pub notification_id: Uuid,
+    /// `assigned`, `mentioned`, `reply_failed`, `sla_warning`, `sla_breached`.
+    pub kind: String,
+    pub conversation_id: Uuid,
+    /// The user who caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Uuid>,
+    /// SLA alerts: which clock, when it is due, the policy (JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
 }
 
 fn default_digest_secs() -> u32 {

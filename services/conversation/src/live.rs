@@ -6,6 +6,13 @@
 //! moment (the same rule as `GET /v1/conversations/{id}`), with `id:` = the log position, so a
 //! client resumes with `Last-Event-ID`. Without one it starts at the head of the log.
 //!
+//! Agent notifications (a small hook for the notification service, ADR 0019): the
+//! notification service appends `agent.notified` on `agent_notification/user-<user>-<id>`
+//! streams; the stream sends the caller's own as `event: notification`
+//! (`NotificationStreamEvent`), with the same `id:` positions. Others' are never opened (the
+//! user is in the stream id). Which notifications are pushed, and whether at all, is the
+//! notification service's business (the user's `stream` preference).
+//!
 //! Presence (`POST /v1/conversations/{id}/presence`) is ephemeral: never an event in the log,
 //! broadcast in-process to the streams of the others who may read the conversation. With
 //! several replicas, presence reaches only the streams held by the same process (a NATS core
@@ -20,7 +27,9 @@ use postvak_platform::db::{Db, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{LogPosition, StoreError, StoredEvent, TenantId};
 use postvak_proto::events::conversation as ev;
+use postvak_proto::events::notification as nev;
 use postvak_proto::rest::conversation as dto;
+use postvak_proto::rest::notification as notification_dto;
 use sqlx::Row;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -145,6 +154,31 @@ fn conversation_of(e: &StoredEvent) -> Option<Uuid> {
     Uuid::try_parse(e.stream_id.strip_prefix("conv-")?).ok()
 }
 
+/// An `agent.notified` event as the stream shows it (`None`: erased or not readable).
+async fn notification(
+    store: &dyn postvak_platform::store::EventStore,
+    e: &StoredEvent,
+) -> Option<notification_dto::NotificationStreamEvent> {
+    if e.event_type != nev::AGENT_NOTIFIED || e.event_version != 1 {
+        return None;
+    }
+    let n: nev::AgentNotifiedV1 = match store.open(e).await.and_then(|r| r.payload()) {
+        Ok(n) => n,
+        Err(err) => {
+            tracing::warn!(error = %err, "live stream cannot read an agent notification");
+            return None;
+        }
+    };
+    Some(notification_dto::NotificationStreamEvent {
+        notification_id: n.notification_id,
+        kind: n.kind,
+        conversation_id: n.conversation_id,
+        actor: n.actor,
+        detail: n.detail,
+        at: postvak_platform::store::from_micros(n.at_us),
+    })
+}
+
 /// How many log entries are read at once.
 const BATCH: usize = 256;
 /// Polls the log this often even without a signal (another process may have appended).
@@ -188,6 +222,23 @@ pub(crate) async fn run_stream(
         let mut seen: HashMap<Uuid, bool> = HashMap::new();
         for e in batch {
             pos = e.position;
+            if e.stream_type == nev::STREAM_AGENT_NOTIFICATION {
+                if me.is_some()
+                    && nev::agent_notification_user(&e.stream_id) == me
+                    && let Some(data) = notification(&*store, &e).await
+                {
+                    let id_text = encode_position(e.position);
+                    if out
+                        .send(frame("notification", Some(&id_text), &data))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    last_sent = tokio::time::Instant::now();
+                }
+                continue;
+            }
             let Some(id) = conversation_of(&e) else {
                 continue;
             };

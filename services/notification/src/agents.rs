@@ -1,8 +1,9 @@
-//! Agent notifications by email: "assigned to you", "mentioned in a note", "your reply was
-//! not delivered" (`reply.delivery_failed`, to the reply's author) and SLA warnings and breaches
-//! (`routing.sla_warning` / `routing.sla_breached`, to the conversation's assignee or, when it
-//! is unassigned, to the inbox's admins), one mail each or a digest per interval, per the
-//! user's preference (`off` records them as skipped; SLA alerts may have their own, ADR 0015).
+//! Agent notifications by email and on the agent's live stream: "assigned to you",
+//! "mentioned in a note", "your reply was not delivered" (`reply.delivery_failed`, to the
+//! reply's author) and SLA warnings and breaches (`routing.sla_warning` /
+//! `routing.sla_breached`, to the conversation's assignee or, when it is unassigned, to the
+//! inbox's admins), one mail each or a digest per interval, per the user's preference (`off`
+//! records them as skipped; SLA alerts may have their own, ADR 0015).
 //!
 //! SLA alerts come from routing's timer streams through a consumer of their own
 //! ([`SLA_CONSUMER`]); the assignee is what the conversation consumer last recorded in
@@ -11,10 +12,13 @@
 //! as skipped, never mailed: it would tell of a deadline long past.
 //!
 //! The consumer records each notification and schedules the user (one due item per user) in
-//! its transaction; the worker sends what is pending for a user through the relay and marks it
-//! sent. Delivery is at least once (a crash between the 250 and the mark repeats a mail: these
-//! go to our own agents, not to customers). Mails name the conversation and the actor, never
-//! the conversation's content (it stays sealed in the conversation service).
+//! its transaction; unless the user turned `stream` off, the same transaction appends
+//! `agent.notified` on `agent_notification/user-<user>-<notification>`, which `/v1/stream`
+//! (conversation service) sends to that user as `event: notification` (ADR 0019); the
+//! worker sends what is pending for a user through the relay and marks it sent. Delivery is
+//! at least once (a crash between the 250 and the mark repeats a mail: these go to our own
+//! agents, not to customers). Mails and pushes name the conversation and the actor, never the
+//! conversation's content (it stays sealed in the conversation service).
 
 use crate::due::{self, DueItem, Job, Limits};
 use crate::settings::OutboundSmtpSettings;
@@ -29,10 +33,13 @@ use postvak_platform::consumer::run_consumer;
 use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
-use postvak_platform::store::{RecordedEvent, StoreError, TenantId};
+use postvak_platform::store::{
+    EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef, TenantId,
+};
 use postvak_proto::events::conversation::{
     self as cev, AssignedV1, NoteAddedV1, ReplyDeliveryFailedV1,
 };
+use postvak_proto::events::notification::{self as nev, AgentNotifiedV1};
 use postvak_proto::events::timers::{self as tev, SlaClockEventV1};
 use postvak_proto::rest::notification::NotificationPreferences;
 use sqlx::Row;
@@ -66,9 +73,15 @@ pub(crate) fn start(
     cancel: CancellationToken,
 ) -> Part {
     let wake = Arc::new(Notify::new());
-    let handler: Arc<dyn EventHandler> = Arc::new(Recorder { wake: wake.clone() });
+    let handler: Arc<dyn EventHandler> = Arc::new(Recorder {
+        wake: wake.clone(),
+        store: cell.store.clone(),
+    });
     let sla: Arc<dyn EventHandler> = Arc::new(SlaAlerts {
-        recorder: Recorder { wake: wake.clone() },
+        recorder: Recorder {
+            wake: wake.clone(),
+            store: cell.store.clone(),
+        },
         cells: cells.clone(),
         directory: Directory::new(cells.clone()),
     });
@@ -108,6 +121,7 @@ pub(crate) fn start(
 
 struct Recorder {
     wake: Arc<Notify>,
+    store: Arc<dyn EventStore>,
 }
 
 /// A user's preferences as stored.
@@ -115,6 +129,8 @@ struct Prefs {
     delivery: String,
     digest_secs: i64,
     sla_alerts: String,
+    /// Push to the user's `/v1/stream` too.
+    stream: bool,
 }
 
 impl Prefs {
@@ -130,7 +146,7 @@ impl Prefs {
 
 async fn prefs(tx: &mut DbTx, t: TenantId, user: Uuid) -> Result<Prefs, StoreError> {
     let row: Option<Prefs> = on_tx!(tx, |c| sqlx::query(
-        "SELECT delivery, digest_secs, sla_alerts FROM agent_notification_prefs \
+        "SELECT delivery, digest_secs, sla_alerts, stream FROM agent_notification_prefs \
          WHERE tenant_id = $1 AND user_id = $2"
     )
     .bind(t.0)
@@ -142,6 +158,7 @@ async fn prefs(tx: &mut DbTx, t: TenantId, user: Uuid) -> Result<Prefs, StoreErr
             delivery: r.try_get(0)?,
             digest_secs: r.try_get(1)?,
             sla_alerts: r.try_get(2)?,
+            stream: r.try_get(3)?,
         }))
         .transpose()))
     .map_err(db_error)?;
@@ -149,6 +166,7 @@ async fn prefs(tx: &mut DbTx, t: TenantId, user: Uuid) -> Result<Prefs, StoreErr
         delivery: "each".into(),
         digest_secs: DEFAULT_DIGEST_SECS,
         sla_alerts: "inherit".into(),
+        stream: true,
     }))
 }
 
@@ -195,6 +213,7 @@ impl Recorder {
         } else {
             "pending"
         };
+        let notification_id = Uuid::now_v7();
         let inserted = on_tx!(tx, |c| sqlx::query(
             "INSERT INTO agent_notifications (tenant_id, notification_id, user_id, kind, \
              conversation_id, event_id, actor, state, created_us, detail) \
@@ -202,7 +221,7 @@ impl Recorder {
              ON CONFLICT (tenant_id, user_id, event_id) DO NOTHING"
         )
         .bind(t.0)
-        .bind(Uuid::now_v7())
+        .bind(notification_id)
         .bind(user)
         .bind(kind)
         .bind(conversation)
@@ -215,6 +234,36 @@ impl Recorder {
         .await
         .map(|r| r.rows_affected()))
         .map_err(|e| HandlerError::Store(db_error(e)))?;
+        // Pushed once: only when this transaction recorded it (a redelivery inserts nothing),
+        // and its own stream is new.
+        if inserted == 1 && !skip && p.stream {
+            let pushed = AgentNotifiedV1 {
+                notification_id,
+                user_id: user,
+                kind: kind.to_owned(),
+                conversation_id: conversation,
+                actor,
+                detail: detail.map(str::to_owned),
+                at_us: now,
+            };
+            let mut e = NewEvent::from_payload(nev::AGENT_NOTIFIED, 1, &pushed)
+                .map_err(HandlerError::Store)?;
+            e.metadata.actor = Some(SERVICE.actor());
+            e.metadata.causation_id = Some(event.event_id);
+            self.store
+                .append_in_tx(
+                    tx,
+                    t,
+                    &StreamRef::new(
+                        nev::STREAM_AGENT_NOTIFICATION,
+                        nev::agent_notification_stream_id(user, notification_id),
+                    ),
+                    ExpectedVersion::NoStream,
+                    vec![e],
+                )
+                .await
+                .map_err(HandlerError::Store)?;
+        }
         if inserted == 1 && state == "pending" {
             let due_at = if delivery == "digest" {
                 now.saturating_add(digest_secs.saturating_mul(1_000_000))
@@ -688,6 +737,7 @@ pub async fn preferences(
         delivery: p.delivery,
         digest_secs: u32::try_from(p.digest_secs).unwrap_or(u32::MAX),
         sla_alerts: p.sla_alerts,
+        stream: p.stream,
     })
 }
 
@@ -710,10 +760,11 @@ pub async fn set_preferences(
     let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
     on_tx!(&mut tx, |c| sqlx::query(
         "INSERT INTO agent_notification_prefs (tenant_id, user_id, delivery, digest_secs, \
-         updated_us, sla_alerts) VALUES ($1, $2, $3, $4, $5, $6) \
+         updated_us, sla_alerts, stream) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (tenant_id, user_id) DO UPDATE \
          SET delivery = excluded.delivery, digest_secs = excluded.digest_secs, \
-             updated_us = excluded.updated_us, sla_alerts = excluded.sla_alerts"
+             updated_us = excluded.updated_us, sla_alerts = excluded.sla_alerts, \
+             stream = excluded.stream"
     )
     .bind(t.0)
     .bind(user)
@@ -721,6 +772,7 @@ pub async fn set_preferences(
     .bind(i64::from(p.digest_secs))
     .bind(now_us())
     .bind(&p.sla_alerts)
+    .bind(p.stream)
     .execute(c)
     .await
     .map(|_| ()))

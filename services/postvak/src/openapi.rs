@@ -128,6 +128,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         // What a draft provider receives and answers (not a route of ours).
         postvak_proto::rest::draft_providers::SuggestionRequest,
         postvak_proto::rest::draft_providers::SuggestionAnswer,
+        // What `/v1/stream` sends as `event: notification`.
+        postvak_proto::rest::notification::NotificationStreamEvent,
     )),
     modifiers(&BearerAuth),
     tags(

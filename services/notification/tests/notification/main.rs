@@ -14,5 +14,6 @@ mod receiver;
 mod reply_parts;
 mod sla_alerts;
 mod smtp_sink;
+mod stream_notifications;
 mod webhook_events;
 mod webhooks;
