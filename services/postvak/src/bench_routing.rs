@@ -12,6 +12,12 @@
 //!
 //! Mails are sent open loop at `rate` per second over a pool of SMTP connections; a slow server
 //! shows up as a lower achieved rate and a later 250, never as fewer mails.
+//!
+//! All mails come from one peer (127.0.0.1), so the ingest process is started with its per-peer
+//! limits lifted (`smtp.max_messages_per_minute_per_peer = 0`, enough connections per peer): the
+//! default bucket of 1200 mails a minute answers 451 after ~12 s at 100 mails/s, and the bench
+//! would measure the limiter instead of routing. Any 4xx/5xx answer to a mail is counted, shown
+//! by code in the report, and fails the run.
 
 use crate::bench::Scratch;
 use anyhow::Context;
@@ -74,7 +80,15 @@ pub async fn run(opts: RoutingBenchOptions) -> anyhow::Result<String> {
 
 const CELL: &str = "bench";
 
-fn env_of(url: &str, nats: &str, prefix: &str, master: &str) -> Vec<(String, String)> {
+fn env_of(
+    url: &str,
+    nats: &str,
+    prefix: &str,
+    master: &str,
+    connections: usize,
+) -> Vec<(String, String)> {
+    // Every bench connection comes from 127.0.0.1: one peer to the ingest's limits.
+    let per_peer = (connections + 8).to_string();
     [
         ("POSTVAK_CELLS__BENCH__DATABASE_URL", url),
         ("POSTVAK_CELLS__BENCH__NATS_URL", nats),
@@ -85,6 +99,8 @@ fn env_of(url: &str, nats: &str, prefix: &str, master: &str) -> Vec<(String, Str
         ("POSTVAK_SMTP__ADDR", "127.0.0.1:0"),
         ("POSTVAK_HTTP__SHUTDOWN_GRACE_SECS", "5"),
         ("POSTVAK_TELEMETRY__LOG_LEVEL", "warn"),
+        ("POSTVAK_SMTP__MAX_MESSAGES_PER_MINUTE_PER_PEER", "0"),
+        ("POSTVAK_SMTP__MAX_CONNECTIONS_PER_PEER", per_peer.as_str()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -204,7 +220,7 @@ type Timeline = Arc<Mutex<HashMap<u64, Times>>>;
 
 async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow::Result<String> {
     let master = postvak_platform::crypto::MasterKey::generate_base64();
-    let env = env_of(url, &opts.nats, prefix, &master);
+    let env = env_of(url, &opts.nats, prefix, &master, opts.connections.max(1));
     let cfg = Config::load_with_env(None, env.clone())?;
     // Migrate and set the tenant up in this process (the directory's own code), then start the
     // services as separate processes.
@@ -335,9 +351,10 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
     let total = u64::from(opts.rate) * opts.seconds;
     let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(total as usize + 1);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let refused: Refusals = Arc::default();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..opts.connections.max(1) {
-        let (rx, timeline) = (rx.clone(), timeline.clone());
+        let (rx, timeline, refused) = (rx.clone(), timeline.clone(), refused.clone());
         let mut client = BenchClient::connect(smtp).await?;
         senders.spawn(async move {
             loop {
@@ -345,12 +362,27 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
                 let Some((n, due)) = next else {
                     return anyhow::Ok(());
                 };
-                send(&mut client, &mail(n)).await?;
-                let now = Instant::now();
-                if let Ok(mut t) = timeline.lock() {
-                    let e = t.entry(n).or_default();
-                    e.scheduled = Some(due);
-                    e.accepted = Some(now);
+                match send(&mut client, &mail(n)).await {
+                    Ok(()) => {
+                        let now = Instant::now();
+                        if let Ok(mut t) = timeline.lock() {
+                            let e = t.entry(n).or_default();
+                            e.scheduled = Some(due);
+                            e.accepted = Some(now);
+                        }
+                    }
+                    Err(e) => {
+                        // A refusal (or a dropped connection) is a failed mail: counted by its
+                        // reply, and the session is replaced (its pipelined replies are out of
+                        // step now).
+                        let reply = smtp_reply_of(&e);
+                        if let Ok(mut r) = refused.lock() {
+                            *r.entry(reply).or_default() += 1;
+                        }
+                        client = BenchClient::connect(smtp)
+                            .await
+                            .context("reconnecting after a refused mail")?;
+                    }
                 }
             }
         });
@@ -366,8 +398,14 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
         done??;
     }
     let sent_in = start.elapsed();
-    let all: Vec<u64> = (0..total).collect();
-    let waited = wait_for(&timeline, &all, Duration::from_secs(60)).await;
+    // Wait for every accepted mail; a refused one can never arrive.
+    let accepted: Vec<u64> = {
+        let t = timeline.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        (0..total)
+            .filter(|n| t.get(n).is_some_and(|e| e.accepted.is_some()))
+            .collect()
+    };
+    let waited = wait_for(&timeline, &accepted, Duration::from_secs(60)).await;
     watcher.abort();
     drop(procs);
 
@@ -446,10 +484,54 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
         out,
         "assignments per agent (round-robin): {per_agent:?}; target p99 ≤ {TARGET_P99_MS:.0} ms"
     )?;
+    let refused = refused
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let refused_total: u64 = refused.values().sum();
+    if refused_total == 0 {
+        writeln!(out, "SMTP refusals (4xx/5xx or dropped): none")?;
+    } else {
+        writeln!(
+            out,
+            "SMTP refusals (4xx/5xx or dropped): {refused_total} of {total} mails — FAILED"
+        )?;
+        for (reply, n) in &refused {
+            writeln!(out, "  {n:>6} × {reply}")?;
+        }
+    }
     if let Err(e) = waited {
         anyhow::bail!("{out}\n{e:#}");
     }
+    anyhow::ensure!(
+        refused_total == 0,
+        "{out}\n{refused_total} mails were refused by the ingest process"
+    );
     Ok(out)
+}
+
+/// Refused mails by the server's reply line (code and enhanced status), or the error.
+type Refusals = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// The SMTP reply that refused a mail, from the bench client's error (`expected 250, got 451
+/// 4.7.1 …`): its code and enhanced status code, so refusals of one kind count together; any
+/// other failure (a dropped connection) by its message.
+fn smtp_reply_of(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    match text.split_once("got ") {
+        Some((_, reply))
+            if reply
+                .get(..3)
+                .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            reply
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        _ => text,
+    }
 }
 
 fn percentiles(v: &mut [Duration]) -> (f64, f64, f64) {
@@ -603,4 +685,32 @@ fn mail(n: u64) -> Vec<u8> {
 /// One mail to the bench inbox over `client` (the ingest bench's SMTP client).
 async fn send(client: &mut BenchClient, data: &[u8]) -> anyhow::Result<()> {
     client.send_to(ADDRESS, &dot_stuff(data)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ingest_process_gets_no_per_peer_message_limit() {
+        let env = env_of(
+            "postgres://postgres@127.0.0.1:5432/x",
+            "nats://127.0.0.1:4222",
+            "pvbenchtest",
+            &postvak_platform::crypto::MasterKey::generate_base64(),
+            16,
+        );
+        let cfg = Config::load_with_env(None, env).unwrap();
+        let smtp: postvak_ingest::SmtpSettings = cfg.section("smtp").unwrap();
+        assert_eq!(smtp.max_messages_per_minute_per_peer, 0, "0 = no limit");
+        assert!(smtp.max_connections_per_peer > 16);
+    }
+
+    #[test]
+    fn a_refusal_is_counted_by_its_reply_code() {
+        let e = anyhow::anyhow!("expected 250, got 451 4.7.1 Too many messages, slow down");
+        assert_eq!(smtp_reply_of(&e), "451 4.7.1");
+        let e = anyhow::anyhow!("connection closed");
+        assert_eq!(smtp_reply_of(&e), "connection closed");
+    }
 }
