@@ -18,6 +18,11 @@ pub const CONTACT_MERGED: &str = "contact.merged";
 pub const CONTACT_ABSORBED: &str = "contact.absorbed";
 pub const CONTACT_ERASED: &str = "contact.erased";
 
+/// Blind-index purpose of a contact's normalised address (`Keyring::blind_index`). A contract
+/// between services: the conversation service indexes contacts' addresses under it, and the
+/// routing service keys its VIP table by the same index, so neither stores the address.
+pub const ADDRESS_INDEX_PURPOSE: &str = "contact.address";
+
 /// The personal data of a contact. Addresses are normalised (trimmed, lower-cased).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ContactProfileV1 {

@@ -55,6 +55,10 @@ pub enum RuleCondition {
     Vip {
         values: Vec<String>,
     },
+    /// The sender's address belongs to a contact marked VIP (`PATCH /v1/contacts/{id}` with
+    /// `"vip": true`). Follows the contacts: unmarking, merging and erasing a contact take
+    /// effect for mail that arrives afterwards. Written `{"type": "vip_contact"}`.
+    VipContact {},
     /// The conversation has one of these tags.
     Tags {
         values: Vec<String>,
@@ -265,6 +269,8 @@ pub struct FiredRule {
 pub struct DryRunResult {
     pub fired: Vec<FiredRule>,
     pub in_business_hours: bool,
+    /// The sender's address belongs to a VIP contact (what `vip_contact` conditions see).
+    pub sender_is_vip_contact: bool,
 }
 
 /// An agent's availability for assignment.

@@ -136,6 +136,8 @@ pub enum Condition {
     BodyRegex(Pattern),
     /// The sender is on this VIP list: addresses, or `@domain` / `domain` entries.
     Vip(Vec<String>),
+    /// The sender's address belongs to a contact marked VIP ([`Facts::sender_is_vip_contact`]).
+    VipContact,
     /// The conversation has one of these tags.
     Tags(Vec<String>),
     Channel(Vec<Channel>),
@@ -275,6 +277,9 @@ pub struct Facts {
     pub now_us: i64,
     pub last_customer_us: Option<i64>,
     pub last_agent_us: Option<i64>,
+    /// The sender's address belongs to a contact marked VIP (looked up by the caller: contacts
+    /// are another service's data, routing keeps its own copy of the VIP marks).
+    pub sender_is_vip_contact: bool,
 }
 
 fn lower(s: &str) -> String {
@@ -349,6 +354,7 @@ impl Condition {
                     }
                 })
             }),
+            Self::VipContact => f.sender_is_vip_contact,
             Self::Tags(tags) => tags.iter().any(|t| f.tags.contains(&lower(t))),
             Self::Channel(list) => f.channel.is_some_and(|c| list.contains(&c)),
             Self::BusinessHours(inside) => f.in_business_hours == *inside,
@@ -717,6 +723,12 @@ mod tests {
         assert!(Condition::SubjectRegex(Pattern::new(r"order \d+").unwrap()).holds(&f));
         assert!(Condition::Vip(vec!["@example.com".into()]).holds(&f));
         assert!(!Condition::Vip(vec!["bob@example.com".into()]).holds(&f));
+        assert!(!Condition::VipContact.holds(&f));
+        let vip = Facts {
+            sender_is_vip_contact: true,
+            ..f.clone()
+        };
+        assert!(Condition::VipContact.holds(&vip));
         assert!(Condition::Channel(vec![Channel::Smtp]).holds(&f));
         assert!(!Condition::BusinessHours(false).holds(&f));
         assert!(

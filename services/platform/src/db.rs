@@ -108,6 +108,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "inbox_relays_and_reply_files",
         include_str!("../../../migrations/postgres/0020_inbox_relays_and_reply_files.sql"),
     ),
+    (
+        21,
+        "routing_vip_contacts",
+        include_str!("../../../migrations/postgres/0021_routing_vip_contacts.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -201,6 +206,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         20,
         "inbox_relays_and_reply_files",
         include_str!("../../../migrations/sqlite/0020_inbox_relays_and_reply_files.sql"),
+    ),
+    (
+        21,
+        "routing_vip_contacts",
+        include_str!("../../../migrations/sqlite/0021_routing_vip_contacts.sql"),
     ),
 ];
 

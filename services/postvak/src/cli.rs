@@ -593,6 +593,8 @@ async fn admin(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
             println!("re-applied {n} contact and message events");
             let n = postvak_routing::metrics::rebuild(&ctx).await?;
             println!("re-applied {n} conversation and timer events to the routing metrics");
+            let n = postvak_routing::vip::rebuild(&ctx).await?;
+            println!("re-applied {n} contact events to routing's VIP contacts");
         }
         AdminCommand::GenKey => {}
     }

@@ -29,12 +29,14 @@ use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
-    EventData, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef, TenantId,
+    EventData, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef,
+    TenantId,
 };
 use postvak_proto::EventMetadata;
 use postvak_proto::command::conversation::{
     APPLY, ActionV1, ApplyV1, CauseKindV1, CauseV1, SERVICE as CONVERSATION,
 };
+use postvak_proto::events::contact as kev;
 use postvak_proto::events::conversation as cev;
 use postvak_proto::events::ingest as iev;
 use postvak_proto::events::routing as ev;
@@ -291,6 +293,8 @@ pub fn apply_actions(actions: &[dto::DecidedAction]) -> Vec<ActionV1> {
 
 pub(crate) struct RuleConsumer {
     pub(crate) wake: Arc<Notify>,
+    /// For the blind indexes of VIP contacts' addresses.
+    pub(crate) store: Arc<dyn EventStore>,
 }
 
 #[async_trait::async_trait]
@@ -300,9 +304,12 @@ impl EventHandler for RuleConsumer {
     }
 
     fn stream_types(&self) -> Vec<String> {
+        // Contacts too: in the same commit order as the mail that rules are evaluated for,
+        // so a VIP mark committed before a mail arrived is known when its rules run.
         vec![
             cev::STREAM_CONVERSATION.to_owned(),
             iev::STREAM_INBOUND_MESSAGE.to_owned(),
+            kev::STREAM_CONTACT.to_owned(),
         ]
     }
 
@@ -311,6 +318,10 @@ impl EventHandler for RuleConsumer {
             return Ok(());
         }
         crate::sla::bind_tenant(tx, event.tenant_id).await?;
+        if event.stream_type == kev::STREAM_CONTACT {
+            crate::vip::follow(tx, self.store.keyring(), event).await?;
+            return Ok(());
+        }
         let queued = follow(tx, event).await?;
         if queued {
             // Woken before the commit: the worker also polls, so a row is never missed.
@@ -835,7 +846,13 @@ impl Worker {
             return Ok(None);
         }
         let snapshot = Snapshot::load(&self.directory, ctx, q.inbox, &rules).await?;
-        let (facts, assigned) = self.facts(ctx, q, &snapshot).await?;
+        let (mut facts, assigned) = self.facts(ctx, q, &snapshot).await?;
+        let asks_vip = rules
+            .iter()
+            .any(|r| r.conditions.contains(&core::Condition::VipContact));
+        if asks_vip && let Some(from) = &facts.from {
+            facts.sender_is_vip_contact = crate::vip::is_vip_contact(ctx, from).await?;
+        }
         let mut pool = snapshot.pool.clone();
         let fired = core::evaluate(&rules, q.trigger, &facts, &mut pool, assigned);
         if fired.is_empty() {

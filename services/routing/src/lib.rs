@@ -7,6 +7,7 @@
 //! - `rules.rs` — the rules API, dry-run and read model; `engine.rs` — the consumer and the
 //!   worker that evaluate rules and act; `availability.rs` — availability and reassignment.
 //! - `sla.rs`, `timers.rs`, `metrics.rs` — SLA policies, durable timers, metrics.
+//! - `vip.rs` — routing's copy of which contacts are VIP (for `vip_contact` conditions).
 
 pub mod availability;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod rules;
 pub mod sla;
 pub mod timers;
+pub mod vip;
 
 use postvak_platform::cell::{Cell, Cells};
 use std::sync::Arc;
@@ -39,7 +41,10 @@ pub fn start_rules(
     cancel: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let consumer = Arc::new(engine::RuleConsumer { wake: wake.clone() });
+    let consumer = Arc::new(engine::RuleConsumer {
+        wake: wake.clone(),
+        store: cell.store.clone(),
+    });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn({
         let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());

@@ -108,6 +108,7 @@ pub fn to_core(id: Uuid, body: &dto::RuleBody) -> Result<core::Rule, RuleError> 
             RC::SubjectRegex { pattern } => Condition::SubjectRegex(Pattern::new(pattern)?),
             RC::BodyRegex { pattern } => Condition::BodyRegex(Pattern::new(pattern)?),
             RC::Vip { values } => Condition::Vip(bounded(values, "vip")?),
+            RC::VipContact {} => Condition::VipContact,
             RC::Tags { values } => Condition::Tags(bounded(values, "tags")?),
             RC::Channel { values } => Condition::Channel(
                 values
@@ -741,6 +742,7 @@ pub async fn dry_run(
     let now_us = micros(req.at.unwrap_or_else(OffsetDateTime::now_utc));
     let rules = load_core(&ctx, inbox).await?;
     let snapshot = Snapshot::load(&dir, &ctx, inbox, &rules).await?;
+    let sender_is_vip_contact = crate::vip::is_vip_contact(&ctx, &req.from).await?;
     let facts = core::Facts {
         from: Some(req.from.trim().to_lowercase()),
         recipients: req
@@ -757,11 +759,13 @@ pub async fn dry_run(
         now_us,
         last_customer_us: Some(now_us),
         last_agent_us: None,
+        sender_is_vip_contact,
     };
     let mut pool = snapshot.pool.clone();
     let fired = core::evaluate(&rules, trigger, &facts, &mut pool, false);
     Ok(HttpResponse::Ok().json(dto::DryRunResult {
         fired: fired.iter().map(engine::fired_dto).collect(),
         in_business_hours: facts.in_business_hours,
+        sender_is_vip_contact,
     }))
 }

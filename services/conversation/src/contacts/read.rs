@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 /// Blind-index purposes.
-pub(crate) const ADDRESS_PURPOSE: &str = "contact.address";
+pub(crate) const ADDRESS_PURPOSE: &str = postvak_proto::events::contact::ADDRESS_INDEX_PURPOSE;
 pub(crate) const ORGANISATION_PURPOSE: &str = "contact.organisation";
 
 /// The stored index of a normalised address.

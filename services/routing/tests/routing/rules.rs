@@ -1011,3 +1011,210 @@ async fn stale_refusals_and_template_replies_reach_the_metrics() {
         assert_eq!(counts(&m.body), (Some(2), Some(1)), "rebuilt: {m:?}");
     }
 }
+
+/// The rules of [`a_vip_contact_rule_follows_the_contacts_vip_mark`]: VIP contacts go to Bob
+/// as urgent; everyone else is only tagged, so each mail's decision can be awaited.
+async fn vip_contact_rules(env: &Env) -> (Uuid, Uuid) {
+    let vip = env
+        .rule(json!({"name": "VIP contacts", "stop_processing": true,
+            "conditions": [{"type": "vip_contact"}],
+            "actions": [{"type": "set_priority", "priority": "urgent"},
+                        {"type": "assign_user", "user": env.bob.id},
+                        {"type": "add_tag", "tag": "vip"}]}))
+        .await;
+    let rest = env
+        .rule(json!({"name": "Everyone else",
+            "actions": [{"type": "add_tag", "tag": "general"}]}))
+        .await;
+    (vip, rest)
+}
+
+/// Delivers a mail from `from` and answers the rules that fired for it, once applied.
+async fn routed(env: &Env, n: &str, from: &str) -> (Uuid, Vec<Uuid>) {
+    let d = env
+        .deliver(&mail(
+            &format!("vip-{n}@example.org"),
+            from,
+            &format!("Question {n}"),
+            "",
+            "Hello",
+        ))
+        .await;
+    let fired = env.wait_fired(d.conversation_id, 1).await;
+    (d.conversation_id, fired.iter().map(|f| f.rule_id).collect())
+}
+
+#[tokio::test]
+async fn a_vip_contact_rule_follows_the_contacts_vip_mark() {
+    for backend in BACKENDS {
+        let env = Env::new(backend).await;
+        let (vip, rest) = vip_contact_rules(&env).await;
+        let r = env
+            .call(
+                "POST",
+                "/v1/contacts",
+                &env.admin,
+                Some(json!({"name": "Carla CEO", "addresses": ["ceo@bigcustomer.test"]})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let carla = r.body["id"].as_str().unwrap().to_owned();
+
+        // Not VIP yet: the general rule.
+        let (_, fired) = routed(&env, "1", "ceo@bigcustomer.test").await;
+        assert_eq!(fired, vec![rest], "{backend:?}");
+
+        // Marked VIP over the API; the very next mail (no waiting) is routed as VIP, whatever
+        // the case of its From.
+        let r = env
+            .call(
+                "PATCH",
+                &format!("/v1/contacts/{carla}"),
+                &env.admin,
+                Some(json!({"vip": true})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["vip"], true);
+        let (conv, fired) = routed(&env, "2", "CEO@BigCustomer.test").await;
+        assert_eq!(fired, vec![vip], "{backend:?}");
+        let c = env
+            .wait(conv, "assigned to Bob", |c| {
+                c.conversation.assignee == Some(env.bob.id)
+            })
+            .await;
+        assert_eq!(c.conversation.priority, "urgent");
+        assert_eq!(c.conversation.tags, vec!["vip".to_owned()]);
+        // A colleague at the same domain is not a VIP.
+        let (_, fired) = routed(&env, "3", "assistant@bigcustomer.test").await;
+        assert_eq!(fired, vec![rest], "{backend:?}");
+
+        // The dry-run sees the same.
+        let path = format!("/v1/inboxes/{}/rules/dry-run", env.inbox);
+        let r = env
+            .call(
+                "POST",
+                &path,
+                &env.admin,
+                Some(json!({"from": "ceo@bigcustomer.test"})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["sender_is_vip_contact"], true, "{r:?}");
+        assert_eq!(r.body["fired"][0]["rule_id"], vip.to_string());
+        let r = env
+            .call(
+                "POST",
+                &path,
+                &env.admin,
+                Some(json!({"from": "assistant@bigcustomer.test"})),
+            )
+            .await;
+        assert_eq!(r.body["sender_is_vip_contact"], false, "{r:?}");
+        assert_eq!(r.body["fired"][0]["rule_id"], rest.to_string());
+
+        // Unmarked: general again.
+        let r = env
+            .call(
+                "PATCH",
+                &format!("/v1/contacts/{carla}"),
+                &env.admin,
+                Some(json!({"vip": false})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let (_, fired) = routed(&env, "4", "ceo@bigcustomer.test").await;
+        assert_eq!(fired, vec![rest], "{backend:?}");
+
+        // Merged: a VIP duplicate makes the survivor VIP, for both its addresses.
+        let r = env
+            .call(
+                "POST",
+                "/v1/contacts",
+                &env.admin,
+                Some(json!({"addresses": ["carla@home.test"], "vip": true})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let duplicate = r.body["id"].as_str().unwrap().to_owned();
+        let r = env
+            .call(
+                "POST",
+                &format!("/v1/contacts/{duplicate}/merge"),
+                &env.admin,
+                Some(json!({"into": carla})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["vip"], true, "{r:?}");
+        let (_, fired) = routed(&env, "5", "ceo@bigcustomer.test").await;
+        assert_eq!(fired, vec![vip], "{backend:?}: the survivor's own address");
+        let (_, fired) = routed(&env, "6", "carla@home.test").await;
+        assert_eq!(fired, vec![vip], "{backend:?}: the duplicate's address");
+
+        // Erased: neither address is a VIP any more (their next mail makes a new contact).
+        let r = env
+            .call("DELETE", &format!("/v1/contacts/{carla}"), &env.admin, None)
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let (_, fired) = routed(&env, "7", "carla@home.test").await;
+        assert_eq!(fired, vec![rest], "{backend:?}");
+        let (_, fired) = routed(&env, "8", "ceo@bigcustomer.test").await;
+        assert_eq!(fired, vec![rest], "{backend:?}");
+
+        // Routing's table is rebuilt from the log to the same answer.
+        let n = postvak_routing::vip::rebuild(&env.ctx).await.unwrap();
+        assert!(n >= 6, "{n} contact events");
+        assert!(
+            !postvak_routing::vip::is_vip_contact(&env.ctx, "carla@home.test")
+                .await
+                .unwrap()
+        );
+        let r = env
+            .call(
+                "POST",
+                &path,
+                &env.admin,
+                Some(json!({"from": "carla@home.test"})),
+            )
+            .await;
+        assert_eq!(r.body["sender_is_vip_contact"], false, "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_vip_contact_condition_is_written_and_read_back() {
+    let env = Env::new(Backend::Sqlite).await;
+    let id = env
+        .rule(
+            json!({"name": "VIP", "conditions": [{"type": "vip_contact"}],
+            "actions": [{"type": "add_tag", "tag": "vip"}]}),
+        )
+        .await;
+    let r = env
+        .call(
+            "GET",
+            &format!("/v1/inboxes/{}/rules/{id}", env.inbox),
+            &env.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["conditions"],
+        json!([{"type": "vip_contact"}]),
+        "{r:?}"
+    );
+    // A stray field is refused, as for every condition.
+    let r = env
+        .call(
+            "POST",
+            &format!("/v1/inboxes/{}/rules", env.inbox),
+            &env.admin,
+            Some(
+                json!({"name": "Bad", "conditions": [{"type": "vip_contact", "values": ["x"]}],
+                "actions": [{"type": "add_tag", "tag": "vip"}]}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+}
