@@ -109,6 +109,26 @@ pub struct AgentWorkload {
     pub open: u64,
     /// Replies sent in the period.
     pub replies: u64,
+    /// Replies sent from a suggested draft in the period.
+    #[serde(default)]
+    pub suggestions_accepted: u64,
+}
+
+/// Suggested replies (draft providers): how many were made and how many were sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SuggestionStats {
+    /// Drafts suggested in the period. With `team_id`/`user_id`: those made while the
+    /// conversation was assigned to one of them.
+    pub suggested: u64,
+    /// Replies sent from a suggested draft in the period (`draft.suggestion_accepted`). With
+    /// `team_id`/`user_id`: those they sent.
+    pub accepted: u64,
+    /// Of `accepted`, sent without a change to the suggestion.
+    pub accepted_unedited: u64,
+    /// `accepted` / `suggested` (absent when nothing was suggested). Both are counted by their
+    /// own time, so a suggestion made before the period and sent in it can lift this above 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance_rate: Option<f64>,
 }
 
 /// The team's metrics over a period (`from` ≤ t < `to`, Unix seconds) and now.
@@ -138,6 +158,9 @@ pub struct Metrics {
     /// Writes refused because the writer's view was stale (409 `stale_conversation`).
     pub duplicate_replies_prevented: u64,
     pub template_uses: u64,
+    /// Suggested replies made and sent (ADR 0016, ADR 0020).
+    #[serde(default)]
+    pub suggestions: SuggestionStats,
 }
 
 impl PutSlaPolicy {

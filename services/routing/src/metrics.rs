@@ -1,5 +1,6 @@
-//! The team's metrics: projections fed from the event log (conversation events and the
-//! routing timers' `routing.sla_*` events), rebuildable by replay ([`rebuild`], run by
+//! The team's metrics: projections fed from the event log (conversation events, the
+//! routing timers' `routing.sla_*` events, the conversation service's agent-activity facts and
+//! its draft suggestions), rebuildable by replay ([`rebuild`], run by
 //! `postvak admin rebuild-projections`), served at `GET /v1/metrics`.
 //!
 //! Two tables: `routing_metric_conversations` (one row per conversation: inbox, status,
@@ -25,6 +26,7 @@ use postvak_platform::store::{
 use postvak_proto::Problem;
 use postvak_proto::events::agent_activity as aev;
 use postvak_proto::events::conversation as cev;
+use postvak_proto::events::draft as dev;
 use postvak_proto::events::timers as tev;
 use postvak_proto::rest::sla as dto;
 use serde::Deserialize;
@@ -44,6 +46,10 @@ pub const SLA_BREACH: &str = "sla_breach";
 pub const SLA_WARNING: &str = "sla_warning";
 pub const STALE_REFUSED: &str = "stale_refused";
 pub const TEMPLATE_USED: &str = "template_used";
+/// A draft provider's suggestion became a draft; `user` = the conversation's assignee then.
+pub const SUGGESTION_OFFERED: &str = "suggestion_offered";
+/// A reply was sent from a suggested draft; `user` = who sent it, `value` 1 when edited first.
+pub const SUGGESTION_ACCEPTED: &str = "suggestion_accepted";
 /// The conversation became open-and-unassigned (`value` 1) or stopped being so (0), in the
 /// inbox of the row: the history "unassigned at the end of each shift" is read from.
 pub const UNASSIGNED: &str = "unassigned";
@@ -52,10 +58,11 @@ pub const UNASSIGNED: &str = "unassigned";
 const MAX_SHIFT_ENDS: usize = 400;
 
 /// The stream types the metrics are made of.
-const STREAMS: [&str; 3] = [
+const STREAMS: [&str; 4] = [
     cev::STREAM_CONVERSATION,
     tev::STREAM_ROUTING_TIMER,
     aev::STREAM_ACTIVITY,
+    dev::STREAM_DRAFT_SUGGESTION,
 ];
 
 /// Feeds the metrics tables from the log.
@@ -245,6 +252,41 @@ pub async fn apply(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), StoreErro
                 user,
                 at,
                 None,
+            )
+            .await;
+        }
+        dev::DRAFT_SUGGESTED => {
+            let p: dev::DraftSuggestedV1 = event.payload()?;
+            // Whose conversation it was when the suggestion arrived (events are applied in
+            // commit order, so this is the assignee at that moment).
+            let user = load(tx, t, p.conversation_id)
+                .await?
+                .and_then(|m| m.assignee);
+            return fact(
+                tx,
+                t,
+                event.event_id,
+                SUGGESTION_OFFERED,
+                p.inbox_id,
+                p.conversation_id,
+                user,
+                p.at_us,
+                None,
+            )
+            .await;
+        }
+        dev::SUGGESTION_ACCEPTED => {
+            let p: dev::SuggestionAcceptedV1 = event.payload()?;
+            return fact(
+                tx,
+                t,
+                event.event_id,
+                SUGGESTION_ACCEPTED,
+                p.inbox_id,
+                p.conversation_id,
+                p.by,
+                p.at_us,
+                Some(i64::from(p.edited)),
             )
             .await;
         }
@@ -577,6 +619,8 @@ pub async fn compute(
     let mut replies = 0u64;
     let mut replied_convs = BTreeSet::new();
     let mut replies_by_user: BTreeMap<Uuid, u64> = BTreeMap::new();
+    let mut suggestions = dto::SuggestionStats::default();
+    let mut accepted_by_user: BTreeMap<Uuid, u64> = BTreeMap::new();
     for (kind, inbox, conv, user, _, value) in facts.iter().filter(|f| visible(&f.1)) {
         let _ = inbox;
         if !by_user(user) {
@@ -597,6 +641,16 @@ pub async fn compute(
             SLA_WARNING => warnings += 1,
             STALE_REFUSED => stale += 1,
             TEMPLATE_USED => templates += 1,
+            SUGGESTION_OFFERED => suggestions.suggested += 1,
+            SUGGESTION_ACCEPTED => {
+                suggestions.accepted += 1;
+                if *value != Some(1) {
+                    suggestions.accepted_unedited += 1;
+                }
+                if let Some(u) = user {
+                    *accepted_by_user.entry(*u).or_default() += 1;
+                }
+            }
             _ => {}
         }
     }
@@ -614,6 +668,7 @@ pub async fn compute(
     let agents: BTreeSet<Uuid> = open_by_user
         .keys()
         .chain(replies_by_user.keys())
+        .chain(accepted_by_user.keys())
         .copied()
         .collect();
     let workload = agents
@@ -622,8 +677,14 @@ pub async fn compute(
             user_id: u,
             open: open_by_user.get(&u).copied().unwrap_or(0),
             replies: replies_by_user.get(&u).copied().unwrap_or(0),
+            suggestions_accepted: accepted_by_user.get(&u).copied().unwrap_or(0),
         })
         .collect();
+    #[allow(clippy::cast_precision_loss)]
+    {
+        suggestions.acceptance_rate = (suggestions.suggested > 0)
+            .then(|| suggestions.accepted as f64 / suggestions.suggested as f64);
+    }
     #[allow(clippy::cast_precision_loss)]
     let replies_per_conversation =
         (!replied_convs.is_empty()).then(|| replies as f64 / replied_convs.len() as f64);
@@ -641,6 +702,7 @@ pub async fn compute(
         replies_per_conversation,
         duplicate_replies_prevented: stale,
         template_uses: templates,
+        suggestions,
     })
 }
 

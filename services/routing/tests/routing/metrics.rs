@@ -1,12 +1,15 @@
 //! A scripted day of traffic with chosen timestamps; first response, resolution, breaches,
 //! reopened, workload, replies per conversation, duplicate replies prevented (stale refusals),
-//! template use and unassigned at the end of each shift computed by hand; the same answers
+//! template use, suggested replies made and sent, and unassigned at the end of each shift
+//! computed by hand; the same answers
 //! after the projection is rebuilt from the log.
 
 use crate::timers::{BACKENDS, Env, acted, message, opened, until};
+use postvak_conversation::suggest::suggestion_stream;
 use postvak_platform::store::{ExpectedVersion, NewEvent, StreamRef};
 use postvak_proto::events::agent_activity as aev;
 use postvak_proto::events::conversation as cev;
+use postvak_proto::events::draft as dev;
 use postvak_proto::events::timers as tev;
 use postvak_proto::rest::sla as dto;
 use postvak_routing::metrics::{MetricsQuery, compute, rebuild};
@@ -33,6 +36,58 @@ async fn activity<T: serde::Serialize>(env: &Env, event_type: &str, fact: &T) {
             &StreamRef::new(aev::STREAM_ACTIVITY, format!("test-{}", Uuid::now_v7())),
             ExpectedVersion::NoStream,
             vec![NewEvent::from_payload(event_type, 1, fact).unwrap()],
+        )
+        .await
+        .unwrap();
+}
+
+/// A suggested draft on `conv`, as the conversation service records it; returns the draft.
+async fn suggested(env: &Env, conv: Uuid, inbox: Uuid, at_us: i64) -> Uuid {
+    let draft = Uuid::now_v7();
+    let fact = dev::DraftSuggestedV1 {
+        draft_id: draft,
+        provider_id: Uuid::now_v7(),
+        conversation_id: conv,
+        inbox_id: inbox,
+        message_id: Uuid::now_v7(),
+        at_us,
+    };
+    env.ctx
+        .append(
+            &suggestion_stream(draft),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_payload(dev::DRAFT_SUGGESTED, 1, &fact).unwrap()],
+        )
+        .await
+        .unwrap();
+    draft
+}
+
+/// A reply sent from suggested draft `draft` by `by`.
+async fn accepted(
+    env: &Env,
+    draft: Uuid,
+    conv: Uuid,
+    inbox: Uuid,
+    by: Uuid,
+    edited: bool,
+    at_us: i64,
+) {
+    let fact = dev::SuggestionAcceptedV1 {
+        draft_id: draft,
+        provider_id: Uuid::now_v7(),
+        conversation_id: conv,
+        inbox_id: inbox,
+        reply_id: Uuid::now_v7(),
+        edited,
+        by: Some(by),
+        at_us,
+    };
+    env.ctx
+        .append(
+            &suggestion_stream(draft),
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::from_payload(dev::SUGGESTION_ACCEPTED, 1, &fact).unwrap()],
         )
         .await
         .unwrap();
@@ -86,6 +141,7 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             Uuid::now_v7(),
         );
         // A: asked 08:00, Alice answers 08:30 (FRT 30 min), again 09:10, closed 10:00 (2 h).
+        // A suggested draft arrives 08:20 (Alice's conversation by then); she sends it as is.
         env.script(
             a,
             &[
@@ -95,6 +151,14 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
                     cev::ASSIGNED,
                     json!({"assignee": alice, "claimed": true, "at_us": at(8, 10)}),
                 ),
+            ],
+        )
+        .await;
+        let draft = suggested(&env, a, inbox, at(8, 20)).await;
+        accepted(&env, draft, a, inbox, alice, false, at(8, 30)).await;
+        env.script(
+            a,
+            &[
                 (cev::REPLY_QUEUED, message(a, inbox, Some(alice), at(8, 30))),
                 (cev::MESSAGE_RECEIVED, message(a, inbox, None, at(9, 0))),
                 (cev::REPLY_QUEUED, message(a, inbox, Some(alice), at(9, 10))),
@@ -106,12 +170,21 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
         )
         .await;
         // B: asked 09:00, Bob answers 10:00 (FRT 1 h), closed 12:00 (3 h), reopened 13:00,
-        // assigned to Bob 13:05 (open now).
+        // assigned to Bob 13:05 (open now). A suggestion arrives 09:30 while B is unassigned
+        // (nobody's); Bob edits it and sends it.
         env.script(
             b,
             &[
                 (cev::OPENED, opened(b, inbox, at(9, 0))),
                 (cev::MESSAGE_RECEIVED, message(b, inbox, None, at(9, 0))),
+            ],
+        )
+        .await;
+        let draft = suggested(&env, b, inbox, at(9, 30)).await;
+        accepted(&env, draft, b, inbox, bob, true, at(10, 0)).await;
+        env.script(
+            b,
+            &[
                 (cev::REPLY_QUEUED, message(b, inbox, Some(bob), at(10, 0))),
                 (
                     cev::STATUS_CHANGED,
@@ -137,6 +210,8 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             ],
         )
         .await;
+        // C's suggestion (11:05) is never sent.
+        suggested(&env, c, inbox, at(11, 5)).await;
         let timer = Uuid::now_v7();
         let breach = tev::SlaClockEventV1 {
             policy_id: Uuid::now_v7(),
@@ -172,6 +247,9 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             ],
         )
         .await;
+        // D's suggestion (08:02) is sent by Alice at 08:05: counted in the other inbox only.
+        let draft = suggested(&env, d, other_inbox, at(8, 2)).await;
+        accepted(&env, draft, d, other_inbox, alice, false, at(8, 5)).await;
         // E: asked 15:00, still unassigned when Monday's shift ends (16:00Z), assigned to
         // Alice 17:00.
         env.script(
@@ -233,7 +311,7 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             to: Some(DAY + 86_400),
             ..MetricsQuery::default()
         };
-        let m = until(30, "the projection to catch up", || async {
+        let m = until(60, "the projection to catch up", || async {
             let m = metrics(&env, day.clone()).await;
             let all = metrics(
                 &env,
@@ -249,7 +327,9 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
                 && m.reopened == 1
                 && m.template_uses == 1
                 && all.duplicate_replies_prevented == 3
-                && all.first_response.count == 3)
+                && all.first_response.count == 3
+                && all.suggestions.suggested == 4
+                && all.suggestions.accepted == 3)
                 .then_some(m)
         })
         .await;
@@ -278,11 +358,13 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
                         user_id: alice,
                         open: 1,
                         replies: 2,
+                        suggestions_accepted: 1,
                     },
                     dto::AgentWorkload {
                         user_id: bob,
                         open: 1,
                         replies: 1,
+                        suggestions_accepted: 1,
                     },
                 ];
                 w.sort_by_key(|x| x.user_id);
@@ -294,6 +376,13 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             replies_per_conversation: Some(1.5),
             duplicate_replies_prevented: 2,
             template_uses: 1,
+            // A, B and C were suggested; A (as is) and B (edited) sent.
+            suggestions: dto::SuggestionStats {
+                suggested: 3,
+                accepted: 2,
+                accepted_unedited: 1,
+                acceptance_rate: Some(2.0 / 3.0),
+            },
         };
         assert_eq!(m, expected, "{backend:?}");
 
@@ -337,6 +426,34 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
             (1, 1),
             "Alice's own"
         );
+        // Alice's suggestions: the one on her conversation A, which she sent.
+        assert_eq!(
+            m.suggestions,
+            dto::SuggestionStats {
+                suggested: 1,
+                accepted: 1,
+                accepted_unedited: 1,
+                acceptance_rate: Some(1.0),
+            }
+        );
+        // Bob sent one, but none was suggested while a conversation was his: no rate.
+        let bob_m = metrics(
+            &env,
+            MetricsQuery {
+                user_id: Some(bob),
+                ..day.clone()
+            },
+        )
+        .await;
+        assert_eq!(
+            bob_m.suggestions,
+            dto::SuggestionStats {
+                suggested: 0,
+                accepted: 1,
+                accepted_unedited: 0,
+                acceptance_rate: None,
+            }
+        );
         // Per agent, shifts are not counted (unassigned belongs to nobody).
         assert!(m.unassigned_at_end_of_shift.is_empty());
         let all = metrics(
@@ -353,6 +470,17 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
         assert_eq!(all.unassigned_now, 2);
         assert_eq!(all.duplicate_replies_prevented, 3);
         assert!(all.unassigned_at_end_of_shift.is_empty(), "only per inbox");
+        assert_eq!(
+            all.suggestions,
+            dto::SuggestionStats {
+                suggested: 4,
+                accepted: 3,
+                accepted_unedited: 2,
+                acceptance_rate: Some(0.75),
+            }
+        );
+        let alice_all = all.workload.iter().find(|w| w.user_id == alice).unwrap();
+        assert_eq!(alice_all.suggestions_accepted, 2, "A and D");
         let before = metrics(
             &env,
             MetricsQuery {
@@ -364,6 +492,7 @@ async fn a_scripted_day_gives_the_hand_computed_metrics() {
         .await;
         assert_eq!(before.first_response.count, 0);
         assert_eq!(before.sla_breaches, 0);
+        assert_eq!(before.suggestions, dto::SuggestionStats::default());
 
         // Rebuilt from the log: the same answers.
         let applied = rebuild(&env.ctx).await.unwrap();
