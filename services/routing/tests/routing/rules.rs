@@ -1,19 +1,19 @@
 //! Rules, dry-run, availability and the rule worker, end to end in one process: the real
 //! directory, mail through ingest's pipeline, the conversation service (consumers and its
 //! `conversation.apply` server) and the routing rules consumer and worker, on SQLite +
-//! in-process bus and on PostgreSQL (row-level security armed) + the in-process bus.
+//! in-process bus, PostgreSQL (row-level security armed) + the in-process bus, and PostgreSQL +
+//! NATS JetStream (`crate::backend`).
 
 use actix_web::{App, HttpServer, web};
 use postvak_conversation::Conversations;
 use postvak_core::access::{Grantee, InboxRole, TenantRole};
 use postvak_directory::Directory;
 use postvak_directory::identity::SessionKind;
-use postvak_ingest::{Ingestor, pipeline, standalone};
+use postvak_ingest::{Ingestor, pipeline};
 use postvak_platform::auth::SharedAuthenticator;
 use postvak_platform::cell::{Cells, Principal, TenantContext};
 use postvak_platform::on_tx;
 use postvak_platform::store::{StreamRef, TenantId};
-use postvak_platform::testkit;
 use postvak_proto::events::routing as rev;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -21,13 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+use crate::backend::{BACKENDS, Backend, Scratch};
 
 struct Who {
     id: Uuid,
@@ -48,7 +42,7 @@ struct Env {
     base: String,
     client: reqwest::Client,
     cancel: CancellationToken,
-    _tmp: Option<testkit::TempDir>,
+    _scratch: Scratch,
 }
 
 impl Drop for Env {
@@ -71,16 +65,8 @@ impl Env {
                 .with_test_writer()
                 .try_init();
         }
-        let (tmp, url) = match backend {
-            Backend::Sqlite => {
-                let (t, u) = testkit::fresh_sqlite_database();
-                (Some(t), u)
-            }
-            Backend::Postgres => (None, testkit::fresh_postgres_database().await),
-        };
-        let cells = standalone::open_cells(&url, testkit::master_key(), true)
-            .await
-            .unwrap();
+        let cancel = CancellationToken::new();
+        let (cells, scratch) = crate::backend::open(backend, &cancel).await;
         let dir = Directory::new(cells.clone());
         let tenant = dir.create_tenant("Acme", None).await.unwrap();
         let ctx = cells
@@ -92,7 +78,6 @@ impl Env {
             .await
             .unwrap()
             .id;
-        let cancel = CancellationToken::new();
         let session = |user: Uuid| {
             let dir = dir.clone();
             async move {
@@ -190,7 +175,7 @@ impl Env {
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
             cancel,
-            _tmp: tmp,
+            _scratch: scratch,
         }
     }
 

@@ -93,6 +93,11 @@ async fn unanswered_conversations_warn_then_breach_postgres() {
     unanswered_conversations_warn_then_breach(Backend::Postgres).await;
 }
 
+#[tokio::test]
+async fn unanswered_conversations_warn_then_breach_nats() {
+    unanswered_conversations_warn_then_breach(Backend::PostgresNats).await;
+}
+
 /// A customer waiting over a weekend in Amsterdam: the breach timer is set in business hours.
 #[tokio::test]
 async fn breach_time_counts_business_hours_in_the_inbox_time_zone() {

@@ -24,13 +24,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+pub use crate::backend::{BACKENDS, Backend, Scratch};
 
 /// A tenant with an inbox, the conversation service's `apply` command served, and
 /// (optionally) the routing timers running, all in this process.
@@ -41,7 +35,7 @@ pub struct Env {
     pub tenant: TenantId,
     pub inbox: Uuid,
     pub cancel: CancellationToken,
-    _tmp: Option<testkit::TempDir>,
+    _scratch: Scratch,
 }
 
 impl Drop for Env {
@@ -62,20 +56,17 @@ impl Env {
                 .with_test_writer()
                 .try_init();
         }
-        let (tmp, url) = match backend {
-            Backend::Sqlite => {
-                let (t, u) = testkit::fresh_sqlite_database();
-                (Some(t), u)
-            }
-            Backend::Postgres => (None, testkit::fresh_postgres_database().await),
-        };
-        let cells = postvak_ingest::standalone::open_cells(&url, testkit::master_key(), true)
-            .await
-            .unwrap();
-        Self::with_cells(cells, tmp, run_timers).await
+        let cancel = CancellationToken::new();
+        let (cells, scratch) = crate::backend::open(backend, &cancel).await;
+        Self::with_cells(cells, scratch, cancel, run_timers).await
     }
 
-    async fn with_cells(cells: Cells, tmp: Option<testkit::TempDir>, run_timers: bool) -> Env {
+    async fn with_cells(
+        cells: Cells,
+        scratch: Scratch,
+        cancel: CancellationToken,
+        run_timers: bool,
+    ) -> Env {
         let dir = Directory::new(cells.clone());
         let tenant = dir.create_tenant("Acme", None).await.unwrap();
         let ctx = cells
@@ -87,7 +78,6 @@ impl Env {
             .await
             .unwrap()
             .id;
-        let cancel = CancellationToken::new();
         commands::serve(&cells, cells.default_cell(), cancel.clone())
             .await
             .unwrap();
@@ -101,7 +91,7 @@ impl Env {
             tenant,
             inbox,
             cancel,
-            _tmp: tmp,
+            _scratch: scratch,
         }
     }
 
@@ -324,6 +314,11 @@ async fn snooze_wakes_once_and_a_customer_message_cancels_it_postgres() {
     snooze_wakes_once_and_a_customer_message_cancels_it(Backend::Postgres).await;
 }
 
+#[tokio::test]
+async fn snooze_wakes_once_and_a_customer_message_cancels_it_nats() {
+    snooze_wakes_once_and_a_customer_message_cancels_it(Backend::PostgresNats).await;
+}
+
 async fn escalation_and_auto_close_act_through_the_conversation(backend: Backend) {
     let env = Env::new(backend, true).await;
     postvak_routing::sla::save_automation(
@@ -421,6 +416,11 @@ async fn escalation_and_auto_close_act_through_the_conversation_sqlite() {
 #[tokio::test]
 async fn escalation_and_auto_close_act_through_the_conversation_postgres() {
     escalation_and_auto_close_act_through_the_conversation(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn escalation_and_auto_close_act_through_the_conversation_nats() {
+    escalation_and_auto_close_act_through_the_conversation(Backend::PostgresNats).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,7 +524,13 @@ async fn timers_fire_exactly_once_across_kill_9() {
         postvak_platform::relay::RelayOptions::new("local"),
         stop.clone(),
     ));
-    let env = Env::with_cells(cells, None, false).await;
+    let env = Env::with_cells(
+        cells,
+        Scratch::nats(&prefix),
+        CancellationToken::new(),
+        false,
+    )
+    .await;
     let mut child = spawn_child(&url, &prefix, &key);
     let start = now_us();
     let mut convs = Vec::new();
