@@ -313,6 +313,12 @@ impl EventHandler for RuleConsumer {
         ]
     }
 
+    /// One commit per fetch instead of one per event: this consumer reads every event of the
+    /// cell (several stream types), and each commit is a WAL flush.
+    fn batch_transactions(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
         if matches!(event.data, EventData::Shredded) {
             return Ok(());
