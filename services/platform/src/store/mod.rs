@@ -360,6 +360,37 @@ pub trait EventStore: Send + Sync + fmt::Debug {
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError>;
 
+    /// Creates many new streams inside the caller's transaction, each with its events: what
+    /// [`EventStore::append_in_tx`] with [`ExpectedVersion::NoStream`] does for each, in as few
+    /// statements as the backend allows (PostgreSQL: one for all of them). One result per
+    /// stream, in order: a stream that exists already is an `Err` (`Conflict`, or
+    /// `StreamTypeMismatch`/`DuplicateEvent` as `append_in_tx` would say) and wrote nothing,
+    /// and the transaction stays usable; any other failure is the outer `Err` (roll back).
+    /// Stream ids must be distinct.
+    async fn create_streams_in_tx(
+        &self,
+        tx: &mut crate::db::DbTx,
+        tenant: TenantId,
+        streams: Vec<(StreamRef, Vec<NewEvent>)>,
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(streams.len());
+        for (stream, events) in streams {
+            match self
+                .append_in_tx(tx, tenant, &stream, ExpectedVersion::NoStream, events)
+                .await
+            {
+                Ok(o) => out.push(Ok(o)),
+                Err(
+                    e @ (StoreError::Conflict { .. }
+                    | StoreError::StreamTypeMismatch { .. }
+                    | StoreError::DuplicateEvent { .. }),
+                ) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Commits a transaction [`EventStore::append_in_tx`] wrote into, then wakes this process's
     /// tailers (as [`EventStore::append`] does after its own commit).
     async fn commit_appended(&self, tx: crate::db::DbTx) -> Result<(), StoreError> {

@@ -106,6 +106,27 @@ const APPEND_NEXT: &str = concat!(
     insert_events!()
 );
 
+/// Creates many streams and their events in one statement: `$1` tenant, `$2` recorded_at; heads
+/// `$3..$6` (stream id, type, version, hash) in stream-id order; events `$7..$17`, one array per
+/// column. A stream that exists already (committed, or committed by a transaction this one
+/// waited for) is skipped with its events; the events inserted are returned by stream.
+const CREATE_STREAMS: &str = "WITH head AS (\
+       INSERT INTO streams (tenant_id, stream_id, stream_type, version, head_hash) \
+       SELECT $1, h.stream_id, h.stream_type, h.version, h.head_hash \
+       FROM UNNEST($3::text[], $4::text[], $5::bigint[], $6::bytea[]) \
+           AS h(stream_id, stream_type, version, head_hash) \
+       ON CONFLICT DO NOTHING RETURNING stream_id) \
+     INSERT INTO events (event_id, tenant_id, stream_type, stream_id, stream_version, \
+         event_type, event_version, key_id, payload, metadata, recorded_at, prev_hash, hash) \
+     SELECT e.event_id, $1, e.stream_type, e.stream_id, e.stream_version, e.event_type, \
+         e.event_version, e.key_id, e.payload, e.metadata, $2, e.prev_hash, e.hash \
+     FROM UNNEST($7::uuid[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::int[], \
+         $13::uuid[], $14::bytea[], $15::bytea[], $16::bytea[], $17::bytea[]) \
+         AS e(event_id, stream_id, stream_type, stream_version, event_type, event_version, \
+              key_id, payload, metadata, prev_hash, hash) \
+     WHERE e.stream_id COLLATE \"C\" IN (SELECT stream_id FROM head) \
+     RETURNING stream_id";
+
 const LOCK_HEAD: &str = "SELECT stream_type, version, head_hash FROM streams \
      WHERE tenant_id = $1 AND stream_id = $2 FOR UPDATE";
 
@@ -613,6 +634,122 @@ impl EventStore for PostgresStore {
             .await;
         self.heads.forget(tenant, &stream.stream_id);
         result.map(|(out, _)| out)
+    }
+
+    /// One statement for every stream (see `CREATE_STREAMS`); a stream found to exist is then
+    /// asked through `append_in_tx`, which says exactly why (a conflict, another type, a retry).
+    #[tracing::instrument(skip(self, tx, streams), fields(tenant_id = %tenant, n = streams.len()))]
+    async fn create_streams_in_tx(
+        &self,
+        tx: &mut DbTx,
+        tenant: TenantId,
+        streams: Vec<(StreamRef, Vec<NewEvent>)>,
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        if !matches!(tx, DbTx::Postgres(_)) {
+            return Err(StoreError::Database(
+                "a SQLite transaction cannot append to PostgreSQL".into(),
+            ));
+        }
+        let mut sealed = Vec::with_capacity(streams.len());
+        for (stream, events) in streams {
+            common::precheck(&events)?;
+            let batch = common::seal(&self.keyring, tenant, events.clone()).await?;
+            let chained = common::chain(tenant, &stream, 0, GENESIS.as_slice(), &batch)?;
+            self.heads.forget(tenant, &stream.stream_id);
+            sealed.push((stream, events, batch, chained));
+        }
+        // Heads in stream-id order: two transactions creating overlapping streams lock them
+        // in the same order.
+        let mut order: Vec<usize> = (0..sealed.len()).collect();
+        order.sort_by(|a, b| sealed[*a].0.stream_id.cmp(&sealed[*b].0.stream_id));
+        let mut head_ids = Vec::with_capacity(order.len());
+        let mut head_types = Vec::with_capacity(order.len());
+        let mut head_versions = Vec::with_capacity(order.len());
+        let mut head_hashes = Vec::with_capacity(order.len());
+        for &i in &order {
+            let (stream, _, _, chained) = &sealed[i];
+            head_ids.push(stream.stream_id.as_str());
+            head_types.push(stream.stream_type.as_str());
+            head_versions.push(to_i64(chained.last_version()));
+            head_hashes.push(chained.head_hash().to_vec());
+        }
+        let (mut ids, mut sids, mut stypes, mut versions, mut types) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut type_versions, mut keys, mut payloads, mut metadata, mut prevs, mut hashes) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for (stream, _, batch, chained) in &sealed {
+            for (j, e) in batch.events.iter().enumerate() {
+                ids.push(e.event_id);
+                sids.push(stream.stream_id.as_str());
+                stypes.push(stream.stream_type.as_str());
+                versions.push(chained.versions[j]);
+                types.push(e.event_type.as_str());
+                type_versions.push(event_version(e.event_version)?);
+                keys.push(e.key_id);
+                payloads.push(e.payload.as_slice());
+                metadata.push(e.metadata.as_slice());
+                prevs.push(chained.prev_hashes[j].as_slice());
+                hashes.push(chained.hashes[j].as_slice());
+            }
+        }
+        let recorded_at = sealed
+            .first()
+            .map_or_else(super::now_micros, |s| s.2.recorded_at);
+        let DbTx::Postgres(pg) = tx else {
+            return Err(StoreError::Database("not a PostgreSQL transaction".into()));
+        };
+        let written: Vec<String> = match sqlx::query_scalar(CREATE_STREAMS)
+            .bind(tenant.0)
+            .bind(recorded_at)
+            .bind(&head_ids)
+            .bind(&head_types)
+            .bind(&head_versions)
+            .bind(&head_hashes)
+            .bind(&ids)
+            .bind(&sids)
+            .bind(&stypes)
+            .bind(&versions)
+            .bind(&types)
+            .bind(&type_versions)
+            .bind(&keys)
+            .bind(&payloads)
+            .bind(&metadata)
+            .bind(&prevs)
+            .bind(&hashes)
+            .fetch_all(&mut **pg)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => return Err(insert_error(e, &sealed[0].0, &ids)),
+        };
+        let written: std::collections::HashSet<String> = written.into_iter().collect();
+        let mut out = Vec::with_capacity(sealed.len());
+        for (stream, events, batch, chained) in sealed {
+            if written.contains(&stream.stream_id) {
+                out.push(Ok(outcome(&stream, &batch, &chained).0));
+                continue;
+            }
+            // It exists: the single-stream path says why, exactly as an `append_in_tx` would.
+            match self
+                .append_in_tx(tx, tenant, &stream, ExpectedVersion::NoStream, events)
+                .await
+            {
+                Ok(o) => out.push(Ok(o)),
+                Err(
+                    e @ (StoreError::Conflict { .. }
+                    | StoreError::StreamTypeMismatch { .. }
+                    | StoreError::DuplicateEvent { .. }),
+                ) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     #[tracing::instrument(skip(self), fields(tenant_id = %tenant, stream_id = %stream.stream_id))]
