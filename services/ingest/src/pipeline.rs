@@ -23,9 +23,7 @@ use crate::repo::{self, SealedBlob};
 use crate::thread::{self, ThreadMatch};
 use postvak_platform::cell::{CellError, Cells, Principal, TenantContext};
 use postvak_platform::crypto::CryptoError;
-use postvak_platform::store::{
-    ExpectedVersion, KeyScope, LogPosition, NewEvent, StoreError, StreamRef, TenantId,
-};
+use postvak_platform::store::{KeyScope, LogPosition, NewEvent, StoreError, StreamRef, TenantId};
 use postvak_proto::events::ingest::{
     self as ev, AttachmentV1, BlobRefV1, EnvelopeV1, MessageReceivedV1,
 };
@@ -107,7 +105,22 @@ pub struct Ingestor {
     keys: Arc<RwLock<HashMap<TenantId, IndexKey>>>,
     /// The group-commit queue of each cell (see [`crate::pipeline`]'s "Group commit").
     committers: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
+    /// Recipient addresses that resolved to an inbox, for [`RECIPIENT_TTL`].
+    recipients: Arc<RwLock<HashMap<String, CachedRecipient>>>,
 }
+
+/// How long an `RCPT TO` address that resolved to an inbox is trusted without asking the
+/// directory again: an address removed from an inbox is still accepted for at most this long
+/// (the mail lands in the inbox that owned it a moment ago). Unknown addresses are never
+/// cached: an address added to an inbox is accepted at once (a 550 would be final).
+pub const RECIPIENT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A resolved address: when, the inbox, and whether it was found through its `local+tag`
+/// base (then the tag is kept: possibly a reply token).
+type CachedRecipient = (Instant, TenantId, Uuid, bool);
+
+/// Addresses cached at most (then the cache starts afresh).
+const RECIPIENT_CACHE: usize = 10_000;
 
 fn key_aad(tenant: TenantId) -> Vec<u8> {
     let mut aad = b"postvak.ingest.index-key".to_vec();
@@ -134,6 +147,7 @@ impl Ingestor {
             cells,
             keys: Arc::new(RwLock::new(HashMap::new())),
             committers: Arc::new(Mutex::new(HashMap::new())),
+            recipients: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 
@@ -154,29 +168,52 @@ impl Ingestor {
         let Some((local, domain)) = address.rsplit_once('@') else {
             return Ok(None);
         };
-        let dir = self.cells.directory();
-        if let Some((tenant, inbox)) = repo::resolve_address(dir, &address).await? {
-            return Ok(Some(Recipient {
-                tenant,
-                inbox_id: inbox,
-                address,
-                tag: None,
-            }));
-        }
-        if let Some((base, tag)) = local.split_once('+')
-            && !base.is_empty()
-            && let Some((tenant, inbox)) =
-                repo::resolve_address(dir, &format!("{base}@{domain}")).await?
+        let tag = local
+            .split_once('+')
+            .filter(|(base, _)| !base.is_empty())
+            .map(|(_, tag)| tag.to_owned());
+        let cached = read(&self.recipients).get(&address).copied();
+        if let Some((at, tenant, inbox_id, tagged)) = cached
+            && at.elapsed() < RECIPIENT_TTL
         {
-            let tag = Some(tag.to_owned());
             return Ok(Some(Recipient {
                 tenant,
-                inbox_id: inbox,
+                inbox_id,
                 address,
-                tag,
+                tag: if tagged { tag } else { None },
             }));
         }
-        Ok(None)
+        let dir = self.cells.directory();
+        let mut found = repo::resolve_address(dir, &address)
+            .await?
+            .map(|hit| (hit, None));
+        if found.is_none()
+            && let Some((base, _)) = local.split_once('+')
+            && !base.is_empty()
+        {
+            found = repo::resolve_address(dir, &format!("{base}@{domain}"))
+                .await?
+                .map(|hit| (hit, tag));
+        }
+        let Some(((tenant, inbox_id), tag)) = found else {
+            return Ok(None);
+        };
+        {
+            let mut cache = write(&self.recipients);
+            if cache.len() >= RECIPIENT_CACHE {
+                cache.clear();
+            }
+            cache.insert(
+                address.clone(),
+                (Instant::now(), tenant, inbox_id, tag.is_some()),
+            );
+        }
+        Ok(Some(Recipient {
+            tenant,
+            inbox_id,
+            address,
+            tag,
+        }))
     }
 
     /// The tenant's index key, created on first use, cached for the life of the process.
@@ -609,6 +646,18 @@ struct Job {
     done: Option<oneshot::Sender<Result<Committed, IngestError>>>,
 }
 
+impl Job {
+    /// Every blob the mail's event names (raw, bodies, attachments), possibly repeated.
+    fn blob_refs(&self) -> Vec<Uuid> {
+        let p = &self.payload;
+        std::iter::once(p.raw.blob_id)
+            .chain(p.text_body.iter().map(|b| b.blob_id))
+            .chain(p.html_body.iter().map(|b| b.blob_id))
+            .chain(p.attachments.iter().map(|a| a.blob.blob_id))
+            .collect()
+    }
+}
+
 /// What committing one mail did.
 #[derive(Debug, Clone, Copy)]
 enum Committed {
@@ -662,16 +711,19 @@ impl Ingestor {
     }
 }
 
-/// Commit workers per cell. SQLite: one — it has one writer and every commit is an fsync, so
-/// batching is pure gain. PostgreSQL: none — each session commits its own mail in its own
-/// transaction (PostgreSQL already flushes concurrent commits together); a single worker made
-/// every mail wait for the worker's serial round trips (22 mails/s on a loaded machine), two
-/// deadlocked on shared index rows (ADR 0011).
-fn commit_workers(cell: &postvak_platform::cell::Cell) -> usize {
-    match cell.store.backend() {
-        postvak_platform::store::Backend::Sqlite => 1,
-        postvak_platform::store::Backend::Postgres => 0,
-    }
+/// Commit workers per cell: one on both backends. Its batches are written with a few
+/// multi-row statements (ADR 0021), so a batch of 32 costs about the round trips of one mail;
+/// one worker also decides threading for the cell's mails in order, so a reply and its parent
+/// in flight together share a conversation. `POSTVAK_INGEST_COMMIT_WORKERS=0` makes each
+/// session commit its own mail (the old PostgreSQL mode, kept to measure against).
+fn commit_workers(_cell: &postvak_platform::cell::Cell) -> usize {
+    static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| {
+        std::env::var("POSTVAK_INGEST_COMMIT_WORKERS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1)
+    })
 }
 
 /// Takes whatever mails are waiting (up to [`MAX_BATCH`]) and commits them together: no timer,
@@ -718,82 +770,134 @@ async fn commit_worker(rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
-/// Commits mails of one cell in one transaction: per mail the thread lookup (which sees the
-/// index rows of the batch's earlier mails), the event, blobs, message row and index. A
-/// duplicate is skipped (its append wrote nothing); any other error rolls everything back.
+/// Commits mails of one cell in one transaction, with a few statements per tenant whatever the
+/// batch's size (PostgreSQL): the thread lookup of every mail, the streams and events of every
+/// mail, then every mail's blobs, message row, blob references and thread index. Threading is
+/// decided in memory in arrival order, so a mail sees the index rows of the batch's earlier
+/// mails as if they had been written one by one. A duplicate (its stream exists) writes nothing;
+/// any other error rolls everything back.
+///
+/// On PostgreSQL the transaction first takes a transaction-scoped advisory lock on every thread
+/// key it will read or claim (sorted: no deadlock between two of them): a reply and its parent
+/// committed at the same instant by two processes are serialised, and the later one's lookup
+/// sees the earlier one's index rows (ADR 0021).
 async fn commit_batch(batch: &[Job]) -> Result<Vec<Committed>, IngestError> {
     let Some(first) = batch.first() else {
         return Ok(Vec::new());
     };
     let cell = first.ctx.cell();
     let store = &cell.store;
-    let mut current = first.ctx.tenant();
-    let mut tx = repo::write_tx(cell.db(), current).await?;
-    let mut out = Vec::with_capacity(batch.len());
+    // Row-level security is armed per tenant: the batch is written tenant by tenant.
+    let mut tenants: Vec<TenantId> = Vec::new();
     for job in batch {
-        let tenant = job.ctx.tenant();
-        if tenant != current {
-            repo::set_tenant(&mut tx, tenant).await?;
-            current = tenant;
+        if !tenants.contains(&job.ctx.tenant()) {
+            tenants.push(job.ctx.tenant());
         }
-        let inbox = job.payload.inbox_id;
-        let (conversation_id, matched) = match &job.threading {
-            Threading::Known(hit) => *hit,
-            Threading::Lookup(order) => {
-                let hashes: Vec<String> = order.iter().map(|(h, _)| h.clone()).collect();
-                let found = repo::lookup_thread_tx(&mut tx, tenant, inbox, &hashes).await?;
-                order
-                    .iter()
-                    .find_map(|(h, m)| found.get(h).map(|c| (*c, *m)))
-                    .unwrap_or((Uuid::now_v7(), ThreadMatch::None))
+    }
+    let mut tx = repo::write_tx_locked(cell.db(), tenants[0], &thread_locks(batch)).await?;
+    let mut out: Vec<Committed> = vec![Committed::Duplicate; batch.len()];
+    for (n, &tenant) in tenants.iter().enumerate() {
+        if n > 0 {
+            repo::set_tenant(&mut tx, tenant).await?;
+        }
+        let mine: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].ctx.tenant() == tenant)
+            .collect();
+        // Every candidate of every mail in one lookup.
+        let mut wanted: Vec<(Uuid, &str)> = Vec::new();
+        for &i in &mine {
+            if let Threading::Lookup(order) = &batch[i].threading {
+                let inbox = batch[i].payload.inbox_id;
+                wanted.extend(order.iter().map(|(h, _)| (inbox, h.as_str())));
             }
-        };
-        let payload = MessageReceivedV1 {
-            conversation_id,
-            new_thread: matched == ThreadMatch::None,
-            thread_match: matched.as_str().to_owned(),
-            ..job.payload.clone()
-        };
-        let mut event = NewEvent::from_payload(ev::MESSAGE_RECEIVED, 1, &payload)?;
-        event.metadata.actor = Some(job.ctx.principal().actor());
-        // The event goes first: a concurrent delivery of the same mail waits on the stream's
-        // key, then finds it taken.
-        match store
-            .append_in_tx(
-                &mut tx,
-                tenant,
-                &job.stream,
-                ExpectedVersion::NoStream,
-                vec![event],
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                out.push(Committed::Duplicate);
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut known = repo::lookup_threads_tx(&mut tx, tenant, &wanted).await?;
+        // Decide in arrival order; a mail's claims are seen by the mails after it.
+        let mut streams_seen: Vec<&str> = Vec::new();
+        let mut plan = Vec::new();
+        let mut appends = Vec::new();
+        for &i in &mine {
+            let job = &batch[i];
+            if streams_seen.contains(&job.stream.stream_id.as_str()) {
+                // The same mail twice in one batch: the first stores it.
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            streams_seen.push(&job.stream.stream_id);
+            let inbox = job.payload.inbox_id;
+            let (conversation_id, matched) = match &job.threading {
+                Threading::Known(hit) => *hit,
+                Threading::Lookup(order) => order
+                    .iter()
+                    .find_map(|(h, m)| known.get(&(inbox, h.clone())).map(|c| (*c, *m)))
+                    .unwrap_or((Uuid::now_v7(), ThreadMatch::None)),
+            };
+            for h in &job.record_hashes {
+                known.entry((inbox, h.clone())).or_insert(conversation_id);
+            }
+            let payload = MessageReceivedV1 {
+                conversation_id,
+                new_thread: matched == ThreadMatch::None,
+                thread_match: matched.as_str().to_owned(),
+                ..job.payload.clone()
+            };
+            let mut event = NewEvent::from_payload(ev::MESSAGE_RECEIVED, 1, &payload)?;
+            event.metadata.actor = Some(job.ctx.principal().actor());
+            appends.push((job.stream.clone(), vec![event]));
+            plan.push((i, conversation_id, matched));
         }
-        repo::store_delivery_tx(
-            &mut tx,
-            tenant,
-            &job.blobs,
-            inbox,
-            payload.message_id,
-            &job.stream.stream_id,
-            &job.record_hashes,
-            conversation_id,
-        )
-        .await?;
-        out.push(Committed::Stored {
-            conversation_id,
-            matched,
-        });
+        // The events first: a concurrent delivery of the same mail waits on the stream's key,
+        // then finds it taken.
+        let results = store.create_streams_in_tx(&mut tx, tenant, appends).await?;
+        let mut rows = Vec::with_capacity(plan.len());
+        for ((i, conversation_id, matched), r) in plan.into_iter().zip(results) {
+            match r {
+                Ok(_) => {}
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let job = &batch[i];
+            rows.push(repo::DeliveryRows {
+                inbox_id: job.payload.inbox_id,
+                message_id: job.payload.message_id,
+                stream_id: &job.stream.stream_id,
+                blobs: &job.blobs,
+                blob_refs: job.blob_refs(),
+                hashes: &job.record_hashes,
+                conversation_id,
+            });
+            out[i] = Committed::Stored {
+                conversation_id,
+                matched,
+            };
+        }
+        repo::store_deliveries_tx(&mut tx, tenant, &rows).await?;
     }
     // Commits, then wakes this process's relay / in-process bus.
     store.commit_appended(tx).await?;
     Ok(out)
+}
+
+/// The advisory-lock keys of every thread key a batch reads or claims, sorted and distinct.
+fn thread_locks(batch: &[Job]) -> Vec<i64> {
+    let mut keys: Vec<i64> = Vec::new();
+    for job in batch {
+        let inbox = job.payload.inbox_id;
+        let looked_up = match &job.threading {
+            Threading::Lookup(order) => order.iter().map(|(h, _)| h.as_str()).collect(),
+            Threading::Known(_) => Vec::new(),
+        };
+        for h in looked_up
+            .into_iter()
+            .chain(job.record_hashes.iter().map(String::as_str))
+        {
+            keys.push(repo::thread_lock_key(job.ctx.tenant(), inbox, h));
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// The blind indexes a stored mail claims in its inbox's thread index.

@@ -47,6 +47,67 @@ pub async fn write_tx(db: &Db, tenant: TenantId) -> Result<DbTx, StoreError> {
     }
 }
 
+/// The advisory-lock key of one thread key (a Message-ID's blind index in an inbox): the first
+/// 8 bytes of SHA-256 over a label. A collision only makes two deliveries wait for each other.
+pub fn thread_lock_key(tenant: TenantId, inbox: Uuid, mid_hash: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"postvak.ingest.thread\0");
+    h.update(tenant.0.as_bytes());
+    h.update(inbox.as_bytes());
+    h.update(mid_hash.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// The advisory-lock key that deliveries hold shared and the blob sweeper exclusively: a
+/// delivery that finds a blob already stored (and so writes nothing for it) cannot have that
+/// blob deleted under it before its reference commits.
+pub fn blob_gc_lock_key() -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(b"postvak.ingest.blob-gc");
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// A [`write_tx`] that, on PostgreSQL, also holds the blob sweeper's lock shared and a
+/// transaction-scoped advisory lock on each of `thread_locks` (taken in the order given, which
+/// must be sorted, so two transactions never wait for each other in a cycle) — all in the same
+/// round trip as `BEGIN`. The statement after it sees every transaction that held one of those
+/// locks as committed (READ COMMITTED takes a new snapshot per statement).
+pub async fn write_tx_locked(
+    db: &Db,
+    tenant: TenantId,
+    thread_locks: &[i64],
+) -> Result<DbTx, StoreError> {
+    match db {
+        Db::Postgres(p) => {
+            // Only UUIDs and integers are formatted in: nothing to escape.
+            let mut begin = format!(
+                "BEGIN; SELECT set_config('postvak.tenant_id', '{}', true); \
+                 SELECT pg_advisory_xact_lock_shared({})",
+                tenant.0,
+                blob_gc_lock_key()
+            );
+            if !thread_locks.is_empty() {
+                let list: Vec<String> = thread_locks.iter().map(i64::to_string).collect();
+                begin.push_str(&format!(
+                    "; SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{}}}'::int8[]) AS k",
+                    list.join(",")
+                ));
+            }
+            p.begin_with(sqlx::AssertSqlSafe(begin))
+                .await
+                .map(DbTx::Postgres)
+                .map_err(db_error)
+        }
+        Db::Sqlite(_) => write_tx(db, tenant).await,
+    }
+}
+
 /// Switches a [`write_tx`] transaction to another tenant (row-level security follows).
 pub async fn set_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
     if let DbTx::Postgres(tx) = tx {
@@ -292,68 +353,212 @@ pub async fn lookup_thread_tx(
     rows.iter().map(pair).collect()
 }
 
-/// Everything a delivery writes besides its event, inside `tx`: the blobs (see
-/// [`put_blobs_tx`]) and the message's row and thread index (see [`record_message_tx`]). One
-/// statement on PostgreSQL.
-#[allow(clippy::too_many_arguments)]
-pub async fn store_delivery_tx(
+/// The conversations the tenant's thread index knows for these `(inbox, blind index)` pairs,
+/// read inside `tx`: one statement on PostgreSQL (a primary-key probe per pair).
+pub async fn lookup_threads_tx(
     tx: &mut DbTx,
     tenant: TenantId,
-    blobs: &[SealedBlob],
-    inbox: Uuid,
-    message_id: Uuid,
-    stream_id: &str,
-    hashes: &[String],
-    conversation: Uuid,
+    wanted: &[(Uuid, &str)],
+) -> Result<HashMap<(Uuid, String), Uuid>, StoreError> {
+    let mut out = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    match tx {
+        DbTx::Postgres(pg) => {
+            let inboxes: Vec<Uuid> = wanted.iter().map(|(i, _)| *i).collect();
+            let hashes: Vec<&str> = wanted.iter().map(|(_, h)| *h).collect();
+            let rows = sqlx::query(
+                "SELECT q.inbox_id, q.mid_hash, t.conversation_id \
+                 FROM unnest($2::uuid[], $3::text[]) AS q(inbox_id, mid_hash) \
+                 CROSS JOIN LATERAL (SELECT conversation_id FROM ingest_thread_index \
+                   WHERE tenant_id = $1 AND inbox_id = q.inbox_id AND mid_hash = q.mid_hash \
+                   LIMIT 1) AS t",
+            )
+            .bind(tenant.0)
+            .bind(&inboxes)
+            .bind(&hashes)
+            .fetch_all(&mut **pg)
+            .await
+            .map_err(db_error)?;
+            for r in rows {
+                let inbox: Uuid = r.try_get(0).map_err(db_error)?;
+                let hash: String = r.try_get(1).map_err(db_error)?;
+                let conversation: Uuid = r.try_get(2).map_err(db_error)?;
+                out.insert((inbox, hash), conversation);
+            }
+        }
+        DbTx::Sqlite(_) => {
+            let mut inboxes: Vec<Uuid> = wanted.iter().map(|(i, _)| *i).collect();
+            inboxes.dedup();
+            for inbox in inboxes {
+                let hashes: Vec<String> = wanted
+                    .iter()
+                    .filter(|(i, _)| *i == inbox)
+                    .map(|(_, h)| (*h).to_owned())
+                    .collect();
+                for (h, c) in lookup_thread_tx(tx, tenant, inbox, &hashes).await? {
+                    out.insert((inbox, h), c);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What one stored mail writes besides its event (see [`store_deliveries_tx`]).
+#[derive(Debug)]
+pub struct DeliveryRows<'a> {
+    pub inbox_id: Uuid,
+    pub message_id: Uuid,
+    pub stream_id: &'a str,
+    pub blobs: &'a [SealedBlob],
+    /// Every blob the mail's event names.
+    pub blob_refs: Vec<Uuid>,
+    /// The blind indexes it claims in its inbox's thread index.
+    pub hashes: &'a [String],
+    pub conversation_id: Uuid,
+}
+
+/// Everything a batch of deliveries writes besides its events, inside `tx`: blobs, message
+/// rows, blob references and thread index. One statement on PostgreSQL for the whole batch.
+/// Rows go in key order (blobs by id, index rows by inbox and hash), so two transactions
+/// sharing rows wait for each other instead of deadlocking; an index key two mails of the
+/// batch claim goes to the earlier one, as if they had been written one by one.
+pub async fn store_deliveries_tx(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    rows: &[DeliveryRows<'_>],
 ) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let DbTx::Postgres(pg) = tx else {
-        put_blobs_tx(tx, tenant, blobs).await?;
-        return record_message_tx(
-            tx,
-            tenant,
-            inbox,
-            message_id,
-            stream_id,
-            hashes,
-            conversation,
-        )
-        .await;
+        for r in rows {
+            put_blobs_tx(tx, tenant, r.blobs).await?;
+            record_message_tx(
+                tx,
+                tenant,
+                r.inbox_id,
+                r.message_id,
+                r.stream_id,
+                r.hashes,
+                r.conversation_id,
+            )
+            .await?;
+            record_blob_refs_tx(tx, tenant, r.message_id, &r.blob_refs).await?;
+        }
+        return Ok(());
     };
-    // Lock order: blobs by id, then the message, then index rows by hash — the same in every
-    // delivery, so two sharing rows wait for each other instead of deadlocking.
-    let mut sorted: Vec<&SealedBlob> = blobs.iter().collect();
-    sorted.sort_by_key(|b| b.blob_id);
-    let ids: Vec<Uuid> = sorted.iter().map(|b| b.blob_id).collect();
-    let keys: Vec<Uuid> = sorted.iter().map(|b| b.key_id).collect();
-    let sizes: Vec<i64> = sorted.iter().map(|b| b.size).collect();
-    let sealed: Vec<&[u8]> = sorted.iter().map(|b| b.sealed.as_slice()).collect();
-    let mut hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
-    hashes.sort_unstable();
-    hashes.dedup();
+    let mut blobs: Vec<&SealedBlob> = rows.iter().flat_map(|r| r.blobs.iter()).collect();
+    blobs.sort_by_key(|b| b.blob_id);
+    blobs.dedup_by_key(|b| b.blob_id);
+    let blob_ids: Vec<Uuid> = blobs.iter().map(|b| b.blob_id).collect();
+    let blob_keys: Vec<Uuid> = blobs.iter().map(|b| b.key_id).collect();
+    let blob_sizes: Vec<i64> = blobs.iter().map(|b| b.size).collect();
+    let blob_sealed: Vec<&[u8]> = blobs.iter().map(|b| b.sealed.as_slice()).collect();
+    let mut refs: Vec<(Uuid, Uuid)> = rows
+        .iter()
+        .flat_map(|r| r.blob_refs.iter().map(|b| (*b, r.message_id)))
+        .collect();
+    refs.sort_unstable();
+    refs.dedup();
+    let (ref_blobs, ref_messages): (Vec<Uuid>, Vec<Uuid>) = refs.into_iter().unzip();
+    let msg_ids: Vec<Uuid> = rows.iter().map(|r| r.message_id).collect();
+    let msg_inboxes: Vec<Uuid> = rows.iter().map(|r| r.inbox_id).collect();
+    let msg_streams: Vec<&str> = rows.iter().map(|r| r.stream_id).collect();
+    // The first claim of a key wins: keep the earliest mail's, then sort for lock order.
+    let mut index: Vec<(Uuid, &str, Uuid)> = Vec::new();
+    let mut claimed: std::collections::HashSet<(Uuid, &str)> = std::collections::HashSet::new();
+    for r in rows {
+        for h in r.hashes {
+            if claimed.insert((r.inbox_id, h.as_str())) {
+                index.push((r.inbox_id, h.as_str(), r.conversation_id));
+            }
+        }
+    }
+    index.sort_unstable();
+    let idx_inboxes: Vec<Uuid> = index.iter().map(|i| i.0).collect();
+    let idx_hashes: Vec<&str> = index.iter().map(|i| i.1).collect();
+    let idx_conversations: Vec<Uuid> = index.iter().map(|i| i.2).collect();
     sqlx::query(
         "WITH b AS (INSERT INTO ingest_blobs (tenant_id, blob_id, key_id, size, sealed) \
            SELECT $1, b.id, b.key, b.size, b.sealed \
            FROM unnest($2::uuid[], $3::uuid[], $4::int8[], $5::bytea[]) AS b(id, key, size, sealed) \
            ON CONFLICT (tenant_id, blob_id) DO NOTHING), \
          m AS (INSERT INTO ingest_messages (tenant_id, message_id, inbox_id, stream_id) \
-           VALUES ($1, $6, $7, $8) ON CONFLICT (tenant_id, message_id) DO NOTHING) \
+           SELECT $1, m.id, m.inbox, m.stream FROM unnest($6::uuid[], $7::uuid[], $8::text[]) \
+             AS m(id, inbox, stream) \
+           ON CONFLICT (tenant_id, message_id) DO NOTHING), \
+         r AS (INSERT INTO ingest_blob_refs (tenant_id, blob_id, message_id) \
+           SELECT $1, r.blob, r.message FROM unnest($9::uuid[], $10::uuid[]) AS r(blob, message) \
+           ON CONFLICT DO NOTHING) \
          INSERT INTO ingest_thread_index (tenant_id, inbox_id, mid_hash, conversation_id) \
-         SELECT $1, $7, h, $10 FROM unnest($9::text[]) AS h \
+         SELECT $1, i.inbox, i.hash, i.conversation \
+         FROM unnest($11::uuid[], $12::text[], $13::uuid[]) AS i(inbox, hash, conversation) \
          ON CONFLICT (tenant_id, inbox_id, mid_hash) DO NOTHING",
     )
     .bind(tenant.0)
-    .bind(&ids)
-    .bind(&keys)
-    .bind(&sizes)
-    .bind(&sealed)
-    .bind(message_id)
-    .bind(inbox)
-    .bind(stream_id)
-    .bind(&hashes)
-    .bind(conversation)
+    .bind(&blob_ids)
+    .bind(&blob_keys)
+    .bind(&blob_sizes)
+    .bind(&blob_sealed)
+    .bind(&msg_ids)
+    .bind(&msg_inboxes)
+    .bind(&msg_streams)
+    .bind(&ref_blobs)
+    .bind(&ref_messages)
+    .bind(&idx_inboxes)
+    .bind(&idx_hashes)
+    .bind(&idx_conversations)
     .execute(&mut **pg)
     .await
     .map_err(db_error)?;
+    Ok(())
+}
+
+/// Records which blobs a stored message's event names (what the blob sweeper keeps), inside
+/// `tx`; idempotent.
+pub async fn record_blob_refs_tx(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    message_id: Uuid,
+    blobs: &[Uuid],
+) -> Result<(), StoreError> {
+    let mut blobs = blobs.to_vec();
+    blobs.sort_unstable();
+    blobs.dedup();
+    if blobs.is_empty() {
+        return Ok(());
+    }
+    match tx {
+        DbTx::Postgres(pg) => {
+            sqlx::query(
+                "INSERT INTO ingest_blob_refs (tenant_id, blob_id, message_id) \
+                 SELECT $1, b, $2 FROM unnest($3::uuid[]) AS b ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant.0)
+            .bind(message_id)
+            .bind(&blobs)
+            .execute(&mut **pg)
+            .await
+            .map_err(db_error)?;
+        }
+        DbTx::Sqlite(sq) => {
+            for b in blobs {
+                sqlx::query(
+                    "INSERT INTO ingest_blob_refs (tenant_id, blob_id, message_id) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                )
+                .bind(tenant.0)
+                .bind(b)
+                .bind(message_id)
+                .execute(&mut **sq)
+                .await
+                .map_err(db_error)?;
+            }
+        }
+    }
     Ok(())
 }
 

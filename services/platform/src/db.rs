@@ -113,6 +113,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "routing_vip_contacts",
         include_str!("../../../migrations/postgres/0021_routing_vip_contacts.sql"),
     ),
+    (
+        22,
+        "ingest_blob_gc",
+        include_str!("../../../migrations/postgres/0022_ingest_blob_gc.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -211,6 +216,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         21,
         "routing_vip_contacts",
         include_str!("../../../migrations/sqlite/0021_routing_vip_contacts.sql"),
+    ),
+    (
+        22,
+        "ingest_blob_gc",
+        include_str!("../../../migrations/sqlite/0022_ingest_blob_gc.sql"),
     ),
 ];
 

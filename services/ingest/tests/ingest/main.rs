@@ -12,4 +12,5 @@ mod dedupe;
 mod helpers;
 mod imap;
 mod props;
+mod race;
 mod smtp;
