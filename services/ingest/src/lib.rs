@@ -9,11 +9,13 @@
 //!   indexes and reply tokens.
 //! - [`bench`]: `postvak bench ingest`.
 //!
+//! - [`gc`]: the blob sweeper (blobs no message references, after a grace period).
 //! - [`imap`]: the IMAP connector (accounts per inbox over `/v1/inboxes/{id}/imap-accounts`,
 //!   a supervisor per cell syncing them into the pipeline).
 
 pub mod api;
 pub mod bench;
+pub mod gc;
 pub mod imap;
 pub mod keys;
 pub mod parse;
@@ -24,5 +26,6 @@ pub mod smtp;
 pub mod standalone;
 pub mod thread;
 
+pub use gc::BlobGcSettings;
 pub use pipeline::{Delivery, IngestError, Ingestor, Recipient, Source};
 pub use settings::{ImapSettings, RawApiSettings, SmtpSettings};

@@ -830,3 +830,148 @@ pub async fn inbox_exists(
     };
     Ok(row)
 }
+
+/// The tenants placed in a cell, from the global directory.
+pub async fn tenants_of_cell(directory: &Db, cell: &str) -> Result<Vec<Uuid>, StoreError> {
+    match directory {
+        Db::Postgres(p) => {
+            sqlx::query_scalar(
+                "SELECT tenant_id FROM tenant_cells WHERE cell = $1 ORDER BY tenant_id",
+            )
+            .bind(cell)
+            .fetch_all(p)
+            .await
+        }
+        Db::Sqlite(s) => {
+            sqlx::query_scalar(
+                "SELECT tenant_id FROM tenant_cells WHERE cell = ?1 ORDER BY tenant_id",
+            )
+            .bind(cell)
+            .fetch_all(&s.reader)
+            .await
+        }
+    }
+    .map_err(db_error)
+}
+
+/// Whether the tenant's blob references were recovered from the log (see [`crate::gc`]).
+pub async fn blob_refs_backfilled(db: &Db, tenant: TenantId) -> Result<bool, StoreError> {
+    match db {
+        Db::Postgres(p) => {
+            let mut tx = pg_tx(p, tenant).await?;
+            let found = sqlx::query("SELECT 1 FROM ingest_blob_gc WHERE tenant_id = $1")
+                .bind(tenant.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?
+                .is_some();
+            tx.commit().await.map_err(db_error)?;
+            Ok(found)
+        }
+        Db::Sqlite(s) => Ok(
+            sqlx::query("SELECT 1 FROM ingest_blob_gc WHERE tenant_id = ?1")
+                .bind(tenant.0)
+                .fetch_optional(&s.reader)
+                .await
+                .map_err(db_error)?
+                .is_some(),
+        ),
+    }
+}
+
+pub async fn mark_blob_refs_backfilled(db: &Db, tenant: TenantId) -> Result<(), StoreError> {
+    let mut tx = write_tx(db, tenant).await?;
+    match &mut tx {
+        DbTx::Postgres(pg) => {
+            sqlx::query(
+                "INSERT INTO ingest_blob_gc (tenant_id) VALUES ($1) ON CONFLICT (tenant_id) DO NOTHING",
+            )
+            .bind(tenant.0)
+            .execute(&mut **pg)
+            .await
+            .map_err(db_error)?;
+        }
+        DbTx::Sqlite(sq) => {
+            sqlx::query(
+                "INSERT INTO ingest_blob_gc (tenant_id, backfilled_at) VALUES (?1, ?2) \
+                 ON CONFLICT (tenant_id) DO NOTHING",
+            )
+            .bind(tenant.0)
+            .bind(now_secs())
+            .execute(&mut **sq)
+            .await
+            .map_err(db_error)?;
+        }
+    }
+    tx.commit().await
+}
+
+/// Removes up to `limit` of the tenant's blobs that no message references and that were stored
+/// more than `grace` ago; returns how many. On PostgreSQL under the blob sweeper's advisory lock
+/// held exclusively (deliveries hold it shared: see [`blob_gc_lock_key`]).
+pub async fn remove_unreferenced_blobs(
+    db: &Db,
+    tenant: TenantId,
+    grace: std::time::Duration,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX / 2);
+    let mut tx = write_tx(db, tenant).await?;
+    let removed = match &mut tx {
+        DbTx::Postgres(pg) => {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(blob_gc_lock_key())
+                .execute(&mut **pg)
+                .await
+                .map_err(db_error)?;
+            let n = sqlx::query(
+                "DELETE FROM ingest_blobs WHERE tenant_id = $1 AND blob_id IN ( \
+                   SELECT b.blob_id FROM ingest_blobs b \
+                   WHERE b.tenant_id = $1 AND b.created_at < now() - make_interval(secs => $2) \
+                     AND NOT EXISTS (SELECT 1 FROM ingest_blob_refs r \
+                       WHERE r.tenant_id = b.tenant_id AND r.blob_id = b.blob_id) \
+                   ORDER BY b.created_at LIMIT $3)",
+            )
+            .bind(tenant.0)
+            .bind(grace_secs as f64)
+            .bind(limit)
+            .execute(&mut **pg)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+            sqlx::query("UPDATE ingest_blob_gc SET last_sweep_at = now() WHERE tenant_id = $1")
+                .bind(tenant.0)
+                .execute(&mut **pg)
+                .await
+                .map_err(db_error)?;
+            n
+        }
+        DbTx::Sqlite(sq) => {
+            let now = now_secs();
+            let n = sqlx::query(
+                "DELETE FROM ingest_blobs WHERE rowid IN ( \
+                   SELECT b.rowid FROM ingest_blobs b \
+                   WHERE b.tenant_id = ?1 AND b.created_at < ?2 \
+                     AND NOT EXISTS (SELECT 1 FROM ingest_blob_refs r \
+                       WHERE r.tenant_id = b.tenant_id AND r.blob_id = b.blob_id) \
+                   ORDER BY b.created_at LIMIT ?3)",
+            )
+            .bind(tenant.0)
+            .bind(now.saturating_sub(grace_secs))
+            .bind(limit)
+            .execute(&mut **sq)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+            sqlx::query("UPDATE ingest_blob_gc SET last_sweep_at = ?2 WHERE tenant_id = ?1")
+                .bind(tenant.0)
+                .bind(now)
+                .execute(&mut **sq)
+                .await
+                .map_err(db_error)?;
+            n
+        }
+    };
+    tx.commit().await?;
+    Ok(removed)
+}

@@ -242,6 +242,7 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     startup::smtp_settings(&cfg)?;
     cfg.section::<postvak_ingest::RawApiSettings>("raw_api")?;
     cfg.section::<postvak_ingest::ImapSettings>("imap")?;
+    cfg.section::<postvak_ingest::BlobGcSettings>("blob_gc")?;
     startup::notification_settings(&cfg)?;
     Ok(cfg)
 }

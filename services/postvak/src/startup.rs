@@ -234,6 +234,22 @@ impl Application {
             }
         }
 
+        // Blob garbage collection (`[blob_gc]`): one sweeper per cell (ADR 0021).
+        let gc_settings: postvak_ingest::BlobGcSettings = cfg.section("blob_gc")?;
+        if matches!(role, Role::All | Role::Ingest) && gc_settings.enabled {
+            let sweeper = postvak_ingest::gc::BlobSweeper::new(
+                postvak_ingest::Ingestor::new(cells.clone()),
+                gc_settings,
+            );
+            for handle in sweeper.start(&cells, cancel.clone()) {
+                tasks.spawn(async move {
+                    if let Err(e) = handle.await {
+                        tracing::error!(error = %e, "blob sweeper ended abnormally");
+                    }
+                });
+            }
+        }
+
         if matches!(role, Role::All | Role::Conversation) {
             for cell in cells.all() {
                 for handle in

@@ -9,6 +9,7 @@ mod bench;
 mod corpora;
 mod crash;
 mod dedupe;
+mod gc;
 mod helpers;
 mod imap;
 mod props;
