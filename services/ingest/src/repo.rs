@@ -545,17 +545,16 @@ pub async fn record_blob_refs_tx(
             .map_err(db_error)?;
         }
         DbTx::Sqlite(sq) => {
-            for b in blobs {
-                sqlx::query(
-                    "INSERT INTO ingest_blob_refs (tenant_id, blob_id, message_id) \
-                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                )
-                .bind(tenant.0)
-                .bind(b)
-                .bind(message_id)
-                .execute(&mut **sq)
-                .await
-                .map_err(db_error)?;
+            // One statement (a mail names a handful of blobs; 64 × 3 parameters at most).
+            for chunk in blobs.chunks(64) {
+                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO ingest_blob_refs (tenant_id, blob_id, message_id) ",
+                );
+                insert.push_values(chunk.iter(), |mut row, b| {
+                    row.push_bind(tenant.0).push_bind(*b).push_bind(message_id);
+                });
+                insert.push(" ON CONFLICT DO NOTHING");
+                insert.build().execute(&mut **sq).await.map_err(db_error)?;
             }
         }
     }
