@@ -714,12 +714,14 @@ impl Ingestor {
 /// Commit workers per cell: one on both backends. Its batches are written with a few
 /// multi-row statements (ADR 0021), so a batch of 32 costs about the round trips of one mail;
 /// one worker also decides threading for the cell's mails in order, so a reply and its parent
-/// in flight together share a conversation. `POSTVAK_INGEST_COMMIT_WORKERS=0` makes each
-/// session commit its own mail (the old PostgreSQL mode, kept to measure against).
+/// in flight together share a conversation. The environment variable
+/// `PV_INGEST_COMMIT_WORKERS` changes the count, for measuring only: 0 makes each session
+/// commit its own mail (the old PostgreSQL mode). (Not `POSTVAK_…`: that prefix is the
+/// configuration's.)
 fn commit_workers(_cell: &postvak_platform::cell::Cell) -> usize {
     static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *WORKERS.get_or_init(|| {
-        std::env::var("POSTVAK_INGEST_COMMIT_WORKERS")
+        std::env::var("PV_INGEST_COMMIT_WORKERS")
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(1)

@@ -65,6 +65,9 @@ pub struct Config {
     /// The IMAP connector's settings (read by the ingest service).
     #[serde(default)]
     pub imap: Option<serde::de::IgnoredAny>,
+    /// The blob sweeper's settings (read by the ingest service).
+    #[serde(default)]
+    pub blob_gc: Option<serde::de::IgnoredAny>,
     /// Draft providers' request limits and `allow_private` (read by the conversation service).
     #[serde(default)]
     pub draft_providers: Option<serde::de::IgnoredAny>,
