@@ -17,7 +17,10 @@ pub mod sla;
 pub mod timers;
 pub mod vip;
 
-use postvak_platform::cell::{Cell, Cells};
+use postvak_platform::cell::{Cell, Cells, TenantContext};
+use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::on_tx;
+use postvak_platform::store::{LogPosition, RecordedEvent, StoreError};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,4 +71,47 @@ pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
     availability::routes(cfg);
     sla::routes(cfg);
     metrics::routes(cfg);
+}
+
+/// Rebuilds one tenant's read model: empties `tables` (its rows only), then replays the
+/// tenant's log, one transaction per page, through `apply` for each event of a stream type
+/// `wanted` accepts. Returns how many events were applied.
+pub(crate) async fn rebuild_from_log(
+    ctx: &TenantContext,
+    tables: &[&str],
+    wanted: impl Fn(&str) -> bool,
+    mut apply: impl AsyncFnMut(&mut DbTx, &RecordedEvent) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let store = &ctx.cell().store;
+    let db = ctx.cell().db();
+    let tenant = ctx.tenant();
+    let mut tx = db.tenant_tx(tenant, true).await?;
+    for table in tables {
+        let sql = format!("DELETE FROM {table} WHERE tenant_id = $1");
+        on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.0)
+            .execute(c)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)?;
+    }
+    tx.commit().await?;
+    let mut after = LogPosition::START;
+    let mut applied = 0u64;
+    loop {
+        let page = store.read_log(after, 500, Some(tenant)).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        let mut tx = db.tenant_tx(tenant, true).await?;
+        for stored in &page {
+            if !wanted(&stored.stream_type) {
+                continue;
+            }
+            let event = store.open(stored).await?;
+            apply(&mut tx, &event).await?;
+            applied += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(applied)
 }

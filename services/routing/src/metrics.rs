@@ -20,9 +20,7 @@ use postvak_platform::consumer::{EventHandler, HandlerError};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::http::ApiError;
 use postvak_platform::on_tx;
-use postvak_platform::store::{
-    EventData, LogPosition, RecordedEvent, StoreError, TenantId, micros,
-};
+use postvak_platform::store::{EventData, RecordedEvent, StoreError, TenantId, micros};
 use postvak_proto::Problem;
 use postvak_proto::events::agent_activity as aev;
 use postvak_proto::events::conversation as cev;
@@ -418,38 +416,13 @@ pub async fn apply(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), StoreErro
 
 /// Rebuilds one tenant's metrics from its events; returns how many events were applied.
 pub async fn rebuild(ctx: &TenantContext) -> Result<u64, StoreError> {
-    let store = &ctx.cell().store;
-    let db = ctx.cell().db();
-    let tenant = ctx.tenant();
-    let mut tx = db.tenant_tx(tenant, true).await?;
-    for table in ["routing_metric_facts", "routing_metric_conversations"] {
-        let sql = format!("DELETE FROM {table} WHERE tenant_id = $1");
-        on_tx!(&mut tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant.0)
-            .execute(c)
-            .await
-            .map(|_| ()))
-        .map_err(db_error)?;
-    }
-    tx.commit().await?;
-    let mut after = LogPosition::START;
-    let mut applied = 0u64;
-    loop {
-        let page = store.read_log(after, 500, Some(tenant)).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        let mut tx = db.tenant_tx(tenant, true).await?;
-        for stored in &page {
-            if !STREAMS.contains(&stored.stream_type.as_str()) {
-                continue;
-            }
-            let event = store.open(stored).await?;
-            apply(&mut tx, &event).await?;
-            applied += 1;
-        }
-        tx.commit().await?;
-    }
-    Ok(applied)
+    crate::rebuild_from_log(
+        ctx,
+        &["routing_metric_facts", "routing_metric_conversations"],
+        |t| STREAMS.contains(&t),
+        async |tx, event| apply(tx, event).await,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ use postvak_platform::cell::TenantContext;
 use postvak_platform::crypto::Keyring;
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
-use postvak_platform::store::{EventData, LogPosition, RecordedEvent, StoreError, TenantId};
+use postvak_platform::store::{EventData, RecordedEvent, StoreError, TenantId};
 use postvak_proto::events::contact as kev;
 use sqlx::Row;
 use uuid::Uuid;
@@ -169,38 +169,12 @@ pub async fn is_vip_contact(ctx: &TenantContext, address: &str) -> Result<bool, 
 
 /// Rebuilds one tenant's VIP table from its `contact` events; returns how many were applied.
 pub async fn rebuild(ctx: &TenantContext) -> Result<u64, StoreError> {
-    let store = &ctx.cell().store;
-    let db = ctx.cell().db();
-    let tenant = ctx.tenant();
-    let mut tx = db.tenant_tx(tenant, true).await?;
-    for sql in [
-        "DELETE FROM routing_vip_addresses WHERE tenant_id = $1",
-        "DELETE FROM routing_contacts WHERE tenant_id = $1",
-    ] {
-        on_tx!(&mut tx, |c| sqlx::query(sql)
-            .bind(tenant.0)
-            .execute(c)
-            .await
-            .map(|_| ()))
-        .map_err(db_error)?;
-    }
-    tx.commit().await?;
-    let mut after = LogPosition::START;
-    let mut applied = 0u64;
-    loop {
-        let page = store.read_log(after, 500, Some(tenant)).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        let mut tx = db.tenant_tx(tenant, true).await?;
-        for stored in &page {
-            if stored.stream_type != kev::STREAM_CONTACT {
-                continue;
-            }
-            let event = store.open(stored).await?;
-            follow(&mut tx, store.keyring(), &event).await?;
-            applied += 1;
-        }
-        tx.commit().await?;
-    }
-    Ok(applied)
+    let keyring = ctx.cell().store.keyring();
+    crate::rebuild_from_log(
+        ctx,
+        &["routing_vip_addresses", "routing_contacts"],
+        |t| t == kev::STREAM_CONTACT,
+        async |tx, event| follow(tx, keyring, event).await,
+    )
+    .await
 }
