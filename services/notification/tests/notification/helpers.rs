@@ -115,6 +115,14 @@ impl TestEnv {
         make_tenant(&self.cells, &self.directory, name, address).await
     }
 
+    /// The notification service with `sink` as the platform's relay, otherwise defaults.
+    pub fn start_notification_to(&self, sink: &crate::smtp_sink::SmtpSink) -> CancellationToken {
+        self.start_notification(NotificationSettings {
+            outbound_smtp: sink.settings(),
+            ..Default::default()
+        })
+    }
+
     pub fn start_notification(&self, settings: NotificationSettings) -> CancellationToken {
         let stop = self.cancel.child_token();
         postvak_notification::start(

@@ -22,10 +22,7 @@ async fn a_reply_arrives_at_the_relay_from_the_inbox_with_its_threading_headers(
         let env = TestEnv::new(backend).await;
         let mut sink = SmtpSink::new();
         sink.start(false).await;
-        env.start_notification(NotificationSettings {
-            outbound_smtp: sink.settings(),
-            ..Default::default()
-        });
+        env.start_notification_to(&sink);
         let t = &env.acme;
         let first = env
             .deliver(
@@ -89,10 +86,7 @@ async fn a_relay_that_is_down_gets_the_mail_once_it_is_back() {
     for backend in BACKENDS {
         let env = TestEnv::new(backend).await;
         let mut sink = SmtpSink::new();
-        env.start_notification(NotificationSettings {
-            outbound_smtp: sink.settings(),
-            ..Default::default()
-        });
+        env.start_notification_to(&sink);
         let t = &env.acme;
         let c = env
             .deliver(t, &mail(&t.address, "down@example.org", "Hello", "", "Hi."))
@@ -130,10 +124,7 @@ async fn a_rejected_reply_becomes_reply_failed_for_its_conversation() {
         let env = TestEnv::new(backend).await;
         let mut sink = SmtpSink::new();
         sink.start(true).await;
-        env.start_notification(NotificationSettings {
-            outbound_smtp: sink.settings(),
-            ..Default::default()
-        });
+        env.start_notification_to(&sink);
         let t = &env.acme;
         let c = env
             .deliver(t, &mail(&t.address, "rej@example.org", "Hello", "", "Hi."))
@@ -332,10 +323,7 @@ async fn a_refused_reply_shows_on_its_conversation_and_alerts_its_author() {
         let env = TestEnv::new(backend).await;
         let mut sink = SmtpSink::new();
         sink.start_mode("reject_customers").await;
-        env.start_notification(NotificationSettings {
-            outbound_smtp: sink.settings(),
-            ..Default::default()
-        });
+        env.start_notification_to(&sink);
         let app = env.spawn_app().await;
         let t = &env.acme;
         let c = env
@@ -453,10 +441,7 @@ async fn a_sent_reply_shows_sent_on_its_conversation_without_moving_its_version(
         let env = TestEnv::new(backend).await;
         let mut sink = SmtpSink::new();
         sink.start(false).await;
-        env.start_notification(NotificationSettings {
-            outbound_smtp: sink.settings(),
-            ..Default::default()
-        });
+        env.start_notification_to(&sink);
         let app = env.spawn_app().await;
         let t = &env.acme;
         let c = env

@@ -6,7 +6,6 @@
 use crate::helpers::*;
 use crate::smtp_sink::SmtpSink;
 use base64::Engine;
-use postvak_notification::NotificationSettings;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -69,10 +68,7 @@ async fn a_reply_with_html_and_attachments_arrives_as_multipart_with_exact_bytes
         let env = TestEnv::new(backend).await;
         let mut sink = SmtpSink::new();
         sink.start(false).await;
-        env.start_notification(NotificationSettings {
-            outbound_smtp: sink.settings(),
-            ..Default::default()
-        });
+        env.start_notification_to(&sink);
         let app = env.spawn_app().await;
         let t = &env.acme;
         let c = env

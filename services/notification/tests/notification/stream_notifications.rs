@@ -4,7 +4,6 @@
 use crate::helpers::*;
 use crate::smtp_sink::SmtpSink;
 use postvak_core::conversation::{Actor, ConversationCommand};
-use postvak_notification::NotificationSettings;
 use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
@@ -91,10 +90,7 @@ async fn an_agent_on_the_stream_is_told_when_assigned_or_mentioned() {
         let env = TestEnv::new(backend).await;
         let mut sink = SmtpSink::new();
         sink.start(false).await;
-        env.start_notification(NotificationSettings {
-            outbound_smtp: sink.settings(),
-            ..Default::default()
-        });
+        env.start_notification_to(&sink);
         let app = env.spawn_app().await;
         let t = &env.acme;
         let c = env
