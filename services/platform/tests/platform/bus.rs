@@ -80,8 +80,32 @@ pub(crate) async fn append_n(
     ids
 }
 
+/// On PostgreSQL, waits until `read_log` returns everything committed before this call: it
+/// holds back events of transactions that are not below the snapshot's xmin, and that xmin is
+/// the whole cluster's, so a transaction of a test running in parallel hides commits made
+/// after it began. Waits for every transaction older than a fresh transaction id to end.
+async fn settle(store: &dyn EventStore) {
+    let postvak_platform::db::Db::Postgres(pool) = store.db() else {
+        return;
+    };
+    let now: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "older transactions to end", || async {
+        let xmin: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        xmin > now
+    })
+    .await;
+}
+
 /// Every committed event of the store, in commit order.
 pub(crate) async fn whole_log(store: &dyn EventStore) -> Vec<StoredEvent> {
+    settle(store).await;
     let mut out = Vec::new();
     let mut after = LogPosition::START;
     loop {

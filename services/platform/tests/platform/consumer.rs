@@ -253,6 +253,7 @@ async fn postgres_and_nats_consumer_has_effects_exactly_once() {
     first_pass(&store, &bus, &wanted).await;
 
     // Redelivery bypassing JetStream's dedupe: the same events again under no message id.
+    let mut last_sequence = 0;
     for e in &wanted {
         let subject = postvak_proto::subjects::event_subject(
             nats.prefix(),
@@ -261,19 +262,26 @@ async fn postgres_and_nats_consumer_has_effects_exactly_once() {
             &e.stream_type,
             &e.event_type,
         );
-        nats.jetstream()
+        last_sequence = nats
+            .jetstream()
             .publish(subject, serde_json::to_vec(&e.to_wire()).unwrap().into())
             .await
             .unwrap()
             .await
-            .unwrap();
+            .unwrap()
+            .sequence;
     }
     let js = nats.jetstream().clone();
     let stream_name = nats.stream_name().to_owned();
     second_pass(&store, &bus, &wanted, async || {
         let stream = js.get_stream(&stream_name).await.unwrap();
         let info = stream.consumer_info(NAME).await.unwrap();
-        info.num_pending == 0 && info.num_ack_pending == 0
+        // The server counts a consumer's pending messages after the publish is acknowledged
+        // (asynchronously, and late on a loaded machine): settled means the ack floor has
+        // passed the last republished message, not merely that nothing is counted as pending.
+        info.ack_floor.stream_sequence >= last_sequence
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
     })
     .await;
 
