@@ -49,7 +49,7 @@ pub async fn serve(
     let handler = Arc::new(ApplyHandler {
         service: Conversations::new(cells.clone()),
         ingestor: Ingestor::new(cells.clone()),
-        appended: cell.store.append_signal(),
+        store: cell.store.clone(),
     });
     serve_command(
         cell.bus.clone(),
@@ -65,8 +65,8 @@ pub async fn serve(
 struct ApplyHandler {
     service: Conversations,
     ingestor: Ingestor,
-    /// The cell store's append signal: the events an apply wrote wake the tailers at once.
-    appended: Arc<tokio::sync::Notify>,
+    /// The cell's store: the events an apply wrote are announced to the tailers at once.
+    store: Arc<dyn postvak_platform::store::EventStore>,
 }
 
 fn refuse(status: u16, code: &str, title: &str, detail: Option<String>) -> CommandReply {
@@ -93,7 +93,7 @@ enum Step {
 #[async_trait]
 impl CommandHandler for ApplyHandler {
     fn committed(&self) {
-        self.appended.notify_waiters();
+        self.store.announce_commit();
     }
 
     async fn handle(

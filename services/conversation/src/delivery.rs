@@ -20,7 +20,7 @@ use crate::{Conversations, now_us};
 use async_trait::async_trait;
 use postvak_core::conversation::{ConversationCommand, DeliveryFailure};
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit, run_consumer};
 use postvak_platform::crypto::Keyring;
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
@@ -60,7 +60,7 @@ pub(crate) fn start(
 ) -> Vec<JoinHandle<()>> {
     let wake = Arc::new(Notify::new());
     let handler = Arc::new(DeliveryHandler {
-        wake: wake.clone(),
+        wake: WakeAfterCommit::new(wake.clone()),
         store: cell.store.clone(),
     });
     let mut tasks = Vec::new();
@@ -80,7 +80,7 @@ pub(crate) fn start(
 }
 
 struct DeliveryHandler {
-    wake: Arc<Notify>,
+    wake: WakeAfterCommit,
     store: Arc<dyn EventStore>,
 }
 
@@ -88,6 +88,10 @@ struct DeliveryHandler {
 impl EventHandler for DeliveryHandler {
     fn name(&self) -> &str {
         DELIVERY_CONSUMER
+    }
+
+    fn committed(&self) {
+        self.wake.committed();
     }
 
     fn stream_types(&self) -> Vec<String> {
@@ -152,8 +156,7 @@ impl EventHandler for DeliveryHandler {
         .await
         .map(|_| ()))
         .map_err(|e| HandlerError::Store(db_error(e)))?;
-        // Woken before the commit: the worker also polls, so a row is never missed.
-        self.wake.notify_one();
+        self.wake.queued();
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ use postvak_core::conversation::{
     Conversation, ConversationCommand, ConversationError, Mailbox, Message,
 };
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit, run_consumer};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{RecordedEvent, StoreError, StreamRef};
@@ -49,7 +49,9 @@ pub fn start_consumers(
 ) -> Vec<JoinHandle<()>> {
     let wake = Arc::new(Notify::new());
     let service = Conversations::new(cells.clone());
-    let inbound = Arc::new(InboundHandler { wake: wake.clone() });
+    let inbound = Arc::new(InboundHandler {
+        wake: WakeAfterCommit::new(wake.clone()),
+    });
     let projector = Arc::new(ProjectionHandler {
         store: cell.store.clone(),
     });
@@ -88,7 +90,7 @@ pub fn start_consumers(
 }
 
 struct InboundHandler {
-    wake: Arc<Notify>,
+    wake: WakeAfterCommit,
 }
 
 #[async_trait]
@@ -118,9 +120,12 @@ impl EventHandler for InboundHandler {
         .await
         .map(|_| ()))
         .map_err(|e| HandlerError::Store(db_error(e)))?;
-        // Woken before the commit: the worker also polls, so a row is never missed.
-        self.wake.notify_one();
+        self.wake.queued();
         Ok(())
+    }
+
+    fn committed(&self) {
+        self.wake.committed();
     }
 }
 

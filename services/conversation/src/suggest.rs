@@ -29,7 +29,7 @@ use hmac::{Hmac, Mac};
 use postvak_directory::Directory;
 use postvak_platform::auth::Authenticated;
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit, run_consumer};
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::http::ApiError;
 use postvak_platform::netguard::{AddressPolicy, ResolveError};
@@ -603,7 +603,9 @@ pub fn start(
         }
     };
     let wake = Arc::new(Notify::new());
-    let handler = Arc::new(SuggestHandler { wake: wake.clone() });
+    let handler = Arc::new(SuggestHandler {
+        wake: WakeAfterCommit::new(wake.clone()),
+    });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn({
         let (store, bus, cancel) = (cell.store.clone(), cell.bus.clone(), cancel.clone());
@@ -644,13 +646,17 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 struct SuggestHandler {
-    wake: Arc<Notify>,
+    wake: WakeAfterCommit,
 }
 
 #[async_trait]
 impl EventHandler for SuggestHandler {
     fn name(&self) -> &str {
         SUGGEST_CONSUMER
+    }
+
+    fn committed(&self) {
+        self.wake.committed();
     }
 
     fn stream_types(&self) -> Vec<String> {
@@ -691,7 +697,7 @@ impl EventHandler for SuggestHandler {
         .map(|r| r.rows_affected()))
         .map_err(|e| HandlerError::Store(db_error(e)))?;
         if n > 0 {
-            self.wake.notify_one();
+            self.wake.queued();
         }
         Ok(())
     }

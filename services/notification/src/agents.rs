@@ -283,6 +283,11 @@ impl EventHandler for Recorder {
         AGENT_CONSUMER
     }
 
+    /// `agent.notified` events (for `/v1/stream`) are appended in the consumer's transaction.
+    fn appends_events(&self) -> bool {
+        true
+    }
+
     fn stream_types(&self) -> Vec<String> {
         vec![cev::STREAM_CONVERSATION.to_owned()]
     }

@@ -97,6 +97,16 @@ impl EventHandler for Combined {
         true
     }
 
+    fn appends_events(&self) -> bool {
+        self.handlers.iter().any(|h| h.appends_events())
+    }
+
+    fn committed(&self) {
+        for h in &self.handlers {
+            h.committed();
+        }
+    }
+
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
         for h in &self.handlers {
             h.handle(tx, event).await?;

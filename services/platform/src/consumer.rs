@@ -57,6 +57,55 @@ pub trait EventHandler: Send + Sync {
     fn batch_transactions(&self) -> bool {
         false
     }
+
+    /// `true` when `handle` may append events through `tx` (`EventStore::append_in_tx`): the
+    /// helper then announces each commit (`EventStore::announce_commit`), so log tailers —
+    /// other processes' too — see those events at once instead of at their next poll.
+    /// Default `false`.
+    fn appends_events(&self) -> bool {
+        false
+    }
+
+    /// Called after a transaction `handle` wrote into has committed (once per commit, also for
+    /// a batch). A handler that queued work for a worker wakes it here: woken before the
+    /// commit, the worker would look before the row is visible and sleep until its next poll.
+    fn committed(&self) {}
+}
+
+/// Wakes a worker once the transaction that queued its work has committed: a handler calls
+/// [`WakeAfterCommit::queued`] in `handle` and [`WakeAfterCommit::committed`] from
+/// [`EventHandler::committed`]. (Woken inside the transaction, a waiting worker looks before
+/// the row is visible, finds nothing and sleeps until its next poll.)
+#[derive(Debug)]
+pub struct WakeAfterCommit {
+    wake: Arc<tokio::sync::Notify>,
+    queued: std::sync::atomic::AtomicBool,
+}
+
+impl WakeAfterCommit {
+    pub fn new(wake: Arc<tokio::sync::Notify>) -> Self {
+        Self {
+            wake,
+            queued: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The running transaction queued work.
+    pub fn queued(&self) {
+        self.queued
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A transaction committed: wakes the worker if work was queued since the last commit
+    /// (a rolled-back batch only costs a spurious wake-up; the worker also polls).
+    pub fn committed(&self) {
+        if self
+            .queued
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// How a consumer runs.
@@ -382,6 +431,12 @@ impl Run {
                 .ok()?;
         }
         tx.commit().await.ok()?;
+        if fresh.iter().any(|f| *f) {
+            self.handler.committed();
+            if self.handler.appends_events() {
+                self.store.announce_commit();
+            }
+        }
         Some(fresh)
     }
 
@@ -482,6 +537,12 @@ impl Run {
         }
         if let Err(e) = tx.commit().await {
             return outage(&e);
+        }
+        if fresh {
+            self.handler.committed();
+            if self.handler.appends_events() {
+                self.store.announce_commit();
+            }
         }
         if fresh {
             Outcome::Handled

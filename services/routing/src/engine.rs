@@ -25,7 +25,7 @@ use postvak_ingest::Ingestor;
 use postvak_platform::bus::Bus;
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
 use postvak_platform::command::{SendCommandError, command_envelope, send_command};
-use postvak_platform::consumer::{EventHandler, HandlerError};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit};
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
@@ -292,7 +292,7 @@ pub fn apply_actions(actions: &[dto::DecidedAction]) -> Vec<ActionV1> {
 // The consumer
 
 pub(crate) struct RuleConsumer {
-    pub(crate) wake: Arc<Notify>,
+    pub(crate) wake: WakeAfterCommit,
     /// For the blind indexes of VIP contacts' addresses.
     pub(crate) store: Arc<dyn EventStore>,
 }
@@ -328,12 +328,14 @@ impl EventHandler for RuleConsumer {
             crate::vip::follow(tx, self.store.keyring(), event).await?;
             return Ok(());
         }
-        let queued = follow(tx, event).await?;
-        if queued {
-            // Woken before the commit: the worker also polls, so a row is never missed.
-            self.wake.notify_one();
+        if follow(tx, event).await? {
+            self.wake.queued();
         }
         Ok(())
+    }
+
+    fn committed(&self) {
+        self.wake.committed();
     }
 }
 

@@ -45,7 +45,7 @@ pub fn start_rules(
 ) -> Vec<JoinHandle<()>> {
     let wake = Arc::new(tokio::sync::Notify::new());
     let consumer = Arc::new(engine::RuleConsumer {
-        wake: wake.clone(),
+        wake: postvak_platform::consumer::WakeAfterCommit::new(wake.clone()),
         store: cell.store.clone(),
     });
     let mut tasks = Vec::new();

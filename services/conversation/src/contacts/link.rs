@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use postvak_core::Aggregate;
 use postvak_core::contact::{Contact, normalise_address};
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit, run_consumer};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
@@ -48,7 +48,7 @@ pub(crate) fn start(
     let wake = Arc::new(Notify::new());
     let handler = Arc::new(ContactsHandler {
         store: cell.store.clone(),
-        wake: wake.clone(),
+        wake: WakeAfterCommit::new(wake.clone()),
     });
     let service = Contacts::new(cells.clone());
     vec![
@@ -64,7 +64,7 @@ pub(crate) fn start(
 
 struct ContactsHandler {
     store: Arc<dyn EventStore>,
-    wake: Arc<Notify>,
+    wake: WakeAfterCommit,
 }
 
 /// Conversation events whose mailboxes become contacts.
@@ -76,6 +76,10 @@ fn carries_addresses(event_type: &str) -> bool {
 impl EventHandler for ContactsHandler {
     fn name(&self) -> &str {
         CONTACTS_CONSUMER
+    }
+
+    fn committed(&self) {
+        self.wake.committed();
     }
 
     fn stream_types(&self) -> Vec<String> {
@@ -107,7 +111,7 @@ impl EventHandler for ContactsHandler {
         .await
         .map(|_| ()))
         .map_err(|e| HandlerError::Store(db_error(e)))?;
-        self.wake.notify_one();
+        self.wake.queued();
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 //! - `verify` walks every stream's chain and reports modified, deleted or reordered events.
 
 mod common;
+mod pg_wake;
 pub mod postgres;
 pub mod sqlite;
 
@@ -395,7 +396,7 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// tailers (as [`EventStore::append`] does after its own commit).
     async fn commit_appended(&self, tx: crate::db::DbTx) -> Result<(), StoreError> {
         tx.commit().await?;
-        self.append_signal().notify_waiters();
+        self.announce_commit();
         Ok(())
     }
 
@@ -428,10 +429,18 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Notified after every commit made through this handle, so that in-process tailers
-    /// (relay, in-process bus) wake at once instead of polling; appends made by other processes
-    /// are found by polling.
+    /// What log tailers (relay, in-process bus, SSE streams) wait on instead of polling:
+    /// notified after every commit announced through this handle ([`EventStore::announce_commit`])
+    /// and, on PostgreSQL, after commits other processes announce (LISTEN/NOTIFY, a hint:
+    /// tailers still poll, since a notification can be lost).
     fn append_signal(&self) -> std::sync::Arc<tokio::sync::Notify>;
+
+    /// Tells tailers that this process committed events (after the commit, never before):
+    /// this process's at once and, on PostgreSQL, other processes' through one coalesced
+    /// `NOTIFY`. Only commits that appended events need announcing.
+    fn announce_commit(&self) {
+        self.append_signal().notify_waiters();
+    }
 
     /// The database this store lives in (consumers write checkpoints into it).
     fn db(&self) -> &crate::db::Db;

@@ -19,6 +19,7 @@ use super::common::{
     self, ChainedBatch, Head, HeadCache, HeadCheck, SealedBatch, VerifySource, to_i64, to_u32,
     to_u64,
 };
+use super::pg_wake::Wake;
 use super::{
     AppendOutcome, Backend, EventStore, ExpectedVersion, KeyScope, LogPosition, NewEvent,
     RecordedEvent, StoreError, StoredEvent, StreamRef, TenantId, VerifyReport, open_stored,
@@ -195,7 +196,8 @@ pub struct PostgresStore {
     heads: HeadCache,
     /// No cached heads: every append to an existing stream takes the locking path.
     heads_disabled: bool,
-    signal: Arc<Notify>,
+    /// Wakes tailers after commits, this process's and (LISTEN/NOTIFY) other processes'.
+    wake: Wake,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -220,11 +222,11 @@ impl PostgresStore {
         };
         Ok(Self {
             db,
-            pool,
             keyring,
             heads: HeadCache::new(DEFAULT_HEAD_CACHE),
             heads_disabled: false,
-            signal: Arc::new(Notify::new()),
+            wake: Wake::new(pool.clone()),
+            pool,
         })
     }
 
@@ -594,7 +596,7 @@ impl EventStore for PostgresStore {
             }
         };
         self.heads.put(tenant, &stream.stream_id, head);
-        self.signal.notify_waiters();
+        self.wake.announce();
         Ok(out)
     }
 
@@ -834,7 +836,11 @@ impl EventStore for PostgresStore {
     }
 
     fn append_signal(&self) -> Arc<Notify> {
-        self.signal.clone()
+        self.wake.signal()
+    }
+
+    fn announce_commit(&self) {
+        self.wake.announce();
     }
 
     fn db(&self) -> &Db {

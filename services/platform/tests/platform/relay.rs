@@ -319,3 +319,78 @@ async fn relay_from_sqlite_to_nats() {
     let log = whole_log(store.as_ref()).await;
     assert_eq!(assert_exactly_once(&nats, &log).await, log);
 }
+
+/// Distributed mode: the relay runs in one process, the commits happen in another (here: a
+/// second store with its own pool). A commit announced there wakes the relay's process over
+/// PostgreSQL `LISTEN`/`NOTIFY`, so the event is published at once, not at the next poll
+/// (two minutes here).
+#[tokio::test]
+async fn relay_wakes_on_another_process_commit_without_waiting_for_its_poll() {
+    logs();
+    let (url, relay_store) = pg_store().await;
+    let other = postvak_platform::store::open_store(
+        &url,
+        &postvak_platform::db::DbOptions::default(),
+        postvak_platform::testkit::master_key(),
+    )
+    .await
+    .unwrap();
+    let tenant = TenantId(Uuid::now_v7());
+    let stream = StreamRef::new("inbox", "i-1");
+
+    // The relay process's tailers are woken by the other process's commits. The listener
+    // starts with the first tailer, so commits are repeated until one is seen.
+    let signal = relay_store.append_signal();
+    let mut woken = false;
+    for i in 0..20 {
+        let notified = signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        append_n(
+            other.as_ref(),
+            tenant,
+            &stream,
+            1,
+            |_| serde_json::json!({ "i": i }),
+        )
+        .await;
+        if tokio::time::timeout(Duration::from_secs(1), notified)
+            .await
+            .is_ok()
+        {
+            woken = true;
+            break;
+        }
+    }
+    assert!(
+        woken,
+        "a commit in another process never woke this one's tailers"
+    );
+
+    // A relay that polls only every two minutes publishes the other process's commits at once.
+    let nats = nats_bus().await;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let mut slow = options(100);
+    slow.poll_interval = Duration::from_secs(120);
+    let relay = Running::start(&relay_store, &bus, slow);
+    let before = whole_log(relay_store.as_ref()).await.len() as u64;
+    wait_for_stream(&nats, before).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    append_n(
+        other.as_ref(),
+        tenant,
+        &stream,
+        1,
+        |_| serde_json::json!({ "last": true }),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the other process's commit published",
+        || async { stream_messages(&nats).await > before },
+    )
+    .await;
+    relay.stop().await;
+    let log = whole_log(relay_store.as_ref()).await;
+    assert_eq!(assert_exactly_once(&nats, &log).await, log);
+}
