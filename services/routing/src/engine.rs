@@ -42,7 +42,7 @@ use postvak_proto::events::ingest as iev;
 use postvak_proto::events::routing as ev;
 use postvak_proto::rest::routing as dto;
 use sqlx::Row;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -654,22 +654,29 @@ pub(crate) async fn run_worker(
         let mut failing = false;
         match next_batch(&db).await {
             Ok(batch) => {
-                for q in &batch {
+                // Decisions one at a time in queue order: each moves the round-robin pointers
+                // and workloads the next one reads.
+                let handled = batch.len();
+                let mut decided = Vec::with_capacity(handled);
+                for q in batch {
                     if cancel.is_cancelled() {
                         return;
                     }
-                    let outcome = worker.handle(q).await;
+                    let d = worker.decisions(&q).await;
+                    decided.push((q, d));
+                }
+                for (event_id, outcome) in worker.send_all(decided).await {
                     let error = outcome.as_ref().err().map(ToString::to_string);
                     if let Some(e) = &error {
                         failing = true;
-                        tracing::warn!(event_id = %q.event_id, error = %e, "rules not applied yet; retrying");
+                        tracing::warn!(%event_id, error = %e, "rules not applied yet; retrying");
                     }
-                    if let Err(e) = finish(&db, q.event_id, error.as_deref()).await {
+                    if let Err(e) = finish(&db, event_id, error.as_deref()).await {
                         tracing::warn!(error = %e, "cannot update the rule queue");
                         failing = true;
                     }
                 }
-                if !batch.is_empty() && !failing {
+                if handled > 0 && !failing {
                     continue;
                 }
             }
@@ -723,8 +730,16 @@ pub(crate) struct Recorded {
     pub(crate) actions: Vec<dto::DecidedAction>,
 }
 
+/// What to send for one queued trigger: `None` when no rule fired.
+type Decisions = Result<Option<(TenantContext, Vec<Recorded>)>, WorkError>;
+
+/// Conversations whose decisions are sent at the same time.
+const SEND_CONCURRENCY: usize = 16;
+
 impl Worker {
-    async fn handle(&self, q: &Queued) -> Result<(), WorkError> {
+    /// The decisions for `q`: those already recorded (a repeat after a crash or a retry), or
+    /// the rules evaluated and recorded now.
+    async fn decisions(&self, q: &Queued) -> Decisions {
         let ctx = self
             .cells
             .context(q.tenant, SERVICE)
@@ -734,10 +749,48 @@ impl Worker {
             Some(r) => r,
             None => match self.decide(&ctx, q).await? {
                 Some(r) => r,
-                None => return Ok(()),
+                None => return Ok(None),
             },
         };
-        self.send(&ctx, q.conversation, q.event_id, &recorded).await
+        Ok(Some((ctx, recorded)))
+    }
+
+    /// Sends decided actions: a conversation's in queue order, different conversations' at
+    /// the same time (each `conversation.apply` is a round trip and a commit in the
+    /// conversation service). Returns each trigger's outcome.
+    async fn send_all(
+        &self,
+        decided: Vec<(Queued, Decisions)>,
+    ) -> Vec<(Uuid, Result<(), WorkError>)> {
+        use futures::StreamExt as _;
+        let mut groups: Vec<Vec<(Queued, Decisions)>> = Vec::new();
+        let mut group_of: HashMap<Uuid, usize> = HashMap::new();
+        for (q, d) in decided {
+            let g = *group_of.entry(q.conversation).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push((q, d));
+        }
+        futures::stream::iter(groups)
+            .map(|group| async move {
+                let mut out = Vec::with_capacity(group.len());
+                for (q, d) in group {
+                    let outcome = match d {
+                        Err(e) => Err(e),
+                        Ok(None) => Ok(()),
+                        Ok(Some((ctx, recorded))) => {
+                            self.send(&ctx, q.conversation, q.event_id, &recorded).await
+                        }
+                    };
+                    out.push((q.event_id, outcome));
+                }
+                out
+            })
+            .buffer_unordered(SEND_CONCURRENCY)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await
     }
 
     /// Decisions already recorded for `trigger` (a repeat after a crash or a retry).

@@ -92,14 +92,18 @@ async fn settle(store: &dyn EventStore) {
         .fetch_one(pool)
         .await
         .unwrap();
-    eventually(Duration::from_secs(30), "older transactions to end", || async {
-        let xmin: i64 =
-            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                .fetch_one(pool)
-                .await
-                .unwrap();
-        xmin > now
-    })
+    eventually(
+        Duration::from_secs(30),
+        "older transactions to end",
+        || async {
+            let xmin: i64 =
+                sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            xmin > now
+        },
+    )
     .await;
 }
 
