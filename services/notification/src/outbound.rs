@@ -59,7 +59,7 @@ pub struct OutboundStatus {
 }
 
 /// Why the sender could not be built.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SenderError {
     #[error("cannot read the relay's CA certificate {path}: {reason}")]
     CaCert { path: String, reason: String },
@@ -69,15 +69,19 @@ pub enum SenderError {
     Dkim { domain: String, reason: String },
 }
 
-/// DKIM signing keys by sending domain (lowercase).
+/// DKIM signing keys by sending domain (lowercase), and the domains whose configured key
+/// could not be loaded (mail from those is held, never sent unsigned).
 #[derive(Default, Clone)]
-pub struct DkimKeys(Arc<Vec<(String, DkimConfig)>>);
+pub struct DkimKeys {
+    keys: Arc<Vec<(String, DkimConfig)>>,
+    broken: Arc<Vec<SenderError>>,
+}
 
 /// Names the domains only: a key never prints.
 impl std::fmt::Debug for DkimKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|(d, _)| d))
+            .entries(self.keys.iter().map(|(d, _)| d))
             .finish()
     }
 }
@@ -86,8 +90,40 @@ impl DkimKeys {
     /// Reads every configured key; a key that can't be read or parsed is an error (mail is not
     /// sent unsigned from a domain the operator meant to sign).
     pub fn load(s: &OutboundSmtpSettings) -> Result<Self, SenderError> {
+        let keys = Self::load_each(s);
+        match keys.broken.first() {
+            Some(e) => Err(e.clone()),
+            None => Ok(keys),
+        }
+    }
+
+    /// Reads every configured key; one that can't be read or parsed is kept as an error for
+    /// its domain only ([`DkimKeys::broken`]), so the other domains' mail still goes out.
+    pub fn load_each(s: &OutboundSmtpSettings) -> Self {
         let mut keys = Vec::new();
+        let mut broken = Vec::new();
         for k in &s.dkim {
+            match Self::load_one(k) {
+                Ok(key) => keys.push(key),
+                Err(e) => broken.push(e),
+            }
+        }
+        Self {
+            keys: Arc::new(keys),
+            broken: Arc::new(broken),
+        }
+    }
+
+    /// The error of the key configured for `from`'s domain, when it could not be loaded.
+    pub fn broken(&self, from: &str) -> Option<&SenderError> {
+        let domain = domain_of(from);
+        self.broken
+            .iter()
+            .find(|e| matches!(e, SenderError::Dkim { domain: d, .. } if d.trim().eq_ignore_ascii_case(&domain)))
+    }
+
+    fn load_one(k: &crate::settings::DkimKeySettings) -> Result<(String, DkimConfig), SenderError> {
+        {
             let err = |reason: String| SenderError::Dkim {
                 domain: k.domain.clone(),
                 reason,
@@ -115,18 +151,14 @@ impl DkimKeys {
                     body: DkimCanonicalizationType::Relaxed,
                 },
             );
-            keys.push((domain, config));
+            Ok((domain, config))
         }
-        Ok(Self(Arc::new(keys)))
     }
 
     /// Signs `mail` when a key is configured for its From address's domain.
     pub fn sign(&self, from: &str, mail: &mut Message) -> bool {
-        let domain = from
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
-        match self.0.iter().find(|(d, _)| *d == domain) {
+        let domain = domain_of(from);
+        match self.keys.iter().find(|(d, _)| *d == domain) {
             Some((_, config)) => {
                 mail.sign(config);
                 true
@@ -134,6 +166,13 @@ impl DkimKeys {
             None => false,
         }
     }
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// Headers covered by the signature; DKIM treats a listed header that is absent as empty, so
@@ -165,32 +204,24 @@ pub(crate) fn start(
         wake: wake.clone(),
         store: cell.store.clone(),
     });
-    let transport = match transport(&settings) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            // Queued mail waits in the outbox until the settings are fixed.
-            tracing::error!(error = %e, "outbound SMTP is misconfigured; nothing will be sent");
-            None
-        }
-    };
+    let transport = transport(&settings).map_err(|e| {
+        // Only the mail that would go through the default relay waits (in the outbox, until
+        // the settings are fixed and the service restarted); inbox relays keep sending.
+        tracing::error!(error = %e, "the default outbound SMTP relay is misconfigured; mail through it is held");
+        e
+    });
     let mut part = crate::agents::start(
         cells,
         cell.clone(),
         settings.clone(),
-        transport.clone(),
+        transport.as_ref().ok().cloned(),
         cancel.clone(),
     );
     part.handlers.push(handler);
-    let Some(transport) = transport else {
-        return part;
-    };
-    let dkim = match DkimKeys::load(&settings) {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(error = %e, "outbound DKIM is misconfigured; nothing will be sent");
-            return part;
-        }
-    };
+    let dkim = DkimKeys::load_each(&settings);
+    for e in dkim.broken.iter() {
+        tracing::error!(error = %e, "a DKIM key is misconfigured; mail from its domain is held");
+    }
     // The default relay may take every slot; an inbox's own relay at most its own limit, so
     // a slow one never holds up the rest.
     let limits = Limits {
@@ -386,8 +417,8 @@ impl EventHandler for OutboxHandler {
 
 struct Sender {
     cells: Cells,
-    /// The default relay.
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// The default relay, or why it could not be built (its mail is then held).
+    transport: Result<AsyncSmtpTransport<Tokio1Executor>, SenderError>,
     /// Inbox relays' pools.
     relays: Relays,
     dkim: DkimKeys,
@@ -574,6 +605,12 @@ impl Sender {
                 };
                 self.record_sent(&ctx, sent).await
             }
+            Err(SendFailure::Held(why)) => {
+                metrics::counter!("postvak_outbound_mail_total", "outcome" => "held").increment(1);
+                tracing::error!(message_id = %id, error = %why, "outbound mail held by a configuration error");
+                let at = now_us().saturating_add(duration_us(self.settings.retry_base()));
+                self.hold(&ctx, id, at, &why).await
+            }
             Err(f) => {
                 let (permanent, code, detail) = f.describe();
                 let out_of_attempts = claimed.attempts >= self.settings.max_attempts;
@@ -625,6 +662,18 @@ impl Sender {
         claimed: &Claimed,
     ) -> Result<lettre::transport::smtp::response::Response, SendFailure> {
         let m = &claimed.content;
+        if let Some(e) = m.from.first().and_then(|f| self.dkim.broken(&f.address)) {
+            return Err(SendFailure::Held(format!(
+                "held: {e}; fix [outbound_smtp.dkim] and restart"
+            )));
+        }
+        let default = || {
+            self.transport.clone().map_err(|e| {
+                SendFailure::Held(format!(
+                    "held: the platform's default SMTP relay is misconfigured ({e}); fix [outbound_smtp] and restart"
+                ))
+            })
+        };
         let mut files = Vec::with_capacity(m.files.len());
         for f in &m.files {
             match postvak_conversation::files::read(ctx, f.file_id).await {
@@ -647,12 +696,12 @@ impl Sender {
                 let transport = match self.relays.transport(ctx, m.inbox_id, revision).await {
                     Ok(t) => t,
                     // Removed meanwhile: the default relay takes it.
-                    Err(PoolError::Removed) => self.transport.clone(),
+                    Err(PoolError::Removed) => default()?,
                     Err(e) => return Err(SendFailure::Temporary(e.to_string())),
                 };
                 transport.send(mail).await.map_err(SendFailure::Smtp)
             }
-            None => self.transport.send(mail).await.map_err(SendFailure::Smtp),
+            None => default()?.send(mail).await.map_err(SendFailure::Smtp),
         }
     }
 
@@ -708,6 +757,39 @@ impl Sender {
         )
         .bind(at)
         .bind(error)
+        .bind(t.0)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)?;
+        let lane = match self.relays_of(&mut tx, t, id).await? {
+            Some(inbox) => crate::relays::lane(inbox, true),
+            None => RELAY_LANE.to_owned(),
+        };
+        due::schedule(&mut tx, due::MAIL, id, t, &lane, at).await?;
+        tx.commit().await
+    }
+
+    /// Puts a claimed mail back in the queue as if it had not been tried (nothing was sent;
+    /// the attempt is not counted, so a configuration error never uses up its retries), with
+    /// the reason as its `last_error`, and looks again at `at`.
+    async fn hold(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        at: i64,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        on_tx!(&mut tx, |c| sqlx::query(
+            "UPDATE outbound_mail SET state = 'queued', attempts = attempts - 1, \
+             next_attempt_at = $1, last_error = $2 \
+             WHERE tenant_id = $3 AND message_id = $4 AND state = 'sending'"
+        )
+        .bind(at)
+        .bind(why)
         .bind(t.0)
         .bind(id)
         .execute(c)
@@ -827,6 +909,9 @@ enum SendFailure {
     Build(String),
     /// Not the relay's answer: its pool could not be built, a file could not be read.
     Temporary(String),
+    /// The operator's configuration is wrong for this mail (the default relay, or the DKIM
+    /// key of its From domain): nothing was sent, no attempt is counted, it waits.
+    Held(String),
 }
 
 impl SendFailure {
@@ -836,7 +921,7 @@ impl SendFailure {
             Self::Smtp(e) => (e.is_permanent(), e.status().map(u16::from), e.to_string()),
             // A message we can't even build will never go out.
             Self::Build(e) => (true, None, e.clone()),
-            Self::Temporary(e) => (false, None, e.clone()),
+            Self::Temporary(e) | Self::Held(e) => (false, None, e.clone()),
         }
     }
 }

@@ -459,7 +459,7 @@ impl Relays {
                 reason: ResolveError::Unresolvable,
             });
         };
-        let transport = build_transport(&TransportSpec {
+        let mut spec = TransportSpec {
             connect_to: addr.ip().to_string(),
             tls_name: cfg
                 .host
@@ -473,7 +473,18 @@ impl Relays {
             ca_cert_file: self.settings.ca_cert_file.clone(),
             timeout: self.settings.timeout(),
             pool_size: self.settings.inbox_relay_pool_size,
-        })?;
+        };
+        let transport = match build_transport(&spec) {
+            // The operator's extra CA is unreadable: that breaks the default relay, not this
+            // one; it is still checked against the public roots (a relay that needs the
+            // private CA then fails its TLS handshake, a temporary failure of its own).
+            Err(e @ SenderError::CaCert { .. }) => {
+                tracing::error!(error = %e, %inbox, "the operator's CA certificate is unreadable; this inbox relay is checked against the public roots only");
+                spec.ca_cert_file = None;
+                build_transport(&spec)?
+            }
+            other => other?,
+        };
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         let cap = self.settings.inbox_relay_pools.max(1);
         while pools.len() >= cap && !pools.contains_key(&key) {

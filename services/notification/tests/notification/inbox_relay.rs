@@ -232,3 +232,120 @@ async fn bad_relay_settings_get_clear_errors() {
         assert_eq!(app.call("GET", &theirs, &t.admin, None).await.status, 404);
     }
 }
+
+async fn conversation(env: &TestEnv, t: &Tenant, from: &str) -> uuid::Uuid {
+    let raw = mail(&t.address, from, "Hello", "", "Hi.");
+    env.deliver(t, &raw).await.conversation_id
+}
+
+/// Polls the outbox until `message_id` has a `last_error`.
+async fn wait_for_error(
+    t: &Tenant,
+    message_id: uuid::Uuid,
+) -> postvak_notification::outbound::OutboundStatus {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let s = postvak_notification::outbound::status(&t.ctx, message_id)
+            .await
+            .unwrap();
+        if let Some(s) = &s
+            && s.last_error.is_some()
+        {
+            return s.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mail {message_id} never got an error: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_misconfigured_default_relay_holds_only_its_own_mail() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut default = SmtpSink::new();
+        default.start(false).await;
+        let mut own = SmtpSink::with_login(&default, "inbox-relay", "inb0x-pw");
+        own.start(false).await;
+        let ca = default.settings().ca_cert_file.unwrap();
+        let dir = postvak_platform::testkit::TempDir::new();
+        let late_ca = dir.path().join("ca.pem");
+        let mut smtp = default.settings();
+        smtp.allow_private = vec!["127.0.0.1/32".into()];
+        // The default relay cannot be built: its CA file is missing when the service starts.
+        smtp.ca_cert_file = Some(late_ca.clone());
+        // And one domain's DKIM key is unreadable.
+        smtp.dkim = vec![postvak_notification::DkimKeySettings {
+            domain: "initech.test".into(),
+            selector: "s1".into(),
+            private_key_file: dir.path().join("missing.pem"),
+            algorithm: Default::default(),
+        }];
+        env.start_notification(NotificationSettings {
+            outbound_smtp: smtp,
+            ..Default::default()
+        });
+        // Inbox relays' pools are built at their first mail, by when the CA is there (the
+        // default relay was built, and failed, at start).
+        std::fs::copy(&ca, &late_ca).unwrap();
+        let app = env.spawn_app().await;
+        let relay = json!({
+            "host": "127.0.0.1", "port": own.port, "security": "starttls",
+            "username": "inbox-relay", "password": "inb0x-pw"
+        });
+        let acme = &env.acme;
+        let initech = env.tenant("Initech", "help@initech.test").await;
+        let globex = env.tenant("Globex", "help@globex.test").await;
+        for t in [acme, &initech] {
+            let path = format!("/v1/inboxes/{}/smtp-relay", t.inbox);
+            let r = app.call("PUT", &path, &t.admin, Some(relay.clone())).await;
+            assert_eq!(r.status, 200, "{backend:?} {:?}", r.body);
+        }
+        let (ca_, ci, cg) = (
+            conversation(&env, acme, "a@example.org").await,
+            conversation(&env, &initech, "i@example.org").await,
+            conversation(&env, &globex, "g@example.org").await,
+        );
+
+        // Globex has no relay of its own: its reply waits, saying why, with no attempt used.
+        let held = env.reply(&globex, cg, "Through the broken default.").await;
+        let s = wait_for_error(&globex, held).await;
+        assert_eq!(s.state, "queued", "{backend:?} {s:?}");
+        assert_eq!(s.attempts, 0, "{s:?}");
+        let why = s.last_error.unwrap();
+        assert!(
+            why.contains("default SMTP relay is misconfigured") && why.contains("CA certificate"),
+            "{why}"
+        );
+        // Initech's own relay works, but its domain's DKIM key does not: held too.
+        let unsigned = env.reply(&initech, ci, "Never unsigned.").await;
+        let s = wait_for_error(&initech, unsigned).await;
+        assert_eq!(s.state, "queued", "{s:?}");
+        assert_eq!(s.attempts, 0, "{s:?}");
+        let why = s.last_error.unwrap();
+        assert!(why.contains("DKIM key for initech.test"), "{why}");
+
+        // Acme's own relay keeps sending, also after the others were held (and retried).
+        let first = env.reply(acme, ca_, "Through our own relay.").await;
+        env.wait_for_state(acme, first, "sent").await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let second = env.reply(acme, ca_, "And again.").await;
+        env.wait_for_state(acme, second, "sent").await;
+        let got = own.wait_for(2).await;
+        assert_eq!(got.len(), 2, "{backend:?}");
+        assert!(got[0].contains("Through our own relay."), "{}", got[0]);
+        assert!(got[1].contains("And again."), "{}", got[1]);
+        assert!(default.received().is_empty());
+        for (t, id) in [(&globex, held), (&initech, unsigned)] {
+            let s = postvak_notification::outbound::status(&t.ctx, id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((s.state.as_str(), s.attempts), ("queued", 0), "{s:?}");
+        }
+        own.stop().await;
+        default.stop().await;
+    }
+}
