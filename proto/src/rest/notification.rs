@@ -108,6 +108,13 @@ pub struct WebhookData {
     /// The event's own fields as the conversation service stores them.
     #[schema(value_type = Object)]
     pub event: serde_json::Value,
+    /// The message's attachments, metadata only (no content), on
+    /// `convo.customer.reply.created` and `convo.agent.reply.created`: present (possibly empty)
+    /// on those, absent on the others. A message recorded before attachments were listed has
+    /// an empty list here and only its count in `event.attachments`. There is no API that
+    /// returns an attachment's content yet; `id` is stable and names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<Vec<crate::rest::conversation::MessageAttachment>>,
 }
 
 /// How a user is told about assignments, mentions, undelivered replies and SLA alerts.

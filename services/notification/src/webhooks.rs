@@ -29,6 +29,7 @@ use postvak_platform::store::{
     EventData, EventStore, KeyScope, RecordedEvent, StoreError, TenantId, from_micros,
 };
 use postvak_proto::events::conversation as cev;
+use postvak_proto::rest::conversation::MessageAttachment;
 use postvak_proto::rest::notification::{self as dto, WEBHOOK_EVENTS, WebhookData, WebhookPayload};
 use sha2::Sha256;
 use sqlx::Row;
@@ -181,6 +182,32 @@ fn conversation_of(event: &RecordedEvent) -> Option<Uuid> {
         .and_then(|s| Uuid::parse_str(s).ok())
 }
 
+/// A message event's attachments as metadata (`files` of `MessageV1`); `None` for events that
+/// are not messages. Content never goes into a payload.
+fn attachments_of(event_type: &str, data: &serde_json::Value) -> Option<Vec<MessageAttachment>> {
+    if event_type != cev::MESSAGE_RECEIVED && event_type != cev::REPLY_QUEUED {
+        return None;
+    }
+    let files: Vec<cev::MessageFileV1> = data
+        .get("files")
+        .cloned()
+        .and_then(|f| serde_json::from_value(f).ok())
+        .unwrap_or_default();
+    Some(
+        files
+            .into_iter()
+            .map(|f| MessageAttachment {
+                id: f.file_id,
+                filename: f.filename,
+                content_type: f.content_type,
+                size: f.size,
+                sha256: f.sha256,
+                inline: f.inline,
+            })
+            .collect(),
+    )
+}
+
 fn uuid_field(v: &serde_json::Value, name: &str) -> Option<Uuid> {
     v.get(name)
         .and_then(|x| x.as_str())
@@ -271,6 +298,7 @@ impl EventHandler for FanOut {
                 inbox_id: inbox,
                 event_id: event.event_id,
                 event: data.clone(),
+                attachments: attachments_of(&event.event_type, data),
             },
         })
         .map_err(|e| HandlerError::Permanent(e.to_string()))?;

@@ -21,6 +21,14 @@ const LISTED: [&str; 7] = [
     "convo.tags",
 ];
 
+fn sha_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
 fn now_us() -> i64 {
     postvak_platform::store::micros(time::OffsetDateTime::now_utc())
 }
@@ -53,12 +61,16 @@ async fn each_listed_event_is_delivered_signed_to_its_subscriber() {
         assert_eq!(resp.status, 201, "{:?}", resp.body);
         r.set_secret(resp.body["secret"].as_str().unwrap());
 
-        let d = env
-            .deliver(
-                t,
-                &mail(&t.address, "events@example.org", "Events", "", "Hello."),
-            )
-            .await;
+        // The customer's mail carries a file, and so does the agent's reply.
+        let raw = format!(
+            "From: Eve <eve@example.org>\r\nTo: {}\r\nSubject: Events\r\nMessage-ID: <events@example.org>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nHello.\r\n\
+             --b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"scan.pdf\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n",
+            t.address
+        );
+        let d = env.deliver(t, raw.as_bytes()).await;
         let id = d.conversation_id;
         let note = uuid::Uuid::now_v7();
         env.service
@@ -90,7 +102,19 @@ async fn each_listed_event_is_delivered_signed_to_its_subscriber() {
             })
             .await
             .unwrap();
-        env.reply(t, id, "Answered.").await;
+        let reply = app
+            .call(
+                "POST",
+                &format!("/v1/conversations/{id}/replies"),
+                &t.alice,
+                Some(json!({
+                    "body": "Answered.",
+                    "attachments": [{"filename": "answer.txt", "content_type": "text/plain",
+                                     "content_base64": "QW5zd2VyZWQu"}]
+                })),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{backend:?} {:?}", reply.body);
 
         let mut ids = BTreeSet::new();
         for name in LISTED {
@@ -125,6 +149,30 @@ async fn each_listed_event_is_delivered_signed_to_its_subscriber() {
             by_type("convo.note.created")["data"]["event"]["note_id"],
             note.to_string()
         );
+        // Message events list their attachments: metadata only, never the content.
+        let customer = by_type("convo.customer.reply.created");
+        let files = customer["data"]["attachments"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "{backend:?} {customer}");
+        assert_eq!(files[0]["filename"], "scan.pdf");
+        assert_eq!(files[0]["content_type"], "application/pdf");
+        assert_eq!(files[0]["size"], 9);
+        assert_eq!(files[0]["sha256"], sha_hex(b"%PDF-1.4\n"));
+        assert!(files[0]["id"].as_str().is_some());
+        let agent = by_type("convo.agent.reply.created");
+        let files = agent["data"]["attachments"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "{backend:?} {agent}");
+        assert_eq!(files[0]["filename"], "answer.txt");
+        assert_eq!(files[0]["content_type"], "text/plain");
+        assert_eq!(files[0]["size"], 9);
+        assert_eq!(files[0]["sha256"], sha_hex(b"Answered."));
+        let reply_files = &reply.body["attachment_list"];
+        assert_eq!(files[0]["id"], reply_files[0]["id"], "{:?}", reply.body);
+        assert!(
+            !agent.to_string().contains("QW5zd2VyZWQu"),
+            "no content in a payload: {agent}"
+        );
+        // Other events carry no list.
+        assert!(by_type("convo.tags")["data"].get("attachments").is_none());
         assert_eq!(r.bad_signatures(), 0, "{backend:?}");
     }
 }
