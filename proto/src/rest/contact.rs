@@ -109,6 +109,30 @@ pub struct ExportedEml {
     pub reason: Option<String>,
 }
 
+/// A file an agent attached to a reply in one of the contact's conversations, with its
+/// content, in an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExportedFile {
+    /// The attachment's id (`attachment_list[].id` of its message).
+    pub file_id: Uuid,
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub size: u64,
+    /// SHA-256 (hex) of the content.
+    pub sha256: String,
+    /// The content, base64 (standard alphabet); absent when not `available`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    pub available: bool,
+    /// Why it is missing, when it is (e.g. removed when a contact of the conversation was
+    /// erased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `GET /v1/contacts/{contact_id}/export`: everything kept about a contact (GDPR access).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ContactExport {
@@ -120,6 +144,10 @@ pub struct ContactExport {
     pub conversations: Vec<ConversationDetail>,
     /// The original `.eml` of every inbound message of those conversations.
     pub original_messages: Vec<ExportedEml>,
+    /// The files agents attached to replies in those conversations, with their content
+    /// (inbound attachments are inside `original_messages`).
+    #[serde(default)]
+    pub reply_files: Vec<ExportedFile>,
     /// What the export could not include, said plainly.
     pub notes: Vec<String>,
 }

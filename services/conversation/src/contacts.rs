@@ -334,6 +334,15 @@ impl Contacts {
             .await?;
         // Written before the key goes: the row must not keep ciphertext either.
         self.project(ctx, id, &state).await?;
+        // The files agents sent them are sealed with the tenant key, which stays: removed
+        // (before the key goes, so a repeated erasure finishes this too).
+        let conversations: Vec<Uuid> = self
+            .links(ctx, id)
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        crate::files::remove_for_conversations(ctx, &conversations).await?;
         ctx.cell()
             .store
             .keyring()

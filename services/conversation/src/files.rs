@@ -223,6 +223,33 @@ pub async fn discard(ctx: &TenantContext, message_id: Uuid) -> Result<(), StoreE
     tx.commit().await
 }
 
+/// Removes every file of the replies in `conversations` (a contact's erasure, ADR 0024): the
+/// rows go, so the files can no longer be read by anyone, whatever key they were sealed with.
+/// Returns how many were removed.
+pub async fn remove_for_conversations(
+    ctx: &TenantContext,
+    conversations: &[Uuid],
+) -> Result<u64, StoreError> {
+    let t = ctx.tenant();
+    let mut removed = 0;
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    for conversation in conversations {
+        removed += on_tx!(&mut tx, |c| sqlx::query(
+            "DELETE FROM conversation_reply_files WHERE tenant_id = $1 AND message_id IN \
+             (SELECT message_id FROM conversation_messages \
+              WHERE tenant_id = $1 AND conversation_id = $2 AND direction = 'outbound')"
+        )
+        .bind(t.0)
+        .bind(*conversation)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+    }
+    tx.commit().await?;
+    Ok(removed)
+}
+
 /// How a message's file is shown.
 pub(crate) fn attachment_dto(
     f: &MessageFileV1,

@@ -627,6 +627,7 @@ pub async fn export_contact(
         })
         .collect();
     let original_messages = originals(&c, &inbound, &mut notes).await;
+    let reply_files = reply_files(&c, &conversations, &mut notes).await;
     if contact.status == "erased" {
         notes.push(
             "the contact was erased: their profile is gone; messages of their conversations are kept under the tenant's key (see ADR 0012)".into(),
@@ -637,8 +638,54 @@ pub async fn export_contact(
         contact,
         conversations,
         original_messages,
+        reply_files,
         notes,
     }))
+}
+
+/// The content of every file attached to a reply in `conversations`.
+async fn reply_files(
+    c: &Call,
+    conversations: &[cdto::ConversationDetail],
+    notes: &mut Vec<String>,
+) -> Vec<dto::ExportedFile> {
+    let mut out = Vec::new();
+    for d in conversations {
+        for m in d.messages.iter().filter(|m| m.direction == "outbound") {
+            for f in &m.attachment_list {
+                let (content, reason) = match crate::files::read(&c.ctx, f.id).await {
+                    Ok(Some(bytes)) => (
+                        Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                        None,
+                    ),
+                    Ok(None) => (
+                        None,
+                        Some("the file was removed (a contact of the conversation was erased)"),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read a reply file for an export");
+                        (None, Some("the file could not be read"))
+                    }
+                };
+                out.push(dto::ExportedFile {
+                    file_id: f.id,
+                    message_id: m.id,
+                    conversation_id: d.conversation.id,
+                    filename: f.filename.clone(),
+                    content_type: f.content_type.clone(),
+                    size: f.size,
+                    sha256: f.sha256.clone(),
+                    available: content.is_some(),
+                    content_base64: content,
+                    reason: reason.map(str::to_owned),
+                });
+            }
+        }
+    }
+    if out.iter().any(|f| !f.available) {
+        notes.push("some reply files are missing; each says why".into());
+    }
+    out
 }
 
 /// The original `.eml` of `inbound` messages, through the ingest library.

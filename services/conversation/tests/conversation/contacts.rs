@@ -783,3 +783,94 @@ async fn rebuild_restores_contacts_from_the_log_without_making_new_ones() {
         );
     }
 }
+
+#[tokio::test]
+async fn reply_files_are_in_the_export_and_gone_after_erasure() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let app = env.spawn_app().await;
+        let d = env
+            .deliver(
+                env.inbox,
+                &raw(
+                    "Fenna Files <fenna@example.net>",
+                    "",
+                    "f1@x",
+                    "Files",
+                    "Send me the contract.",
+                ),
+            )
+            .await;
+        env.wait_for_conversation(d.conversation_id, 1).await;
+        let fenna = wait_for_contact(&env, "fenna@example.net", 1).await;
+        let contract = b"%PDF-1.4 the contract".to_vec();
+        let reply = app
+            .post(
+                &format!("/v1/conversations/{}/replies", d.conversation_id),
+                &env.alice,
+                json!({"body": "Here it is.", "attachments": [
+                    {"filename": "contract.pdf", "content_type": "application/pdf",
+                     "content_base64": b64.encode(&contract)}
+                ]}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{backend:?}: {reply:?}");
+        let file_id: Uuid = reply.body["attachment_list"][0]["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let message_id = reply.body["id"].as_str().unwrap().to_owned();
+
+        // The export holds the file with its content.
+        let x = app
+            .get(&format!("/v1/contacts/{fenna}/export"), &env.alice)
+            .await;
+        assert_eq!(x.status, 200, "{backend:?}: {x:?}");
+        let files = x.body["reply_files"].as_array().unwrap();
+        assert_eq!(files.len(), 1, "{backend:?}: {:?}", x.body);
+        let f = &files[0];
+        assert_eq!(f["file_id"], file_id.to_string());
+        assert_eq!(f["message_id"], message_id);
+        assert_eq!(f["conversation_id"], d.conversation_id.to_string());
+        assert_eq!(f["filename"], "contract.pdf");
+        assert_eq!(f["content_type"], "application/pdf");
+        assert_eq!(f["size"], contract.len());
+        assert_eq!(f["available"], true);
+        assert_eq!(
+            b64.decode(f["content_base64"].as_str().unwrap()).unwrap(),
+            contract
+        );
+
+        // Erased: the file can no longer be read, and the export says so.
+        let admin = env.user("dpo@acme.test", TenantRole::Admin).await;
+        let erased = app
+            .call(
+                "DELETE",
+                &format!("/v1/contacts/{fenna}"),
+                &admin,
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(erased.status, 200, "{backend:?}: {erased:?}");
+        assert_eq!(
+            postvak_conversation::files::read(&env.ctx, file_id)
+                .await
+                .unwrap(),
+            None,
+            "{backend:?}: the file is still readable"
+        );
+        let x = app
+            .get(&format!("/v1/contacts/{fenna}/export"), &admin)
+            .await;
+        assert_eq!(x.status, 200, "{backend:?}: {x:?}");
+        let f = &x.body["reply_files"][0];
+        assert_eq!(f["file_id"], file_id.to_string(), "{:?}", x.body);
+        assert_eq!(f["available"], false);
+        assert!(f.get("content_base64").is_none(), "{f}");
+        assert!(f["reason"].as_str().unwrap().contains("erased"), "{f}");
+    }
+}
