@@ -258,6 +258,15 @@ pub(crate) fn start(
     part
 }
 
+/// How long a held mail waits before it is looked at again: the settings are read only at
+/// start, so this only bounds how late held mail goes out after a restart that fixed them,
+/// while many held mails don't keep the sender busy (`retry_max_ms`, at most five minutes).
+fn hold_interval(s: &OutboundSmtpSettings) -> std::time::Duration {
+    s.retry_max()
+        .min(std::time::Duration::from_secs(300))
+        .max(s.retry_base())
+}
+
 /// The pooled connection to the default relay.
 pub fn transport(
     s: &OutboundSmtpSettings,
@@ -607,8 +616,9 @@ impl Sender {
             }
             Err(SendFailure::Held(why)) => {
                 metrics::counter!("postvak_outbound_mail_total", "outcome" => "held").increment(1);
-                tracing::error!(message_id = %id, error = %why, "outbound mail held by a configuration error");
-                let at = now_us().saturating_add(duration_us(self.settings.retry_base()));
+                // The cause was logged as an error at start; this names each mail it holds.
+                tracing::warn!(message_id = %id, error = %why, "outbound mail held by a configuration error");
+                let at = now_us().saturating_add(duration_us(hold_interval(&self.settings)));
                 self.hold(&ctx, id, at, &why).await
             }
             Err(f) => {
