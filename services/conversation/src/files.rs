@@ -5,16 +5,22 @@
 //! event (NATS caps a message at 1 MiB; the log would carry every file forever).
 //!
 //! A reply that is refused after its files were stored (a stale `If-Match`, say) removes them
-//! again ([`discard`]); a crash in between leaves sealed rows no event names, harmless.
+//! again ([`discard`]); a crash in between leaves sealed rows no event names, which a sweeper
+//! removes after a day ([`sweep_unreferenced`]). A contact's erasure removes the files of
+//! their conversations' replies ([`remove_for_conversations`], ADR 0024).
 
 use base64::Engine;
-use postvak_platform::cell::TenantContext;
-use postvak_platform::db::db_error;
+use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
+use postvak_platform::db::{Db, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{KeyScope, StoreError, TenantId};
 use postvak_proto::events::conversation::MessageFileV1;
 use postvak_proto::rest::conversation::NewAttachment;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// At most this many files per reply.
@@ -248,6 +254,93 @@ pub async fn remove_for_conversations(
     }
     tx.commit().await?;
     Ok(removed)
+}
+
+/// A reply file no stored message names is removed once it is this old (a crash between
+/// storing the files and appending `reply.queued`; the API removes those of a refused reply
+/// itself). Long enough that a message's read-model row, written right after its event, is
+/// there.
+pub const UNREFERENCED_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// How often each cell's tenants are swept.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Removes the tenant's reply files that no message of `conversation_messages` names and that
+/// were stored more than `grace` ago; returns how many. Rows of that read model are inserted
+/// (once) and moved by merges, never deleted, so a file a stored reply names is never taken.
+pub async fn sweep_unreferenced(ctx: &TenantContext, grace: Duration) -> Result<u64, StoreError> {
+    let t = ctx.tenant();
+    let cutoff =
+        crate::now_us().saturating_sub(i64::try_from(grace.as_micros()).unwrap_or(i64::MAX));
+    let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+    let removed = on_tx!(&mut tx, |c| sqlx::query(
+        "DELETE FROM conversation_reply_files WHERE tenant_id = $1 AND created_us < $2 \
+         AND NOT EXISTS (SELECT 1 FROM conversation_messages m \
+           WHERE m.tenant_id = $1 AND m.message_id = conversation_reply_files.message_id)"
+    )
+    .bind(t.0)
+    .bind(cutoff)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(db_error)?;
+    tx.commit().await?;
+    if removed > 0 {
+        tracing::info!(tenant_id = %t, removed, "reply files no message names removed");
+    }
+    Ok(removed)
+}
+
+/// Sweeps every tenant of `cell` every [`SWEEP_INTERVAL`] until `cancel`.
+pub(crate) fn start_sweeper(
+    cells: Cells,
+    cell: Arc<Cell>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = sweep_cell(&cells, &cell).await {
+                tracing::warn!(cell = %cell.name, error = %e, "reply file sweep failed; trying again later");
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            }
+        }
+    })
+}
+
+async fn sweep_cell(cells: &Cells, cell: &Cell) -> Result<(), StoreError> {
+    for tenant in tenants_of_cell(cells.directory(), &cell.name).await? {
+        let ctx = cells
+            .context(TenantId(tenant), SWEEPER)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        sweep_unreferenced(&ctx, UNREFERENCED_GRACE).await?;
+    }
+    Ok(())
+}
+
+const SWEEPER: Principal = Principal::Service {
+    name: "conversation",
+};
+
+/// The tenants placed in a cell, from the global directory's placement table.
+async fn tenants_of_cell(directory: &Db, cell: &str) -> Result<Vec<Uuid>, StoreError> {
+    match directory {
+        Db::Postgres(p) => {
+            sqlx::query_scalar("SELECT tenant_id FROM tenant_cells WHERE cell = $1")
+                .bind(cell)
+                .fetch_all(p)
+                .await
+        }
+        Db::Sqlite(s) => {
+            sqlx::query_scalar("SELECT tenant_id FROM tenant_cells WHERE cell = ?1")
+                .bind(cell)
+                .fetch_all(&s.reader)
+                .await
+        }
+    }
+    .map_err(db_error)
 }
 
 /// How a message's file is shown.

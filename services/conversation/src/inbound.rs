@@ -79,6 +79,11 @@ pub fn start_consumers(
             }
         }
     }));
+    tasks.push(crate::files::start_sweeper(
+        cells.clone(),
+        cell.clone(),
+        cancel.clone(),
+    ));
     tasks.extend(crate::delivery::start(cells, cell.clone(), cancel.clone()));
     tasks.extend(crate::contacts::link::start(
         cells,

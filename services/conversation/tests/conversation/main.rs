@@ -8,6 +8,7 @@ mod api;
 mod commands;
 mod contacts;
 mod drafts;
+mod files;
 mod helpers;
 mod inbound;
 mod list;
