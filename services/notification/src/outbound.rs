@@ -87,18 +87,10 @@ impl std::fmt::Debug for DkimKeys {
 }
 
 impl DkimKeys {
-    /// Reads every configured key; a key that can't be read or parsed is an error (mail is not
-    /// sent unsigned from a domain the operator meant to sign).
-    pub fn load(s: &OutboundSmtpSettings) -> Result<Self, SenderError> {
-        let keys = Self::load_each(s);
-        match keys.broken.first() {
-            Some(e) => Err(e.clone()),
-            None => Ok(keys),
-        }
-    }
-
     /// Reads every configured key; one that can't be read or parsed is kept as an error for
-    /// its domain only ([`DkimKeys::broken`]), so the other domains' mail still goes out.
+    /// its domain only ([`DkimKeys::broken`]): mail from that domain is held, never sent
+    /// unsigned from a domain the operator meant to sign, and the other domains' mail still
+    /// goes out.
     pub fn load_each(s: &OutboundSmtpSettings) -> Self {
         let mut keys = Vec::new();
         let mut broken = Vec::new();
@@ -123,36 +115,34 @@ impl DkimKeys {
     }
 
     fn load_one(k: &crate::settings::DkimKeySettings) -> Result<(String, DkimConfig), SenderError> {
-        {
-            let err = |reason: String| SenderError::Dkim {
-                domain: k.domain.clone(),
-                reason,
-            };
-            let text = std::fs::read_to_string(&k.private_key_file)
-                .map_err(|e| err(format!("{}: {e}", k.private_key_file.display())))?;
-            let algorithm = match k.algorithm {
-                DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
-                DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,
-            };
-            let key = DkimSigningKey::new(text.trim(), algorithm)
-                .map_err(|e| err(format!("not a usable private key: {e}")))?;
-            let domain = k.domain.trim().to_ascii_lowercase();
-            let headers = SIGNED_HEADERS
-                .iter()
-                .map(|h| HeaderName::new_from_ascii_str(h))
-                .collect();
-            let config = DkimConfig::new(
-                k.selector.clone(),
-                domain.clone(),
-                key,
-                headers,
-                DkimCanonicalization {
-                    header: DkimCanonicalizationType::Relaxed,
-                    body: DkimCanonicalizationType::Relaxed,
-                },
-            );
-            Ok((domain, config))
-        }
+        let err = |reason: String| SenderError::Dkim {
+            domain: k.domain.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&k.private_key_file)
+            .map_err(|e| err(format!("{}: {e}", k.private_key_file.display())))?;
+        let algorithm = match k.algorithm {
+            DkimAlgorithm::Rsa => DkimSigningAlgorithm::Rsa,
+            DkimAlgorithm::Ed25519 => DkimSigningAlgorithm::Ed25519,
+        };
+        let key = DkimSigningKey::new(text.trim(), algorithm)
+            .map_err(|e| err(format!("not a usable private key: {e}")))?;
+        let domain = k.domain.trim().to_ascii_lowercase();
+        let headers = SIGNED_HEADERS
+            .iter()
+            .map(|h| HeaderName::new_from_ascii_str(h))
+            .collect();
+        let config = DkimConfig::new(
+            k.selector.clone(),
+            domain.clone(),
+            key,
+            headers,
+            DkimCanonicalization {
+                header: DkimCanonicalizationType::Relaxed,
+                body: DkimCanonicalizationType::Relaxed,
+            },
+        );
+        Ok((domain, config))
     }
 
     /// Signs `mail` when a key is configured for its From address's domain.
