@@ -30,8 +30,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-/// Commands handled at once by one server.
+/// Commands handled at once by one server, at most.
 const MAX_CONCURRENT: usize = 16;
+
+/// Commands handled at once on `db`: each holds a pooled connection for its transaction, and
+/// a handler may take a second one from the same pool (reading a stream the way the service
+/// always does). With as many handlers as connections, all of them waited for a second
+/// connection until the pool's acquire timeout (5 s, holding their transaction ids, which
+/// also held back every log tailer of the database). Half the pool leaves every handler its
+/// second connection and the process's other work some.
+fn concurrency(db: &Db) -> usize {
+    let pool = match db {
+        Db::Postgres(p) => p.options().get_max_connections(),
+        // One writer connection: the command's transaction; reads use the reader pool.
+        Db::Sqlite(s) => s.reader.options().get_max_connections().saturating_mul(2),
+    };
+    usize::try_from(pool / 2)
+        .unwrap_or(1)
+        .clamp(1, MAX_CONCURRENT)
+}
 
 /// The handler could not decide (its dependencies failed): nothing is stored, the sender may
 /// retry. A business refusal is not an error but an `Ok(CommandReply::Err { .. })`.
@@ -77,7 +94,7 @@ pub async fn serve_command(
     let span = tracing::info_span!("serve_command", %service, %command);
     Ok(tokio::spawn(
         async move {
-            let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+            let limit = Arc::new(tokio::sync::Semaphore::new(concurrency(&db)));
             let mut tasks = JoinSet::new();
             loop {
                 let next = tokio::select! {
