@@ -250,3 +250,69 @@ async fn traceparent_travels_with_a_nats_command() {
     assert_eq!(reply, json!({ "traceparent": tp }));
     server.await.unwrap();
 }
+
+/// Reads with a second connection from the pool its command's transaction came from, as
+/// `conversation.apply` does when it loads the conversation.
+struct SecondConnection {
+    db: Db,
+}
+
+#[async_trait]
+impl CommandHandler for SecondConnection {
+    async fn handle(
+        &self,
+        _tx: &mut DbTx,
+        command: &CommandEnvelope,
+    ) -> Result<CommandReply, CommandError> {
+        let Db::Postgres(pool) = &self.db else {
+            panic!("not PostgreSQL")
+        };
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| CommandError::Unavailable(format!("no second connection: {e}")))?;
+        Ok(CommandReply::Ok {
+            payload: json!({ "n": command.payload["n"], "one": one }),
+        })
+    }
+}
+
+/// As many commands at once as the pool has connections, each needing a second connection:
+/// every one is answered (none waits out the pool's acquire timeout and fails).
+#[tokio::test]
+async fn concurrent_commands_never_starve_their_pool() {
+    logs();
+    let (url, _store) = pg_store().await;
+    let opts = postvak_platform::db::DbOptions {
+        max_connections: 4,
+        connect_timeout: Duration::from_secs(2),
+        ..postvak_platform::db::DbOptions::default()
+    };
+    let db = postvak_platform::db::connect(&url, &opts).await.unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(nats_bus().await);
+    let cancel = CancellationToken::new();
+    let server = serve_command(
+        bus.clone(),
+        db.clone(),
+        "pool",
+        "read",
+        Arc::new(SecondConnection { db }),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let tenant = TenantId(Uuid::now_v7());
+    let sends = (0..16).map(|n| {
+        let bus = bus.clone();
+        async move {
+            let env = command_envelope(tenant, format!("k-{n}"), None, &json!({ "n": n })).unwrap();
+            send_command(bus.as_ref(), "pool", "read", &env, Duration::from_secs(20)).await
+        }
+    });
+    let replies = futures::future::join_all(sends).await;
+    for (n, r) in replies.into_iter().enumerate() {
+        assert_eq!(r.unwrap(), json!({ "n": n, "one": 1 }), "command {n}");
+    }
+    cancel.cancel();
+    server.await.unwrap();
+}
