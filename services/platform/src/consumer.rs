@@ -58,6 +58,21 @@ pub trait EventHandler: Send + Sync {
         false
     }
 
+    /// Handles the fresh events of one batched transaction (see
+    /// [`Self::batch_transactions`]), in log order. The default handles them one by one; a
+    /// handler may override it to write many rows per statement. A failure rolls the whole
+    /// batch back, as for `handle`.
+    async fn handle_batch(
+        &self,
+        tx: &mut DbTx,
+        events: &[&RecordedEvent],
+    ) -> Result<(), HandlerError> {
+        for event in events {
+            self.handle(tx, event).await?;
+        }
+        Ok(())
+    }
+
     /// `true` when `handle` may append events through `tx` (`EventStore::append_in_tx`): the
     /// helper then announces each commit (`EventStore::announce_commit`), so log tailers —
     /// other processes' too — see those events at once instead of at their next poll.
@@ -408,16 +423,18 @@ impl Run {
             recorded.push(open_stored(self.store.keyring(), &d.event).await.ok()?);
         }
         let mut tx = self.db.begin().await.ok()?;
-        let mut fresh = Vec::with_capacity(deliveries.len());
-        for (d, r) in deliveries.iter().zip(&recorded) {
-            let f = mark_processed(&mut tx, self.handler.name(), &d.event)
-                .await
-                .ok()?;
-            if f && let Err(e) = self.handler.handle(&mut tx, r).await {
-                tracing::debug!(error = %e, event_id = %d.event.event_id, "batch failed; one by one");
-                return None;
-            }
-            fresh.push(f);
+        let events: Vec<&StoredEvent> = deliveries.iter().map(|d| &d.event).collect();
+        let fresh = mark_processed_many(&mut tx, self.handler.name(), &events)
+            .await
+            .ok()?;
+        let handle: Vec<&RecordedEvent> = recorded
+            .iter()
+            .zip(&fresh)
+            .filter_map(|(r, f)| f.then_some(r))
+            .collect();
+        if let Err(e) = self.handler.handle_batch(&mut tx, &handle).await {
+            tracing::debug!(error = %e, events = handle.len(), "batch failed; one by one");
+            return None;
         }
         let mut checkpoint = None;
         for d in deliveries {
@@ -616,6 +633,70 @@ async fn mark_processed(
     .map_err(db_error)?;
     Ok(done == 1)
 }
+
+/// Records `events` as processed by `consumer` with one statement per backend round trip
+/// (not one per event); for each, `false` when it already was (or appears earlier in
+/// `events`).
+async fn mark_processed_many(
+    tx: &mut DbTx,
+    consumer: &str,
+    events: &[&StoredEvent],
+) -> Result<Vec<bool>, StoreError> {
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    let first: Vec<bool> = events.iter().map(|e| seen.insert(e.event_id)).collect();
+    let mut rows = Vec::with_capacity(events.len());
+    for (e, _) in events.iter().zip(&first).filter(|(_, f)| **f) {
+        rows.push((
+            e.event_id,
+            tx_to_db(e.position.tx)?,
+            e.position.global_position,
+        ));
+    }
+    let mut inserted = std::collections::HashSet::with_capacity(rows.len());
+    // Three parameters per row and the consumer's name: far below either backend's limit.
+    for chunk in rows.chunks(MARK_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO consumer_processed (consumer, event_id, tx, global_position) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let p = 2 + i * 3;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("($1, ${}, ${}, ${})", p, p + 1, p + 2));
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING event_id");
+        let sql = sqlx::AssertSqlSafe(sql);
+        match tx {
+            DbTx::Postgres(c) => {
+                let mut q = sqlx::query_scalar::<_, Uuid>(sql).bind(consumer);
+                for (id, t, g) in chunk {
+                    q = q.bind(*id).bind(*t).bind(*g);
+                }
+                inserted.extend(q.fetch_all(&mut **c).await.map_err(db_error)?);
+            }
+            DbTx::Sqlite(c) => {
+                let mut q = sqlx::query_scalar::<_, String>(sql).bind(consumer);
+                for (id, t, g) in chunk {
+                    q = q.bind(id.to_string()).bind(*t).bind(*g);
+                }
+                for id in q.fetch_all(&mut **c).await.map_err(db_error)? {
+                    inserted.insert(
+                        Uuid::parse_str(&id).map_err(|e| StoreError::Database(e.to_string()))?,
+                    );
+                }
+            }
+        }
+    }
+    Ok(events
+        .iter()
+        .zip(first)
+        .map(|(e, f)| f && inserted.contains(&e.event_id))
+        .collect())
+}
+
+/// Events marked processed per statement by [`mark_processed_many`].
+const MARK_CHUNK: usize = 256;
 
 /// Moves a consumer's checkpoint forward (never back) inside `tx`.
 pub async fn save_consumer_checkpoint(
