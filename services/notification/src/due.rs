@@ -96,6 +96,72 @@ pub(crate) async fn schedule(
     .map_err(db_error)
 }
 
+/// Schedules many items of one tenant, all due at `due_at` (one statement per
+/// [`MANY_CHUNK`] items); `items` are `(item, lane)`.
+pub(crate) async fn schedule_many(
+    tx: &mut DbTx,
+    kind: &str,
+    tenant: TenantId,
+    items: &[(Uuid, String)],
+    due_at: i64,
+) -> Result<(), StoreError> {
+    for chunk in items.chunks(MANY_CHUNK) {
+        // Kind, tenant and time once, numbered in order of first use (ADR 0005).
+        let mut sql = String::from(
+            "INSERT INTO notification_due (kind, item_id, tenant_id, lane, due_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        );
+        for i in 1..chunk.len() {
+            let p = 6 + (i - 1) * 2;
+            sql.push_str(&format!(", ($1, ${}, $3, ${}, $5)", p, p + 1));
+        }
+        sql.push_str(" ON CONFLICT (kind, item_id) DO UPDATE SET due_at = excluded.due_at");
+        on_tx!(tx, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(kind);
+            for (i, (item, lane)) in chunk.iter().enumerate() {
+                q = q.bind(*item);
+                if i == 0 {
+                    q = q.bind(tenant.0);
+                }
+                q = q.bind(lane.as_str());
+                if i == 0 {
+                    q = q.bind(due_at);
+                }
+            }
+            q.execute(c).await.map(|_| ())
+        })
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Drops the due rows of many items (one statement per [`MANY_CHUNK`]).
+pub(crate) async fn unschedule_many(
+    tx: &mut DbTx,
+    kind: &str,
+    items: &[Uuid],
+) -> Result<(), StoreError> {
+    for chunk in items.chunks(MANY_CHUNK) {
+        let list = (2..chunk.len() + 2)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("DELETE FROM notification_due WHERE kind = $1 AND item_id IN ({list})");
+        on_tx!(tx, |c| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(kind);
+            for item in chunk {
+                q = q.bind(*item);
+            }
+            q.execute(c).await.map(|_| ())
+        })
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Items per statement of [`schedule_many`] and [`unschedule_many`].
+const MANY_CHUNK: usize = 256;
+
 /// Schedules an item no later than `due_at` (an earlier schedule stays).
 pub(crate) async fn schedule_earliest(
     tx: &mut DbTx,

@@ -55,10 +55,10 @@ pub fn start(
 ) -> Vec<JoinHandle<()>> {
     let mut part = outbound::start(cells, cell.clone(), settings.outbound_smtp, cancel.clone());
     let hooks = webhooks::start(cells, cell.clone(), settings.webhooks, cancel.clone());
-    part.handlers.extend(hooks.handlers);
     part.tasks.extend(hooks.tasks);
     let handler = Arc::new(Combined {
-        handlers: part.handlers,
+        whole_batch: hooks.handlers,
+        per_event: part.handlers,
     });
     part.tasks.push(tokio::spawn({
         let (store, bus) = (cell.store.clone(), cell.bus.clone());
@@ -79,7 +79,13 @@ pub(crate) struct Part {
 /// idempotent, so a retry after one of them failed repeats the others harmlessly; a
 /// permanent failure of one dead-letters the event for all.
 struct Combined {
-    handlers: Vec<Arc<dyn EventHandler>>,
+    /// Given a batch's events all at once, before the others see any (the webhook fan-out,
+    /// which writes many rows per statement). Its only table another part touches is
+    /// `notification_conversations`, where it creates the row that the agent part's
+    /// `assigned` later updates — so running it first keeps every outcome of event order.
+    whole_batch: Vec<Arc<dyn EventHandler>>,
+    /// Given the events one by one, each event to all of them in turn.
+    per_event: Vec<Arc<dyn EventHandler>>,
 }
 
 #[async_trait::async_trait]
@@ -108,8 +114,21 @@ impl EventHandler for Combined {
     }
 
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
-        for h in &self.handlers {
-            h.handle(tx, event).await?;
+        self.handle_batch(tx, &[event]).await
+    }
+
+    async fn handle_batch(
+        &self,
+        tx: &mut DbTx,
+        events: &[&RecordedEvent],
+    ) -> Result<(), HandlerError> {
+        for h in &self.whole_batch {
+            h.handle_batch(tx, events).await?;
+        }
+        for event in events {
+            for h in &self.per_event {
+                h.handle(tx, event).await?;
+            }
         }
         Ok(())
     }

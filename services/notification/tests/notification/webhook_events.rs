@@ -176,3 +176,123 @@ async fn each_listed_event_is_delivered_signed_to_its_subscriber() {
         assert_eq!(r.bad_signatures(), 0, "{backend:?}");
     }
 }
+
+/// The fan-out reads a batch's subscriptions and inboxes once and writes its deliveries
+/// together; each event must still be announced with the inbox the conversation was in at
+/// that event. A note, a move to another inbox and a second note are appended together (one
+/// consumer batch): a subscription limited to the second inbox gets only the second note, an
+/// unlimited one gets both, each with its own inbox.
+#[tokio::test]
+async fn events_appended_together_carry_the_inbox_of_their_moment() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        env.start_notification(NotificationSettings {
+            webhooks: WebhookSettings {
+                timeout_ms: 2_000,
+                retry_base_ms: 100,
+                retry_max_ms: 300,
+                allow_private: vec!["127.0.0.1/32".into()],
+                ..WebhookSettings::default()
+            },
+            ..Default::default()
+        });
+        let app = env.spawn_app().await;
+        let t = &env.acme;
+        let sales = env
+            .directory
+            .create_inbox(&t.ctx, "Sales", &["sales@acme.test".to_owned()])
+            .await
+            .unwrap()
+            .id;
+        let all = Receiver::start(Mode::Accept, env.cancel.clone()).await;
+        let only_sales = Receiver::start(Mode::Accept, env.cancel.clone()).await;
+        let mut hooks = Vec::new();
+        for (r, inbox) in [(&all, None), (&only_sales, Some(sales))] {
+            let resp = app
+                .call(
+                    "POST",
+                    "/v1/webhooks",
+                    &t.admin,
+                    Some(
+                        json!({"url": r.url, "events": ["convo.note.created"], "inbox_id": inbox}),
+                    ),
+                )
+                .await;
+            assert_eq!(resp.status, 201, "{:?}", resp.body);
+            r.set_secret(resp.body["secret"].as_str().unwrap());
+            hooks.push(resp.body["id"].as_str().unwrap().to_owned());
+        }
+        let d = env
+            .deliver(
+                t,
+                &mail(&t.address, "moved@example.org", "Moved", "", "Hi."),
+            )
+            .await;
+        let id = d.conversation_id;
+        let (before, after) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let note = |note_id| ConversationCommand::AddNote {
+            note_id,
+            body: "internal".into(),
+            mentions: vec![],
+            by: Actor::Admin(t.admin.id),
+            at_us: now_us(),
+        };
+        env.service
+            .change(&t.ctx, id, None, |_| {
+                Ok(vec![
+                    note(before),
+                    ConversationCommand::Move {
+                        to_inbox: sales,
+                        members: vec![],
+                        by: Actor::Admin(t.admin.id),
+                        at_us: now_us(),
+                    },
+                    note(after),
+                ])
+            })
+            .await
+            .unwrap();
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while all.received().len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let inbox_of = |r: &Receiver, note: uuid::Uuid| {
+            r.received()
+                .into_iter()
+                .find(|x| x.body["data"]["event"]["note_id"] == note.to_string())
+                .map(|x| x.body["data"]["inbox_id"].clone())
+        };
+        assert_eq!(
+            inbox_of(&all, before),
+            Some(json!(t.inbox.to_string())),
+            "{backend:?}"
+        );
+        assert_eq!(
+            inbox_of(&all, after),
+            Some(json!(sales.to_string())),
+            "{backend:?}"
+        );
+        let got = only_sales
+            .wait_for("convo.note.created", Duration::from_secs(20))
+            .await;
+        assert_eq!(got.body["data"]["event"]["note_id"], after.to_string());
+        // Deliveries are recorded in the fan-out's transaction: by now every one exists.
+        let listed = app
+            .call(
+                "GET",
+                &format!("/v1/webhooks/{}/deliveries", hooks[1]),
+                &t.admin,
+                None,
+            )
+            .await;
+        assert_eq!(listed.status, 200);
+        assert_eq!(
+            listed.body["items"].as_array().map(Vec::len),
+            Some(1),
+            "{backend:?}: {:?}",
+            listed.body
+        );
+        assert_eq!(all.bad_signatures() + only_sales.bad_signatures(), 0);
+    }
+}
