@@ -271,3 +271,19 @@ pub struct ReplyDeliveryFailedV1 {
     pub author: Option<Uuid>,
     pub at_us: i64,
 }
+
+/// Bus topic of presence signals (ephemeral: never stored, never relayed to JetStream; ADR 0026).
+pub const SIGNAL_PRESENCE: &str = "presence";
+
+/// Someone is viewing or answering a conversation: sent between the processes of a cell as a
+/// bus signal. Ids and a state only, no personal content. The receiver checks `tenant_id`
+/// against its own and drops signals older than the presence TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceSignalV1 {
+    pub tenant_id: Uuid,
+    pub conversation_id: Uuid,
+    pub user_id: Uuid,
+    /// `viewing` or `replying`.
+    pub state: String,
+    pub at_us: i64,
+}

@@ -1661,13 +1661,10 @@ pub async fn set_presence(
     }
     // Only people have presence; a machine has nobody to show.
     if let Some(user_id) = c.access.user_id() {
-        crate::live::publish_presence(crate::live::Presence {
-            tenant: c.ctx.tenant(),
-            conversation_id: id,
-            user_id,
-            state,
-            at: OffsetDateTime::now_utc(),
-        });
+        // Ephemeral: if the bus cannot take it now, the client's next refresh will do.
+        if let Err(e) = crate::live::publish_presence(&c.ctx, id, user_id, state).await {
+            tracing::warn!(error = %e, "presence not published");
+        }
     }
     Ok(HttpResponse::NoContent().finish())
 }

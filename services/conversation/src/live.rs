@@ -13,10 +13,14 @@
 //! user is in the stream id). Which notifications are pushed, and whether at all, is the
 //! notification service's business (the user's `stream` preference).
 //!
-//! Presence (`POST /v1/conversations/{id}/presence`) is ephemeral: never an event in the log,
-//! broadcast in-process to the streams of the others who may read the conversation. With
-//! several replicas, presence reaches only the streams held by the same process (a NATS core
-//! subject would carry it across; not built yet).
+//! Presence (`POST /v1/conversations/{id}/presence`) is ephemeral: never an event in the log.
+//! It is published as a bus signal (ADR 0026: a core NATS subject carrying the tenant,
+//! `{prefix}.{cell}.sig.presence.{tenant}`, or the in-process bus's broadcast), and every
+//! stream subscribes to its own tenant's signals: so an agent sees the presence of agents on
+//! any process of the cell, each signal once (a stream's only source is its own
+//! subscription; the publisher's process gets its signal back through the bus like the
+//! others). A signal of another tenant is dropped (the subject, then the payload is
+//! checked), one older than [`PRESENCE_TTL`] too: presence holds that long unless refreshed.
 
 use crate::{Conversations, conversation_role, participation};
 use actix_web::body::{BodySize, MessageBody};
@@ -33,32 +37,57 @@ use postvak_proto::rest::notification as notification_dto;
 use sqlx::Row;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// A presence signal as broadcast inside the process.
-#[derive(Debug, Clone)]
-pub struct Presence {
-    pub tenant: TenantId,
-    pub conversation_id: Uuid,
-    pub user_id: Uuid,
-    pub state: String,
-    pub at: OffsetDateTime,
+/// How long a presence signal holds: an older one (delayed on the way) is not shown, and
+/// clients re-post presence more often than this while it lasts.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+
+/// Publishes a presence signal to every process of the tenant's cell.
+pub(crate) async fn publish_presence(
+    ctx: &TenantContext,
+    conversation_id: Uuid,
+    user_id: Uuid,
+    state: String,
+) -> Result<(), postvak_platform::bus::BusError> {
+    let signal = ev::PresenceSignalV1 {
+        tenant_id: ctx.tenant().0,
+        conversation_id,
+        user_id,
+        state,
+        at_us: postvak_platform::store::micros(OffsetDateTime::now_utc()),
+    };
+    let payload = serde_json::to_vec(&signal)
+        .map_err(|e| postvak_platform::bus::BusError::Other(e.to_string()))?;
+    ctx.cell()
+        .bus
+        .publish_signal(ev::SIGNAL_PRESENCE, ctx.tenant().0, payload)
+        .await
 }
 
-/// The process-wide presence channel (ephemeral; a slow stream loses old signals).
-fn hub() -> &'static broadcast::Sender<Presence> {
-    static HUB: OnceLock<broadcast::Sender<Presence>> = OnceLock::new();
-    HUB.get_or_init(|| broadcast::channel(1024).0)
-}
-
-pub(crate) fn publish_presence(p: Presence) {
-    // No stream listening is fine.
-    let _ = hub().send(p);
+/// A received presence signal if it is the tenant's, well formed and fresh.
+fn presence_of(
+    tenant: TenantId,
+    signal: &postvak_platform::bus::Signal,
+    now: OffsetDateTime,
+) -> Option<ev::PresenceSignalV1> {
+    let p: ev::PresenceSignalV1 = match serde_json::from_slice(&signal.payload) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed presence signal dropped");
+            return None;
+        }
+    };
+    if p.tenant_id != tenant.0 || signal.tenant != tenant.0 {
+        tracing::warn!(expected = %tenant.0, got = %p.tenant_id, "presence signal of another tenant dropped");
+        return None;
+    }
+    let at = postvak_platform::store::from_micros(p.at_us);
+    (now - at <= PRESENCE_TTL).then_some(p)
 }
 
 /// `id:` of an event: `tx-global_position`.
@@ -195,8 +224,20 @@ pub(crate) async fn run_stream(
 ) {
     let store = ctx.cell().store.clone();
     let signal = store.append_signal();
-    let mut presence = hub().subscribe();
     let tenant = ctx.tenant();
+    // Subscribed before the first byte, so a presence posted once the stream is open arrives.
+    let mut presence = match ctx
+        .cell()
+        .bus
+        .subscribe_signals(ev::SIGNAL_PRESENCE, tenant.0)
+        .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "live stream runs without presence");
+            None
+        }
+    };
     let me = access.user_id();
     let mut last_sent = tokio::time::Instant::now();
     // Tells the client how long to wait before reconnecting.
@@ -283,14 +324,17 @@ pub(crate) async fn run_stream(
                 }
                 last_sent = tokio::time::Instant::now();
             }
-            p = presence.recv() => match p {
-                Ok(p) if p.tenant == tenant && Some(p.user_id) != me => {
-                    if may_read(&svc, &ctx, &access, p.conversation_id).await {
+            p = next_signal(&mut presence) => match p {
+                Some(signal) => {
+                    if let Some(p) = presence_of(tenant, &signal, OffsetDateTime::now_utc())
+                        && Some(p.user_id) != me
+                        && may_read(&svc, &ctx, &access, p.conversation_id).await
+                    {
                         let data = dto::PresenceStreamEvent {
                             conversation_id: p.conversation_id,
                             user_id: p.user_id,
                             state: p.state,
-                            at: p.at,
+                            at: postvak_platform::store::from_micros(p.at_us),
                         };
                         if out.send(frame("presence", None, &data)).await.is_err() {
                             return;
@@ -298,10 +342,22 @@ pub(crate) async fn run_stream(
                         last_sent = tokio::time::Instant::now();
                     }
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
+                None => {
+                    tracing::warn!("presence subscription ended; the stream goes on without it");
+                    presence = None;
+                }
             },
         }
+    }
+}
+
+/// The next signal of the subscription; never, without one.
+async fn next_signal(
+    s: &mut Option<Box<dyn postvak_platform::bus::SignalStream>>,
+) -> Option<postvak_platform::bus::Signal> {
+    match s {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -318,5 +374,41 @@ mod tests {
         assert_eq!(decode_position(&encode_position(p)), Some(p));
         assert_eq!(decode_position("x"), None);
         assert_eq!(decode_position("1-"), None);
+    }
+
+    fn signal(tenant: Uuid, p: &ev::PresenceSignalV1) -> postvak_platform::bus::Signal {
+        postvak_platform::bus::Signal {
+            tenant,
+            payload: serde_json::to_vec(p).unwrap(),
+        }
+    }
+
+    #[test]
+    fn presence_is_only_the_tenant_s_and_fresh() {
+        let mine = TenantId(Uuid::now_v7());
+        let now = OffsetDateTime::now_utc();
+        let p = ev::PresenceSignalV1 {
+            tenant_id: mine.0,
+            conversation_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            state: "viewing".into(),
+            at_us: postvak_platform::store::micros(now),
+        };
+        assert_eq!(presence_of(mine, &signal(mine.0, &p), now), Some(p.clone()));
+        // Another tenant's payload, even on this tenant's subject, is dropped.
+        let other = ev::PresenceSignalV1 {
+            tenant_id: Uuid::now_v7(),
+            ..p.clone()
+        };
+        assert_eq!(presence_of(mine, &signal(mine.0, &other), now), None);
+        assert_eq!(presence_of(mine, &signal(other.tenant_id, &p), now), None);
+        // Not refreshed within the TTL: expired.
+        let later = now + PRESENCE_TTL + time::Duration::seconds(1);
+        assert_eq!(presence_of(mine, &signal(mine.0, &p), later), None);
+        let bad = postvak_platform::bus::Signal {
+            tenant: mine.0,
+            payload: b"{".to_vec(),
+        };
+        assert_eq!(presence_of(mine, &bad, now), None);
     }
 }

@@ -9,7 +9,11 @@ use postvak_directory::Directory;
 use postvak_directory::identity::SessionKind;
 use postvak_ingest::{Ingestor, pipeline, standalone};
 use postvak_platform::auth::SharedAuthenticator;
-use postvak_platform::cell::{Cells, Principal, TenantContext};
+use postvak_platform::bus::Bus;
+use postvak_platform::bus::nats::NatsBus;
+use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
+use postvak_platform::db::{self, DbOptions};
+use postvak_platform::store;
 use postvak_platform::store::TenantId;
 use postvak_platform::testkit;
 use std::sync::Arc;
@@ -195,39 +199,7 @@ impl TestEnv {
 
     /// The API on a real HTTP server bound to a free port.
     pub async fn spawn_app(&self) -> TestApp {
-        let auth: SharedAuthenticator = Arc::new(self.directory.clone());
-        let cells = web::Data::new(self.cells.clone());
-        let directory = web::Data::new(self.directory.clone());
-        let auth = web::Data::new(auth);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(cells.clone())
-                .app_data(directory.clone())
-                .app_data(auth.clone())
-                .app_data(postvak_platform::http::json_config())
-                .app_data(postvak_platform::http::query_config())
-                .app_data(postvak_platform::http::path_config())
-                .configure(postvak_conversation::api::routes)
-        })
-        .workers(2)
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            handle.stop(false).await;
-        });
-        // reqwest is built without a default TLS provider in this workspace.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        TestApp {
-            base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-        }
+        spawn_api(&self.cells, &self.directory, &self.cancel)
     }
 
     /// Polls until the conversation's read model has at least `messages` messages.
@@ -246,6 +218,82 @@ impl TestEnv {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The conversation API of `cells` on a real HTTP server bound to a free port; stops when
+/// `cancel` fires.
+pub fn spawn_api(cells: &Cells, directory: &Directory, cancel: &CancellationToken) -> TestApp {
+    let auth: SharedAuthenticator = Arc::new(directory.clone());
+    let cells = web::Data::new(cells.clone());
+    let directory = web::Data::new(directory.clone());
+    let auth = web::Data::new(auth);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(cells.clone())
+            .app_data(directory.clone())
+            .app_data(auth.clone())
+            .app_data(postvak_platform::http::json_config())
+            .app_data(postvak_platform::http::query_config())
+            .app_data(postvak_platform::http::path_config())
+            .configure(postvak_conversation::api::routes)
+    })
+    .workers(2)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        handle.stop(false).await;
+    });
+    // reqwest is built without a default TLS provider in this workspace.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+    }
+}
+
+/// The cells of one process in distributed mode: its own pools on the (migrated) PostgreSQL
+/// database at `url` and its own NATS connection under `prefix`, with the deployment's master key. Two of them on one database
+/// and prefix are two processes of one cell.
+pub async fn nats_cells(
+    url: &str,
+    prefix: &str,
+    master: postvak_platform::crypto::MasterKey,
+) -> Cells {
+    let opts = DbOptions {
+        max_connections: 16,
+        app_role: Some(db::APP_ROLE.to_owned()),
+        ..DbOptions::default()
+    };
+    let store = store::open_store(url, &opts, master).await.unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(
+        NatsBus::connect(&testkit::nats_url(), prefix, standalone::CELL)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "NATS is required for this test and is not reachable at {}: {e}",
+                    testkit::nats_url()
+                )
+            }),
+    );
+    let directory = store.db().clone();
+    Cells::new(
+        vec![Cell {
+            name: standalone::CELL.to_owned(),
+            region: None,
+            store,
+            bus,
+        }],
+        standalone::CELL,
+        directory,
+    )
+    .unwrap()
 }
 
 /// A mail with CRLF line endings.

@@ -9,10 +9,12 @@
 //!
 //! Unacknowledged deliveries come back after `ack_wait`, a nak after its delay, as on
 //! JetStream. Commands go over tokio channels, round-robin across the servers of a command.
+//! Signals go over one broadcast channel per bus; a subscriber that falls more than
+//! [`SIGNAL_BUFFER`] behind loses the oldest (they are ephemeral).
 
 use super::{
     Acker, Bus, BusError, BusKind, CommandStream, ConsumerSpec, EventConsumer, EventDelivery,
-    IncomingCommand, PublishAck, Responder,
+    IncomingCommand, PublishAck, Responder, Signal, SignalStream,
 };
 use crate::store::{EventStore, LogPosition, StoredEvent};
 use async_trait::async_trait;
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -38,6 +40,12 @@ const COMMAND_QUEUE: usize = 64;
 
 type CommandKey = (String, String);
 
+/// Signals buffered per subscriber.
+pub const SIGNAL_BUFFER: usize = 1024;
+
+/// A signal as broadcast: topic, tenant, payload.
+type SignalMsg = (Arc<str>, Uuid, Arc<Vec<u8>>);
+
 #[derive(Default)]
 struct Servers {
     senders: Vec<mpsc::Sender<IncomingCommand>>,
@@ -49,6 +57,7 @@ struct Servers {
 pub struct InProcessBus {
     store: Arc<dyn EventStore>,
     commands: Arc<Mutex<HashMap<CommandKey, Servers>>>,
+    signals: broadcast::Sender<SignalMsg>,
     poll_interval: Duration,
 }
 
@@ -70,6 +79,7 @@ impl InProcessBus {
         Self {
             store,
             commands: Arc::new(Mutex::new(HashMap::new())),
+            signals: broadcast::channel(SIGNAL_BUFFER).0,
             poll_interval: DEFAULT_POLL_INTERVAL,
         }
     }
@@ -181,6 +191,68 @@ impl Bus for InProcessBus {
 
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
+    }
+
+    async fn publish_signal(
+        &self,
+        topic: &str,
+        tenant: Uuid,
+        payload: Vec<u8>,
+    ) -> Result<(), BusError> {
+        // Nobody subscribed is fine.
+        let _ = self
+            .signals
+            .send((Arc::from(topic), tenant, Arc::new(payload)));
+        Ok(())
+    }
+
+    async fn subscribe_signals(
+        &self,
+        topic: &str,
+        tenant: Uuid,
+    ) -> Result<Box<dyn SignalStream>, BusError> {
+        Ok(Box::new(InProcessSignalStream {
+            rx: self.signals.subscribe(),
+            topic: topic.to_owned(),
+            tenant,
+        }))
+    }
+}
+
+struct InProcessSignalStream {
+    rx: broadcast::Receiver<SignalMsg>,
+    topic: String,
+    tenant: Uuid,
+}
+
+impl fmt::Debug for InProcessSignalStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessSignalStream")
+            .field("topic", &self.topic)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl SignalStream for InProcessSignalStream {
+    async fn next(&mut self) -> Option<Signal> {
+        loop {
+            match self.rx.recv().await {
+                Ok((topic, tenant, payload)) => {
+                    if *topic == *self.topic && tenant == self.tenant {
+                        return Some(Signal {
+                            tenant,
+                            payload: payload.to_vec(),
+                        });
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(lost = n, topic = %self.topic, "slow signal subscriber lost signals");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 }
 

@@ -3,6 +3,11 @@
 //! between services as request/reply with an idempotency key.
 //!
 //! Events on the bus are exactly what the store holds: ciphertext, never plaintext.
+//!
+//! (3) Ephemeral signals (presence): plain publish/subscribe, at most once, never stored. On
+//! NATS a core subject `{prefix}.{cell}.sig.{topic}.{tenant}`, in-process a broadcast channel.
+//! Every subscription gets each signal once (the publisher's own subscriptions included), so
+//! a process that delivers only what its subscriptions receive shows each signal exactly once.
 
 pub mod inproc;
 pub mod nats;
@@ -12,6 +17,7 @@ use async_trait::async_trait;
 use postvak_proto::command::{CommandEnvelope, CommandReply};
 use std::fmt;
 use std::time::Duration;
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -123,6 +129,21 @@ pub trait CommandStream: Send + fmt::Debug {
     async fn next(&mut self) -> Option<IncomingCommand>;
 }
 
+/// An ephemeral signal of one tenant (ADR 0026). The payload is a `postvak_proto` type,
+/// encoded by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    /// The tenant the subject carried (checked against the subscription's).
+    pub tenant: Uuid,
+    pub payload: Vec<u8>,
+}
+
+#[async_trait]
+pub trait SignalStream: Send + fmt::Debug {
+    /// The next signal of the subscription's tenant and topic; `None` when it ended.
+    async fn next(&mut self) -> Option<Signal>;
+}
+
 /// The bus of one cell.
 #[async_trait]
 pub trait Bus: Send + Sync + fmt::Debug {
@@ -151,4 +172,20 @@ pub trait Bus: Send + Sync + fmt::Debug {
 
     /// Checks the bus answers.
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// Publishes an ephemeral signal to every current subscriber of `topic` for `tenant`, in
+    /// every process of the cell (at most once; nobody listening is fine).
+    async fn publish_signal(
+        &self,
+        topic: &str,
+        tenant: Uuid,
+        payload: Vec<u8>,
+    ) -> Result<(), BusError>;
+
+    /// Subscribes to `topic` for one tenant: only that tenant's signals are ever returned.
+    async fn subscribe_signals(
+        &self,
+        topic: &str,
+        tenant: Uuid,
+    ) -> Result<Box<dyn SignalStream>, BusError>;
 }

@@ -363,6 +363,89 @@ impl Bus for NatsBus {
             None => Ok(()),
         }
     }
+
+    async fn publish_signal(
+        &self,
+        topic: &str,
+        tenant: uuid::Uuid,
+        payload: Vec<u8>,
+    ) -> Result<(), BusError> {
+        let subject = subjects::signal_subject(&self.prefix, &self.cell, topic, &tenant);
+        // Core NATS: no acknowledgement, nothing stored; bounded like a request so a
+        // disconnected client cannot hold the caller.
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.publish(subject.clone(), Bytes::from(payload)),
+        )
+        .await
+        .map_err(|_| publish_error(&subject, "no room in the client's buffer within 2s"))?
+        .map_err(|e| publish_error(&subject, &e.to_string()))
+    }
+
+    async fn subscribe_signals(
+        &self,
+        topic: &str,
+        tenant: uuid::Uuid,
+    ) -> Result<Box<dyn super::SignalStream>, BusError> {
+        let subject = subjects::signal_subject(&self.prefix, &self.cell, topic, &tenant);
+        let subscriber =
+            self.client.subscribe(subject.clone()).await.map_err(|e| {
+                BusError::Unavailable(format!("cannot subscribe to {subject}: {e}"))
+            })?;
+        // Registered on the server once this returns: a signal published after it arrives.
+        self.client
+            .flush()
+            .await
+            .map_err(|e| BusError::Unavailable(format!("cannot subscribe to {subject}: {e}")))?;
+        Ok(Box::new(NatsSignalStream {
+            subscriber,
+            subject,
+            prefix: self.prefix.clone(),
+            cell: self.cell.clone(),
+            topic: topic.to_owned(),
+            tenant,
+        }))
+    }
+}
+
+/// A core NATS subscription to one tenant's signals of one topic.
+struct NatsSignalStream {
+    subscriber: async_nats::Subscriber,
+    subject: String,
+    prefix: String,
+    cell: String,
+    topic: String,
+    tenant: uuid::Uuid,
+}
+
+impl fmt::Debug for NatsSignalStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSignalStream")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl super::SignalStream for NatsSignalStream {
+    async fn next(&mut self) -> Option<super::Signal> {
+        while let Some(m) = self.subscriber.next().await {
+            // The subject names the tenant; a message whose subject is not this tenant's is
+            // dropped (the server filter already ensures it, this is the second wall).
+            match subjects::signal_tenant(&m.subject, &self.prefix, &self.cell, &self.topic) {
+                Some(t) if t == self.tenant => {
+                    return Some(super::Signal {
+                        tenant: t,
+                        payload: m.payload.to_vec(),
+                    });
+                }
+                _ => {
+                    tracing::warn!(subject = %m.subject, expected = %self.subject, "signal for another subject dropped");
+                }
+            }
+        }
+        None
+    }
 }
 
 fn publish_error(subject: &str, reason: &str) -> BusError {
