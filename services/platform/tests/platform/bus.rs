@@ -432,3 +432,83 @@ async fn in_process_consumer_tails_the_store_filters_and_redelivers() {
         vec![inbox_ids[2], new[0]]
     );
 }
+
+/// Signals on one bus: each subscriber gets its tenant's signals of its topic, once each, and
+/// nothing of another tenant or topic; on NATS they cross connections (two processes) and
+/// JetStream stores none of them.
+#[tokio::test]
+async fn signals_reach_every_subscriber_of_their_tenant_once() {
+    let (_tmp, _url, store) = sqlite_store().await;
+    let inproc: Arc<dyn Bus> = Arc::new(InProcessBus::new(store));
+    let prefix = testkit::unique_prefix();
+    let nats_a = NatsBus::connect(&testkit::nats_url(), &prefix, CELL)
+        .await
+        .unwrap();
+    let nats_b = NatsBus::connect(&testkit::nats_url(), &prefix, CELL)
+        .await
+        .unwrap();
+    let before = stream_messages(&nats_a).await;
+    let pairs: Vec<(&str, Arc<dyn Bus>, Arc<dyn Bus>)> = vec![
+        ("in-process", inproc.clone(), inproc),
+        ("nats", Arc::new(nats_a.clone()), Arc::new(nats_b)),
+    ];
+    for (name, publisher, other) in pairs {
+        let (mine, theirs) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut here = publisher.subscribe_signals("presence", mine).await.unwrap();
+        let mut there = other.subscribe_signals("presence", mine).await.unwrap();
+        let mut foreign = other.subscribe_signals("presence", theirs).await.unwrap();
+        publisher
+            .publish_signal("presence", theirs, b"theirs".to_vec())
+            .await
+            .unwrap();
+        publisher
+            .publish_signal("typing", mine, b"other topic".to_vec())
+            .await
+            .unwrap();
+        publisher
+            .publish_signal("presence", mine, b"one".to_vec())
+            .await
+            .unwrap();
+        publisher
+            .publish_signal("presence", mine, b"two".to_vec())
+            .await
+            .unwrap();
+        for s in [&mut here, &mut there] {
+            for want in [&b"one"[..], b"two"] {
+                let got = tokio::time::timeout(Duration::from_secs(5), s.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("{name}: no signal"))
+                    .unwrap();
+                assert_eq!(got.tenant, mine, "{name}");
+                assert_eq!(got.payload, want, "{name}");
+            }
+            // Nothing else (no copy, nothing of the other topic or tenant).
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), s.next())
+                    .await
+                    .is_err(),
+                "{name}"
+            );
+        }
+        let got = tokio::time::timeout(Duration::from_secs(5), foreign.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.tenant, got.payload),
+            (theirs, b"theirs".to_vec()),
+            "{name}"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), foreign.next())
+                .await
+                .is_err(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        stream_messages(&nats_a).await,
+        before,
+        "signals are not stored"
+    );
+}
