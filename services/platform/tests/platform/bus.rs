@@ -448,7 +448,9 @@ async fn signals_reach_every_subscriber_of_their_tenant_once() {
         .await
         .unwrap();
     let before = stream_messages(&nats_a).await;
-    let pairs: Vec<(&str, Arc<dyn Bus>, Arc<dyn Bus>)> = vec![
+    // (name, the publishing process's bus, another process's bus)
+    type Pair = (&'static str, Arc<dyn Bus>, Arc<dyn Bus>);
+    let pairs: Vec<Pair> = vec![
         ("in-process", inproc.clone(), inproc),
         ("nats", Arc::new(nats_a.clone()), Arc::new(nats_b)),
     ];
