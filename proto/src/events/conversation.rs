@@ -99,6 +99,9 @@ pub struct MessageV1 {
     pub auto_reply: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Uuid>,
+    /// Inbound: the body's words for the search index (from ingest's `search_words`; ADR 0026).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search_words: Vec<String>,
     pub at_us: i64,
 }
 

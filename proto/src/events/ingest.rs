@@ -51,6 +51,11 @@ pub struct MessageReceivedV1 {
     /// The first characters of the text, for lists.
     #[serde(default)]
     pub snippet: String,
+    /// The distinct words of the whole text (or of the text rendered from HTML) that search
+    /// indexes, lower case, in order of first appearance, bounded (ADR 0026). Sealed with the
+    /// rest of the payload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search_words: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<AttachmentV1>,
     pub flags: MessageFlagsV1,

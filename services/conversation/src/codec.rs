@@ -51,6 +51,7 @@ pub(crate) fn message_v1(m: &Message, conversation_id: Uuid, inbox_id: Uuid) -> 
         auto_reply: m.auto_reply,
         author: m.author,
         at_us: m.at_us,
+        search_words: m.search_words.clone(),
     }
 }
 
@@ -98,6 +99,7 @@ pub(crate) fn message(m: &MessageV1) -> Message {
         auto_reply: m.auto_reply,
         author: m.author,
         at_us: m.at_us,
+        search_words: m.search_words.clone(),
     }
 }
 

@@ -240,6 +240,7 @@ pub(crate) fn message_of(p: &MessageReceivedV1) -> Message {
         to: boxes(&h.to),
         cc: boxes(&h.cc),
         snippet: p.snippet.clone(),
+        search_words: p.search_words.clone(),
         body_text: None,
         text_blob: p.text_body.as_ref().map(|b| b.blob_id),
         html_blob: p.html_body.as_ref().map(|b| b.blob_id),

@@ -151,9 +151,12 @@ pub(crate) async fn prepare(
                 } else {
                     Direction::Outbound
                 };
-                let json =
-                    serde_json::to_vec(&codec::message_v1(m, conversation_id, state.inbox_id))
-                        .map_err(|e| StoreError::Serialization(e.to_string()))?;
+                // The row shows the message; its index words are the events' business only.
+                let json = serde_json::to_vec(&postvak_proto::events::conversation::MessageV1 {
+                    search_words: Vec::new(),
+                    ..codec::message_v1(m, conversation_id, state.inbox_id)
+                })
+                .map_err(|e| StoreError::Serialization(e.to_string()))?;
                 let (key, sealed) = keyring
                     .seal(
                         tenant,
@@ -162,12 +165,14 @@ pub(crate) async fn prepare(
                         &aad(tenant, m.message_id, b"message"),
                     )
                     .await?;
-                // Inbound: ingest hands over the subject and the snippet (the body itself stays
-                // in its sealed blob); outbound: what the agent wrote.
+                // Inbound: ingest hands over the subject, the snippet and the body's words
+                // (bounded, ADR 0026; the body itself stays in its sealed blob); outbound: what
+                // the agent wrote.
                 let text = [
                     m.subject.as_deref().unwrap_or(""),
                     &m.snippet,
                     m.body_text.as_deref().unwrap_or(""),
+                    &m.search_words.join(" "),
                 ]
                 .join("\n");
                 search_terms(keyring, tenant, &text, &mut search).await?;

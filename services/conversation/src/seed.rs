@@ -70,6 +70,7 @@ fn commands(inbox: &SeedInbox, conversation_id: Uuid, n: u64, now_us: i64) -> Ve
         auto_reply: false,
         author: None,
         at_us: start + k * 60_000_000,
+        search_words: Vec::new(),
     };
     let subject = format!("Question about my {word} #{n}");
     let by = Actor::User(agent);

@@ -175,6 +175,10 @@ pub struct Message {
     /// Outbound: the agent who wrote it.
     pub author: Option<Uuid>,
     pub at_us: i64,
+    /// Inbound: the words of the whole body (its text, or the text rendered from HTML) that
+    /// search indexes, as [`body_search_words`] picks them. Travels sealed in the events only;
+    /// the index keeps their blind terms, never the words.
+    pub search_words: Vec<String>,
 }
 
 /// One attachment of a message: where its content is kept, and what a reader is shown.
@@ -680,6 +684,7 @@ impl Conversation {
             auto_reply: false,
             author: by.user(),
             at_us,
+            search_words: Vec::new(),
         })
     }
 }
@@ -730,6 +735,35 @@ pub fn search_words(text: &str) -> BTreeSet<String> {
         .filter(|w| w.chars().count() >= SEARCH_MIN_CHARS)
         .map(|w| w.to_lowercase().chars().take(SEARCH_MAX_CHARS).collect())
         .collect()
+}
+
+/// Most distinct words of one inbound body that are indexed (ADR 0026): with their prefixes
+/// at most ~11 blind terms each, so a message adds at most ~11,000 index rows.
+pub const SEARCH_BODY_MAX_WORDS: usize = 1_000;
+/// Only this many bytes of a body are read for its words (a 20 MB text is not scanned whole).
+pub const SEARCH_BODY_MAX_BYTES: usize = 512 * 1024;
+
+/// The distinct words of a message body as the index keeps them ([`search_words`]), in the
+/// order they first appear, at most [`SEARCH_BODY_MAX_WORDS`] from the first
+/// [`SEARCH_BODY_MAX_BYTES`]: a long mail is searchable well past its snippet, at a bounded
+/// cost.
+pub fn body_search_words(text: &str) -> Vec<String> {
+    let text = &text[..text.floor_char_boundary(SEARCH_BODY_MAX_BYTES)];
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for w in text.split(|c: char| !c.is_alphanumeric()) {
+        if w.chars().count() < SEARCH_MIN_CHARS {
+            continue;
+        }
+        let w: String = w.to_lowercase().chars().take(SEARCH_MAX_CHARS).collect();
+        if seen.insert(w.clone()) {
+            out.push(w);
+            if out.len() == SEARCH_BODY_MAX_WORDS {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The prefixes of `word` that are indexed: its first 3–12 characters (the word itself when

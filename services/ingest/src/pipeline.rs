@@ -438,6 +438,10 @@ impl Ingestor {
             text_body,
             html_body,
             snippet: mail.snippet.clone(),
+            // Here the text is in hand before it is sealed: no blob is opened again for search.
+            search_words: postvak_core::conversation::body_search_words(
+                mail.text.as_deref().unwrap_or(""),
+            ),
             attachments,
             flags,
             auth_results: mail.auth_results.clone(),

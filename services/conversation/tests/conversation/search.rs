@@ -150,6 +150,105 @@ async fn canary_a_body_word_is_not_in_the_database_in_plaintext_yet_search_finds
     }
 }
 
+/// A word deep in a long text body (after 5 KB) and a word of an HTML-only mail (its text
+/// rendered from the HTML) are found, neither is in the database in plaintext, and the bound
+/// holds: a word after the first 1,000 distinct words of a body is not indexed.
+#[tokio::test]
+async fn search_finds_words_deep_in_long_and_html_only_bodies_without_plaintext() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let app = env.spawn_app().await;
+        let filler = "The quick brown fox jumps over the lazy dog.\n".repeat(120);
+        assert!(filler.len() > 5 * 1024);
+        let long = env
+            .deliver(
+                env.inbox,
+                &mail(
+                    "long@example.org",
+                    "Printer",
+                    "",
+                    &format!("{filler}At the very end: Narwhaldeep toner.\n"),
+                ),
+            )
+            .await;
+        let html = format!(
+            "<html><body><div>{}</div><p>Please check the <b>Axolotlhtml</b> tray.</p></body></html>",
+            "<p>Some padding text here.</p>".repeat(200)
+        );
+        let html_only = env
+            .deliver(
+                env.inbox,
+                &mail(
+                    "html@example.org",
+                    "Tray",
+                    "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8",
+                    &html,
+                ),
+            )
+            .await;
+        let many: String = (0..1_100).map(|i| format!("word{i:04} ")).collect();
+        let bounded = env
+            .deliver(
+                env.inbox,
+                &mail(
+                    "many@example.org",
+                    "Many words",
+                    "",
+                    &format!("{many}\nOcelotbeyond\n"),
+                ),
+            )
+            .await;
+        for d in [&long, &html_only, &bounded] {
+            env.wait_for_conversation(d.conversation_id, 1).await;
+        }
+
+        let search = |q: &'static str| {
+            let (app, bob) = (&app, &env.bob);
+            async move {
+                let r = app.get(&format!("/v1/conversations?q={q}"), bob).await;
+                assert_eq!(r.status, 200, "{q}: {r:?}");
+                ids(&r)
+            }
+        };
+        assert_eq!(
+            search("narwhaldeep").await,
+            vec![long.conversation_id],
+            "{backend:?}"
+        );
+        assert_eq!(
+            search("narwhal%2A").await,
+            vec![long.conversation_id],
+            "{backend:?}"
+        );
+        assert_eq!(
+            search("axolotlhtml%20tray").await,
+            vec![html_only.conversation_id],
+            "{backend:?}"
+        );
+        // The 1,000th distinct word is indexed, what comes after the bound is not.
+        assert_eq!(
+            search("word0997").await,
+            vec![bounded.conversation_id],
+            "{backend:?}"
+        );
+        assert_eq!(search("word1050").await, Vec::<Uuid>::new(), "{backend:?}");
+        assert_eq!(
+            search("ocelotbeyond").await,
+            Vec::<Uuid>::new(),
+            "{backend:?}"
+        );
+
+        let dump = database_bytes(&env, backend).await;
+        assert!(contains(&dump, "conversation_search"), "{backend:?}");
+        for word in ["Narwhaldeep", "Axolotlhtml", "word0997"] {
+            assert!(
+                !contains(&dump, word),
+                "{backend:?}: {word} found in plaintext"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn search_answers_only_conversations_the_caller_may_read() {
     for backend in BACKENDS {
