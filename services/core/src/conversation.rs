@@ -2446,6 +2446,25 @@ mod tests {
     }
 
     #[test]
+    fn body_words_are_distinct_in_order_and_bounded() {
+        assert_eq!(
+            body_search_words("Hello hello, WORLD! a hello world again"),
+            vec!["hello", "world", "again"]
+        );
+        let many: String = (0..SEARCH_BODY_MAX_WORDS + 50)
+            .map(|i| format!("w{i} "))
+            .collect();
+        let w = body_search_words(&many);
+        assert_eq!(w.len(), SEARCH_BODY_MAX_WORDS);
+        assert_eq!(w.last().map(String::as_str), Some("w999"));
+        // Only the first SEARCH_BODY_MAX_BYTES are read, cut on a character boundary.
+        let long = format!("{}ü tail", "é".repeat(SEARCH_BODY_MAX_BYTES));
+        let w = body_search_words(&long);
+        assert_eq!(w.len(), 1);
+        assert!(!w.contains(&"tail".to_owned()));
+    }
+
+    #[test]
     fn prefixes_run_from_three_to_twelve_characters() {
         let p: Vec<String> = search_prefixes("invoice").collect();
         assert_eq!(p.first().map(String::as_str), Some("inv"));
