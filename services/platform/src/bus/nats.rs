@@ -392,11 +392,21 @@ impl Bus for NatsBus {
             self.client.subscribe(subject.clone()).await.map_err(|e| {
                 BusError::Unavailable(format!("cannot subscribe to {subject}: {e}"))
             })?;
-        // Registered on the server once this returns: a signal published after it arrives.
-        self.client
-            .flush()
-            .await
-            .map_err(|e| BusError::Unavailable(format!("cannot subscribe to {subject}: {e}")))?;
+        // `flush` only writes to the socket. A request on the same connection comes back
+        // after the server handled everything sent before it (one connection's operations
+        // are processed in order), so once it answers — "no responders" is the expected
+        // answer — the subscription is registered and a signal published by any process
+        // from then on arrives.
+        let probe = format!("{}.{}.sig._registered", self.prefix, self.cell);
+        if tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.request(probe, Bytes::new()),
+        )
+        .await
+        .is_err()
+        {
+            tracing::debug!(%subject, "no round trip within 2s; the subscription may start late");
+        }
         Ok(Box::new(NatsSignalStream {
             subscriber,
             subject,
