@@ -30,7 +30,7 @@ use postvak_core::access::{Grantee, InboxRole};
 use postvak_directory::Directory;
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
 use postvak_platform::consumer::run_consumer;
-use postvak_platform::consumer::{EventHandler, HandlerError};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
@@ -74,12 +74,12 @@ pub(crate) fn start(
 ) -> Part {
     let wake = Arc::new(Notify::new());
     let handler: Arc<dyn EventHandler> = Arc::new(Recorder {
-        wake: wake.clone(),
+        wake: WakeAfterCommit::new(wake.clone()),
         store: cell.store.clone(),
     });
     let sla: Arc<dyn EventHandler> = Arc::new(SlaAlerts {
         recorder: Recorder {
-            wake: wake.clone(),
+            wake: WakeAfterCommit::new(wake.clone()),
             store: cell.store.clone(),
         },
         cells: cells.clone(),
@@ -120,7 +120,7 @@ pub(crate) fn start(
 }
 
 struct Recorder {
-    wake: Arc<Notify>,
+    wake: WakeAfterCommit,
     store: Arc<dyn EventStore>,
 }
 
@@ -271,7 +271,7 @@ impl Recorder {
                 now
             };
             due::schedule_earliest(tx, due::AGENT, user, t, LANE, due_at).await?;
-            self.wake.notify_one();
+            self.wake.queued();
         }
         Ok(())
     }
@@ -281,6 +281,10 @@ impl Recorder {
 impl EventHandler for Recorder {
     fn name(&self) -> &str {
         AGENT_CONSUMER
+    }
+
+    fn committed(&self) {
+        self.wake.committed();
     }
 
     /// `agent.notified` events (for `/v1/stream`) are appended in the consumer's transaction.
@@ -421,6 +425,10 @@ impl SlaAlerts {
 impl EventHandler for SlaAlerts {
     fn name(&self) -> &str {
         SLA_CONSUMER
+    }
+
+    fn committed(&self) {
+        self.recorder.wake.committed();
     }
 
     fn stream_types(&self) -> Vec<String> {

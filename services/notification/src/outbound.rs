@@ -27,7 +27,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postvak_platform::cell::{Cell, Cells, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit};
 use postvak_platform::db::{DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
@@ -191,7 +191,7 @@ pub(crate) fn start(
 ) -> Part {
     let wake = Arc::new(Notify::new());
     let handler: Arc<dyn EventHandler> = Arc::new(OutboxHandler {
-        wake: wake.clone(),
+        wake: WakeAfterCommit::new(wake.clone()),
         store: cell.store.clone(),
     });
     let transport = transport(&settings).map_err(|e| {
@@ -334,7 +334,7 @@ pub(crate) fn build_transport(
 }
 
 struct OutboxHandler {
-    wake: Arc<Notify>,
+    wake: WakeAfterCommit,
     store: Arc<dyn EventStore>,
 }
 
@@ -349,6 +349,10 @@ fn aad(tenant: TenantId, message_id: Uuid) -> Vec<u8> {
 impl EventHandler for OutboxHandler {
     fn name(&self) -> &str {
         OUTBOX_CONSUMER
+    }
+
+    fn committed(&self) {
+        self.wake.committed();
     }
 
     fn stream_types(&self) -> Vec<String> {
@@ -409,7 +413,7 @@ impl EventHandler for OutboxHandler {
         .map(|_| ()))
         .map_err(|e| HandlerError::Store(db_error(e)))?;
         due::schedule(tx, due::MAIL, m.message_id, tenant, &lane, now).await?;
-        self.wake.notify_one();
+        self.wake.queued();
         Ok(())
     }
 }

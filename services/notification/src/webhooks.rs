@@ -22,7 +22,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use postvak_platform::cell::{Cell, Cells, TenantContext};
-use postvak_platform::consumer::{EventHandler, HandlerError};
+use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit};
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
@@ -112,7 +112,7 @@ pub(crate) fn start(
 ) -> Part {
     let wake = Arc::new(Notify::new());
     let handler: Arc<dyn EventHandler> = Arc::new(FanOut {
-        wake: wake.clone(),
+        wake: WakeAfterCommit::new(wake.clone()),
         store: cell.store.clone(),
     });
     let mut part = Part {
@@ -176,7 +176,7 @@ pub(crate) fn start(
 }
 
 struct FanOut {
-    wake: Arc<Notify>,
+    wake: WakeAfterCommit,
     store: Arc<dyn EventStore>,
 }
 
@@ -225,6 +225,10 @@ impl EventHandler for FanOut {
         WEBHOOK_CONSUMER
     }
 
+    fn committed(&self) {
+        self.wake.committed();
+    }
+
     fn stream_types(&self) -> Vec<String> {
         vec![cev::STREAM_CONVERSATION.to_owned()]
     }
@@ -255,7 +259,7 @@ impl EventHandler for FanOut {
             scheduled += self.fan_out(tx, tenant, &list).await?;
         }
         if scheduled > 0 {
-            self.wake.notify_one();
+            self.wake.queued();
         }
         Ok(())
     }
