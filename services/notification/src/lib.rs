@@ -104,11 +104,14 @@ impl EventHandler for Combined {
     }
 
     fn appends_events(&self) -> bool {
-        self.handlers.iter().any(|h| h.appends_events())
+        self.whole_batch
+            .iter()
+            .chain(&self.per_event)
+            .any(|h| h.appends_events())
     }
 
     fn committed(&self) {
-        for h in &self.handlers {
+        for h in self.whole_batch.iter().chain(&self.per_event) {
             h.committed();
         }
     }
