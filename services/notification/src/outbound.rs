@@ -753,26 +753,7 @@ impl Sender {
         at: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        let t = ctx.tenant();
-        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE outbound_mail SET state = 'queued', next_attempt_at = $1, last_error = $2 \
-             WHERE tenant_id = $3 AND message_id = $4 AND state = 'sending'"
-        )
-        .bind(at)
-        .bind(error)
-        .bind(t.0)
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|_| ()))
-        .map_err(db_error)?;
-        let lane = match self.relays_of(&mut tx, t, id).await? {
-            Some(inbox) => crate::relays::lane(inbox, true),
-            None => RELAY_LANE.to_owned(),
-        };
-        due::schedule(&mut tx, due::MAIL, id, t, &lane, at).await?;
-        tx.commit().await
+        self.requeue(ctx, id, at, error, true).await
     }
 
     /// Puts a claimed mail back in the queue as if it had not been tried (nothing was sent;
@@ -785,20 +766,37 @@ impl Sender {
         at: i64,
         why: &str,
     ) -> Result<(), StoreError> {
+        self.requeue(ctx, id, at, why, false).await
+    }
+
+    /// Back to `queued` with `error`, due again at `at` in its lane; `counted: false` gives
+    /// back the attempt the claim took.
+    async fn requeue(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        at: i64,
+        error: &str,
+        counted: bool,
+    ) -> Result<(), StoreError> {
         let t = ctx.tenant();
-        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        on_tx!(&mut tx, |c| sqlx::query(
+        let sql = if counted {
+            "UPDATE outbound_mail SET state = 'queued', next_attempt_at = $1, last_error = $2 \
+             WHERE tenant_id = $3 AND message_id = $4 AND state = 'sending'"
+        } else {
             "UPDATE outbound_mail SET state = 'queued', attempts = attempts - 1, \
              next_attempt_at = $1, last_error = $2 \
              WHERE tenant_id = $3 AND message_id = $4 AND state = 'sending'"
-        )
-        .bind(at)
-        .bind(why)
-        .bind(t.0)
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|_| ()))
+        };
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        on_tx!(&mut tx, |c| sqlx::query(sql)
+            .bind(at)
+            .bind(error)
+            .bind(t.0)
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|_| ()))
         .map_err(db_error)?;
         let lane = match self.relays_of(&mut tx, t, id).await? {
             Some(inbox) => crate::relays::lane(inbox, true),
