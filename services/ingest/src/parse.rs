@@ -373,10 +373,17 @@ pub fn content_hash(raw: &[u8]) -> [u8; 32] {
                     .iter()
                     .position(|&b| b == b':')
                     .map(|i| {
-                        let name = String::from_utf8_lossy(&line[..i])
-                            .trim()
-                            .to_ascii_lowercase();
-                        TRACE_HEADERS.contains(&name.as_str())
+                        let name = &line[..i];
+                        if name.is_ascii() {
+                            // The common case, without a copy per header line.
+                            let name = name.trim_ascii();
+                            TRACE_HEADERS
+                                .iter()
+                                .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
+                        } else {
+                            let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+                            TRACE_HEADERS.contains(&name.as_str())
+                        }
                     })
                     .unwrap_or(false);
             }
