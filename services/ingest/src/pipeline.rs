@@ -564,6 +564,25 @@ impl Ingestor {
         Ok(Some(plain))
     }
 
+    /// One stored message's `message.received` payload (`None`: ingest holds no such message
+    /// for the tenant). The conversation service finds a message's original (`raw`) here.
+    pub async fn received_message(
+        &self,
+        ctx: &TenantContext,
+        message_id: Uuid,
+    ) -> Result<Option<MessageReceivedV1>, IngestError> {
+        let Some(stream_id) =
+            repo::message_stream_of(ctx.cell().db(), ctx.tenant(), message_id).await?
+        else {
+            return Ok(None);
+        };
+        let events = ctx.read_stream(&message_stream(&stream_id)).await?;
+        match events.first() {
+            Some(first) => Ok(Some(first.payload::<MessageReceivedV1>()?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every message stored for the tenant, oldest first. Reads ingest's own table (written
     /// before the 250) and each message's stream: a message is listed as soon as it was
     /// acknowledged, unlike the log, which a tailer sees only once older transactions end.

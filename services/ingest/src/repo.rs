@@ -683,6 +683,37 @@ pub async fn message_streams(db: &Db, tenant: TenantId) -> Result<Vec<String>, S
     }
 }
 
+/// The stream id of one stored message of the tenant (`None`: ingest holds no such message).
+pub async fn message_stream_of(
+    db: &Db,
+    tenant: TenantId,
+    message_id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    match db {
+        Db::Postgres(p) => {
+            let mut tx = pg_tx(p, tenant).await?;
+            let r = sqlx::query_scalar(
+                "SELECT stream_id FROM ingest_messages WHERE tenant_id = $1 AND message_id = $2",
+            )
+            .bind(tenant.0)
+            .bind(message_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(r)
+        }
+        Db::Sqlite(s) => sqlx::query_scalar(
+            "SELECT stream_id FROM ingest_messages WHERE tenant_id = ?1 AND message_id = ?2",
+        )
+        .bind(tenant.0)
+        .bind(message_id)
+        .fetch_optional(&s.reader)
+        .await
+        .map_err(db_error),
+    }
+}
+
 /// What an `Idempotency-Key` claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
