@@ -134,6 +134,26 @@ pub struct MessageAttachment {
     pub inline: bool,
 }
 
+/// The bytes of a file of a conversation, exactly as stored (`GET …/files/{file_id}`,
+/// `GET …/messages/{message_id}/raw`). Not JSON: the response's `Content-Type` is the file's
+/// own, so the schema says only that the body is the file's content.
+#[derive(Debug, Clone, Copy)]
+pub struct FileContent;
+
+impl utoipa::PartialSchema for FileContent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .description(Some(
+                "The file's bytes; `Content-Type` is the file's own type",
+            ))
+            .content_media_type("application/octet-stream")
+            .into()
+    }
+}
+
+impl ToSchema for FileContent {}
+
 /// The delivery of an outbound message as the notification service reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MessageDelivery {

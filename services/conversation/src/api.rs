@@ -43,6 +43,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/conversations/{conversation_id}",
             web::get().to(get_conversation),
         )
+        .route(
+            "/v1/conversations/{conversation_id}/files/{file_id}",
+            web::get().to(download_file),
+        )
+        .route(
+            "/v1/conversations/{conversation_id}/messages/{message_id}/raw",
+            web::get().to(download_original),
+        )
         .service(
             web::resource("/v1/conversations/{conversation_id}/replies")
                 .app_data(reply_json_config())
@@ -660,6 +668,203 @@ pub async fn get_conversation(
     Ok(HttpResponse::Ok()
         .insert_header(("ETag", etag(detail.conversation.version)))
         .json(detail))
+}
+
+// ----- files -----
+
+/// How a download is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Disposition {
+    /// Saved as a file (the default).
+    #[default]
+    Attachment,
+    /// Shown by the browser: only for images other than SVG, PDFs and plain text.
+    Inline,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// `attachment` (default) or `inline` (images other than SVG, PDFs and plain text only;
+    /// other types answer 400 `inline_not_allowed`).
+    #[param(inline)]
+    pub disposition: Option<Disposition>,
+}
+
+/// A download's bytes and headers, or 304 when `If-None-Match` names its ETag.
+async fn serve(
+    c: &Call,
+    ingestor: Option<web::Data<postvak_ingest::Ingestor>>,
+    req: &HttpRequest,
+    found: crate::downloads::Found,
+    disposition: Disposition,
+) -> Result<HttpResponse, Failure> {
+    use crate::downloads as dl;
+    let inline = disposition == Disposition::Inline;
+    // Refused before anything is read: the type is known from the listing.
+    if inline && !dl::inline_allowed(&dl::essence(&found.content_type)) {
+        return Err(Failure::Api(ApiError::bad_request(
+            "inline_not_allowed",
+            format!(
+                "{} is only offered as an attachment; inline is for images other than SVG, PDFs and plain text",
+                dl::essence(&found.content_type)
+            ),
+        )));
+    }
+    let local;
+    let ingestor = match &ingestor {
+        Some(i) => i.get_ref(),
+        None => {
+            local = postvak_ingest::Ingestor::new(c.svc.cells().clone());
+            &local
+        }
+    };
+    // The content is read even for a 304: content that is gone must not be confirmed as
+    // current to a cache.
+    let bytes = dl::read(&c.ctx, ingestor, found.source)
+        .await
+        .map_err(|e| match e {
+            dl::ReadError::Gone => Failure::Api(
+                ApiError::new(StatusCode::GONE, "file_erased", "File erased")
+                    .with_detail(e.to_string()),
+            ),
+            dl::ReadError::Store(s) => service_error(s.into()),
+        })?;
+    let etag = dl::etag(&hex::encode(Sha256::digest(&bytes)));
+    let cache = ("Cache-Control", "private, no-cache");
+    if let Some(v) = req.headers().get("if-none-match")
+        && dl::none_match(v.to_str().unwrap_or(""), &etag)
+    {
+        return Ok(HttpResponse::NotModified()
+            .insert_header(("ETag", etag))
+            .insert_header(cache)
+            .finish());
+    }
+    let content_type = dl::content_type(&found.content_type, &bytes);
+    let essence = dl::essence(&found.content_type);
+    let mut r = HttpResponse::Ok();
+    r.content_type(content_type)
+        .insert_header(("ETag", etag))
+        .insert_header(cache)
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header((
+            "Content-Disposition",
+            dl::content_disposition(
+                if inline { "inline" } else { "attachment" },
+                &found.filename,
+            ),
+        ));
+    if dl::needs_sandbox(&essence) {
+        r.insert_header(("Content-Security-Policy", dl::SANDBOX_POLICY));
+    }
+    Ok(r.body(bytes))
+}
+
+/// The conversation (as the caller may see it) and the download named in it.
+async fn visible_detail(c: &Call, id: Uuid) -> Result<dto::ConversationDetail, Failure> {
+    c.svc
+        .get_visible(&c.ctx, id, |row| row_role(&c.access, row).is_some())
+        .await
+        .map_err(service_error)
+}
+
+/// The bytes of a file of the conversation: a body, an attachment, an inline image or a
+/// reply's file.
+///
+/// The file is one a message of this conversation names: an inbound message's body
+/// (`text_blob_id`, `html_blob_id`), an attachment or inline image of any message
+/// (`attachment_list[].id`), a reply's file. Same permission as reading the conversation; an
+/// id no message of *this* conversation names answers 404 like a missing conversation.
+/// `Content-Type` is the file's own; every download carries `X-Content-Type-Options:
+/// nosniff` and, except PDFs, `Content-Security-Policy: sandbox; default-src 'none'; …`.
+/// `ETag` is the SHA-256 of the content (strong); `If-None-Match` with it answers 304.
+/// Content that is listed but no longer kept (a reply's files after a contact's erasure, a
+/// destroyed key) answers 410 `file_erased`.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/files/{file_id}", tag = "conversations", security(("bearer" = [])),
+    params(("conversation_id" = Uuid, Path),
+           ("file_id" = Uuid, Path, description = "`text_blob_id`, `html_blob_id` or an `attachment_list[].id` of a message of this conversation"),
+           DownloadQuery,
+           ("If-None-Match" = Option<String>, Header, description = "The ETag of a copy you hold: 304 if it is still current")),
+    responses((status = 200, description = "The file's bytes, with its own Content-Type",
+               content((dto::FileContent = "*/*")),
+               headers(("ETag" = String, description = "SHA-256 (hex) of the content, quoted"),
+                       ("Content-Disposition" = String, description = "`attachment` (or `inline`) with `filename` and `filename*=UTF-8''…`"),
+                       ("Cache-Control" = String, description = "`private, no-cache`"),
+                       ("X-Content-Type-Options" = String, description = "`nosniff`"),
+                       ("Content-Security-Policy" = String, description = "`sandbox; …` on everything but PDFs"))),
+              (status = 304, description = "Not modified: the copy named in If-None-Match is current"),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 410, body = Problem, content_type = "application/problem+json", description = "`file_erased`: listed, but its content is no longer kept")))]
+pub async fn download_file(
+    cells: web::Data<Cells>,
+    dir: web::Data<Directory>,
+    ingestor: Option<web::Data<postvak_ingest::Ingestor>>,
+    auth: Authenticated,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    query: web::Query<DownloadQuery>,
+) -> Result<HttpResponse, Failure> {
+    let c = call(&cells, &dir, auth).await?;
+    let (id, file_id) = path.into_inner();
+    let detail = visible_detail(&c, id).await?;
+    let found = crate::downloads::find_file(&detail, file_id)
+        .ok_or_else(|| Failure::Api(ApiError::not_found()))?;
+    serve(
+        &c,
+        ingestor,
+        &req,
+        found,
+        query.disposition.unwrap_or_default(),
+    )
+    .await
+}
+
+/// The original of an inbound message of the conversation, exactly as it was received.
+///
+/// Served as `message/rfc822` (`attachment; filename="message.eml"`). Replies have none (404). Headers,
+/// permission, 304 and 410 as for files.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/messages/{message_id}/raw", tag = "conversations", security(("bearer" = [])),
+    params(("conversation_id" = Uuid, Path),
+           ("message_id" = Uuid, Path, description = "An inbound message of this conversation"),
+           DownloadQuery,
+           ("If-None-Match" = Option<String>, Header, description = "The ETag of a copy you hold: 304 if it is still current")),
+    responses((status = 200, description = "The message as received",
+               content((dto::FileContent = "message/rfc822")),
+               headers(("ETag" = String, description = "SHA-256 (hex) of the message, quoted"),
+                       ("Content-Disposition" = String, description = "`attachment; filename=\"message.eml\"; …`"),
+                       ("Cache-Control" = String, description = "`private, no-cache`"),
+                       ("X-Content-Type-Options" = String, description = "`nosniff`"),
+                       ("Content-Security-Policy" = String, description = "`sandbox; …`"))),
+              (status = 304, description = "Not modified: the copy named in If-None-Match is current"),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 410, body = Problem, content_type = "application/problem+json", description = "`file_erased`: the original is no longer kept")))]
+pub async fn download_original(
+    cells: web::Data<Cells>,
+    dir: web::Data<Directory>,
+    ingestor: Option<web::Data<postvak_ingest::Ingestor>>,
+    auth: Authenticated,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid)>,
+    query: web::Query<DownloadQuery>,
+) -> Result<HttpResponse, Failure> {
+    let c = call(&cells, &dir, auth).await?;
+    let (id, message_id) = path.into_inner();
+    let detail = visible_detail(&c, id).await?;
+    let found = crate::downloads::find_original(&detail, message_id)
+        .ok_or_else(|| Failure::Api(ApiError::not_found()))?;
+    serve(
+        &c,
+        ingestor,
+        &req,
+        found,
+        query.disposition.unwrap_or_default(),
+    )
+    .await
 }
 
 // ----- changes -----

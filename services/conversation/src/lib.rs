@@ -17,6 +17,7 @@ mod codec;
 pub mod commands;
 pub mod contacts;
 mod delivery;
+mod downloads;
 pub mod drafts;
 pub mod files;
 mod idempotency;

@@ -52,6 +52,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         postvak_conversation::api::list_conversations,
         postvak_conversation::api::create_conversation,
         postvak_conversation::api::get_conversation,
+        postvak_conversation::api::download_file,
+        postvak_conversation::api::download_original,
         postvak_conversation::api::create_reply,
         postvak_conversation::api::create_note,
         postvak_conversation::api::claim_conversation,

@@ -7,6 +7,7 @@
 mod api;
 mod commands;
 mod contacts;
+mod downloads;
 mod drafts;
 mod files;
 mod helpers;
