@@ -177,6 +177,80 @@ pub fn json() -> anyhow::Result<String> {
 mod tests {
     use serde_json::Value;
 
+    /// Every route a service registers (a `route` or `web::resource` call with a literal path
+    /// in its sources) is a path of the document, with its method
+    /// when the registration names one. Exempt: the document itself and `postvak bench`'s
+    /// stand-in identity provider.
+    #[test]
+    fn every_route_is_documented() {
+        fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    sources(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        const EXEMPT: [&str; 3] = [
+            "/openapi.json",
+            "/jwks",
+            "/.well-known/openid-configuration",
+        ];
+        let doc: Value = serde_json::from_str(&super::json().unwrap()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        for service in std::fs::read_dir(&services).unwrap() {
+            let src = service.unwrap().path().join("src");
+            if src.is_dir() {
+                sources(&src, &mut files);
+            }
+        }
+        let mut seen = 0;
+        let mut missing = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for call in [".route(", "web::resource("] {
+                for (at, _) in text.match_indices(call) {
+                    let rest = text[at + call.len()..].trim_start();
+                    let Some(lit) = rest.strip_prefix("\"/") else {
+                        continue;
+                    };
+                    let Some(end) = lit.find('"') else { continue };
+                    let path = format!("/{}", &lit[..end]);
+                    if EXEMPT.contains(&path.as_str()) {
+                        continue;
+                    }
+                    seen += 1;
+                    let after = lit[end..].trim_start_matches(['"', ',', ' ', '\n']);
+                    let method = after
+                        .strip_prefix("web::")
+                        .and_then(|m| m.split_once("()"))
+                        .map(|(m, _)| m);
+                    match (paths.get(&path), method) {
+                        (None, _) => missing.push(format!("{path} ({})", f.display())),
+                        (Some(ops), Some(m)) if ops.get(m).is_none() => {
+                            missing.push(format!("{m} {path} ({})", f.display()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(
+            seen > 50,
+            "only {seen} routes found: is the scan still right?"
+        );
+        missing.sort();
+        assert!(
+            missing.is_empty(),
+            "undocumented routes:\n{}",
+            missing.join("\n")
+        );
+    }
+
     /// Every `allOf` in the document whose parts can all hold at once: a part that forbids
     /// additional properties must name every property the other parts add. (A strict struct
     /// flattened into another — `deny_unknown_fields` + `flatten` — breaks this, and every
