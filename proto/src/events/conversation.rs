@@ -120,6 +120,10 @@ pub struct MessageFileV1 {
     /// An inline part (an image the HTML refers to by `cid:`), not a download.
     #[serde(default)]
     pub inline: bool,
+    /// Inbound: the part's `Content-ID` without `<>` (absent in events written before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
 }
 
 /// `conversation.note_added` v1.

@@ -132,6 +132,10 @@ pub struct MessageAttachment {
     pub sha256: String,
     /// An inline part (an image the HTML refers to by `cid:`), not a download.
     pub inline: bool,
+    /// Inbound: the part's `Content-ID` without `<>`: an HTML body's `cid:<content_id>`
+    /// refers to this file (`GET /v1/conversations/{id}/files/{file id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
 }
 
 /// The bytes of a file of a conversation, exactly as stored (`GET …/files/{file_id}`,

@@ -63,6 +63,7 @@ pub(crate) fn file_v1(f: &MessageFile) -> MessageFileV1 {
         size: f.size,
         sha256: f.sha256.clone(),
         inline: f.inline,
+        content_id: f.content_id.clone(),
     }
 }
 
@@ -74,6 +75,7 @@ pub(crate) fn file(f: &MessageFileV1) -> MessageFile {
         size: f.size,
         sha256: f.sha256.clone(),
         inline: f.inline,
+        content_id: f.content_id.clone(),
     }
 }
 

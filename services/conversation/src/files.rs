@@ -188,6 +188,7 @@ pub async fn store(
             size: f.bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(&f.bytes)),
             inline: false,
+            content_id: None,
         });
     }
     let now = crate::now_us();
@@ -354,6 +355,7 @@ pub(crate) fn attachment_dto(
         size: f.size,
         sha256: f.sha256.clone(),
         inline: f.inline,
+        content_id: f.content_id.clone(),
     }
 }
 

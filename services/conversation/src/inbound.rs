@@ -255,6 +255,7 @@ pub(crate) fn message_of(p: &MessageReceivedV1) -> Message {
                 size: a.blob.size,
                 sha256: a.blob.sha256.clone(),
                 inline: a.inline,
+                content_id: a.content_id.clone(),
             })
             .collect(),
         body_html: None,

@@ -191,6 +191,8 @@ pub struct MessageFile {
     /// SHA-256 (hex) of the content.
     pub sha256: String,
     pub inline: bool,
+    /// Inbound: the part's `Content-ID` (without `<>`), which an HTML body's `cid:` names.
+    pub content_id: Option<String>,
 }
 
 /// A reply as an agent writes it; the aggregate adds the threading headers.

@@ -208,6 +208,7 @@ fn attachments_of(event_type: &str, data: &serde_json::Value) -> Option<Vec<Mess
                 size: f.size,
                 sha256: f.sha256,
                 inline: f.inline,
+                content_id: f.content_id,
             })
             .collect(),
     )

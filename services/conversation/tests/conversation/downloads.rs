@@ -240,6 +240,9 @@ async fn bodies_attachments_inline_images_and_the_original_download_byte_for_byt
         assert_eq!(list.len(), 2, "{backend:?}: {m}");
         let logo = list.iter().find(|a| a["inline"] == true).unwrap();
         let pdf = list.iter().find(|a| a["inline"] == false).unwrap();
+        // The HTML's `cid:` names the inline image's file.
+        assert_eq!(logo["content_id"], "logo@x", "{backend:?}: {logo}");
+        assert!(pdf.get("content_id").is_none(), "{pdf}");
         let logo_path = format!("{base}/files/{}", id(&logo["id"]));
         let got = fetch(&app, &logo_path, &env.alice, &[]).await;
         assert_eq!(got.status, 200, "{backend:?}: {got:?}");
