@@ -89,13 +89,16 @@ pub struct ConversationMessage {
     /// Outbound: the text written. Inbound bodies are blobs of the ingest service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_text: Option<String>,
+    /// Inbound: the text body, at `GET /v1/conversations/{id}/files/{text_blob_id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_blob_id: Option<Uuid>,
+    /// Inbound: the HTML body, at `GET /v1/conversations/{id}/files/{html_blob_id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html_blob_id: Option<Uuid>,
     pub attachments: u32,
     /// The attachments: name, type and size (empty for messages recorded before these were
-    /// kept; `attachments` still counts them).
+    /// kept; `attachments` still counts them). Each one's content is at
+    /// `GET /v1/conversations/{id}/files/{attachment id}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachment_list: Vec<MessageAttachment>,
     /// Outbound: the HTML alternative, when the agent wrote one.
