@@ -15,9 +15,11 @@ use crate::settings::SmtpSettings;
 use crate::smtp::SmtpServer;
 use anyhow::Context;
 use postvak_directory::Directory;
+use postvak_platform::bus::nats::NatsBus;
 use postvak_platform::cell::{Cells, Principal};
 use postvak_platform::crypto::MasterKey;
 use postvak_platform::db::redact_url;
+use postvak_platform::relay::{RelayOptions, run_relay};
 use sqlx::Connection;
 use std::fmt;
 use std::sync::Arc;
@@ -42,6 +44,9 @@ pub struct BenchOptions {
     /// Mails per second of the latency measurement.
     pub rate: u32,
     pub latency: Duration,
+    /// PostgreSQL targets: the NATS server a relay publishes the stored events to, running
+    /// beside the listener as it does in production (its CPU counts). `None`: no relay.
+    pub nats: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -55,6 +60,7 @@ impl Default for BenchOptions {
             throughput: Duration::from_secs(10),
             rate: 200,
             latency: Duration::from_secs(10),
+            nats: Some("nats://127.0.0.1:4222".into()),
         }
     }
 }
@@ -74,6 +80,9 @@ pub struct TargetReport {
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
     pub failures: u64,
+    /// With a relay: events on the JetStream stream at the end, and how long after the last
+    /// 250 the relay had published the whole log.
+    pub relayed: Option<(u64, Duration)>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +123,13 @@ impl fmt::Display for Report {
                 TARGET_P99_MS,
                 ok(t.latency_p99_ms <= TARGET_P99_MS)
             )?;
+            if let Some((events, lag)) = t.relayed {
+                writeln!(
+                    f,
+                    "  relayed to NATS JetStream beside the listener: {events} events, the whole log {:.0} ms after the last 250",
+                    lag.as_secs_f64() * 1e3
+                )?;
+            }
             if t.failures > 0 {
                 writeln!(
                     f,
@@ -243,6 +259,10 @@ async fn bench_target(opts: &BenchOptions, target: &Target) -> anyhow::Result<Ta
     )
     .await?;
     let port = server.port();
+    let relay = match (&target.place, &opts.nats) {
+        (Where::Postgres { .. }, Some(url)) => Some(BenchRelay::start(&cells, url).await?),
+        _ => None,
+    };
     let cancel = CancellationToken::new();
     let handle = tokio::spawn(server.run(cancel.clone()));
     let mails = Arc::new(MailFactory::new());
@@ -336,6 +356,11 @@ async fn bench_target(opts: &BenchOptions, target: &Target) -> anyhow::Result<Ta
     }
     let achieved = lat2.len() as f64 / start.elapsed().as_secs_f64();
     let (lp50, lp99, lmax) = percentiles(&mut lat2);
+    let last_250 = Instant::now();
+    let relayed = match relay {
+        Some(r) => Some(r.drain(&cells, last_250).await?),
+        None => None,
+    };
     cancel.cancel();
     let _ = handle.await;
     for c in cells.all() {
@@ -355,7 +380,79 @@ async fn bench_target(opts: &BenchOptions, target: &Target) -> anyhow::Result<Ta
         latency_p99_ms: lp99,
         latency_max_ms: lmax,
         failures: failures.load(Ordering::Relaxed),
+        relayed,
     })
+}
+
+/// The cell's relay publishing to a scratch JetStream stream (unique prefix, deleted at the
+/// end), as a production PostgreSQL deployment runs it.
+struct BenchRelay {
+    bus: Arc<NatsBus>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<
+        Result<postvak_platform::relay::RelayReport, postvak_platform::relay::RelayError>,
+    >,
+}
+
+impl BenchRelay {
+    async fn start(cells: &Cells, url: &str) -> anyhow::Result<Self> {
+        let prefix = format!(
+            "pvbenchingest{}",
+            &Uuid::new_v4().simple().to_string()[..10]
+        );
+        let bus = NatsBus::connect(url, &prefix, crate::standalone::CELL)
+            .await
+            .with_context(|| {
+                format!("connecting to NATS at {url} for the relay (needs JetStream)")
+            })?;
+        let bus = Arc::new(bus);
+        let store = cells
+            .all()
+            .next()
+            .context("the bench has one cell")?
+            .store
+            .clone();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_relay(
+            store,
+            bus.clone(),
+            RelayOptions::new(crate::standalone::CELL),
+            cancel.clone(),
+        ));
+        Ok(Self { bus, cancel, task })
+    }
+
+    /// Waits (at most a minute) until the stream holds every event of the log, stops the
+    /// relay and deletes the stream: the events and how long after `since` the log was out.
+    async fn drain(self, cells: &Cells, since: Instant) -> anyhow::Result<(u64, Duration)> {
+        let db = cells.all().next().context("the bench has one cell")?.db();
+        let postvak_platform::db::Db::Postgres(pool) = db else {
+            anyhow::bail!("the relay runs on PostgreSQL targets only");
+        };
+        let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await
+            .context("counting the log")?;
+        let deadline = since + Duration::from_secs(60);
+        let name = self.bus.stream_name().to_owned();
+        let result = loop {
+            let mut stream = self.bus.jetstream().get_stream(&name).await?;
+            let on_stream = stream.info().await?.state.messages;
+            if on_stream >= logged as u64 {
+                break Ok((on_stream, since.elapsed()));
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow::anyhow!(
+                    "the relay published {on_stream} of {logged} events within a minute of the last 250"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        self.cancel.cancel();
+        let _ = self.task.await;
+        let _ = self.bus.jetstream().delete_stream(&name).await;
+        result
+    }
 }
 
 type Rx = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Instant>>>;

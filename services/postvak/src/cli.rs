@@ -162,6 +162,10 @@ enum BenchCommand {
         /// Mails per second of the latency measurement.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// NATS server the relay publishes to beside the listener, for PostgreSQL targets as
+        /// in production; `none` measures without a relay.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
     },
     /// Outbound mail to a local SMTP sink and webhook deliveries to a local receiver.
     Notification {
@@ -315,9 +319,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     clients,
                     seconds,
                     rate,
+                    nats,
                 },
         } => {
             let report = postvak_ingest::bench::run(postvak_ingest::bench::BenchOptions {
+                nats: (nats != "none").then_some(nats),
                 targets,
                 clients: clients.max(1),
                 throughput: std::time::Duration::from_secs(seconds.max(1)),

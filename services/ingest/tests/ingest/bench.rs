@@ -26,6 +26,7 @@ async fn bench_runs_on_both_backends() {
             throughput: Duration::from_secs(1),
             rate: 50,
             latency: Duration::from_secs(1),
+            nats: Some(postvak_platform::testkit::nats_url()),
         }
     };
     let report = run(opts).await.unwrap();
@@ -35,4 +36,11 @@ async fn bench_runs_on_both_backends() {
         assert!(t.mails > 0, "{report}");
         assert_eq!(t.failures, 0, "{report}");
     }
+    // PostgreSQL runs with its relay, as in production: every stored event reached JetStream
+    // (more than the mails: the tenant and inbox were created through the log too).
+    let (relayed, _) = report.targets[0]
+        .relayed
+        .expect("the PostgreSQL target has a relay");
+    assert!(relayed > report.targets[0].mails, "{report}");
+    assert!(report.targets[1].relayed.is_none(), "{report}");
 }
