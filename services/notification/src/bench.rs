@@ -16,6 +16,7 @@ use postvak_platform::store::{ExpectedVersion, NewEvent, StreamRef};
 use postvak_proto::events::conversation::{self as cev, MailboxV1, MessageV1, NoteAddedV1};
 use postvak_proto::rest::notification::CreateWebhook;
 use sqlx::Row;
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -62,6 +63,19 @@ pub struct Phase {
     pub p99_ms: f64,
     /// p99 from the append to the consumer's record of it (the rest is the worker's).
     pub recorded_p99_ms: f64,
+    /// Cost per finished item, counted over the phase (see [`Cost`]).
+    pub cost: Cost,
+}
+
+/// What a phase cost per finished item: CPU of this process, and on PostgreSQL the
+/// transactions of the bench's database (`pg_stat_database`) and the CPU of its backends
+/// (`/proc/<pid>/stat` of the server processes serving it; needs the server on this host).
+/// CPU, not wall time, is the guide on a shared machine.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cost {
+    pub process_cpu_ms: f64,
+    pub db_transactions: Option<f64>,
+    pub db_cpu_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +112,25 @@ impl fmt::Display for BenchReport {
                 p.p99_ms,
                 p.recorded_p99_ms,
                 if p.per_sec >= target { "met" } else { "missed" }
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<22} {:>16} {:>18} {:>16}",
+            "cost per item", "process CPU ms", "db transactions", "db CPU ms"
+        )?;
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+        for (name, p) in [
+            ("outbound mail", &self.mail),
+            ("webhook deliveries", &self.webhooks),
+        ] {
+            writeln!(
+                f,
+                "{:<22} {:>16.3} {:>18} {:>16}",
+                name,
+                p.cost.process_cpu_ms,
+                opt(p.cost.db_transactions),
+                opt(p.cost.db_cpu_ms)
             )?;
         }
         Ok(())
@@ -195,6 +228,7 @@ async fn phase(
     kind: Kind,
     inbox: Uuid,
 ) -> Result<Phase, BenchError> {
+    let before = Counters::read(ctx).await;
     let started = Instant::now();
     let mut queued_at = std::collections::HashMap::with_capacity(count);
     // 50 events per conversation stream, appended in batches.
@@ -264,6 +298,7 @@ async fn phase(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let seconds = started.elapsed().as_secs_f64();
+    let cost = Counters::read(ctx).await.cost_since(&before, done);
     latencies.sort_unstable();
     recorded.sort_unstable();
     let pct = |v: &[i64], p: f64| -> f64 {
@@ -281,7 +316,99 @@ async fn phase(
         p50_ms: pct(&latencies, 0.50),
         p99_ms: pct(&latencies, 0.99),
         recorded_p99_ms: pct(&recorded, 0.99),
+        cost,
     })
+}
+
+/// CPU and database counters at one instant.
+struct Counters {
+    /// This process's CPU, clock ticks.
+    process_ticks: Option<u64>,
+    /// `xact_commit + xact_rollback` of the database (PostgreSQL).
+    transactions: Option<i64>,
+    /// CPU ticks of each server process connected to the database (PostgreSQL).
+    backends: HashMap<i32, u64>,
+}
+
+/// utime + stime of a process, in clock ticks (Linux).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(") ")?.1;
+    let mut fields = rest.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Linux reports CPU in ticks of 1/100 s (`USER_HZ`) on every architecture it runs on here.
+const TICK_MS: f64 = 10.0;
+
+impl Counters {
+    async fn read(ctx: &TenantContext) -> Self {
+        let process_ticks = cpu_ticks("self");
+        let (transactions, backends) = match ctx.cell().db() {
+            postvak_platform::db::Db::Postgres(p) => {
+                // The statistics of other backends reach the view when they flush them.
+                let _ = sqlx::query("SELECT pg_stat_force_next_flush()")
+                    .execute(p)
+                    .await;
+                let tx: Option<i64> = sqlx::query(
+                    "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database \
+                     WHERE datname = current_database()",
+                )
+                .fetch_optional(p)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.try_get(0).ok());
+                let pids: Vec<i32> = sqlx::query(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+                )
+                .fetch_all(p)
+                .await
+                .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+                .unwrap_or_default();
+                let backends = pids
+                    .into_iter()
+                    .filter_map(|pid| Some((pid, cpu_ticks(&pid.to_string())?)))
+                    .collect();
+                (tx, backends)
+            }
+            postvak_platform::db::Db::Sqlite(_) => (None, HashMap::new()),
+        };
+        Self {
+            process_ticks,
+            transactions,
+            backends,
+        }
+    }
+
+    /// Per item since `before`. A backend that started meanwhile counts from zero.
+    fn cost_since(&self, before: &Self, items: usize) -> Cost {
+        let n = items.max(1) as f64;
+        let process_cpu_ms = match (self.process_ticks, before.process_ticks) {
+            (Some(a), Some(b)) => a.saturating_sub(b) as f64 * TICK_MS / n,
+            _ => 0.0,
+        };
+        let db_transactions = self
+            .transactions
+            .zip(before.transactions)
+            .map(|(a, b)| (a - b) as f64 / n);
+        let db_cpu_ms = self.transactions.map(|_| {
+            let ticks: u64 = self
+                .backends
+                .iter()
+                .map(|(pid, t)| t.saturating_sub(before.backends.get(pid).copied().unwrap_or(0)))
+                .sum();
+            ticks as f64 * TICK_MS / n
+        });
+        Cost {
+            process_cpu_ms,
+            db_transactions,
+            db_cpu_ms,
+        }
+    }
 }
 
 /// Finished items and their queue-to-done latencies in microseconds: from the commit of the
