@@ -20,7 +20,7 @@
 //! agents, not to customers). Mails and pushes name the conversation and the actor, never the
 //! conversation's content (it stays sealed in the conversation service).
 
-use crate::due::{self, DueItem, Job, Limits};
+use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::settings::OutboundSmtpSettings;
 use crate::{Part, SERVICE, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
@@ -541,10 +541,11 @@ struct PendingNote {
 
 #[async_trait]
 impl Job for Mailer {
-    async fn run(&self, item: DueItem) {
+    async fn run(&self, item: DueItem) -> Option<Settling> {
         if let Err(e) = self.run_user(&item).await {
             tracing::warn!(error = %e, user_id = %item.item_id, "agent notification step failed");
         }
+        None
     }
 }
 

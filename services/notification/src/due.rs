@@ -201,15 +201,25 @@ pub(crate) async fn unschedule(tx: &mut DbTx, kind: &str, item: Uuid) -> Result<
     .map_err(db_error)
 }
 
+/// Resolves when a finished job's outcome is committed (see [`Job::run`]).
+pub(crate) type Settling = futures::future::BoxFuture<'static, ()>;
+
 /// One kind of work.
 #[async_trait]
 pub(crate) trait Job: Send + Sync + 'static {
-    async fn run(&self, item: DueItem);
+    /// Runs `item`. Its slot (lane, tenant, total) is free when this returns. A job that hands
+    /// its outcome to be committed later returns the commit as [`Settling`]: until it
+    /// resolves, the item is not started again (its due row may still be there), but the slot
+    /// already serves other items. `None`: the outcome is committed.
+    async fn run(&self, item: DueItem) -> Option<Settling>;
 }
 
 #[derive(Default)]
 struct InFlight {
+    /// Items running or settling: never started twice.
     items: HashSet<Uuid>,
+    /// Items running (holding a slot).
+    running: usize,
     lanes: HashMap<String, usize>,
     tenants: HashMap<TenantId, usize>,
 }
@@ -237,7 +247,8 @@ impl Limits {
 }
 
 /// Runs due items of `kind` until `cancel` fires. A lane at its limit is skipped, never
-/// waited for, so a slow lane delays only itself.
+/// waited for, so a slow lane delays only itself. The limits count running jobs; an item whose
+/// outcome is still being committed ([`Settling`]) holds no slot but is not started again.
 ///
 /// One query reads a page of due work (16 × `total`, at most 4 × `per_lane` per lane) into a
 /// local backlog; a finished job starts the next eligible item of that backlog without asking
@@ -298,8 +309,11 @@ pub(crate) async fn dispatch(
             () = wake.notified() => read_db = true,
             () = tokio::time::sleep(pause) => read_db = true,
             () = done.notified() => {
-                // A slot is free: the backlog first, the database when it has nothing.
-                read_db = start_eligible(&mut backlog, &state, &job, &done, limits) == 0;
+                // A slot is free: the backlog first, the database when it has nothing for a
+                // slot that is still free (finished jobs' notices coalesce: another may have
+                // taken the slot meanwhile).
+                read_db = start_eligible(&mut backlog, &state, &job, &done, limits) == 0
+                    && slot_free(&state, limits);
             }
         }
     }
@@ -317,31 +331,42 @@ fn start_eligible(
     let (per_tenant, total) = (limits.per_tenant, limits.total);
     let mut started = 0;
     let mut keep = Vec::with_capacity(backlog.len());
-    for item in backlog.drain(..) {
+    // One lock for the walk (the jobs it spawns take it only when they finish).
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut items = backlog.drain(..);
+    for item in items.by_ref() {
         {
-            let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
             if s.items.contains(&item.item_id) {
                 continue;
+            }
+            if s.running >= total {
+                // Every slot is taken: the rest waits as it is.
+                keep.push(item);
+                break;
             }
             let lane_busy =
                 s.lanes.get(&item.lane).copied().unwrap_or(0) >= limits.lane_limit(&item.lane);
             let tenant_busy = s.tenants.get(&item.tenant).copied().unwrap_or(0) >= per_tenant;
-            if s.items.len() >= total || lane_busy || tenant_busy {
+            if lane_busy || tenant_busy {
                 keep.push(item);
                 continue;
             }
             *s.lanes.entry(item.lane.clone()).or_default() += 1;
             *s.tenants.entry(item.tenant).or_default() += 1;
             s.items.insert(item.item_id);
+            s.running += 1;
         }
         started += 1;
         let (job, state, done) = (job.clone(), state.clone(), done.clone());
         tokio::spawn(async move {
             let (id, lane, tenant) = (item.item_id, item.lane.clone(), item.tenant);
-            job.run(item).await;
+            let settling = job.run(item).await;
             {
                 let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-                s.items.remove(&id);
+                s.running = s.running.saturating_sub(1);
+                if settling.is_none() {
+                    s.items.remove(&id);
+                }
                 if let Some(n) = s.tenants.get_mut(&tenant) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
@@ -356,8 +381,139 @@ fn start_eligible(
                 }
             }
             done.notify_one();
+            if let Some(settling) = settling {
+                settling.await;
+                state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .items
+                    .remove(&id);
+            }
         });
     }
+    keep.extend(items);
+    drop(s);
     *backlog = keep;
     started
+}
+
+/// Whether a job could start now if the backlog had one for it.
+fn slot_free(state: &Mutex<InFlight>, limits: Limits) -> bool {
+    state.lock().unwrap_or_else(PoisonError::into_inner).running < limits.total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postvak_platform::testkit;
+    use std::time::Instant;
+
+    /// Starts each item once per run and records it; `held`'s outcome is committed only when
+    /// the test says so, every other item's at once.
+    struct Recorder {
+        db: Db,
+        held: Uuid,
+        release: Arc<Notify>,
+        started: Arc<Mutex<Vec<Uuid>>>,
+    }
+
+    async fn drop_due(db: &Db, tenant: TenantId, item: Uuid) {
+        let mut tx = db.tenant_tx(tenant, true).await.unwrap();
+        unschedule(&mut tx, WEBHOOK, item).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    #[async_trait]
+    impl Job for Recorder {
+        async fn run(&self, item: DueItem) -> Option<Settling> {
+            self.started.lock().unwrap().push(item.item_id);
+            if item.item_id != self.held {
+                drop_due(&self.db, item.tenant, item.item_id).await;
+                return None;
+            }
+            let (db, release) = (self.db.clone(), self.release.clone());
+            Some(Box::pin(async move {
+                release.notified().await;
+                drop_due(&db, item.tenant, item.item_id).await;
+            }))
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A job whose outcome is still being committed frees its slot (the lane's next item runs)
+    /// but is not started again while its due row is still there.
+    #[tokio::test]
+    async fn a_settling_item_frees_its_slot_and_is_not_started_twice() {
+        let (_tmp, url) = testkit::fresh_sqlite_database();
+        let cells = postvak_ingest::standalone::open_cells(&url, testkit::master_key(), true)
+            .await
+            .unwrap();
+        let db = cells.default_cell().db().clone();
+        let tenant = TenantId(Uuid::now_v7());
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        let now = crate::now_us();
+        let mut tx = db.tenant_tx(tenant, true).await.unwrap();
+        schedule(&mut tx, WEBHOOK, first, tenant, "lane", now - 2)
+            .await
+            .unwrap();
+        schedule(&mut tx, WEBHOOK, second, tenant, "lane", now - 1)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(Notify::new());
+        let job: Arc<dyn Job> = Arc::new(Recorder {
+            db: db.clone(),
+            held: first,
+            release: release.clone(),
+            started: started.clone(),
+        });
+        let (wake, cancel) = (Arc::new(Notify::new()), CancellationToken::new());
+        let limits = Limits {
+            per_lane: 1,
+            per_tenant: 1,
+            total: 1,
+            capped_lanes: None,
+        };
+        let dispatcher = tokio::spawn(dispatch(
+            db.clone(),
+            WEBHOOK,
+            job,
+            limits,
+            wake.clone(),
+            cancel.clone(),
+        ));
+        // One slot: the second item runs while the first's outcome is not committed yet.
+        until("the second item", || started.lock().unwrap().len() >= 2).await;
+        assert_eq!(*started.lock().unwrap(), vec![first, second]);
+        // The first item's due row is still there: pages read meanwhile must skip it.
+        for _ in 0..3 {
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(*started.lock().unwrap(), vec![first, second]);
+        release.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = due_items(&db, WEBHOOK, crate::now_us(), 10, 10)
+                .await
+                .unwrap();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "due rows left: {left:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*started.lock().unwrap(), vec![first, second]);
+        cancel.cancel();
+        dispatcher.await.unwrap();
+    }
 }

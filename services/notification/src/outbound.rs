@@ -10,7 +10,7 @@
 //!   been delivered, so it is not resent; it fails with reason `uncertain` for a person to
 //!   decide.
 
-use crate::due::{self, DueItem, Job, Limits};
+use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::relays::{PoolError, RelayPolicy, Relays};
 use crate::settings::DkimAlgorithm;
 use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
@@ -452,11 +452,12 @@ enum Found {
 
 #[async_trait]
 impl Job for Sender {
-    async fn run(&self, item: DueItem) {
+    async fn run(&self, item: DueItem) -> Option<Settling> {
         if let Err(e) = self.send_one(&item).await {
             // The due row stays; the dispatcher tries again.
             tracing::warn!(error = %e, message_id = %item.item_id, "outbound mail step failed");
         }
+        None
     }
 }
 
