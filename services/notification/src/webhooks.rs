@@ -385,21 +385,16 @@ impl FanOut {
         }
         let now = now_us();
         let mut new = Vec::new();
+        // Conversation → inbox as the batch leaves it (the last `opened`/`moved` of each),
+        // written once after the walk.
+        let mut placed: Vec<(Uuid, Uuid)> = Vec::new();
         for a in &announced {
             // Keep conversation → inbox, for subscriptions limited to one inbox.
             if let Some(inbox) = a.named_inbox {
-                on_tx!(tx, |c| sqlx::query(
-                    "INSERT INTO notification_conversations (tenant_id, conversation_id, inbox_id) \
-                     VALUES ($1, $2, $3) \
-                     ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET inbox_id = excluded.inbox_id"
-                )
-                .bind(tenant.0)
-                .bind(a.conversation)
-                .bind(inbox)
-                .execute(c)
-                .await
-                .map(|_| ()))
-                .map_err(store)?;
+                match placed.iter_mut().find(|(c, _)| *c == a.conversation) {
+                    Some(p) => p.1 = inbox,
+                    None => placed.push((a.conversation, inbox)),
+                }
                 inboxes.insert(a.conversation, inbox);
             }
             let Some(name) = event_name(&a.event.event_type) else {
@@ -437,6 +432,9 @@ impl FanOut {
                     body: body.clone(),
                 });
             }
+        }
+        for chunk in placed.chunks(FAN_OUT_CHUNK) {
+            place_conversations(tx, tenant, chunk).await?;
         }
         if new.is_empty() {
             return Ok(0);
@@ -509,6 +507,36 @@ impl FanOut {
         }
         Ok(scheduled)
     }
+}
+
+/// Upserts conversation → inbox for one tenant with one statement; a conversation appears at
+/// most once in `placed` (one statement may not update a row twice).
+async fn place_conversations(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    placed: &[(Uuid, Uuid)],
+) -> Result<(), HandlerError> {
+    if placed.is_empty() {
+        return Ok(());
+    }
+    // The tenant `$1`, two per row after it (ADR 0005).
+    let rows = (0..placed.len())
+        .map(|i| format!("($1, ${}, ${})", 2 + i * 2, 3 + i * 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO notification_conversations (tenant_id, conversation_id, inbox_id) \
+         VALUES {rows} \
+         ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET inbox_id = excluded.inbox_id"
+    );
+    on_tx!(tx, |c| {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(tenant.0);
+        for (conversation, inbox) in placed {
+            q = q.bind(*conversation).bind(*inbox);
+        }
+        q.execute(c).await.map(|_| ())
+    })
+    .map_err(|e| HandlerError::Store(db_error(e)))
 }
 
 /// `$first, $first+1, …` (`n` of them), for an `IN (…)` list.

@@ -296,3 +296,99 @@ async fn events_appended_together_carry_the_inbox_of_their_moment() {
         assert_eq!(all.bad_signatures() + only_sales.bad_signatures(), 0);
     }
 }
+
+/// The fan-out records where a batch leaves each conversation with one statement: a
+/// conversation moved twice in one batch is in the second inbox for the events that follow.
+#[tokio::test]
+async fn a_conversation_moved_twice_in_one_batch_is_announced_in_its_last_inbox() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        env.start_notification(NotificationSettings {
+            webhooks: WebhookSettings {
+                timeout_ms: 2_000,
+                retry_base_ms: 100,
+                retry_max_ms: 300,
+                allow_private: vec!["127.0.0.1/32".into()],
+                ..WebhookSettings::default()
+            },
+            ..Default::default()
+        });
+        let app = env.spawn_app().await;
+        let t = &env.acme;
+        let mut inboxes = Vec::new();
+        for (name, address) in [
+            ("Sales", "sales@acme.test"),
+            ("Billing", "billing@acme.test"),
+        ] {
+            let inbox = env
+                .directory
+                .create_inbox(&t.ctx, name, &[address.to_owned()])
+                .await
+                .unwrap();
+            inboxes.push(inbox.id);
+        }
+        let (sales, billing) = (inboxes[0], inboxes[1]);
+        let receiver = Receiver::start(Mode::Accept, env.cancel.clone()).await;
+        let resp = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &t.admin,
+                Some(json!({"url": receiver.url, "events": ["convo.note.created"]})),
+            )
+            .await;
+        assert_eq!(resp.status, 201, "{:?}", resp.body);
+        receiver.set_secret(resp.body["secret"].as_str().unwrap());
+        let d = env
+            .deliver(
+                t,
+                &mail(&t.address, "twice@example.org", "Twice", "", "Hi."),
+            )
+            .await;
+        let id = d.conversation_id;
+        let to = |to_inbox| ConversationCommand::Move {
+            to_inbox,
+            members: vec![],
+            by: Actor::Admin(t.admin.id),
+            at_us: now_us(),
+        };
+        let note = |note_id| ConversationCommand::AddNote {
+            note_id,
+            body: "internal".into(),
+            mentions: vec![],
+            by: Actor::Admin(t.admin.id),
+            at_us: now_us(),
+        };
+        let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        env.service
+            .change(&t.ctx, id, None, |_| {
+                Ok(vec![to(sales), to(billing), note(first)])
+            })
+            .await
+            .unwrap();
+        // Once the first note is delivered its batch is committed; the second note (a batch
+        // of its own, naming no inbox) is announced with the inbox stored for the conversation.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while receiver.received().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        env.service
+            .change(&t.ctx, id, None, |_| Ok(vec![note(second)]))
+            .await
+            .unwrap();
+        while receiver.received().len() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let inbox_of = |n: uuid::Uuid| {
+            receiver
+                .received()
+                .into_iter()
+                .find(|x| x.body["data"]["event"]["note_id"] == n.to_string())
+                .map(|x| x.body["data"]["inbox_id"].clone())
+        };
+        let billing = Some(json!(billing.to_string()));
+        assert_eq!(inbox_of(first), billing, "{backend:?}");
+        assert_eq!(inbox_of(second), billing, "{backend:?}");
+        assert_eq!(receiver.bad_signatures(), 0);
+    }
+}
