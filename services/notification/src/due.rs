@@ -252,9 +252,10 @@ impl Limits {
 ///
 /// One query reads a page of due work (16 × `total`, at most 4 × `per_lane` per lane) into a
 /// local backlog; a finished job starts the next eligible item of that backlog without asking
-/// the database again. The page is read again only when the backlog holds nothing startable,
-/// when new work is announced (`wake`), or after a pause — not once per finished job, which
-/// made the dispatcher's own query the bottleneck at a few thousand jobs per second.
+/// the database again. The page is read again only when the backlog holds nothing startable
+/// for a free slot, when new work is announced (`wake`) while a slot is free or the backlog is
+/// empty, or after a pause — not once per finished job, which made the dispatcher's own query
+/// (a sort of every due row of the kind) the bottleneck at a few thousand jobs per second.
 pub(crate) async fn dispatch(
     db: Db,
     kind: &'static str,
@@ -306,7 +307,10 @@ pub(crate) async fn dispatch(
         }
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = wake.notified() => read_db = true,
+            // New work: read at once if a slot could take it; with every slot taken, the
+            // backlog is drawn first (the page is in due order, so the new work would come
+            // after it) and the page read when the backlog has nothing for a free slot.
+            () = wake.notified() => read_db = backlog.is_empty() || slot_free(&state, limits),
             () = tokio::time::sleep(pause) => read_db = true,
             () = done.notified() => {
                 // A slot is free: the backlog first, the database when it has nothing for a
