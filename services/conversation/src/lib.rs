@@ -532,7 +532,7 @@ impl Conversations {
     ) -> Result<Option<projection::ConversationRow>, ServiceError> {
         let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
         let row = projection::get(&mut tx, ctx.tenant(), id).await?;
-        tx.commit().await?;
+        tx.end_read();
         Ok(row)
     }
 
@@ -587,7 +587,7 @@ impl Conversations {
         } else {
             Vec::new()
         };
-        tx.commit().await?;
+        tx.end_read();
         if !hit {
             details().put(key, (row.version, Instant::now(), thread.clone()));
         }
@@ -612,7 +612,7 @@ impl Conversations {
         let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
         let messages =
             projection::messages(&mut tx, t, id, i64::try_from(after).unwrap_or(i64::MAX)).await?;
-        tx.commit().await?;
+        tx.end_read();
         let mut out = Vec::with_capacity(messages.len());
         for m in &messages {
             out.push(projection::message_dto(keyring, t, m).await?);
@@ -662,7 +662,7 @@ impl Conversations {
             }
             batch = (batch * 2).min(400);
         }
-        tx.commit().await?;
+        tx.end_read();
         let next_cursor = if more {
             rows.last().map(|r| {
                 projection::Cursor {

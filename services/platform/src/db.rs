@@ -293,6 +293,14 @@ impl DbTx {
         }
         .map_err(db_error)
     }
+
+    /// Ends a transaction that only read. It is rolled back, which for a read is the same as a
+    /// commit, but without a round trip of its own: the `ROLLBACK` is queued on the connection
+    /// and goes out with the pool's check of the connection on release, after the response
+    /// is on its way (ADR 0029).
+    pub fn end_read(self) {
+        drop(self);
+    }
 }
 
 /// Runs the same statement on either backend's transaction: `on_tx!(tx, |c| sqlx::query(SQL)
