@@ -148,19 +148,6 @@ pub(crate) async fn read(
         .ok_or(ReadError::Gone)
 }
 
-/// An RFC 6838 `type/subtype` name token.
-fn token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 127
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#' | b'$' | b'&' | b'-' | b'^' | b'_' | b'.' | b'+'
-                )
-        })
-}
-
 /// The `type/subtype` of a stored type, lower case; `application/octet-stream` for anything
 /// that is not a well-formed type (inbound types come from the sender).
 pub(crate) fn essence(stored: &str) -> String {
@@ -171,7 +158,7 @@ pub(crate) fn essence(stored: &str) -> String {
         .trim()
         .to_ascii_lowercase();
     match e.split_once('/') {
-        Some((t, sub)) if token(t) && token(sub) => e,
+        Some((t, sub)) if crate::files::token(t) && crate::files::token(sub) => e,
         _ => "application/octet-stream".into(),
     }
 }

@@ -78,7 +78,8 @@ pub struct NewFile {
     pub bytes: Vec<u8>,
 }
 
-fn token(s: &str) -> bool {
+/// An RFC 6838 `type/subtype` name token.
+pub(crate) fn token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 127
         && s.bytes().all(|b| {
