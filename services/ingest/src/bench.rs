@@ -425,29 +425,33 @@ impl BenchRelay {
     /// Waits (at most a minute) until the stream holds every event of the log, stops the
     /// relay and deletes the stream: the events and how long after `since` the log was out.
     async fn drain(self, cells: &Cells, since: Instant) -> anyhow::Result<(u64, Duration)> {
-        let db = cells.all().next().context("the bench has one cell")?.db();
-        let postvak_platform::db::Db::Postgres(pool) = db else {
-            anyhow::bail!("the relay runs on PostgreSQL targets only");
-        };
-        let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(pool)
-            .await
-            .context("counting the log")?;
         let deadline = since + Duration::from_secs(60);
         let name = self.bus.stream_name().to_owned();
-        let result = loop {
+        // An error still stops the relay and deletes the stream below.
+        let result = async {
+            let db = cells.all().next().context("the bench has one cell")?.db();
+            let postvak_platform::db::Db::Postgres(pool) = db else {
+                anyhow::bail!("the relay runs on PostgreSQL targets only");
+            };
+            let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+                .fetch_one(pool)
+                .await
+                .context("counting the log")?;
             let mut stream = self.bus.jetstream().get_stream(&name).await?;
-            let on_stream = stream.info().await?.state.messages;
-            if on_stream >= logged as u64 {
-                break Ok((on_stream, since.elapsed()));
+            loop {
+                let on_stream = stream.info().await?.state.messages;
+                if on_stream >= logged as u64 {
+                    return Ok((on_stream, since.elapsed()));
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!(
+                        "the relay published {on_stream} of {logged} events within a minute of the last 250"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if Instant::now() > deadline {
-                break Err(anyhow::anyhow!(
-                    "the relay published {on_stream} of {logged} events within a minute of the last 250"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        }
+        .await;
         self.cancel.cancel();
         let _ = self.task.await;
         let _ = self.bus.jetstream().delete_stream(&name).await;
