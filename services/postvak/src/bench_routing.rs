@@ -333,7 +333,8 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
 
     // Warm-up: one mail all the way (consumers created, caches filled); not counted.
     let mut warm = BenchClient::connect(smtp).await?;
-    send(&mut warm, &mail(u64::MAX)).await?;
+    let bodies = Arc::new(bodies());
+    send(&mut warm, &mail(u64::MAX, &bodies)).await?;
     wait_for(&timeline, &[u64::MAX], Duration::from_secs(60))
         .await
         .context("the warm-up mail was not assigned within 60 s")?;
@@ -354,7 +355,12 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
     let refused: Refusals = Arc::default();
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..opts.connections.max(1) {
-        let (rx, timeline, refused) = (rx.clone(), timeline.clone(), refused.clone());
+        let (rx, timeline, refused, bodies) = (
+            rx.clone(),
+            timeline.clone(),
+            refused.clone(),
+            bodies.clone(),
+        );
         let mut client = BenchClient::connect(smtp).await?;
         senders.spawn(async move {
             loop {
@@ -362,7 +368,7 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
                 let Some((n, due)) = next else {
                     return anyhow::Ok(());
                 };
-                match send(&mut client, &mail(n)).await {
+                match send(&mut client, &mail(n, &bodies)).await {
                     Ok(()) => {
                         let now = Instant::now();
                         if let Ok(mut t) = timeline.lock() {
@@ -671,15 +677,29 @@ async fn watch(
     Ok(())
 }
 
-fn mail(n: u64) -> Vec<u8> {
+/// Bench mail `n`: its own subject (how the watcher matches it to its 250) and Message-ID,
+/// with one of [`BODIES`] realistic bodies (the ingest bench's: 2–50 KB, the word mix of real
+/// mail, a fifth with an attachment), since what the body holds is what the conversation
+/// service indexes (ADR 0026) before routing sees the conversation.
+fn mail(n: u64, bodies: &[String]) -> Vec<u8> {
     let id = Uuid::new_v4();
-    format!(
+    let body = &bodies[(n % bodies.len() as u64) as usize];
+    let mut m = format!(
         "From: Customer {n} <customer{n}@example.org>\r\nTo: {ADDRESS}\r\n\
          Subject: {SUBJECT}{n}\r\nMessage-ID: <{id}@example.org>\r\n\
-         Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
-         Hello, this is mail {n} of the routing bench. Please help.\r\n"
-    )
-    .into_bytes()
+         Date: Fri, 27 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+    );
+    m.push_str(body);
+    m.into_bytes()
+}
+
+/// Body variants the mails cycle through (made before the clock starts).
+const BODIES: u64 = 64;
+
+fn bodies() -> Vec<String> {
+    (0..BODIES)
+        .map(|v| postvak_ingest::bench::mime_body(v.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xb0d1))
+        .collect()
 }
 
 /// One mail to the bench inbox over `client` (the ingest bench's SMTP client).
