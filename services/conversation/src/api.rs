@@ -628,7 +628,7 @@ pub async fn list_conversations(
 }
 
 /// The blind-index terms of a search query.
-async fn search_terms(c: &Call, text: &str) -> Result<Vec<Vec<u8>>, Failure> {
+async fn search_terms(c: &Call, text: &str) -> Result<Vec<i64>, Failure> {
     let terms = core::parse_search(text)
         .map_err(|e| Failure::Api(ApiError::bad_request("invalid_search", e.to_string())))?;
     let keyring = c.ctx.cell().store.keyring();

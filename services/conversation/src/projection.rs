@@ -17,43 +17,78 @@ use postvak_proto::rest::conversation as dto;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use uuid::Uuid;
 
 /// Blind-index purposes of the search index: whole words and their prefixes.
 pub(crate) const SEARCH_WORD: &str = "conversation.search.word";
 pub(crate) const SEARCH_PREFIX: &str = "conversation.search.prefix";
-/// Bytes of the HMAC kept per term: collisions within one tenant are negligible at 128 bits.
-const TERM_BYTES: usize = 16;
 
-/// The stored term of `word` under `purpose`.
+/// The stored term of `word` under `purpose`: the first 8 bytes of its blind index, read
+/// big-endian (collisions within one tenant are negligible at 64 bits: a query term matching
+/// another word needs one of ~2^64 values to be hit by a tenant's few million distinct words).
 pub(crate) async fn search_term(
     keyring: &Keyring,
     tenant: TenantId,
     purpose: &str,
     word: &str,
-) -> Result<Vec<u8>, StoreError> {
+) -> Result<i64, StoreError> {
     let mac = keyring
         .blind_index(tenant, purpose, word.as_bytes())
         .await?;
-    Ok(mac[..TERM_BYTES].to_vec())
+    Ok(term_of(&mac))
 }
 
-/// Adds the terms of `text`'s words and their prefixes to `out`.
+fn term_of(mac: &[u8; 32]) -> i64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&mac[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// The terms of `text`'s words and their prefixes, sorted and distinct (each index keyed once:
+/// a body brings hundreds of words and more prefixes).
 async fn search_terms(
     keyring: &Keyring,
     tenant: TenantId,
     text: &str,
-    out: &mut BTreeSet<Vec<u8>>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<i64>, StoreError> {
+    let words = postvak_core::conversation::search_words(text);
+    if words.is_empty() {
+        return Ok(Vec::new());
+    }
+    let word_index = keyring.blind_indexer(tenant, SEARCH_WORD).await?;
+    let prefix_index = keyring.blind_indexer(tenant, SEARCH_PREFIX).await?;
     let mut prefixes = BTreeSet::new();
-    for word in postvak_core::conversation::search_words(text) {
+    let mut out = Vec::with_capacity(words.len() * 4);
+    for word in words {
         prefixes.extend(postvak_core::conversation::search_prefixes(&word));
-        out.insert(search_term(keyring, tenant, SEARCH_WORD, &word).await?);
+        out.push(term_of(&word_index.index(word.as_bytes())));
     }
-    for p in prefixes {
-        out.insert(search_term(keyring, tenant, SEARCH_PREFIX, &p).await?);
+    out.extend(
+        prefixes
+            .into_iter()
+            .map(|p| term_of(&prefix_index.index(p.as_bytes()))),
+    );
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// A document's terms as SQLite's FTS5 table takes them: 16 hex digits each.
+fn fts_terms(terms: &[i64]) -> String {
+    let mut s = String::with_capacity(terms.len() * 17);
+    for t in terms {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        let _ = write!(s, "{:016x}", *t as u64);
     }
-    Ok(())
+    s
+}
+
+/// One term of a query as an FTS5 match expression.
+fn fts_match(term: i64) -> String {
+    format!("{:016x}", term as u64)
 }
 
 /// Binds a consumer's (tenant-less) transaction to a tenant, arming row-level security.
@@ -94,8 +129,8 @@ pub(crate) struct Prepared {
     messages: Vec<MessageRow>,
     notes: Vec<(Uuid, u64, i64, Vec<u8>, Uuid)>,
     merged_from: Vec<Uuid>,
-    /// Blind-index terms of the words the events add (see [`search_terms`]).
-    search: BTreeSet<Vec<u8>>,
+    /// Search documents the events add: (message or note id, its terms; see [`search_terms`]).
+    search: Vec<(Uuid, Vec<i64>)>,
     conversation_id: Uuid,
     /// The change starts the stream: there is no row to update in place.
     first: bool,
@@ -141,7 +176,7 @@ pub(crate) async fn prepare(
     let mut messages = Vec::new();
     let mut notes = Vec::new();
     let mut merged_from = Vec::new();
-    let mut search = BTreeSet::new();
+    let mut search = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let version = first_version + i as u64;
         match e {
@@ -175,7 +210,7 @@ pub(crate) async fn prepare(
                     &m.search_words.join(" "),
                 ]
                 .join("\n");
-                search_terms(keyring, tenant, &text, &mut search).await?;
+                search.push((m.message_id, search_terms(keyring, tenant, &text).await?));
                 messages.push((
                     m.message_id,
                     direction.as_str(),
@@ -209,7 +244,7 @@ pub(crate) async fn prepare(
                     )
                     .await?;
                 notes.push((*note_id, version, *at_us, sealed, key));
-                search_terms(keyring, tenant, body, &mut search).await?;
+                search.push((*note_id, search_terms(keyring, tenant, body).await?));
             }
             ConversationEvent::MergedFrom { source, .. } => {
                 merged_from.push(source.conversation_id);
@@ -289,8 +324,55 @@ pub(crate) async fn prepare(
     })
 }
 
-/// Terms per multi-row insert (well below SQLite's bound-parameter limit).
-const SEARCH_INSERT_CHUNK: usize = 200;
+/// Indexes one document (a message or note of `conv`) once: a replay finds it there and adds
+/// nothing (nor moves it back from a merge target).
+async fn write_search_doc(
+    tx: &mut DbTx,
+    t: Uuid,
+    conv: Uuid,
+    doc: Uuid,
+    terms: &[i64],
+) -> Result<(), StoreError> {
+    if terms.is_empty() {
+        return Ok(());
+    }
+    match tx {
+        DbTx::Postgres(c) => {
+            sqlx::query(
+                "INSERT INTO conversation_search_docs (tenant_id, doc_id, conversation_id, terms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, doc_id) DO NOTHING",
+            )
+            .bind(t)
+            .bind(doc)
+            .bind(conv)
+            .bind(terms)
+            .execute(&mut **c)
+            .await
+            .map_err(db_error)?;
+        }
+        DbTx::Sqlite(c) => {
+            let rowid: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO conversation_search_docs (tenant_id, doc_id, conversation_id) \
+                 VALUES ($1, $2, $3) ON CONFLICT (tenant_id, doc_id) DO NOTHING RETURNING doc_rowid",
+            )
+            .bind(t)
+            .bind(doc)
+            .bind(conv)
+            .fetch_optional(&mut **c)
+            .await
+            .map_err(db_error)?;
+            if let Some(rowid) = rowid {
+                sqlx::query("INSERT INTO conversation_search_fts (rowid, terms) VALUES ($1, $2)")
+                    .bind(rowid)
+                    .bind(fts_terms(terms))
+                    .execute(&mut **c)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Writes a prepared change inside `tx` (bound to `tenant`). Idempotent.
 pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Result<(), StoreError> {
@@ -331,42 +413,15 @@ pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Resu
         .map(|_| ()))
         .map_err(db_error)?;
     }
-    let terms: Vec<&Vec<u8>> = p.search.iter().collect();
-    for chunk in terms.chunks(SEARCH_INSERT_CHUNK) {
-        let values = (0..chunk.len())
-            .map(|i| format!("($1, $2, ${})", i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = sqlx::AssertSqlSafe(format!(
-            "INSERT INTO conversation_search (tenant_id, conversation_id, term) VALUES {values} \
-             ON CONFLICT (tenant_id, term, conversation_id) DO NOTHING"
-        ));
-        on_tx!(&mut *tx, |c| {
-            let mut q = sqlx::query(sql).bind(t).bind(conv);
-            for term in chunk {
-                q = q.bind(term.as_slice());
-            }
-            q.execute(c).await.map(|_| ())
-        })
-        .map_err(db_error)?;
+    for (doc, terms) in &p.search {
+        write_search_doc(tx, t, conv, *doc, terms).await?;
     }
     for source in &p.merged_from {
-        // The merged conversation's words now find the target.
-        on_tx!(&mut *tx, |c| sqlx::query(
-            "INSERT INTO conversation_search (tenant_id, conversation_id, term) \
-             SELECT tenant_id, $1, term FROM conversation_search WHERE tenant_id = $2 AND conversation_id = $3 \
-             ON CONFLICT (tenant_id, term, conversation_id) DO NOTHING"
-        )
-        .bind(conv)
-        .bind(t)
-        .bind(source)
-        .execute(c)
-        .await
-        .map(|_| ()))
-        .map_err(db_error)?;
         for sql in [
             "UPDATE conversation_messages SET conversation_id = $1 WHERE tenant_id = $2 AND conversation_id = $3",
             "UPDATE conversation_notes SET conversation_id = $1 WHERE tenant_id = $2 AND conversation_id = $3",
+            // The merged conversation's words now find the target, as its messages moved.
+            "UPDATE conversation_search_docs SET conversation_id = $1 WHERE tenant_id = $2 AND conversation_id = $3",
         ] {
             on_tx!(&mut *tx, |c| sqlx::query(sql)
                 .bind(conv)
@@ -692,7 +747,7 @@ pub(crate) struct ListFilter {
     pub updated_since_us: Option<i64>,
     pub include_merged: bool,
     /// Blind-index terms that must all be present (a search).
-    pub search: Vec<Vec<u8>>,
+    pub search: Vec<i64>,
 }
 
 /// Position after which a page starts: `(updated_us, conversation_id)`, newest first.
@@ -733,7 +788,8 @@ pub(crate) async fn list(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<ConversationRow>, StoreError> {
-    let (sql, args) = list_sql(tenant, f, after, limit);
+    let fts = matches!(tx, DbTx::Sqlite(_));
+    let (sql, args) = list_sql(tenant, f, after, limit, fts);
     let sql = sqlx::AssertSqlSafe(sql);
     on_tx!(tx, |c| {
         let mut q = sqlx::query(sql);
@@ -743,7 +799,6 @@ pub(crate) async fn list(
                 Arg::Bool(v) => q.bind(*v),
                 Arg::Int(v) => q.bind(*v),
                 Arg::Text(v) => q.bind(v.as_str()),
-                Arg::Bytes(v) => q.bind(v.as_slice()),
             };
         }
         q.fetch_all(c)
@@ -760,7 +815,6 @@ enum Arg {
     Bool(bool),
     Int(i64),
     Text(String),
-    Bytes(Vec<u8>),
 }
 
 /// The list query for exactly the filters given, newest change first.
@@ -772,7 +826,17 @@ enum Arg {
 /// copied from the conversation), else the participant's (`conversation_participants_recent`),
 /// else the tenant's (`conversations_recent`), and stops after `limit` rows. The cursor is a
 /// row-value comparison on the walked index's columns.
-fn list_sql(tenant: TenantId, f: &ListFilter, after: Cursor, limit: i64) -> (String, Vec<Arg>) {
+///
+/// A search term is found through the inverted index of the search documents: GIN on
+/// PostgreSQL, FTS5 on SQLite (`fts`). A conversation matches when each term is in one of its
+/// documents (not necessarily the same one).
+fn list_sql(
+    tenant: TenantId,
+    f: &ListFilter,
+    after: Cursor,
+    limit: i64,
+    fts: bool,
+) -> (String, Vec<Arg>) {
     let mut args: Vec<Arg> = Vec::new();
     let mut p = |a: Arg| {
         args.push(a);
@@ -843,11 +907,20 @@ fn list_sql(tenant: TenantId, f: &ListFilter, after: Cursor, limit: i64) -> (Str
         conds.push("c.merged_into IS NULL".into());
     }
     for term in &f.search {
-        conds.push(format!(
-            "c.conversation_id IN (SELECT s.conversation_id FROM conversation_search s \
-             WHERE s.tenant_id = {t} AND s.term = {})",
-            p(Arg::Bytes(term.clone()))
-        ));
+        conds.push(if fts {
+            format!(
+                "c.conversation_id IN (SELECT d.conversation_id FROM conversation_search_docs d \
+                 WHERE d.tenant_id = {t} AND d.doc_rowid IN (SELECT rowid FROM conversation_search_fts \
+                 WHERE conversation_search_fts MATCH {}))",
+                p(Arg::Text(fts_match(*term)))
+            )
+        } else {
+            format!(
+                "c.conversation_id IN (SELECT d.conversation_id FROM conversation_search_docs d \
+                 WHERE d.tenant_id = {t} AND d.terms @> ARRAY[{}::bigint])",
+                p(Arg::Int(*term))
+            )
+        });
     }
     let (us, id) = (p(Arg::Int(after.updated_us)), p(Arg::Uuid(after.id)));
     conds.push(format!(
@@ -860,6 +933,23 @@ fn list_sql(tenant: TenantId, f: &ListFilter, after: Cursor, limit: i64) -> (Str
         conds.join(" AND ")
     );
     (sql, args)
+}
+
+/// The version of a conversation's row, if it has one.
+pub(crate) async fn version(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = on_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT version FROM conversations WHERE tenant_id = $1 AND conversation_id = $2"
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .fetch_optional(c)
+    .await)
+    .map_err(db_error)?;
+    Ok(v.map(|v| u64::try_from(v).unwrap_or(0)))
 }
 
 pub(crate) async fn get(

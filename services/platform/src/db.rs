@@ -118,6 +118,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "ingest_blob_gc",
         include_str!("../../../migrations/postgres/0022_ingest_blob_gc.sql"),
     ),
+    (
+        23,
+        "search_documents",
+        include_str!("../../../migrations/postgres/0023_search_documents.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -221,6 +226,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         22,
         "ingest_blob_gc",
         include_str!("../../../migrations/sqlite/0022_ingest_blob_gc.sql"),
+    ),
+    (
+        23,
+        "search_documents",
+        include_str!("../../../migrations/sqlite/0023_search_documents.sql"),
     ),
 ];
 
@@ -451,6 +461,16 @@ pub async fn connect(url: &str, opts: &DbOptions) -> Result<Db, StoreError> {
 
 /// Runs pending migrations as the connecting (owner) user. Idempotent.
 pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    migrate_up_to(url, i64::MAX).await
+}
+
+/// [`migrate`], stopping after migration `last`: for tests of a migration over data the
+/// schema before it held.
+#[doc(hidden)]
+pub async fn migrate_up_to(url: &str, last: i64) -> Result<(), StoreError> {
+    let upto = |list: &'static [(i64, &'static str, &'static str)]| {
+        &list[..list.iter().take_while(|(v, _, _)| *v <= last).count()]
+    };
     match kind_of(url)? {
         DbKind::Postgres => {
             let mut conn = PgConnectOptions::from_str(url)
@@ -465,7 +485,7 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
                         redact_url(url)
                     ))
                 })?;
-            migrator(POSTGRES_MIGRATIONS)
+            migrator(upto(POSTGRES_MIGRATIONS))
                 .run(&mut conn)
                 .await
                 .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -476,7 +496,7 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
                 .connect()
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("cannot open {url}: {e}")))?;
-            migrator(SQLITE_MIGRATIONS)
+            migrator(upto(SQLITE_MIGRATIONS))
                 .run(&mut conn)
                 .await
                 .map_err(|e| StoreError::Migration(e.to_string()))?;

@@ -4,6 +4,7 @@
 mod bus;
 mod command;
 mod consumer;
+mod migrations;
 mod relay;
 mod store_bench;
 mod store_conformance;
