@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Durable consumer names.
 pub const INGEST_CONSUMER: &str = "conversation-inbound";
@@ -104,6 +105,11 @@ impl EventHandler for InboundHandler {
         INGEST_CONSUMER
     }
 
+    /// Its writes go through the transaction only: a fetch commits once (ADR 0030).
+    fn batch_transactions(&self) -> bool {
+        true
+    }
+
     fn stream_types(&self) -> Vec<String> {
         vec![iev::STREAM_INBOUND_MESSAGE.to_owned()]
     }
@@ -142,6 +148,11 @@ struct ProjectionHandler {
 impl EventHandler for ProjectionHandler {
     fn name(&self) -> &str {
         PROJECTION_CONSUMER
+    }
+
+    /// Its writes go through the transaction only: a fetch commits once (ADR 0030).
+    fn batch_transactions(&self) -> bool {
+        true
     }
 
     fn stream_types(&self) -> Vec<String> {
@@ -335,11 +346,28 @@ impl Conversations {
 
 /// Replays `event`'s stream up to it and writes the read model (for the projection consumer
 /// and rebuilds).
+///
+/// Every conversation event is appended together with its read model, in one transaction
+/// (`commit_staged`, `conversation.apply`, the seeder): a row at this event's version or later
+/// already holds it, and the event is skipped without reading the stream, opening its events,
+/// sealing the row again or computing its search terms (on a realistic body, thousands of
+/// HMACs). A rebuild starts from empty tables, so it writes everything.
 pub(crate) async fn project_from_log(
     store: &dyn postvak_platform::store::EventStore,
     tx: &mut DbTx,
     event: &RecordedEvent,
 ) -> Result<(), StoreError> {
+    projection::bind_tenant(tx, event.tenant_id).await?;
+    if let Some(id) = event
+        .stream_id
+        .strip_prefix("conv-")
+        .and_then(|s| Uuid::parse_str(s).ok())
+        && projection::version(tx, event.tenant_id, id)
+            .await?
+            .is_some_and(|v| v >= event.stream_version)
+    {
+        return Ok(());
+    }
     let stream = StreamRef::new(event.stream_type.clone(), event.stream_id.clone());
     let history = store.read_stream(event.tenant_id, &stream, 1).await?;
     let mut state = Conversation::default();
@@ -363,6 +391,5 @@ pub(crate) async fn project_from_log(
         std::slice::from_ref(&this),
     )
     .await?;
-    projection::bind_tenant(tx, event.tenant_id).await?;
     projection::write(tx, event.tenant_id, &prepared).await
 }
