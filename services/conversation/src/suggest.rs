@@ -655,6 +655,11 @@ impl EventHandler for SuggestHandler {
         SUGGEST_CONSUMER
     }
 
+    /// Its writes go through the transaction only: a fetch commits once (ADR 0030).
+    fn batch_transactions(&self) -> bool {
+        true
+    }
+
     fn committed(&self) {
         self.wake.committed();
     }

@@ -73,6 +73,11 @@ impl EventHandler for MetricsProjection {
         CONSUMER
     }
 
+    /// Its writes go through the transaction only: a fetch commits once (ADR 0030).
+    fn batch_transactions(&self) -> bool {
+        true
+    }
+
     fn stream_types(&self) -> Vec<String> {
         STREAMS.iter().map(|s| (*s).to_owned()).collect()
     }

@@ -291,6 +291,11 @@ impl EventHandler for TimerScheduler {
         SCHEDULER
     }
 
+    /// Its writes go through the transaction only: a fetch commits once (ADR 0030).
+    fn batch_transactions(&self) -> bool {
+        true
+    }
+
     fn stream_types(&self) -> Vec<String> {
         vec![
             cev::STREAM_CONVERSATION.to_owned(),

@@ -78,6 +78,11 @@ impl EventHandler for ContactsHandler {
         CONTACTS_CONSUMER
     }
 
+    /// Its writes go through the transaction only: a fetch commits once (ADR 0030).
+    fn batch_transactions(&self) -> bool {
+        true
+    }
+
     fn committed(&self) {
         self.wake.committed();
     }
