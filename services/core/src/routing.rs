@@ -326,6 +326,12 @@ fn within(elapsed_us: Option<i64>, at_least_min: Option<u64>, at_most_min: Optio
 }
 
 impl Condition {
+    /// Whether [`Condition::holds`] looks at [`Facts::body`]: only then need the body be
+    /// read (a mail's text can be 50 KB in a sealed blob).
+    pub fn reads_body(&self) -> bool {
+        matches!(self, Self::BodyWords(_) | Self::BodyRegex(_))
+    }
+
     pub fn holds(&self, f: &Facts) -> bool {
         let from = f.from.as_deref().map(lower);
         match self {

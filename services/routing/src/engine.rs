@@ -823,6 +823,7 @@ impl Worker {
         ctx: &TenantContext,
         q: &Queued,
         snapshot: &Snapshot,
+        reads_body: bool,
     ) -> Result<(Facts, bool), StoreError> {
         let t = ctx.tenant();
         let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
@@ -873,6 +874,8 @@ impl Worker {
                     .collect();
             facts.subject = m.subject.clone().unwrap_or_default();
             facts.body = match m.text_blob {
+                // The body is in a sealed blob of up to 50 KB: read only for a rule on it.
+                Some(_) if !reads_body => String::new(),
                 Some(blob) => match self.ingestor.read_blob(ctx, blob).await {
                     Ok(Some(bytes)) => {
                         let mut s = String::from_utf8_lossy(&bytes).into_owned();
@@ -907,7 +910,10 @@ impl Worker {
             return Ok(None);
         }
         let snapshot = Snapshot::load(&self.directory, ctx, q.inbox, &rules).await?;
-        let (mut facts, assigned) = self.facts(ctx, q, &snapshot).await?;
+        let reads_body = rules
+            .iter()
+            .any(|r| r.conditions.iter().any(core::Condition::reads_body));
+        let (mut facts, assigned) = self.facts(ctx, q, &snapshot, reads_body).await?;
         let asks_vip = rules
             .iter()
             .any(|r| r.conditions.contains(&core::Condition::VipContact));
