@@ -122,6 +122,10 @@ impl EventHandler for ContactsHandler {
 }
 
 /// Replays a contact stream up to `event` and writes the read model.
+///
+/// The service writes a contact's row right after each append (in its own transaction; this
+/// consumer catches up when that failed): a row already at this event's version or later is
+/// left alone without reading the stream or sealing the profile again (ADR 0030).
 async fn project_from_log(
     store: &dyn EventStore,
     tx: &mut DbTx,
@@ -134,6 +138,18 @@ async fn project_from_log(
     else {
         return Ok(());
     };
+    crate::projection::bind_tenant(tx, event.tenant_id).await?;
+    let current: Option<i64> = on_tx!(tx, |c| sqlx::query_scalar(
+        "SELECT version FROM contacts WHERE tenant_id = $1 AND contact_id = $2"
+    )
+    .bind(event.tenant_id.0)
+    .bind(id)
+    .fetch_optional(c)
+    .await)
+    .map_err(db_error)?;
+    if current.is_some_and(|v| u64::try_from(v).unwrap_or(0) >= event.stream_version) {
+        return Ok(());
+    }
     let history = store
         .read_stream(
             event.tenant_id,
@@ -149,7 +165,6 @@ async fn project_from_log(
         state = state.evolve(&codec::decode(e)?);
     }
     let prepared = read::prepare(store.keyring(), event.tenant_id, id, &state).await?;
-    crate::projection::bind_tenant(tx, event.tenant_id).await?;
     read::write(tx, event.tenant_id, &prepared).await
 }
 
