@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 bash scripts/services.sh
 # The IMAP connector's tests start their own Dovecot: install it (dovecot-imapd) when missing.
 bash services/ingest/tests/dovecot.sh >/dev/null
+# The SMTP tests drive swaks (Debian `swaks`) as a real client: install it when missing. If it
+# cannot be installed here, those tests fail and say how to install it.
+if ! command -v swaks >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "test.sh: installing swaks" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q swaks >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q swaks >/dev/null 2>&1; } ||
+    echo "test.sh: could not install swaks; the SMTP tests that use it will fail" >&2
+fi
 
 # Test databases are per test; drop the ones earlier runs left behind.
 psql -h 127.0.0.1 -U postgres -d postgres -Atc \
