@@ -20,14 +20,23 @@ const TENANT: Uuid = Uuid::from_u128(0x7e);
 const A: Uuid = Uuid::from_u128(0xa);
 const B: Uuid = Uuid::from_u128(0xb);
 
+/// Old rows: A has terms 1 and 2, B has 2 and 3 (a word both share).
+const LEGACY: [(Uuid, u8); 4] = [(A, 1), (A, 2), (B, 2), (B, 3)];
+const INSERT_LEGACY: &str =
+    "INSERT INTO conversation_search (tenant_id, term, conversation_id) VALUES ($1, $2, $3)";
+
+/// What each term finds after the migration.
+fn expected() -> [(u8, Vec<Uuid>); 4] {
+    [(1, vec![A]), (2, vec![A, B]), (3, vec![B]), (4, vec![])]
+}
+
 #[tokio::test]
 async fn the_per_term_search_index_becomes_one_document_per_conversation_on_postgres() {
     let url = fresh_postgres_database().await;
     migrate_up_to(&url, 22).await.expect("migrations up to 22");
     let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
-    // A has terms 1 and 2, B has 2 and 3 (a shared word).
-    for (conv, n) in [(A, 1u8), (A, 2), (B, 2), (B, 3)] {
-        sqlx::query("INSERT INTO conversation_search (tenant_id, term, conversation_id) VALUES ($1, $2, $3)")
+    for (conv, n) in LEGACY {
+        sqlx::query(INSERT_LEGACY)
             .bind(TENANT)
             .bind(legacy_term(n).0)
             .bind(conv)
@@ -36,7 +45,7 @@ async fn the_per_term_search_index_becomes_one_document_per_conversation_on_post
             .expect("legacy row");
     }
     migrate(&url).await.expect("migration 23 over legacy rows");
-    for (n, want) in [(1u8, vec![A]), (2, vec![A, B]), (3, vec![B]), (4, vec![])] {
+    for (n, want) in expected() {
         let got: Vec<Uuid> = sqlx::query_scalar(
             "SELECT conversation_id FROM conversation_search_docs \
              WHERE tenant_id = $1 AND terms @> ARRAY[$2::bigint] ORDER BY conversation_id",
@@ -60,8 +69,8 @@ async fn the_per_term_search_index_becomes_one_document_per_conversation_on_sqli
     let (_dir, url) = fresh_sqlite_database();
     migrate_up_to(&url, 22).await.expect("migrations up to 22");
     let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open");
-    for (conv, n) in [(A, 1u8), (A, 2), (B, 2), (B, 3)] {
-        sqlx::query("INSERT INTO conversation_search (tenant_id, term, conversation_id) VALUES ($1, $2, $3)")
+    for (conv, n) in LEGACY {
+        sqlx::query(INSERT_LEGACY)
             .bind(TENANT)
             .bind(legacy_term(n).0)
             .bind(conv)
@@ -72,7 +81,7 @@ async fn the_per_term_search_index_becomes_one_document_per_conversation_on_sqli
     drop(c);
     migrate(&url).await.expect("migration 23 over legacy rows");
     let mut c = sqlx::SqliteConnection::connect(&url).await.expect("open");
-    for (n, want) in [(1u8, vec![A]), (2, vec![A, B]), (3, vec![B]), (4, vec![])] {
+    for (n, want) in expected() {
         let got: Vec<Uuid> = sqlx::query_scalar(
             "SELECT conversation_id FROM conversation_search_docs WHERE tenant_id = $1 AND doc_rowid IN \
              (SELECT rowid FROM conversation_search_fts WHERE conversation_search_fts MATCH $2) \
