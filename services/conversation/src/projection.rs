@@ -86,7 +86,7 @@ fn fts_terms(terms: &[i64]) -> String {
     s
 }
 
-/// One term of a query as an FTS5 match expression.
+/// One term of a query as an FTS5 match expression: the term as [`fts_terms`] writes it.
 fn fts_match(term: i64) -> String {
     format!("{:016x}", term as u64)
 }

@@ -139,15 +139,10 @@ async fn project_from_log(
         return Ok(());
     };
     crate::projection::bind_tenant(tx, event.tenant_id).await?;
-    let current: Option<i64> = on_tx!(tx, |c| sqlx::query_scalar(
-        "SELECT version FROM contacts WHERE tenant_id = $1 AND contact_id = $2"
-    )
-    .bind(event.tenant_id.0)
-    .bind(id)
-    .fetch_optional(c)
-    .await)
-    .map_err(db_error)?;
-    if current.is_some_and(|v| u64::try_from(v).unwrap_or(0) >= event.stream_version) {
+    if read::version(tx, event.tenant_id, id)
+        .await?
+        .is_some_and(|v| u64::try_from(v).unwrap_or(0) >= event.stream_version)
+    {
         return Ok(());
     }
     let history = store

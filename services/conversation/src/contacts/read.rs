@@ -135,18 +135,28 @@ pub(crate) async fn prepare(
 }
 
 /// Writes a prepared state unless the row is already at its version or newer.
-pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Result<(), StoreError> {
-    let t = tenant.0;
-    let current: Option<i64> = on_tx!(tx, |c| sqlx::query(
+/// The version of a contact's row, if it has one.
+pub(crate) async fn version(
+    tx: &mut DbTx,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<i64>, StoreError> {
+    on_tx!(tx, |c| sqlx::query_scalar(
         "SELECT version FROM contacts WHERE tenant_id = $1 AND contact_id = $2"
     )
-    .bind(t)
-    .bind(p.id)
+    .bind(tenant.0)
+    .bind(id)
     .fetch_optional(c)
-    .await
-    .and_then(|r| r.map(|r| r.try_get(0)).transpose()))
-    .map_err(db_error)?;
-    if current.is_some_and(|v| v >= p.version) {
+    .await)
+    .map_err(db_error)
+}
+
+pub(crate) async fn write(tx: &mut DbTx, tenant: TenantId, p: &Prepared) -> Result<(), StoreError> {
+    let t = tenant.0;
+    if version(tx, tenant, p.id)
+        .await?
+        .is_some_and(|v| v >= p.version)
+    {
         return Ok(());
     }
     let (sealed, key) = match &p.profile {

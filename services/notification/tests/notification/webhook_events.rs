@@ -29,6 +29,20 @@ fn sha_hex(b: &[u8]) -> String {
         .collect()
 }
 
+/// Quick retries, and the test receivers on loopback allowed.
+fn settings() -> NotificationSettings {
+    NotificationSettings {
+        webhooks: WebhookSettings {
+            timeout_ms: 2_000,
+            retry_base_ms: 100,
+            retry_max_ms: 300,
+            allow_private: vec!["127.0.0.1/32".into()],
+            ..WebhookSettings::default()
+        },
+        ..Default::default()
+    }
+}
+
 fn now_us() -> i64 {
     postvak_platform::store::micros(time::OffsetDateTime::now_utc())
 }
@@ -37,16 +51,7 @@ fn now_us() -> i64 {
 async fn each_listed_event_is_delivered_signed_to_its_subscriber() {
     for backend in BACKENDS {
         let env = TestEnv::new(backend).await;
-        env.start_notification(NotificationSettings {
-            webhooks: WebhookSettings {
-                timeout_ms: 2_000,
-                retry_base_ms: 100,
-                retry_max_ms: 300,
-                allow_private: vec!["127.0.0.1/32".into()],
-                ..WebhookSettings::default()
-            },
-            ..Default::default()
-        });
+        env.start_notification(settings());
         let app = env.spawn_app().await;
         let t = &env.acme;
         let r = Receiver::start(Mode::Accept, env.cancel.clone()).await;
@@ -186,16 +191,7 @@ async fn each_listed_event_is_delivered_signed_to_its_subscriber() {
 async fn events_appended_together_carry_the_inbox_of_their_moment() {
     for backend in BACKENDS {
         let env = TestEnv::new(backend).await;
-        env.start_notification(NotificationSettings {
-            webhooks: WebhookSettings {
-                timeout_ms: 2_000,
-                retry_base_ms: 100,
-                retry_max_ms: 300,
-                allow_private: vec!["127.0.0.1/32".into()],
-                ..WebhookSettings::default()
-            },
-            ..Default::default()
-        });
+        env.start_notification(settings());
         let app = env.spawn_app().await;
         let t = &env.acme;
         let sales = env
@@ -303,16 +299,7 @@ async fn events_appended_together_carry_the_inbox_of_their_moment() {
 async fn a_conversation_moved_twice_in_one_batch_is_announced_in_its_last_inbox() {
     for backend in BACKENDS {
         let env = TestEnv::new(backend).await;
-        env.start_notification(NotificationSettings {
-            webhooks: WebhookSettings {
-                timeout_ms: 2_000,
-                retry_base_ms: 100,
-                retry_max_ms: 300,
-                allow_private: vec!["127.0.0.1/32".into()],
-                ..WebhookSettings::default()
-            },
-            ..Default::default()
-        });
+        env.start_notification(settings());
         let app = env.spawn_app().await;
         let t = &env.acme;
         let mut inboxes = Vec::new();
