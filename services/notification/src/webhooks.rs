@@ -612,9 +612,7 @@ async fn record_outcomes(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
             .iter()
             .filter_map(|e| e.outcome.as_ref().map(|o| (e.delivery, o)))
             .collect();
-        for chunk in attempts.chunks(BOOKS_CHUNK) {
-            record_attempts(&mut tx, t, chunk, now).await?;
-        }
+        record_attempts(&mut tx, t, &attempts, now).await?;
         let mut done = Vec::with_capacity(group.len());
         for e in group {
             match e.outcome.as_ref().and_then(|o| o.retry_at) {
@@ -640,7 +638,15 @@ async fn record_outcomes(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
 /// Attempts recorded per statement.
 const BOOKS_CHUNK: usize = 128;
 
-/// Records the outcomes of attempts at deliveries of `t` with one statement.
+/// Records the outcomes of attempts at deliveries of `t`.
+///
+/// PostgreSQL: one statement per distinct outcome (nearly always one: "delivered, 2xx"),
+/// the deliveries named by `delivery_id = ANY($ids)`, which the primary key serves whatever
+/// the statistics say. Joined to a `VALUES` list instead, the planner put the list on the
+/// inner side of a nested loop whenever it thought the tenant had few rows (a table not yet
+/// analysed, one busy tenant): 100 outcomes cost 100–400 ms there, and with one tenant and
+/// statistics it scanned all of the tenant's deliveries per batch (ADR 0031). SQLite plans
+/// the `VALUES` join by the primary key and keeps one statement per chunk.
 async fn record_attempts(
     tx: &mut DbTx,
     t: TenantId,
@@ -650,8 +656,59 @@ async fn record_attempts(
     if attempts.is_empty() {
         return Ok(());
     }
+    match tx {
+        DbTx::Postgres(c) => {
+            // Same outcome, same statement; first-seen order keeps it deterministic.
+            let mut groups: Vec<(&Outcome, Vec<Uuid>)> = Vec::new();
+            for (id, o) in attempts {
+                match groups.iter_mut().find(|(g, _)| same_outcome(g, o)) {
+                    Some((_, ids)) => ids.push(*id),
+                    None => groups.push((o, vec![*id])),
+                }
+            }
+            for (o, ids) in groups {
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET state = $1, attempts = attempts + $2, \
+                     last_status = $3, last_error = $4, next_attempt_at = $5, \
+                     delivered_us = CASE WHEN $1 = 'delivered' THEN $6 ELSE delivered_us END \
+                     WHERE tenant_id = $7 AND delivery_id = ANY($8) AND state = 'pending'",
+                )
+                .bind(o.state)
+                .bind(i64::from(o.status.is_some() || o.error.is_some()))
+                .bind(o.status.map(i64::from))
+                .bind(o.error.as_deref())
+                .bind(o.retry_at.map_or(0, |(at, _)| at))
+                .bind(now)
+                .bind(t.0)
+                .bind(&ids)
+                .execute(&mut **c)
+                .await
+                .map_err(db_error)?;
+            }
+            Ok(())
+        }
+        DbTx::Sqlite(c) => {
+            for chunk in attempts.chunks(BOOKS_CHUNK) {
+                record_attempts_values(c, t, chunk, now).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn same_outcome(a: &Outcome, b: &Outcome) -> bool {
+    a.state == b.state && a.status == b.status && a.error == b.error && a.retry_at == b.retry_at
+}
+
+/// SQLite: the outcomes of up to [`BOOKS_CHUNK`] attempts with one statement.
+async fn record_attempts_values(
+    c: &mut sqlx::SqliteConnection,
+    t: TenantId,
+    attempts: &[(Uuid, &Outcome)],
+    now: i64,
+) -> Result<(), StoreError> {
     // `$1` the time, six per attempt, the tenant last: numbered in order of first use
-    // (ADR 0005). A VALUES list's columns are `column1`, `column2`, … on both backends.
+    // (ADR 0005). A VALUES list's columns are `column1`, `column2`, ….
     let rows = (0..attempts.len())
         .map(|i| {
             let p = 2 + i * 6;
@@ -677,20 +734,21 @@ async fn record_attempts(
            AND webhook_deliveries.state = 'pending'",
         tenant = 2 + attempts.len() * 6
     );
-    on_tx!(tx, |c| {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(now);
-        for (id, o) in attempts {
-            q = q
-                .bind(*id)
-                .bind(o.state)
-                .bind(i64::from(o.status.is_some() || o.error.is_some()))
-                .bind(o.status.map(i64::from))
-                .bind(o.error.as_deref())
-                .bind(o.retry_at.map_or(0, |(at, _)| at));
-        }
-        q.bind(t.0).execute(c).await.map(|_| ())
-    })
-    .map_err(db_error)
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    for (id, o) in attempts {
+        q = q
+            .bind(*id)
+            .bind(o.state)
+            .bind(i64::from(o.status.is_some() || o.error.is_some()))
+            .bind(o.status.map(i64::from))
+            .bind(o.error.as_deref())
+            .bind(o.retry_at.map_or(0, |(at, _)| at));
+    }
+    q.bind(t.0)
+        .execute(&mut *c)
+        .await
+        .map(|_| ())
+        .map_err(db_error)
 }
 
 #[async_trait]
