@@ -22,10 +22,11 @@
 
 use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::settings::OutboundSmtpSettings;
+use crate::smtp::SmtpPool;
 use crate::{Part, SERVICE, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
+use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use postvak_core::access::{Grantee, InboxRole};
 use postvak_directory::Directory;
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
@@ -69,7 +70,7 @@ pub(crate) fn start(
     cells: &Cells,
     cell: Arc<Cell>,
     settings: OutboundSmtpSettings,
-    transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    transport: Option<SmtpPool>,
     cancel: CancellationToken,
 ) -> Part {
     let wake = Arc::new(Notify::new());
@@ -525,7 +526,7 @@ fn sla_line(kind: &str, conversation: Uuid, detail: Option<&str>) -> String {
 struct Mailer {
     cells: Cells,
     directory: Directory,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: SmtpPool,
     settings: OutboundSmtpSettings,
 }
 
@@ -677,7 +678,7 @@ impl Mailer {
         for (subject, ids, body) in batches {
             let mail = self.mail(&recipient.email, &recipient.display_name, &subject, &body);
             let sent = match mail {
-                Ok(m) => self.transport.send(m).await.map_err(|e| e.to_string()),
+                Ok(m) => self.transport.send(&m).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             if let Err(e) = sent {

@@ -19,6 +19,7 @@ mod due;
 pub mod outbound;
 pub mod relays;
 mod settings;
+pub mod smtp;
 pub mod ssrf;
 pub mod webhooks;
 

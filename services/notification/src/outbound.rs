@@ -14,18 +14,18 @@ use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::relays::{PoolError, RelayPolicy, Relays};
 use crate::settings::DkimAlgorithm;
 use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
+use crate::smtp::{PoolSpec, Security, SmtpError, SmtpPool};
 use crate::{Part, SERVICE, backoff, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
+use lettre::Message;
 use lettre::message::dkim::{
     DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm,
     DkimSigningKey,
 };
 use lettre::message::header::HeaderName;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart, header::ContentType};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use postvak_platform::cell::{Cell, Cells, TenantContext};
 use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit};
 use postvak_platform::db::{DbTx, db_error};
@@ -230,12 +230,19 @@ pub(crate) fn start(
             RelayPolicy::default()
         }
     };
+    let (books, ledger) = tokio::sync::mpsc::channel(SENT_BATCH * 4);
+    part.tasks.push(tokio::spawn(keep_sent_books(
+        cell.store.clone(),
+        cell.db().clone(),
+        ledger,
+    )));
     let job: Arc<dyn Job> = Arc::new(Sender {
         cells: cells.clone(),
         transport,
         relays: Relays::new(settings.clone(), policy),
         dkim,
         settings,
+        books,
     });
     part.tasks.push(tokio::spawn(due::dispatch(
         cell.db().clone(),
@@ -248,6 +255,107 @@ pub(crate) fn start(
     part
 }
 
+/// Sent mails recorded per transaction at most.
+const SENT_BATCH: usize = 128;
+
+/// A sent mail on its way to the books, and who waits for it to be recorded.
+struct SentEntry {
+    tenant: TenantId,
+    sent: ReplySentV1,
+    recorded: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Records sent mail: whatever has queued up meanwhile (up to [`SENT_BATCH`]) in one
+/// transaction — each mail's row marked `sent`, its `reply.sent` appended, its due row
+/// dropped — instead of a transaction per mail (ADR 0031); the senders waiting on it share
+/// one commit. Should a batch fail, each entry is recorded on its own.
+async fn keep_sent_books(
+    store: Arc<dyn EventStore>,
+    db: postvak_platform::db::Db,
+    mut ledger: tokio::sync::mpsc::Receiver<SentEntry>,
+) {
+    let mut batch = Vec::with_capacity(SENT_BATCH);
+    while ledger.recv_many(&mut batch, SENT_BATCH).await > 0 {
+        batch.sort_by_key(|e| e.tenant.0);
+        match record_sent_many(store.as_ref(), &db, &batch).await {
+            Ok(()) => {
+                for e in batch.drain(..) {
+                    let _ = e.recorded.send(Ok(()));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, entries = batch.len(), "sent mail: batch failed; one by one");
+                for e in batch.drain(..) {
+                    let one = record_sent_many(store.as_ref(), &db, std::slice::from_ref(&e)).await;
+                    let _ = e.recorded.send(one.map_err(|x| x.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn record_sent_many(
+    store: &dyn EventStore,
+    db: &postvak_platform::db::Db,
+    entries: &[SentEntry],
+) -> Result<(), StoreError> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    // The first tenant is bound with BEGIN, the others alone.
+    let mut tx = db.tenant_tx(first.tenant, true).await?;
+    for group in entries.chunk_by(|a, b| a.tenant == b.tenant) {
+        let t = group[0].tenant;
+        if t != first.tenant {
+            bind_tenant(&mut tx, t).await?;
+        }
+        for e in group {
+            record_sent_in(&mut tx, store, t, &e.sent).await?;
+        }
+        let ids: Vec<Uuid> = group.iter().map(|e| e.sent.message_id).collect();
+        due::unschedule_many(&mut tx, due::MAIL, &ids).await?;
+    }
+    store.commit_appended(tx).await
+}
+
+/// Marks the row `sent` and appends `reply.sent` through `tx`, so the conversation learns of
+/// every mail the outbox calls sent, and of no other.
+async fn record_sent_in(
+    tx: &mut DbTx,
+    store: &dyn EventStore,
+    t: TenantId,
+    sent: &ReplySentV1,
+) -> Result<(), StoreError> {
+    let id = sent.message_id;
+    let mut event = NewEvent::from_payload(nev::REPLY_SENT, 1, sent)?;
+    event.metadata.actor = Some(SERVICE.actor());
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE outbound_mail SET state = 'sent', sent_us = $1, last_error = NULL \
+         WHERE tenant_id = $2 AND message_id = $3"
+    )
+    .bind(sent.at_us)
+    .bind(t.0)
+    .bind(id)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    match store
+        .append_in_tx(
+            tx,
+            t,
+            &failure_stream(id),
+            ExpectedVersion::NoStream,
+            vec![event],
+        )
+        .await
+    {
+        // Already recorded (a retry of this step): the row update is all that was missing.
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// How long a held mail waits before it is looked at again: the settings are read only at
 /// start, so this only bounds how late held mail goes out after a restart that fixed them,
 /// while many held mails don't keep the sender busy (`retry_max_ms`, at most five minutes).
@@ -258,9 +366,7 @@ fn hold_interval(s: &OutboundSmtpSettings) -> std::time::Duration {
 }
 
 /// The pooled connection to the default relay.
-pub fn transport(
-    s: &OutboundSmtpSettings,
-) -> Result<AsyncSmtpTransport<Tokio1Executor>, SenderError> {
+pub fn transport(s: &OutboundSmtpSettings) -> Result<SmtpPool, SenderError> {
     build_transport(&TransportSpec {
         connect_to: s.host.clone(),
         tls_name: s.host.clone(),
@@ -291,11 +397,9 @@ pub(crate) struct TransportSpec {
 }
 
 /// A pooled relay connection.
-pub(crate) fn build_transport(
-    s: &TransportSpec,
-) -> Result<AsyncSmtpTransport<Tokio1Executor>, SenderError> {
+pub(crate) fn build_transport(s: &TransportSpec) -> Result<SmtpPool, SenderError> {
     let tls = if s.security == SmtpSecurity::None {
-        Tls::None
+        None
     } else {
         let mut params = TlsParameters::builder(s.tls_name.clone());
         if let Some(path) = &s.ca_cert_file {
@@ -312,25 +416,28 @@ pub(crate) fn build_transport(
         let params = params
             .build_rustls()
             .map_err(|e| SenderError::Tls(e.to_string()))?;
-        match s.security {
-            SmtpSecurity::Tls => Tls::Wrapper(params),
-            _ => Tls::Required(params),
-        }
+        Some((params, s.security == SmtpSecurity::Tls))
     };
-    let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.connect_to)
-        .port(s.port)
-        .tls(tls)
-        .timeout(Some(s.timeout))
-        .pool_config(PoolConfig::new().max_size(s.pool_size.max(1)));
-    if let Some(user) = &s.username {
-        let pw = s
-            .password
-            .as_ref()
-            .map(|p| p.expose().to_owned())
-            .unwrap_or_default();
-        b = b.credentials(Credentials::new(user.clone(), pw));
-    }
-    Ok(b.build())
+    let security = match tls {
+        None => Security::None,
+        Some((params, true)) => Security::Implicit(params),
+        Some((params, false)) => Security::StartTls(params),
+    };
+    Ok(SmtpPool::new(PoolSpec {
+        host: s.connect_to.clone(),
+        port: s.port,
+        security,
+        credentials: s.username.as_ref().map(|user| {
+            let pw = s
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default();
+            Credentials::new(user.clone(), pw)
+        }),
+        timeout: s.timeout,
+        max_idle: usize::try_from(s.pool_size.max(1)).unwrap_or(1),
+    }))
 }
 
 struct OutboxHandler {
@@ -421,11 +528,13 @@ impl EventHandler for OutboxHandler {
 struct Sender {
     cells: Cells,
     /// The default relay, or why it could not be built (its mail is then held).
-    transport: Result<AsyncSmtpTransport<Tokio1Executor>, SenderError>,
+    transport: Result<SmtpPool, SenderError>,
     /// Inbox relays' pools.
     relays: Relays,
     dkim: DkimKeys,
     settings: OutboundSmtpSettings,
+    /// Sent mail on its way to be recorded ([`keep_sent_books`]).
+    books: tokio::sync::mpsc::Sender<SentEntry>,
 }
 
 /// A claimed mail.
@@ -704,47 +813,30 @@ impl Sender {
                     Err(PoolError::Removed) => default()?,
                     Err(e) => return Err(SendFailure::Temporary(e.to_string())),
                 };
-                transport.send(mail).await.map_err(SendFailure::Smtp)
+                transport.send(&mail).await.map_err(SendFailure::Smtp)
             }
-            None => default()?.send(mail).await.map_err(SendFailure::Smtp),
+            None => default()?.send(&mail).await.map_err(SendFailure::Smtp),
         }
     }
 
     /// Marks the row `sent` and appends `reply.sent` in one transaction, so the conversation
     /// learns of every mail the outbox calls sent, and of no other.
+    /// Records a sent mail through the books ([`keep_sent_books`]), which commit many sent
+    /// mails at once; the slot waits for that commit, so at most one mail per slot is ever
+    /// sent and not yet recorded (ADR 0006). Should the record fail, the row stays `sending`
+    /// and its lease ends in `uncertain` — never a second send.
     async fn record_sent(&self, ctx: &TenantContext, sent: ReplySentV1) -> Result<(), StoreError> {
-        let (t, id) = (ctx.tenant(), sent.message_id);
-        let mut event = NewEvent::from_payload(nev::REPLY_SENT, 1, &sent)?;
-        event.metadata.actor = Some(SERVICE.actor());
-        let store = &ctx.cell().store;
-        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE outbound_mail SET state = 'sent', sent_us = $1, last_error = NULL \
-             WHERE tenant_id = $2 AND message_id = $3"
-        )
-        .bind(sent.at_us)
-        .bind(t.0)
-        .bind(id)
-        .execute(c)
-        .await
-        .map(|_| ()))
-        .map_err(db_error)?;
-        match store
-            .append_in_tx(
-                &mut tx,
-                t,
-                &failure_stream(id),
-                ExpectedVersion::NoStream,
-                vec![event],
-            )
-            .await
-        {
-            // Already recorded (a retry of this step): the row update is all that was missing.
-            Ok(_) | Err(StoreError::Conflict { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        due::unschedule(&mut tx, due::MAIL, id).await?;
-        store.commit_appended(tx).await
+        let closed = || StoreError::Unavailable("the outbound books are closed".into());
+        let (recorded, done) = tokio::sync::oneshot::channel();
+        let entry = SentEntry {
+            tenant: ctx.tenant(),
+            sent,
+            recorded,
+        };
+        self.books.send(entry).await.map_err(|_| closed())?;
+        done.await
+            .map_err(|_| closed())?
+            .map_err(StoreError::Unavailable)
     }
 
     async fn retry_later(
@@ -908,7 +1000,7 @@ pub async fn status(
 }
 
 enum SendFailure {
-    Smtp(lettre::transport::smtp::Error),
+    Smtp(SmtpError),
     Build(String),
     /// Not the relay's answer: its pool could not be built, a file could not be read.
     Temporary(String),
@@ -921,7 +1013,7 @@ impl SendFailure {
     /// (permanent, SMTP code, detail)
     fn describe(&self) -> (bool, Option<u16>, String) {
         match self {
-            Self::Smtp(e) => (e.is_permanent(), e.status().map(u16::from), e.to_string()),
+            Self::Smtp(e) => (e.is_permanent(), e.code(), e.to_string()),
             // A message we can't even build will never go out.
             Self::Build(e) => (true, None, e.clone()),
             Self::Temporary(e) | Self::Held(e) => (false, None, e.clone()),

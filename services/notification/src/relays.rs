@@ -17,7 +17,7 @@
 use crate::now_us;
 use crate::outbound::{SenderError, TransportSpec, build_transport};
 use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use crate::smtp::SmtpPool;
 use postvak_platform::cell::TenantContext;
 use postvak_platform::config::SecretString;
 use postvak_platform::db::{DbTx, db_error};
@@ -389,7 +389,7 @@ struct Pool {
     revision: u64,
     built: Instant,
     used: Instant,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: SmtpPool,
 }
 
 /// Why no pool could be built for an inbox relay (the mail is retried later).
@@ -428,7 +428,7 @@ impl Relays {
         ctx: &TenantContext,
         inbox: Uuid,
         revision: u64,
-    ) -> Result<AsyncSmtpTransport<Tokio1Executor>, PoolError> {
+    ) -> Result<SmtpPool, PoolError> {
         let key = (ctx.tenant(), inbox);
         {
             let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);

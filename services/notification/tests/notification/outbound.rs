@@ -82,6 +82,50 @@ async fn a_reply_arrives_at_the_relay_from_the_inbox_with_its_threading_headers(
 }
 
 #[tokio::test]
+async fn replies_go_out_over_implicit_tls_and_share_the_pooled_connection() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start_mode("smtps").await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: postvak_notification::OutboundSmtpSettings {
+                security: postvak_notification::SmtpSecurity::Tls,
+                ..sink.settings()
+            },
+            ..Default::default()
+        });
+        let t = &env.acme;
+        let first = env
+            .deliver(
+                t,
+                &mail(&t.address, "s1@example.org", "Over TLS", "", "Hello."),
+            )
+            .await;
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let id = env
+                .reply(t, first.conversation_id, &format!("Answer {n}."))
+                .await;
+            // One after the other, so each finds the previous one's connection parked.
+            env.wait_for_state(t, id, "sent").await;
+            ids.push(id);
+        }
+        let got = sink.wait_for(3).await;
+        assert_eq!(got.len(), 3, "{backend:?}");
+        for (n, m) in got.iter().enumerate() {
+            assert!(m.contains(&format!("Answer {n}.")), "{m}");
+            assert_eq!(header(m, "X-Envelope-From"), Some("support@acme.test"));
+        }
+        // Reused within seconds: one connection, one TLS handshake and login.
+        let ports: std::collections::BTreeSet<_> =
+            got.iter().map(|m| header(m, "X-Peer-Port")).collect();
+        assert_eq!(ports.len(), 1, "{backend:?}: {ports:?}");
+        assert!(ports.iter().all(Option::is_some));
+        sink.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn a_relay_that_is_down_gets_the_mail_once_it_is_back() {
     for backend in BACKENDS {
         let env = TestEnv::new(backend).await;

@@ -1,6 +1,7 @@
 //! A real SMTP relay for tests: aiosmtpd (installed with pip when missing) with STARTTLS
 //! required, AUTH required, and a certificate from a throw-away CA made with openssl. Every
-//! accepted message is written to a directory as `<n>.eml`.
+//! accepted message is written to a directory as `<n>.eml`, with the envelope and the client's
+//! port (which connection brought it) as `X-` headers on top.
 
 use postvak_notification::{OutboundSmtpSettings, SmtpSecurity};
 use postvak_platform::config::SecretString;
@@ -31,7 +32,7 @@ class Handler:
         counter[0] += 1
         name = os.path.join(outdir, "%09d-%d.eml" % (counter[0], os.getpid()))
         with open(name + ".tmp", "wb") as f:
-            f.write(("X-Envelope-From: %s\r\nX-Envelope-To: %s\r\n" % (envelope.mail_from, ",".join(envelope.rcpt_tos))).encode())
+            f.write(("X-Envelope-From: %s\r\nX-Envelope-To: %s\r\nX-Peer-Port: %d\r\n" % (envelope.mail_from, ",".join(envelope.rcpt_tos), session.peer[1])).encode())
             f.write(envelope.original_content)
         os.rename(name + ".tmp", name)
         return "250 2.0.0 OK queued"
@@ -42,8 +43,14 @@ def auth(server, session, envelope, mechanism, data):
 
 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 ctx.load_cert_chain(cert, key)
-c = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
-               authenticator=auth, auth_required=True, auth_require_tls=True, ready_timeout=10)
+if mode == "smtps":
+    # TLS from the first byte (port 465 style). aiosmtpd counts only STARTTLS as TLS for
+    # auth_require_tls, so it is off here: every byte of this session is encrypted anyway.
+    c = Controller(Handler(), hostname="127.0.0.1", port=port, ssl_context=ctx,
+                   authenticator=auth, auth_required=True, auth_require_tls=False, ready_timeout=10)
+else:
+    c = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
+                   authenticator=auth, auth_required=True, auth_require_tls=True, ready_timeout=10)
 c.start()
 print("READY", flush=True)
 try:
@@ -204,7 +211,8 @@ impl SmtpSink {
     }
 
     /// Starts in a mode: `accept`, `reject` (550 to all), `reject_customers` (550 to mail for
-    /// anyone at example.org, our agents' mail is accepted).
+    /// anyone at example.org, our agents' mail is accepted), `smtps` (accepts, TLS from the
+    /// first byte instead of STARTTLS).
     pub async fn start_mode(&mut self, mode: &str) {
         let mut child = Command::new("python3")
             .arg(self.dir.path().join("sink.py"))
