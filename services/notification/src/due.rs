@@ -135,12 +135,25 @@ pub(crate) async fn schedule_many(
     Ok(())
 }
 
-/// Drops the due rows of many items (one statement per [`MANY_CHUNK`]).
+/// Drops the due rows of many items: on PostgreSQL one statement (`= ANY($2)`, one text for
+/// every count, so prepared once), on SQLite one per [`MANY_CHUNK`].
 pub(crate) async fn unschedule_many(
     tx: &mut DbTx,
     kind: &str,
     items: &[Uuid],
 ) -> Result<(), StoreError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    if let DbTx::Postgres(c) = tx {
+        sqlx::query("DELETE FROM notification_due WHERE kind = $1 AND item_id = ANY($2)")
+            .bind(kind)
+            .bind(items)
+            .execute(&mut **c)
+            .await
+            .map_err(db_error)?;
+        return Ok(());
+    }
     for chunk in items.chunks(MANY_CHUNK) {
         let list = (2..chunk.len() + 2)
             .map(|i| format!("${i}"))

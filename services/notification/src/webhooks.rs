@@ -836,45 +836,60 @@ async fn read_stored(
     t: TenantId,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Stored>, StoreError> {
-    let sql = format!(
-        "SELECT d.delivery_id, d.webhook_id, d.state, d.attempts, d.next_attempt_at, d.payload, \
-         d.payload_key, s.url, s.secret, s.secret_key \
-         FROM webhook_deliveries d LEFT JOIN webhook_subscriptions s \
-           ON s.tenant_id = d.tenant_id AND s.webhook_id = d.webhook_id \
-         WHERE d.tenant_id = $1 AND d.delivery_id IN ({})",
-        placeholders(2, ids.len())
-    );
+    // PostgreSQL: one statement text whatever the batch size (`= ANY($2)`), prepared once
+    // per connection; an `IN ($2, …)` list is a new statement for each length, parsed and
+    // planned again whenever it falls out of the connection's statement cache (ADR 0031).
+    let select = "SELECT d.delivery_id, d.webhook_id, d.state, d.attempts, d.next_attempt_at, \
+                  d.payload, d.payload_key, s.url, s.secret, s.secret_key \
+                  FROM webhook_deliveries d LEFT JOIN webhook_subscriptions s \
+                    ON s.tenant_id = d.tenant_id AND s.webhook_id = d.webhook_id \
+                  WHERE d.tenant_id = $1 AND d.delivery_id";
+    macro_rules! stored {
+        ($rows:expr) => {
+            $rows.and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        let url: Option<String> = r.try_get(7)?;
+                        let secret: Option<Vec<u8>> = r.try_get(8)?;
+                        let secret_key: Option<Uuid> = r.try_get(9)?;
+                        Ok((
+                            r.try_get(0)?,
+                            Stored {
+                                webhook: r.try_get(1)?,
+                                state: r.try_get(2)?,
+                                attempts: r.try_get(3)?,
+                                next_at: r.try_get(4)?,
+                                payload: r.try_get(5)?,
+                                payload_key: r.try_get(6)?,
+                                subscription: url
+                                    .zip(secret)
+                                    .zip(secret_key)
+                                    .map(|((u, s), k)| (u, s, k)),
+                            },
+                        ))
+                    })
+                    .collect::<Result<Vec<(Uuid, Stored)>, sqlx::Error>>()
+            })
+        };
+    }
     let mut tx = db.tenant_tx(t, false).await?;
-    let rows: Vec<(Uuid, Stored)> = on_tx!(&mut tx, |c| {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(t.0);
-        for id in ids {
-            q = q.bind(*id);
+    let rows = match &mut tx {
+        DbTx::Postgres(c) => stored!(
+            sqlx::query(sqlx::AssertSqlSafe(format!("{select} = ANY($2)")))
+                .bind(t.0)
+                .bind(ids)
+                .fetch_all(&mut **c)
+                .await
+        ),
+        DbTx::Sqlite(c) => {
+            let sql = format!("{select} IN ({})", placeholders(2, ids.len()));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(t.0);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            stored!(q.fetch_all(&mut **c).await)
         }
-        q.fetch_all(c).await.and_then(|rows| {
-            rows.iter()
-                .map(|r| {
-                    let url: Option<String> = r.try_get(7)?;
-                    let secret: Option<Vec<u8>> = r.try_get(8)?;
-                    let secret_key: Option<Uuid> = r.try_get(9)?;
-                    Ok((
-                        r.try_get(0)?,
-                        Stored {
-                            webhook: r.try_get(1)?,
-                            state: r.try_get(2)?,
-                            attempts: r.try_get(3)?,
-                            next_at: r.try_get(4)?,
-                            payload: r.try_get(5)?,
-                            payload_key: r.try_get(6)?,
-                            subscription: url
-                                .zip(secret)
-                                .zip(secret_key)
-                                .map(|((u, s), k)| (u, s, k)),
-                        },
-                    ))
-                })
-                .collect()
-        })
-    })
+    }
     .map_err(db_error)?;
     tx.commit().await?;
     Ok(rows.into_iter().collect())
