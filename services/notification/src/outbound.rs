@@ -236,6 +236,12 @@ pub(crate) fn start(
         cell.db().clone(),
         ledger,
     )));
+    let (claims, requests) = tokio::sync::mpsc::channel(CLAIM_BATCH * 4);
+    part.tasks.push(tokio::spawn(claim_mails(
+        cell.db().clone(),
+        settings.sending_lease(),
+        requests,
+    )));
     let job: Arc<dyn Job> = Arc::new(Sender {
         cells: cells.clone(),
         transport,
@@ -243,6 +249,7 @@ pub(crate) fn start(
         dkim,
         settings,
         books,
+        claims,
     });
     part.tasks.push(tokio::spawn(due::dispatch(
         cell.db().clone(),
@@ -253,6 +260,264 @@ pub(crate) fn start(
         cancel,
     )));
     part
+}
+
+/// Mails claimed per transaction at most.
+const CLAIM_BATCH: usize = 64;
+
+/// A sender's request to claim a due mail, answered by [`claim_mails`].
+struct ClaimRequest {
+    tenant: TenantId,
+    id: Uuid,
+    answer: tokio::sync::oneshot::Sender<Result<Looked, StoreError>>,
+}
+
+/// What the claimer found for one mail (content still sealed).
+enum Looked {
+    Gone,
+    NotYet,
+    Claimed {
+        attempts: u32,
+        content: Vec<u8>,
+        key: Uuid,
+        relay: Option<i64>,
+    },
+    /// Its sending lease ended: it was interrupted while sending.
+    Interrupted {
+        conversation_id: Uuid,
+        inbox_id: Uuid,
+        attempts: u32,
+        content: Vec<u8>,
+        key: Uuid,
+    },
+}
+
+/// An `outbound_mail` row as the claimer reads it.
+struct MailRow {
+    id: Uuid,
+    state: String,
+    attempts: i64,
+    next_at: i64,
+    content: Vec<u8>,
+    key: Uuid,
+    conversation_id: Uuid,
+    inbox_id: Uuid,
+    relay: Option<i64>,
+}
+
+/// Claims due mails for the senders: whatever has been asked for meanwhile (up to
+/// [`CLAIM_BATCH`]) in one transaction — rows read with one query per tenant, the claimed ones
+/// set `sending` with one statement and their due rows moved to the lease's end with
+/// another — instead of a transaction per mail (ADR 0031). Each sender waits for the commit
+/// before its first SMTP byte, as before. Should a batch fail, each mail is claimed alone.
+async fn claim_mails(
+    db: postvak_platform::db::Db,
+    lease: std::time::Duration,
+    mut requests: tokio::sync::mpsc::Receiver<ClaimRequest>,
+) {
+    let mut batch = Vec::with_capacity(CLAIM_BATCH);
+    while requests.recv_many(&mut batch, CLAIM_BATCH).await > 0 {
+        batch.sort_by_key(|r| r.tenant.0);
+        match claim_many(&db, lease, &batch).await {
+            Ok(mut found) => {
+                for r in batch.drain(..) {
+                    let looked = found.remove(&r.id).unwrap_or(Looked::Gone);
+                    let _ = r.answer.send(Ok(looked));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, mails = batch.len(), "claims: batch failed; one by one");
+                for r in batch.drain(..) {
+                    let one = claim_many(&db, lease, std::slice::from_ref(&r))
+                        .await
+                        .map(|mut f| f.remove(&r.id).unwrap_or(Looked::Gone));
+                    let _ = r.answer.send(one);
+                }
+            }
+        }
+    }
+}
+
+async fn claim_many(
+    db: &postvak_platform::db::Db,
+    lease: std::time::Duration,
+    requests: &[ClaimRequest],
+) -> Result<std::collections::HashMap<Uuid, Looked>, StoreError> {
+    let mut out = std::collections::HashMap::with_capacity(requests.len());
+    let Some(first) = requests.first() else {
+        return Ok(out);
+    };
+    let now = now_us();
+    let lease_end = now.saturating_add(duration_us(lease));
+    let mut tx = db.tenant_tx(first.tenant, true).await?;
+    for group in requests.chunk_by(|a, b| a.tenant == b.tenant) {
+        let t = group[0].tenant;
+        if t != first.tenant {
+            bind_tenant(&mut tx, t).await?;
+        }
+        let mut ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows = read_mail_rows(&mut tx, t, &ids).await?;
+        let mut claim: Vec<(Uuid, String)> = Vec::new();
+        let mut gone: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !rows.iter().any(|r| r.id == **id))
+            .copied()
+            .collect();
+        for r in rows {
+            let lane = crate::relays::lane(r.inbox_id, r.relay.is_some());
+            let attempts = u32::try_from(r.attempts).unwrap_or(u32::MAX);
+            match r.state.as_str() {
+                "queued" | "sending" if r.next_at > now => {
+                    // Not due yet (a retry's backoff, a lease still running): its time.
+                    due::schedule(&mut tx, due::MAIL, r.id, t, &lane, r.next_at).await?;
+                    out.insert(r.id, Looked::NotYet);
+                }
+                "queued" => {
+                    claim.push((r.id, lane));
+                    out.insert(
+                        r.id,
+                        Looked::Claimed {
+                            attempts: attempts.saturating_add(1),
+                            content: r.content,
+                            key: r.key,
+                            relay: r.relay,
+                        },
+                    );
+                }
+                "sending" => {
+                    out.insert(
+                        r.id,
+                        Looked::Interrupted {
+                            conversation_id: r.conversation_id,
+                            inbox_id: r.inbox_id,
+                            attempts,
+                            content: r.content,
+                            key: r.key,
+                        },
+                    );
+                }
+                _ => gone.push(r.id),
+            }
+        }
+        if !claim.is_empty() {
+            let ids: Vec<Uuid> = claim.iter().map(|(id, _)| *id).collect();
+            let taken = mark_sending(&mut tx, t, &ids, lease_end).await?;
+            // Claimed by another process meanwhile: not ours to send.
+            for id in &ids {
+                if !taken.contains(id) {
+                    out.insert(*id, Looked::NotYet);
+                }
+            }
+            claim.retain(|(id, _)| taken.contains(id));
+            // Comes back after the lease if this process dies while sending.
+            due::schedule_many(&mut tx, due::MAIL, t, &claim, lease_end).await?;
+        }
+        due::unschedule_many(&mut tx, due::MAIL, &gone).await?;
+        for id in gone {
+            out.insert(id, Looked::Gone);
+        }
+    }
+    // Committed before the first SMTP byte: a crash from here on is never resent.
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// The rows of `ids` (one tenant), with the revision of their inbox's own relay.
+async fn read_mail_rows(
+    tx: &mut DbTx,
+    t: TenantId,
+    ids: &[Uuid],
+) -> Result<Vec<MailRow>, StoreError> {
+    let select = "SELECT m.message_id, m.state, m.attempts, m.next_attempt_at, m.content, \
+                  m.content_key, m.conversation_id, m.inbox_id, r.revision \
+                  FROM outbound_mail m LEFT JOIN notification_smtp_relays r \
+                    ON r.tenant_id = m.tenant_id AND r.inbox_id = m.inbox_id \
+                  WHERE m.tenant_id = $1 AND m.message_id";
+    macro_rules! rows {
+        ($rows:expr) => {
+            $rows.and_then(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        Ok(MailRow {
+                            id: r.try_get(0)?,
+                            state: r.try_get(1)?,
+                            attempts: r.try_get(2)?,
+                            next_at: r.try_get(3)?,
+                            content: r.try_get(4)?,
+                            key: r.try_get(5)?,
+                            conversation_id: r.try_get(6)?,
+                            inbox_id: r.try_get(7)?,
+                            relay: r.try_get(8)?,
+                        })
+                    })
+                    .collect::<Result<Vec<MailRow>, sqlx::Error>>()
+            })
+        };
+    }
+    match tx {
+        DbTx::Postgres(c) => rows!(
+            sqlx::query(sqlx::AssertSqlSafe(format!("{select} = ANY($2)")))
+                .bind(t.0)
+                .bind(ids)
+                .fetch_all(&mut **c)
+                .await
+        ),
+        DbTx::Sqlite(c) => {
+            let list = (2..ids.len() + 2)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("{select} IN ({list})"))).bind(t.0);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            rows!(q.fetch_all(&mut **c).await)
+        }
+    }
+    .map_err(db_error)
+}
+
+/// Sets `queued` rows of `ids` to `sending` until `lease_end`, counting the attempt; returns
+/// the ids it changed (a row another process claimed first is not among them).
+async fn mark_sending(
+    tx: &mut DbTx,
+    t: TenantId,
+    ids: &[Uuid],
+    lease_end: i64,
+) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+    let update = "UPDATE outbound_mail SET state = 'sending', attempts = attempts + 1, \
+                  next_attempt_at = $1 WHERE tenant_id = $2 AND state = 'queued' AND message_id";
+    let taken: Vec<Uuid> = match tx {
+        DbTx::Postgres(c) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "{update} = ANY($3) RETURNING message_id"
+            )))
+            .bind(lease_end)
+            .bind(t.0)
+            .bind(ids)
+            .fetch_all(&mut **c)
+            .await
+        }
+        DbTx::Sqlite(c) => {
+            let list = (3..ids.len() + 3)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "{update} IN ({list}) RETURNING message_id"
+            )))
+            .bind(lease_end)
+            .bind(t.0);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.fetch_all(&mut **c).await
+        }
+    }
+    .map_err(db_error)?;
+    Ok(taken.into_iter().collect())
 }
 
 /// Sent mails recorded per transaction at most.
@@ -535,6 +800,8 @@ struct Sender {
     settings: OutboundSmtpSettings,
     /// Sent mail on its way to be recorded ([`keep_sent_books`]).
     books: tokio::sync::mpsc::Sender<SentEntry>,
+    /// Mails to claim ([`claim_mails`]).
+    claims: tokio::sync::mpsc::Sender<ClaimRequest>,
 }
 
 /// A claimed mail.
@@ -570,100 +837,45 @@ impl Job for Sender {
     }
 }
 
-type Row5 = (String, i64, i64, Vec<u8>, Uuid);
-type Row8 = (Row5, Uuid, Uuid, Option<i64>);
-
 impl Sender {
+    /// Claims the mail through the claimer ([`claim_mails`]), which claims many per
+    /// transaction; the claim is committed before this returns, so before the first SMTP byte.
     async fn claim(&self, ctx: &TenantContext, id: Uuid) -> Result<Found, StoreError> {
-        let t = ctx.tenant();
-        let now = now_us();
-        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        let row: Option<Row8> = on_tx!(&mut tx, |c| sqlx::query(
-            "SELECT m.state, m.attempts, m.next_attempt_at, m.content, m.content_key, \
-             m.conversation_id, m.inbox_id, r.revision \
-             FROM outbound_mail m LEFT JOIN notification_smtp_relays r \
-               ON r.tenant_id = m.tenant_id AND r.inbox_id = m.inbox_id \
-             WHERE m.tenant_id = $1 AND m.message_id = $2"
-        )
-        .bind(t.0)
-        .bind(id)
-        .fetch_optional(c)
-        .await
-        .and_then(|r| r
-            .map(|r| Ok((
-                (
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    r.try_get(3)?,
-                    r.try_get(4)?
-                ),
-                r.try_get(5)?,
-                r.try_get(6)?,
-                r.try_get(7)?
-            )))
-            .transpose()))
-        .map_err(db_error)?;
-        let Some(((state, attempts, next_at, content, key), conversation_id, inbox_id, relay)) =
-            row
-        else {
-            due::unschedule(&mut tx, due::MAIL, id).await?;
-            tx.commit().await?;
-            return Ok(Found::Gone);
-        };
-        let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
-        let lane = crate::relays::lane(inbox_id, relay.is_some());
-        let lane = lane.as_str();
-        match state.as_str() {
-            "queued" if next_at > now => {
-                due::schedule(&mut tx, due::MAIL, id, t, lane, next_at).await?;
-                tx.commit().await?;
-                Ok(Found::NotYet)
-            }
-            "queued" => {
-                let lease_end = now.saturating_add(duration_us(self.settings.sending_lease()));
-                on_tx!(&mut tx, |c| sqlx::query(
-                    "UPDATE outbound_mail SET state = 'sending', attempts = attempts + 1, \
-                     next_attempt_at = $1 WHERE tenant_id = $2 AND message_id = $3 AND state = 'queued'"
-                )
-                .bind(lease_end)
-                .bind(t.0)
-                .bind(id)
-                .execute(c)
-                .await
-                .map(|_| ()))
-                .map_err(db_error)?;
-                // Comes back after the lease if this process dies while sending.
-                due::schedule(&mut tx, due::MAIL, id, t, lane, lease_end).await?;
-                // Committed before the first SMTP byte: a crash from here on is never resent.
-                tx.commit().await?;
-                let content = open_content(ctx, id, key, &content).await?;
-                Ok(Found::Claimed(Box::new(Claimed {
-                    content,
-                    attempts: attempts.saturating_add(1),
-                    relay: relay.and_then(|r| u64::try_from(r).ok()),
-                })))
-            }
-            "sending" if next_at > now => {
-                due::schedule(&mut tx, due::MAIL, id, t, lane, next_at).await?;
-                tx.commit().await?;
-                Ok(Found::NotYet)
-            }
-            "sending" => {
-                tx.commit().await?;
-                let author = open_content(ctx, id, key, &content).await?.author;
-                Ok(Found::Interrupted {
-                    conversation_id,
-                    inbox_id,
-                    attempts,
-                    author,
-                })
-            }
-            _ => {
-                due::unschedule(&mut tx, due::MAIL, id).await?;
-                tx.commit().await?;
-                Ok(Found::Gone)
-            }
+        let closed = || StoreError::Unavailable("the outbound claimer is closed".into());
+        let (answer, claimed) = tokio::sync::oneshot::channel();
+        self.claims
+            .send(ClaimRequest {
+                tenant: ctx.tenant(),
+                id,
+                answer,
+            })
+            .await
+            .map_err(|_| closed())?;
+        match claimed.await.map_err(|_| closed())?? {
+            Looked::Gone => Ok(Found::Gone),
+            Looked::NotYet => Ok(Found::NotYet),
+            Looked::Claimed {
+                attempts,
+                content,
+                key,
+                relay,
+            } => Ok(Found::Claimed(Box::new(Claimed {
+                content: open_content(ctx, id, key, &content).await?,
+                attempts,
+                relay: relay.and_then(|r| u64::try_from(r).ok()),
+            }))),
+            Looked::Interrupted {
+                conversation_id,
+                inbox_id,
+                attempts,
+                content,
+                key,
+            } => Ok(Found::Interrupted {
+                conversation_id,
+                inbox_id,
+                attempts,
+                author: open_content(ctx, id, key, &content).await?.author,
+            }),
         }
     }
 
