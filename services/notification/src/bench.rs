@@ -527,13 +527,18 @@ async fn smtp_session(stream: tokio::net::TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// An HTTP receiver on 127.0.0.1 answering 204 to every POST.
+/// An HTTP receiver on 127.0.0.1 reading every POST and answering 204.
 fn receiver(cancel: CancellationToken) -> std::io::Result<String> {
     use actix_web::{App, HttpResponse, HttpServer, web};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let server = HttpServer::new(|| {
-        App::new().default_service(web::to(|| async { HttpResponse::NoContent().finish() }))
+        // Reads the body, as a receiver that checks the signature must (left unread, actix
+        // closes the connection after answering, and every delivery paid a new one).
+        App::new().default_service(web::to(|body: web::Bytes| async move {
+            drop(body);
+            HttpResponse::NoContent().finish()
+        }))
     })
     .workers(2)
     .listen(listener)?
