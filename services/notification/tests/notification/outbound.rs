@@ -264,16 +264,28 @@ async fn a_mail_interrupted_while_sending_is_not_resent_but_reported_uncertain()
 
 #[tokio::test]
 async fn a_crash_during_a_burst_sends_every_reply_and_none_twice() {
-    const N: usize = 60;
+    // The burst: 1,000 replies, over 20 conversations.
+    const N: usize = 1_000;
+    const CONVERSATIONS: usize = 20;
     for backend in BACKENDS {
         let env = TestEnv::new(backend).await;
         let t = &env.acme;
-        let c = env
-            .deliver(
-                t,
-                &mail(&t.address, "burst@example.org", "Burst", "", "Hi."),
-            )
-            .await;
+        let mut conversations = Vec::new();
+        for c in 0..CONVERSATIONS {
+            let opened = env
+                .deliver(
+                    t,
+                    &mail(
+                        &t.address,
+                        &format!("burst{c}@example.org"),
+                        &format!("Burst {c}"),
+                        "",
+                        "Hi.",
+                    ),
+                )
+                .await;
+            conversations.push(opened.conversation_id);
+        }
         let mut sink = SmtpSink::new();
         sink.start(false).await;
         let settings = NotificationSettings {
@@ -283,20 +295,18 @@ async fn a_crash_during_a_burst_sends_every_reply_and_none_twice() {
             },
             ..Default::default()
         };
-        let first = env.start_crashable(settings.clone()).await;
         let mut ids = Vec::new();
         for i in 0..N {
-            ids.push(
-                env.reply(t, c.conversation_id, &format!("Reply {i}."))
-                    .await,
-            );
+            let c = conversations[i % CONVERSATIONS];
+            ids.push(env.reply(t, c, &format!("Reply {i}.")).await);
         }
-        // Kill it somewhere in the middle of the burst.
+        // All 1,000 are queued when the sender starts; kill it a third of the way through.
+        let first = env.start_crashable(settings.clone()).await;
         sink.wait_for(N / 3).await;
         first.crash().await;
         env.start_notification(settings);
 
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
         let (sent, uncertain) = loop {
             let (mut s, mut u, mut open) = (0, 0, 0);
             for id in &ids {
