@@ -465,10 +465,7 @@ async fn read_mail_rows(
                 .await
         ),
         DbTx::Sqlite(c) => {
-            let list = (2..ids.len() + 2)
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = crate::placeholders(2, ids.len());
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("{select} IN ({list})"))).bind(t.0);
             for id in ids {
                 q = q.bind(*id);
@@ -501,10 +498,7 @@ async fn mark_sending(
             .await
         }
         DbTx::Sqlite(c) => {
-            let list = (3..ids.len() + 3)
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = crate::placeholders(3, ids.len());
             let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "{update} IN ({list}) RETURNING message_id"
             )))

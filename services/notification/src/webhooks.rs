@@ -16,7 +16,7 @@
 use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::settings::WebhookSettings;
 use crate::ssrf::{DestinationError, DestinationPolicy, GuardedResolver};
-use crate::{Part, backoff, bind_tenant, duration_us, now_us};
+use crate::{Part, backoff, bind_tenant, duration_us, now_us, placeholders};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -537,14 +537,6 @@ async fn place_conversations(
         q.execute(c).await.map(|_| ())
     })
     .map_err(|e| HandlerError::Store(db_error(e)))
-}
-
-/// `$first, $first+1, …` (`n` of them), for an `IN (…)` list.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 struct Deliverer {
