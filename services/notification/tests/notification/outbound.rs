@@ -257,7 +257,14 @@ async fn a_mail_interrupted_while_sending_is_not_resent_but_reported_uncertain()
             .unwrap();
         let f: ReplyFailedV1 = events[0].payload().unwrap();
         assert_eq!(f.reason, "uncertain", "{backend:?}");
-        assert!(sink.received().is_empty());
+        // The reply never went out again; the only mail may be the alert to its author,
+        // which goes through the same relay (and now often arrives this early).
+        let replies: Vec<String> = sink
+            .received()
+            .into_iter()
+            .filter(|m| header(m, "X-Envelope-To") == Some("eve@example.org"))
+            .collect();
+        assert!(replies.is_empty(), "{backend:?}: resent: {replies:?}");
         sink.stop().await;
     }
 }
