@@ -131,9 +131,7 @@ impl SmtpPool {
     /// Sends `mail` and returns the relay's answer to its end. The connection goes back to
     /// the pool when the relay accepted or refused the mail and is still talking.
     pub async fn send(&self, mail: &lettre::Message) -> Result<Response, SmtpError> {
-        let envelope = mail.envelope().clone();
-        let bytes = mail.formatted();
-        self.send_raw(&envelope, &bytes).await
+        self.send_raw(mail.envelope(), &mail.formatted()).await
     }
 
     pub async fn send_raw(&self, envelope: &Envelope, bytes: &[u8]) -> Result<Response, SmtpError> {

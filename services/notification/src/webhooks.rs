@@ -653,7 +653,7 @@ async fn record_attempts(
             // Same outcome, same statement; first-seen order keeps it deterministic.
             let mut groups: Vec<(&Outcome, Vec<Uuid>)> = Vec::new();
             for (id, o) in attempts {
-                match groups.iter_mut().find(|(g, _)| same_outcome(g, o)) {
+                match groups.iter_mut().find(|(g, _)| *g == *o) {
                     Some((_, ids)) => ids.push(*id),
                     None => groups.push((o, vec![*id])),
                 }
@@ -686,10 +686,6 @@ async fn record_attempts(
             Ok(())
         }
     }
-}
-
-fn same_outcome(a: &Outcome, b: &Outcome) -> bool {
-    a.state == b.state && a.status == b.status && a.error == b.error && a.retry_at == b.retry_at
 }
 
 /// SQLite: the outcomes of up to [`BOOKS_CHUNK`] attempts with one statement.
@@ -1083,6 +1079,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+#[derive(PartialEq)]
 struct Outcome {
     state: &'static str,
     status: Option<u16>,
