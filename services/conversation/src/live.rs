@@ -1,7 +1,8 @@
 //! Live updates: `GET /v1/stream` (Server-Sent Events) and presence.
 //!
 //! The stream tails the event log of the caller's tenant (`read_log`, woken by the store's
-//! `append_signal()` and polled once a second, since another process may append) and sends
+//! `append_signal()` and polled once a second, since another process may append; sooner while
+//! a commit is held back behind an older transaction, `TailPause`) and sends
 //! `event: conversation` for every change of a conversation the caller may read at that
 //! moment (the same rule as `GET /v1/conversations/{id}`), with `id:` = the log position, so a
 //! client resumes with `Last-Event-ID`. Without one it starts at the head of the log.
@@ -29,7 +30,7 @@ use postvak_directory::identity::Access;
 use postvak_platform::cell::TenantContext;
 use postvak_platform::db::{Db, db_error};
 use postvak_platform::on_tx;
-use postvak_platform::store::{LogPosition, StoreError, StoredEvent, TenantId};
+use postvak_platform::store::{LogPosition, StoreError, StoredEvent, TailPause, TenantId};
 use postvak_proto::events::conversation as ev;
 use postvak_proto::events::notification as nev;
 use postvak_proto::rest::conversation as dto;
@@ -240,6 +241,7 @@ pub(crate) async fn run_stream(
     };
     let me = access.user_id();
     let mut last_sent = tokio::time::Instant::now();
+    let mut pause = TailPause::new(POLL);
     // Tells the client how long to wait before reconnecting.
     if out
         .send(Bytes::from_static(b"retry: 2000\n\n"))
@@ -260,6 +262,9 @@ pub(crate) async fn run_stream(
             }
         };
         let full = batch.len() == BATCH;
+        if !batch.is_empty() {
+            pause.reset();
+        }
         let mut seen: HashMap<Uuid, bool> = HashMap::new();
         for e in batch {
             pos = e.position;
@@ -313,11 +318,12 @@ pub(crate) async fn run_stream(
         if full {
             continue;
         }
+        let wait = pause.after_short_read(&*store, pos, Some(tenant)).await;
         let beat_at = last_sent + heartbeat;
         tokio::select! {
             () = out.closed() => return,
             () = &mut notified => {}
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(wait) => {}
             () = tokio::time::sleep_until(beat_at) => {
                 if out.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
                     return;

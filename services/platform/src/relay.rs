@@ -11,7 +11,7 @@
 
 use crate::bus::Bus;
 use crate::db::{Db, db_error};
-use crate::store::{EventStore, LogPosition, StoreError};
+use crate::store::{EventStore, LogPosition, StoreError, TailPause};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 use std::sync::Arc;
@@ -109,6 +109,7 @@ pub async fn run_relay(
         };
         report.checkpoint = checkpoint;
         let mut backoff = Backoff::new(options.max_backoff);
+        let mut pause = TailPause::new(options.poll_interval);
         loop {
             if cancel.is_cancelled() {
                 leader.release().await;
@@ -132,13 +133,17 @@ pub async fn run_relay(
                 }
             };
             let Some(last) = batch.last().map(|e| e.position) else {
+                let wait = pause
+                    .after_short_read(store.as_ref(), checkpoint, None)
+                    .await;
                 tokio::select! {
                     () = cancel.cancelled() => {}
                     () = &mut notified => {}
-                    () = tokio::time::sleep(options.poll_interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
                 continue;
             };
+            pause.reset();
             // Not raced against `cancel`: a batch once started is published and checkpointed.
             let acks = match bus.publish_events(&batch).await {
                 Ok(a) => a,

@@ -203,8 +203,14 @@ impl Bus for NatsBus {
 
     #[tracing::instrument(skip_all, fields(cell = %self.cell, events = events.len()))]
     async fn publish_events(&self, events: &[StoredEvent]) -> Result<Vec<PublishAck>, BusError> {
-        // Pipelined: send every message, then wait for the acknowledgements in order.
+        // Pipelined: send every message, then wait for the acknowledgements in order. Each
+        // message after the first names its predecessor as the stream's expected last message:
+        // if one is not stored (refused, or lost with its connection), JetStream refuses every
+        // later one of the batch too, so the relay's retry of the batch stores them after it
+        // and never out of log order. A republished message is a duplicate before that check
+        // is made, so a retry of a batch that was partly or wholly stored is accepted.
         let mut pending = Vec::with_capacity(events.len());
+        let mut previous: Option<String> = None;
         for event in events {
             let subject = subjects::event_subject(
                 &self.prefix,
@@ -216,9 +222,14 @@ impl Bus for NatsBus {
             let body = serde_json::to_vec(&event.to_wire()).map_err(|e| {
                 BusError::Other(format!("cannot encode event {}: {e}", event.event_id))
             })?;
-            let publish = jetstream::message::PublishMessage::build()
+            let id = event.event_id.to_string();
+            let mut publish = jetstream::message::PublishMessage::build()
                 .payload(Bytes::from(body))
-                .message_id(event.event_id.to_string());
+                .message_id(&id);
+            if let Some(previous) = &previous {
+                publish = publish.expected_last_message_id(previous);
+            }
+            previous = Some(id);
             let ack = self
                 .js
                 .send_publish(subject.clone(), publish)

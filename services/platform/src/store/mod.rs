@@ -14,6 +14,9 @@ mod common;
 mod pg_wake;
 pub mod postgres;
 pub mod sqlite;
+mod tail;
+
+pub use tail::TailPause;
 
 use crate::crypto::{CryptoError, Keyring};
 use async_trait::async_trait;
@@ -422,6 +425,20 @@ pub trait EventStore: Send + Sync + fmt::Debug {
         limit: usize,
         tenant: Option<TenantId>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Whether committed events after `after` (only `tenant`'s when given) exist that
+    /// [`EventStore::read_log`] does not return yet, because a transaction that began before
+    /// theirs committed is still running. Their commit was announced already, so a tailer that
+    /// found nothing new should look again soon rather than wait for the next announcement or
+    /// its poll. Always `false` where commits are serialised (SQLite).
+    async fn log_held_back(
+        &self,
+        after: LogPosition,
+        tenant: Option<TenantId>,
+    ) -> Result<bool, StoreError> {
+        let _ = (after, tenant);
+        Ok(false)
+    }
 
     /// Walks every stream's hash chain (one tenant's when given) and reports faults.
     async fn verify(&self, tenant: Option<TenantId>) -> Result<VerifyReport, StoreError>;

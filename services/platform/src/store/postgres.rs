@@ -162,6 +162,17 @@ const READ_LOG_TENANT: &str = concat!(
      ORDER BY tenant_id, tx, global_position LIMIT $3"
 );
 
+// Committed events at or above the xmin are visible but not yet returned by `READ_LOG`: the
+// `(tx, global_position)` index finds the first one or none.
+const LOG_HELD_BACK: &str = "SELECT EXISTS (SELECT 1 FROM events \
+     WHERE (tx, global_position) > ($1::bigint::text::xid8, $2) \
+       AND tx >= pg_snapshot_xmin(pg_current_snapshot()))";
+
+const LOG_HELD_BACK_TENANT: &str = "SELECT EXISTS (SELECT 1 FROM events \
+     WHERE tenant_id = $3 AND (tenant_id, tx, global_position) > \
+         ($3, $1::bigint::text::xid8, $2) \
+       AND tx >= pg_snapshot_xmin(pg_current_snapshot()))";
+
 const VERIFY_EVENTS_FIRST: &str = concat!(
     "SELECT ",
     event_columns!(),
@@ -824,6 +835,25 @@ impl EventStore for PostgresStore {
             Some(t) => query.bind(t.0),
         };
         self.fetch_events(query).await
+    }
+
+    async fn log_held_back(
+        &self,
+        after: LogPosition,
+        tenant: Option<TenantId>,
+    ) -> Result<bool, StoreError> {
+        let tx = i64::try_from(after.tx).unwrap_or(i64::MAX);
+        let query = match tenant {
+            None => sqlx::query_scalar(LOG_HELD_BACK),
+            Some(_) => sqlx::query_scalar(LOG_HELD_BACK_TENANT),
+        }
+        .bind(tx)
+        .bind(after.global_position);
+        let query = match tenant {
+            None => query,
+            Some(t) => query.bind(t.0),
+        };
+        query.fetch_one(&self.pool).await.map_err(db_error)
     }
 
     #[tracing::instrument(skip(self), fields(tenant_id = ?tenant.map(|t| t.0)))]

@@ -261,6 +261,46 @@ async fn nats_publish_is_acked_in_order_and_deduplicated_by_event_id() {
     assert_eq!(got, events, "delivered exactly as published, in order");
 }
 
+/// Sets the stream's largest accepted message (`-1`: the server's limit).
+async fn set_max_message_size(bus: &NatsBus, bytes: i32) {
+    let mut stream = bus.jetstream().get_stream(bus.stream_name()).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_message_size = bytes;
+    bus.jetstream().update_stream(config).await.unwrap();
+}
+
+#[tokio::test]
+async fn nats_stores_nothing_after_a_message_of_the_batch_it_refused() {
+    logs();
+    let bus = nats_bus().await;
+    let mut events: Vec<_> = (1..=6).map(|n| fake_event(n, "inbox")).collect();
+    bus.publish_events(&events[..3]).await.unwrap();
+    // The stream refuses the 5th (too large) while the 4th and 6th would fit.
+    events[4].payload = vec![5; 4096];
+    set_max_message_size(&bus, 2048).await;
+    let err = bus.publish_events(&events[3..]).await.unwrap_err();
+    assert!(matches!(err, BusError::Unavailable(_)), "{err:?}");
+    assert_eq!(
+        stream_messages(&bus).await,
+        4,
+        "the 6th must not be stored ahead of the 5th"
+    );
+
+    // The relay's retry of the whole batch, once the stream takes it: the 4th is a duplicate,
+    // the 5th and 6th are stored after it, in log order.
+    set_max_message_size(&bus, -1).await;
+    let acks = bus.publish_events(&events[3..]).await.unwrap();
+    assert_eq!(
+        acks.iter()
+            .map(|a| (a.sequence, a.duplicate))
+            .collect::<Vec<_>>(),
+        vec![(4, true), (5, false), (6, false)]
+    );
+    let mut consumer = bus.event_consumer(spec("all", &[])).await.unwrap();
+    let got = drain(consumer.as_mut(), 6, Duration::from_millis(300)).await;
+    assert_eq!(got, events, "every event once, in log order");
+}
+
 #[tokio::test]
 async fn nats_consumers_filter_by_stream_type_and_skip_malformed_messages() {
     logs();

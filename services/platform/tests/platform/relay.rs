@@ -186,13 +186,25 @@ async fn relay_publishes_concurrent_appends_once_each_in_stream_order() {
     wait_for_stream(&nats, total as u64).await;
     relay.stop().await;
 
+    // The log the relay reads is in stream order already, and so is what it published.
+    assert_stream_order(&log, "the log");
     let got = assert_exactly_once(&nats, &log).await;
+    assert_stream_order(&got, "JetStream");
+}
+
+/// Each stream's events come with versions 1, 2, 3… in `events`' order.
+fn assert_stream_order(events: &[StoredEvent], whose: &str) {
     let mut last: HashMap<String, u64> = HashMap::new();
-    for e in &got {
+    for e in events {
         let prev = last
             .insert(e.stream_id.clone(), e.stream_version)
             .unwrap_or(0);
-        assert_eq!(e.stream_version, prev + 1, "{} out of order", e.stream_id);
+        assert_eq!(
+            e.stream_version,
+            prev + 1,
+            "{} out of order in {whose}",
+            e.stream_id
+        );
     }
 }
 
@@ -392,5 +404,75 @@ async fn relay_wakes_on_another_process_commit_without_waiting_for_its_poll() {
     .await;
     relay.stop().await;
     let log = whole_log(relay_store.as_ref()).await;
+    assert_eq!(assert_exactly_once(&nats, &log).await, log);
+}
+
+#[tokio::test]
+async fn relay_publishes_a_commit_held_back_by_an_older_transaction_once_that_ends() {
+    use sqlx::Connection;
+    logs();
+    let (url, store) = pg_store().await;
+    let nats = nats_bus().await;
+    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let tenant = TenantId(Uuid::now_v7());
+    let stream = StreamRef::new("inbox", "i-1");
+    append_n(
+        store.as_ref(),
+        tenant,
+        &stream,
+        3,
+        |i| serde_json::json!({ "i": i }),
+    )
+    .await;
+    // A relay that would only poll every two minutes.
+    let mut slow = options(100);
+    slow.poll_interval = Duration::from_secs(120);
+    let relay = Running::start(&store, &bus, slow);
+    wait_for_stream(&nats, 3).await;
+
+    // An older transaction (any session of the cluster) is running when an event commits: the
+    // event is announced, but the log may not return it before that transaction ends.
+    let mut older = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id();")
+        .execute(&mut older)
+        .await
+        .unwrap();
+    append_n(
+        store.as_ref(),
+        tenant,
+        &stream,
+        1,
+        |_| serde_json::json!({ "late": true }),
+    )
+    .await;
+    assert!(
+        store
+            .log_held_back(postvak_platform::store::LogPosition::START, None)
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        stream_messages(&nats).await,
+        3,
+        "published before it is certain"
+    );
+
+    // It ends without announcing anything; the relay publishes the event without its poll.
+    sqlx::raw_sql("ROLLBACK").execute(&mut older).await.unwrap();
+    assert!(
+        !store
+            .log_held_back(postvak_platform::store::LogPosition::START, None)
+            .await
+            .unwrap()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the held-back commit published",
+        || async { stream_messages(&nats).await == 4 },
+    )
+    .await;
+    relay.stop().await;
+    let log = whole_log(store.as_ref()).await;
     assert_eq!(assert_exactly_once(&nats, &log).await, log);
 }

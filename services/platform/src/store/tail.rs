@@ -1,0 +1,61 @@
+//! How a log tailer waits when it found nothing new.
+//!
+//! On PostgreSQL [`EventStore::read_log`] returns only events of transactions below the
+//! snapshot's xmin, so a commit announced while an older transaction (of any database of the
+//! cluster) still runs is not returned yet, and its announcement has been spent. A tailer that
+//! then waited for the next announcement or its poll would hold that event back for up to the
+//! poll interval: [`TailPause`] looks again after a short, growing pause instead.
+
+use super::{EventStore, LogPosition, TenantId};
+use std::time::Duration;
+
+/// The first pause while events are held back; it doubles on each empty read.
+const FIRST: Duration = Duration::from_millis(2);
+/// The longest pause while events are held back (a long transaction elsewhere must not make
+/// the tailer spin, nor stall it for a whole poll).
+const MOST: Duration = Duration::from_millis(50);
+
+/// The pause of one tailer.
+#[derive(Debug, Clone)]
+pub struct TailPause {
+    poll: Duration,
+    next: Duration,
+}
+
+impl TailPause {
+    /// A tailer that otherwise polls every `poll`.
+    pub fn new(poll: Duration) -> Self {
+        Self { poll, next: FIRST }
+    }
+
+    /// The tailer read events: the next held-back pause starts short again.
+    pub fn reset(&mut self) {
+        self.next = FIRST;
+    }
+
+    /// How long to wait (for an announcement, at most) after a read that returned fewer events
+    /// than it asked for, the last at `after`: short while committed events are held back,
+    /// else the poll interval. A store that cannot answer gets the poll interval.
+    pub async fn after_short_read(
+        &mut self,
+        store: &dyn EventStore,
+        after: LogPosition,
+        tenant: Option<TenantId>,
+    ) -> Duration {
+        match store.log_held_back(after, tenant).await {
+            Ok(true) => {
+                let d = self.next.min(self.poll);
+                self.next = (self.next * 2).min(MOST);
+                d
+            }
+            Ok(false) => {
+                self.reset();
+                self.poll
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell whether events are held back");
+                self.poll
+            }
+        }
+    }
+}
