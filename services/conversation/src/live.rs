@@ -30,7 +30,9 @@ use postvak_directory::identity::Access;
 use postvak_platform::cell::TenantContext;
 use postvak_platform::db::{Db, db_error};
 use postvak_platform::on_tx;
-use postvak_platform::store::{LogPosition, StoreError, StoredEvent, TailPause, TenantId};
+use postvak_platform::store::{
+    LogPosition, Payloads, StoreError, StoredEvent, TailPause, TenantId,
+};
 use postvak_proto::events::conversation as ev;
 use postvak_proto::events::notification as nev;
 use postvak_proto::rest::conversation as dto;
@@ -254,11 +256,21 @@ pub(crate) async fn run_stream(
         let notified = signal.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let batch = match store.read_log(pos, BATCH, Some(tenant)).await {
+        let (batch, held_back) = match store
+            .read_log_tail(
+                pos,
+                BATCH,
+                Some(tenant),
+                // Only agent notifications are sent with their content; of the rest the
+                // stream learns which conversation changed, never reading their payloads.
+                Payloads::OfStreamTypes(&[nev::STREAM_AGENT_NOTIFICATION]),
+            )
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "live stream cannot read the log");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
         let full = batch.len() == BATCH;
@@ -318,7 +330,7 @@ pub(crate) async fn run_stream(
         if full {
             continue;
         }
-        let wait = pause.after_short_read(&*store, pos, Some(tenant)).await;
+        let wait = pause.after_short_read(held_back);
         let beat_at = last_sent + heartbeat;
         tokio::select! {
             () = out.closed() => return,

@@ -11,7 +11,7 @@
 
 use crate::bus::Bus;
 use crate::db::{Db, db_error};
-use crate::store::{EventStore, LogPosition, StoreError, TailPause};
+use crate::store::{EventStore, LogPosition, Payloads, StoreError, TailPause};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 use std::sync::Arc;
@@ -124,7 +124,10 @@ pub async fn run_relay(
             tokio::pin!(notified);
             notified.as_mut().enable();
 
-            let batch = match store.read_log(checkpoint, batch_size, None).await {
+            let (batch, held_back) = match store
+                .read_log_tail(checkpoint, batch_size, None, Payloads::All)
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "relay cannot read the log");
@@ -132,18 +135,18 @@ pub async fn run_relay(
                     continue;
                 }
             };
+            // A short batch is all there is: after publishing it the relay waits for the next
+            // announcement (armed before the read) instead of reading once more to find nothing.
+            if !batch.is_empty() {
+                pause.reset();
+            }
+            let wait = (batch.len() < batch_size).then(|| pause.after_short_read(held_back));
             let Some(last) = batch.last().map(|e| e.position) else {
-                let wait = pause
-                    .after_short_read(store.as_ref(), checkpoint, None)
-                    .await;
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    () = &mut notified => {}
-                    () = tokio::time::sleep(wait) => {}
+                if let Some(wait) = wait {
+                    idle(&cancel, notified, wait).await;
                 }
                 continue;
             };
-            pause.reset();
             // Not raced against `cancel`: a batch once started is published and checkpointed.
             let acks = match bus.publish_events(&batch).await {
                 Ok(a) => a,
@@ -189,8 +192,24 @@ pub async fn run_relay(
                 Err(e) => tracing::warn!(error = %e, "relay cannot save its checkpoint"),
             }
             tracing::debug!(published, duplicates, ?checkpoint, "relayed batch");
+            if let Some(wait) = wait {
+                idle(&cancel, notified, wait).await;
+            }
         }
         leader.release().await;
+    }
+}
+
+/// Waits for an announcement (`notified`, armed before the read), `wait`, or cancellation.
+async fn idle(
+    cancel: &CancellationToken,
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    wait: Duration,
+) {
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = notified => {}
+        () = tokio::time::sleep(wait) => {}
     }
 }
 

@@ -27,6 +27,15 @@ use std::fmt;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// Which events a log read returns with their payloads.
+#[derive(Debug, Clone, Copy)]
+pub enum Payloads<'a> {
+    /// Every event's.
+    All,
+    /// Only those of these stream types; the others' payloads are left empty.
+    OfStreamTypes(&'a [&'a str]),
+}
+
 /// A tenant id. Only a [`crate::cell::TenantContext`] hands one to service code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(pub Uuid);
@@ -426,18 +435,28 @@ pub trait EventStore: Send + Sync + fmt::Debug {
         tenant: Option<TenantId>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
-    /// Whether committed events after `after` (only `tenant`'s when given) exist that
-    /// [`EventStore::read_log`] does not return yet, because a transaction that began before
-    /// theirs committed is still running. Their commit was announced already, so a tailer that
-    /// found nothing new should look again soon rather than wait for the next announcement or
-    /// its poll. Always `false` where commits are serialised (SQLite).
-    async fn log_held_back(
+    /// [`EventStore::read_log`], and whether committed events after `after` exist that it did
+    /// not return because a transaction that began before theirs committed is still running
+    /// ("held back"). Their commit was announced already, so a tailer that found fewer events
+    /// than it asked for should look again soon rather than wait for the next announcement or
+    /// its poll ([`TailPause`]). Never held back where commits are serialised (SQLite).
+    /// Events outside `payloads` come with an empty payload (and cannot be opened).
+    async fn read_log_tail(
         &self,
         after: LogPosition,
+        limit: usize,
         tenant: Option<TenantId>,
-    ) -> Result<bool, StoreError> {
-        let _ = (after, tenant);
-        Ok(false)
+        payloads: Payloads<'_>,
+    ) -> Result<(Vec<StoredEvent>, bool), StoreError> {
+        let mut events = self.read_log(after, limit, tenant).await?;
+        if let Payloads::OfStreamTypes(types) = payloads {
+            for e in &mut events {
+                if !types.contains(&e.stream_type.as_str()) {
+                    e.payload = Vec::new();
+                }
+            }
+        }
+        Ok((events, false))
     }
 
     /// Walks every stream's hash chain (one tenant's when given) and reports faults.

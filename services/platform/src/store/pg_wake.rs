@@ -7,8 +7,9 @@
 //!
 //! `LISTEN`/`NOTIFY` carries the hint:
 //! - A process that committed events announces it ([`Wake::announce`]): local tailers wake at
-//!   once, and one background task sends `NOTIFY postvak_log` in its own transaction, after
-//!   the commit, never inside the appending transaction. (A `NOTIFY` in the appending
+//!   once, and one background task sends `NOTIFY postvak_log` on a connection of its own (one
+//!   statement, asynchronous commit), after the commit, never inside the appending
+//!   transaction. (A `NOTIFY` in the appending
 //!   transaction would take PostgreSQL's notify-queue lock at commit and hold it through the
 //!   commit's WAL flush, serialising every appending transaction of the cluster.) Announcements
 //!   made while one `NOTIFY` is in flight are folded into the next, so a busy process sends at
@@ -21,16 +22,18 @@
 //! on it. Both tasks hold only weak references and end within [`IDLE_CHECK`] after the store is
 //! dropped or its pool closed.
 
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The channel every store of a database announces on.
 pub const CHANNEL: &str = "postvak_log";
-/// The announcing transaction: asynchronous commit, since the hint need not survive a crash
-/// and should not wait for a WAL flush of its own.
-const NOTIFY_SQL: &str = "BEGIN; SET LOCAL synchronous_commit TO off; NOTIFY postvak_log; COMMIT;";
+/// The announcer's connection commits asynchronously: the hint need not survive a crash and
+/// should not wait for a WAL flush of its own. Set once, so each announcement is one
+/// statement (its own transaction) and one round trip.
+const ANNOUNCER_SETUP: &str = "SET synchronous_commit TO off";
+const NOTIFY_SQL: &str = "NOTIFY postvak_log";
 /// Pause after each `NOTIFY`: announcements arriving meanwhile go out together.
 const COALESCE: Duration = Duration::from_millis(1);
 /// How often the idle tasks look whether their store is still there.
@@ -90,6 +93,8 @@ impl Wake {
 }
 
 async fn announce_loop(pool: PgPool, pending: Weak<Notify>) {
+    // A connection of its own (taken out of the pool), set up once.
+    let mut conn: Option<PgConnection> = None;
     loop {
         let Some(p) = pending.upgrade() else { return };
         if pool.is_closed() {
@@ -100,15 +105,34 @@ async fn announce_loop(pool: PgPool, pending: Weak<Notify>) {
             () = tokio::time::sleep(IDLE_CHECK) => continue,
         }
         drop(p);
-        match sqlx::raw_sql(NOTIFY_SQL).execute(&pool).await {
-            Ok(_) => tokio::time::sleep(COALESCE).await,
+        let sent = match conn.as_mut() {
+            Some(c) => sqlx::raw_sql(NOTIFY_SQL).execute(c).await.map(|_| ()),
+            None => match announcer(&pool).await {
+                Ok(mut c) => {
+                    let r = sqlx::raw_sql(NOTIFY_SQL).execute(&mut c).await.map(|_| ());
+                    conn = Some(c);
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match sent {
+            Ok(()) => tokio::time::sleep(COALESCE).await,
             Err(e) => {
                 // Tailers in other processes find the events at their next poll.
                 tracing::debug!(error = %e, "cannot announce appended events");
+                conn = None;
                 tokio::time::sleep(RETRY).await;
             }
         }
     }
+}
+
+/// The announcer's own connection.
+async fn announcer(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::raw_sql(ANNOUNCER_SETUP).execute(&mut conn).await?;
+    Ok(conn)
 }
 
 async fn listen_loop(pool: PgPool, signal: Weak<Notify>) {

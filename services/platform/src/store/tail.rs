@@ -2,11 +2,13 @@
 //!
 //! On PostgreSQL [`EventStore::read_log`] returns only events of transactions below the
 //! snapshot's xmin, so a commit announced while an older transaction (of any database of the
-//! cluster) still runs is not returned yet, and its announcement has been spent. A tailer that
+//! cluster) still runs is not returned yet, and its announcement has been spent
+//! ([`EventStore::read_log_tail`] says so). A tailer that
 //! then waited for the next announcement or its poll would hold that event back for up to the
 //! poll interval: [`TailPause`] looks again after a short, growing pause instead.
 
-use super::{EventStore, LogPosition, TenantId};
+#[cfg(doc)]
+use super::EventStore;
 use std::time::Duration;
 
 /// The first pause while events are held back; it doubles on each empty read.
@@ -34,28 +36,16 @@ impl TailPause {
     }
 
     /// How long to wait (for an announcement, at most) after a read that returned fewer events
-    /// than it asked for, the last at `after`: short while committed events are held back,
-    /// else the poll interval. A store that cannot answer gets the poll interval.
-    pub async fn after_short_read(
-        &mut self,
-        store: &dyn EventStore,
-        after: LogPosition,
-        tenant: Option<TenantId>,
-    ) -> Duration {
-        match store.log_held_back(after, tenant).await {
-            Ok(true) => {
-                let d = self.next.min(self.poll);
-                self.next = (self.next * 2).min(MOST);
-                d
-            }
-            Ok(false) => {
-                self.reset();
-                self.poll
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot tell whether events are held back");
-                self.poll
-            }
+    /// than it asked for: short while committed events are `held_back` (as
+    /// [`EventStore::read_log_tail`] tells), else the poll interval.
+    pub fn after_short_read(&mut self, held_back: bool) -> Duration {
+        if held_back {
+            let d = self.next.min(self.poll);
+            self.next = (self.next * 2).min(MOST);
+            d
+        } else {
+            self.reset();
+            self.poll
         }
     }
 }

@@ -12,7 +12,8 @@ use postvak_platform::relay::{
     RelayError, RelayFault, RelayOptions, RelayReport, load_checkpoint, run_relay,
 };
 use postvak_platform::store::{
-    EventData, EventStore, ExpectedVersion, NewEvent, StoredEvent, StreamRef, TenantId, open_stored,
+    EventData, EventStore, ExpectedVersion, NewEvent, Payloads, StoredEvent, StreamRef, TenantId,
+    open_stored,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -445,12 +446,16 @@ async fn relay_publishes_a_commit_held_back_by_an_older_transaction_once_that_en
         |_| serde_json::json!({ "late": true }),
     )
     .await;
-    assert!(
-        store
-            .log_held_back(postvak_platform::store::LogPosition::START, None)
-            .await
-            .unwrap()
-    );
+    let (seen, held_back) = store
+        .read_log_tail(
+            postvak_platform::store::LogPosition::START,
+            100,
+            None,
+            Payloads::All,
+        )
+        .await
+        .unwrap();
+    assert_eq!((seen.len(), held_back), (3, true));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         stream_messages(&nats).await,
@@ -460,12 +465,16 @@ async fn relay_publishes_a_commit_held_back_by_an_older_transaction_once_that_en
 
     // It ends without announcing anything; the relay publishes the event without its poll.
     sqlx::raw_sql("ROLLBACK").execute(&mut older).await.unwrap();
-    assert!(
-        !store
-            .log_held_back(postvak_platform::store::LogPosition::START, None)
-            .await
-            .unwrap()
-    );
+    let (seen, held_back) = store
+        .read_log_tail(
+            postvak_platform::store::LogPosition::START,
+            100,
+            Some(tenant),
+            Payloads::All,
+        )
+        .await
+        .unwrap();
+    assert_eq!((seen.len(), held_back), (4, false));
     eventually(
         Duration::from_secs(10),
         "the held-back commit published",

@@ -10,7 +10,7 @@ use postvak_platform::store::postgres::{PgKeyStore, PostgresStore};
 use postvak_platform::store::sqlite::{SqliteKeyStore, SqliteStore};
 use postvak_platform::store::{
     EventCodec, EventData, EventStore, ExpectedVersion, KeyScope, LogPosition, MAX_STREAM_VERSION,
-    NewEvent, RecordedEvent, StoreError, StoredEvent, StreamRef, TenantId, VerifyReport,
+    NewEvent, Payloads, RecordedEvent, StoreError, StoredEvent, StreamRef, TenantId, VerifyReport,
 };
 use postvak_platform::testkit::{self, TempDir};
 use postvak_proto::EventMetadata;
@@ -1442,6 +1442,78 @@ async fn append_in_tx_commits_with_the_caller(h: Harness) {
     h.finish().await;
 }
 
+/// The tailers' read: the same events as `read_log`, in the same order; payloads only of the
+/// stream types asked for; nothing held back when no transaction is running.
+async fn log_tail_reads_like_the_log(h: Harness) {
+    let store = h.store.clone();
+    let (t, other) = (tenant(), tenant());
+    store
+        .append(t, &inbox("inbox-1"), ExpectedVersion::NoStream, evs(1..=2))
+        .await
+        .unwrap();
+    store
+        .append(
+            t,
+            &StreamRef::new("note", "note-1"),
+            ExpectedVersion::NoStream,
+            evs(3..=3),
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            other,
+            &inbox("inbox-2"),
+            ExpectedVersion::NoStream,
+            evs(4..=4),
+        )
+        .await
+        .unwrap();
+    let whole = store.read_log(LogPosition::START, 100, None).await.unwrap();
+    let (all, held) = store
+        .read_log_tail(LogPosition::START, 100, None, Payloads::All)
+        .await
+        .unwrap();
+    assert!(!held);
+    assert_eq!(all, whole);
+    let (two, _) = store
+        .read_log_tail(LogPosition::START, 2, None, Payloads::All)
+        .await
+        .unwrap();
+    assert_eq!(two, whole[..2]);
+
+    let (mine, held) = store
+        .read_log_tail(
+            LogPosition::START,
+            100,
+            Some(t),
+            Payloads::OfStreamTypes(&["note"]),
+        )
+        .await
+        .unwrap();
+    assert!(!held);
+    let ids = |es: &[StoredEvent]| es.iter().map(|e| e.event_id).collect::<Vec<_>>();
+    let expected: Vec<StoredEvent> = whole.iter().filter(|e| e.tenant_id == t).cloned().collect();
+    assert_eq!(ids(&mine), ids(&expected));
+    for (got, full) in mine.iter().zip(&expected) {
+        if got.stream_type == "note" {
+            assert_eq!(got, full, "asked-for payloads come whole");
+            store.open(got).await.unwrap();
+        } else {
+            assert!(
+                got.payload.is_empty(),
+                "{} read with its payload",
+                got.event_id
+            );
+            assert_eq!(
+                (got.stream_id.as_str(), got.stream_version, got.position),
+                (full.stream_id.as_str(), full.stream_version, full.position)
+            );
+        }
+    }
+    h.finish().await;
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1477,4 +1549,5 @@ conformance!(
     unreachable_database_is_unavailable,
     batches_and_many_streams,
     append_in_tx_commits_with_the_caller,
+    log_tail_reads_like_the_log,
 );
