@@ -72,7 +72,7 @@ async fn read(ctx: &TenantContext, user: Uuid) -> Result<dto::Availability, Stor
     .await
     .and_then(|r| r.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()))
     .map_err(db_error)?;
-    let open = engine::open_counts(&mut tx, t).await?;
+    let open = engine::open_counts(&mut tx, t, &[user]).await?;
     tx.commit().await?;
     Ok(match row {
         Some((status, capacity, updated_us)) => dto::Availability {

@@ -127,7 +127,8 @@ impl Snapshot {
         let t = ctx.tenant();
         let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
         let availability = load_availability(&mut tx, t).await?;
-        let open = open_counts(&mut tx, t).await?;
+        let everyone: Vec<Uuid> = people.iter().copied().collect();
+        let open = open_counts(&mut tx, t, &everyone).await?;
         let pointers: Vec<(String, Uuid)> = on_tx!(&mut tx, |c| sqlx::query(
             "SELECT pointer, last_user FROM routing_pointers WHERE tenant_id = $1"
         )
@@ -203,23 +204,49 @@ pub(crate) async fn load_availability(
         .collect())
 }
 
-/// Open assigned conversations per agent.
+/// Open conversations assigned to each of `agents` (those with none are left out). Counted
+/// through the `(tenant_id, assignee, open)` index per agent, so the cost follows these agents'
+/// workloads, not the tenant's open conversations.
 pub(crate) async fn open_counts(
     tx: &mut DbTx,
     t: TenantId,
+    agents: &[Uuid],
 ) -> Result<BTreeMap<Uuid, u32>, StoreError> {
-    let rows: Vec<(Uuid, i64)> = on_tx!(tx, |c| sqlx::query(
-        "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
-         WHERE tenant_id = $1 AND open = $2 AND assignee IS NOT NULL GROUP BY assignee"
-    )
-    .bind(t.0)
-    .bind(true)
-    .fetch_all(c)
-    .await
-    .and_then(|rows| rows
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()))
+    if agents.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows: Vec<(Uuid, i64)> = match tx {
+        // One statement text whatever the number of agents.
+        DbTx::Postgres(c) => {
+            sqlx::query_as(
+                "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
+                 WHERE tenant_id = $1 AND open = $2 AND assignee = ANY($3) GROUP BY assignee",
+            )
+            .bind(t.0)
+            .bind(true)
+            .bind(agents)
+            .fetch_all(&mut **c)
+            .await
+        }
+        DbTx::Sqlite(c) => {
+            // Only numbered placeholders go into the text; the ids are bound.
+            let list = (3..3 + agents.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
+                 WHERE tenant_id = $1 AND open = $2 AND assignee IN ({list}) GROUP BY assignee"
+            );
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(t.0)
+                .bind(true);
+            for a in agents {
+                q = q.bind(*a);
+            }
+            q.fetch_all(&mut **c).await
+        }
+    }
     .map_err(db_error)?;
     Ok(rows
         .into_iter()
