@@ -170,10 +170,12 @@ fn frame(event: &str, id: Option<&str>, data: &impl serde::Serialize) -> Bytes {
 
 /// Whether the caller may read the conversation now (404 rules of the API).
 async fn may_read(svc: &Conversations, ctx: &TenantContext, access: &Access, id: Uuid) -> bool {
-    match svc.load(ctx, id).await {
-        Ok(l) if l.state.is_open() || l.state.merged_into.is_some() => {
-            let inboxes: Vec<Uuid> = l.state.inboxes.keys().copied().collect();
-            conversation_role(access, &inboxes, participation(&l.state, access.user_id())).is_some()
+    // The cached state caught up with the events since (usually just the ones this stream is
+    // about to send), not a replay of the whole conversation per change and per stream.
+    match svc.state(ctx, id).await {
+        Ok(state) if state.is_open() || state.merged_into.is_some() => {
+            let inboxes: Vec<Uuid> = state.inboxes.keys().copied().collect();
+            conversation_role(access, &inboxes, participation(&state, access.user_id())).is_some()
         }
         _ => false,
     }
