@@ -474,7 +474,9 @@ async fn relay_publishes_a_commit_held_back_by_an_older_transaction_once_that_en
         )
         .await
         .unwrap();
-    assert_eq!((seen.len(), held_back), (4, false));
+    // Returned, or (while another session of the cluster still runs something older) held
+    // back: never silently absent.
+    assert!(seen.len() == 4 || held_back, "{} returned", seen.len());
     eventually(
         Duration::from_secs(10),
         "the held-back commit published",
