@@ -566,11 +566,23 @@ async fn timers_fire_exactly_once_across_kill_9() {
         if fired == convs.len() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{fired} of {} timers fired after 60 s",
-            convs.len()
-        );
+        if Instant::now() >= deadline {
+            let mut states = Vec::new();
+            for c in &convs {
+                let ts = env.timers(*c).await;
+                states.push(format!(
+                    "{c}: {:?}",
+                    ts.iter()
+                        .map(|t| (&t.kind, &t.state, &t.outcome))
+                        .collect::<Vec<_>>()
+                ));
+            }
+            panic!(
+                "{fired} of {} timers fired after 60 s; timers per conversation:\n{}",
+                convs.len(),
+                states.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Give a duplicate every chance to show up.
