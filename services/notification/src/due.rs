@@ -155,7 +155,7 @@ pub(crate) async fn unschedule_many(
         return Ok(());
     }
     for chunk in items.chunks(MANY_CHUNK) {
-        let list = crate::placeholders(2, chunk.len());
+        let list = postvak_platform::db::placeholders(2, chunk.len());
         let sql = format!("DELETE FROM notification_due WHERE kind = $1 AND item_id IN ({list})");
         on_tx!(tx, |c| {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(kind);

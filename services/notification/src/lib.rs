@@ -142,15 +142,6 @@ pub(crate) fn now_us() -> i64 {
     postvak_platform::store::micros(time::OffsetDateTime::now_utc())
 }
 
-/// `$first, $first+1, …` (`n` of them), for an `IN (…)` list (SQLite; PostgreSQL takes one
-/// array parameter instead, ADR 0031).
-pub(crate) fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Arms row-level security for `tenant` inside a transaction that was not opened with
 /// `Db::tenant_tx` (a consumer's).
 pub(crate) async fn bind_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {

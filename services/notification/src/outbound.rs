@@ -465,7 +465,7 @@ async fn read_mail_rows(
                 .await
         ),
         DbTx::Sqlite(c) => {
-            let list = crate::placeholders(2, ids.len());
+            let list = postvak_platform::db::placeholders(2, ids.len());
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("{select} IN ({list})"))).bind(t.0);
             for id in ids {
                 q = q.bind(*id);
@@ -498,7 +498,7 @@ async fn mark_sending(
             .await
         }
         DbTx::Sqlite(c) => {
-            let list = crate::placeholders(3, ids.len());
+            let list = postvak_platform::db::placeholders(3, ids.len());
             let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "{update} IN ({list}) RETURNING message_id"
             )))

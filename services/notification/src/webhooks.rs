@@ -16,13 +16,14 @@
 use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::settings::WebhookSettings;
 use crate::ssrf::{DestinationError, DestinationPolicy, GuardedResolver};
-use crate::{Part, backoff, bind_tenant, duration_us, now_us, placeholders};
+use crate::{Part, backoff, bind_tenant, duration_us, now_us};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use postvak_platform::cell::{Cell, Cells, TenantContext};
 use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit};
+use postvak_platform::db::placeholders;
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{

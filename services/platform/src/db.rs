@@ -333,6 +333,15 @@ macro_rules! on_tx {
     };
 }
 
+/// `$first, $first+1, …` (`n` of them), for an `IN (…)` list on SQLite (PostgreSQL takes one
+/// array parameter instead, `= ANY($n)`: one statement text whatever the length, ADR 0031).
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Which backend a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {

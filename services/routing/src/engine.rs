@@ -230,10 +230,7 @@ pub(crate) async fn open_counts(
         }
         DbTx::Sqlite(c) => {
             // Only numbered placeholders go into the text; the ids are bound.
-            let list = (3..3 + agents.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = postvak_platform::db::placeholders(3, agents.len());
             let sql = format!(
                 "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
                  WHERE tenant_id = $1 AND open = $2 AND assignee IN ({list}) GROUP BY assignee"
