@@ -10,6 +10,17 @@
 //! recorded as a dead letter and acknowledged, so one bad event never blocks the ones after
 //! it. Database or key-store outages are retried without counting towards dead-lettering.
 //!
+//! A stream's events are handled in stream order. JetStream gives at-least-once delivery, not
+//! order: after a crash the events the dead process held come back only after `ack_wait`,
+//! while the next process already receives the ones after them; a retried event (nak with a
+//! delay) is likewise overtaken. Handlers fold a stream's events in order (a conversation's
+//! `snoozed` means nothing before its `opened`), so an event whose predecessor in its stream
+//! this consumer has not processed yet is *early*: it is put back (nak with a short delay, not
+//! counted as an attempt) until the predecessor is processed or dead-lettered. Whether it was
+//! is known from this run (the versions it finished) or else from the processed marks.
+//! [`ConsumerOptions::order_wait`] bounds the wait for a predecessor that never comes (an
+//! event published before the bus kept it): after it the event is handled, and logged.
+//!
 //! The checkpoint is a low watermark: every event at or before it was handled, skipped or
 //! dead-lettered. An event waiting for a retry holds it back, so the in-process bus, which
 //! resumes from the checkpoint after a restart, never loses a retry (what it reads again is
@@ -19,11 +30,13 @@ use crate::bus::{Bus, ConsumerSpec, EventConsumer, EventDelivery};
 use crate::crypto::CryptoError;
 use crate::db::{Db, DbTx, db_error};
 use crate::relay::{position_from_db, tx_to_db};
-use crate::store::{EventStore, LogPosition, RecordedEvent, StoreError, StoredEvent, open_stored};
+use crate::store::{
+    EventStore, LogPosition, RecordedEvent, StoreError, StoredEvent, TenantId, open_stored,
+};
 use async_trait::async_trait;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -137,6 +150,9 @@ pub struct ConsumerOptions {
     /// First retry delay; doubled per attempt up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Longest wait of an early event for its predecessor in the stream (see the module
+    /// documentation). A predecessor held by a dead process is back after `ack_wait`.
+    pub order_wait: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -148,6 +164,7 @@ impl Default for ConsumerOptions {
             max_attempts: 5,
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
+            order_wait: Duration::from_secs(65),
         }
     }
 }
@@ -172,6 +189,8 @@ pub struct ConsumerReport {
     /// Failed attempts that were retried.
     pub retried: u64,
     pub dead_lettered: u64,
+    /// Deliveries put back because an earlier event of their stream was not processed yet.
+    pub early: u64,
 }
 
 /// An event a consumer gave up on.
@@ -215,6 +234,8 @@ pub async fn run_consumer_with(
         outstanding: BTreeSet::new(),
         max_finished: LogPosition::START,
         report: ConsumerReport::default(),
+        finished_versions: HashMap::new(),
+        early: HashMap::new(),
     };
     let mut pause = Pause::new(run.options.retry_max.min(Duration::from_secs(5)));
     'connect: loop {
@@ -324,6 +345,8 @@ pub async fn dead_letters(db: &Db, consumer: &str) -> Result<Vec<DeadLetter>, St
 enum Outcome {
     Handled,
     Duplicate,
+    /// An earlier event of its stream is not processed yet: put back, not an attempt.
+    Early,
     /// Retry; `counts` = false for outages, which never lead to dead-lettering.
     Failed {
         error: String,
@@ -342,7 +365,16 @@ struct Run {
     /// The newest position finished in this run.
     max_finished: LogPosition,
     report: ConsumerReport,
+    /// The highest version of each stream this run finished: the predecessor of an event is
+    /// usually known here, without asking the database.
+    finished_versions: HashMap<(TenantId, String), u64>,
+    /// Early events: when first put back, and how often (those deliveries are not attempts).
+    early: HashMap<Uuid, (Instant, u64)>,
 }
+
+/// Streams remembered in [`Run::finished_versions`] before it starts over (each entry is a
+/// shortcut: a forgotten stream costs one indexed read at its next event).
+const FINISHED_VERSIONS_KEPT: usize = 100_000;
 
 impl Run {
     async fn open_consumer(
@@ -423,6 +455,27 @@ impl Run {
             recorded.push(open_stored(self.store.keyring(), &d.event).await.ok()?);
         }
         let mut tx = self.db.begin().await.ok()?;
+        // Every event's predecessor is finished, processed, or earlier in this batch; else the
+        // events go one by one, where an early one waits.
+        let mut in_batch: HashMap<(TenantId, &str), u64> = HashMap::new();
+        for d in deliveries {
+            let e = &d.event;
+            let before = in_batch
+                .get(&(e.tenant_id, e.stream_id.as_str()))
+                .is_some_and(|v| *v + 1 >= e.stream_version);
+            if !before
+                && !self.predecessor_finished(e)
+                && !predecessor_processed(&mut tx, self.handler.name(), e)
+                    .await
+                    .ok()?
+            {
+                return None;
+            }
+            let v = in_batch
+                .entry((e.tenant_id, e.stream_id.as_str()))
+                .or_insert(0);
+            *v = (*v).max(e.stream_version);
+        }
         let events: Vec<&StoredEvent> = deliveries.iter().map(|d| &d.event).collect();
         let fresh = mark_processed_many(&mut tx, self.handler.name(), &events)
             .await
@@ -448,6 +501,9 @@ impl Run {
                 .ok()?;
         }
         tx.commit().await.ok()?;
+        for d in deliveries {
+            self.remember_finished(&d.event);
+        }
         if fresh.iter().any(|f| *f) {
             self.handler.committed();
             if self.handler.appends_events() {
@@ -460,11 +516,29 @@ impl Run {
     #[tracing::instrument(skip_all, fields(event_id = %delivery.event.event_id, event_type = %delivery.event.event_type))]
     async fn process(&mut self, delivery: EventDelivery) {
         let event = &delivery.event;
-        let attempts = delivery.redeliveries + 1;
+        // Deliveries put back as early were not attempts.
+        let early = self.early.get(&event.event_id).map_or(0, |(_, n)| *n);
+        let attempts = (delivery.redeliveries + 1).saturating_sub(early).max(1);
         let outcome = self.attempt(event).await;
         let name = self.handler.name().to_owned();
         match outcome {
+            Outcome::Early => {
+                self.report.early += 1;
+                metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "early").increment(1);
+                self.outstanding.insert(event.position);
+                let waits = self
+                    .early
+                    .entry(event.event_id)
+                    .or_insert((Instant::now(), 0));
+                waits.1 += 1;
+                let delay = early_delay(waits.1);
+                tracing::debug!(stream_id = %event.stream_id, version = event.stream_version, "early: an earlier event of the stream is not processed yet");
+                if let Err(e) = delivery.acker.nak(delay).await {
+                    tracing::warn!(error = %e, "cannot nak");
+                }
+            }
             Outcome::Handled | Outcome::Duplicate => {
+                self.remember_finished(event);
                 if matches!(outcome, Outcome::Handled) {
                     self.report.handled += 1;
                     metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "handled").increment(1);
@@ -483,6 +557,7 @@ impl Run {
                 if give_up {
                     match self.dead_letter(event, attempts, &error).await {
                         Ok(()) => {
+                            self.remember_finished(event);
                             tracing::error!(%error, attempts, "event dead-lettered");
                             self.report.dead_lettered += 1;
                             metrics::counter!("postvak_consumer_events_total", "consumer" => name, "outcome" => "dead_lettered").increment(1);
@@ -526,6 +601,14 @@ impl Run {
             Ok(tx) => tx,
             Err(e) => return outage(&e),
         };
+        if !self.predecessor_finished(event) {
+            match predecessor_processed(&mut tx, self.handler.name(), event).await {
+                Ok(true) => {}
+                Ok(false) if self.may_wait(event) => return Outcome::Early,
+                Ok(false) => {}
+                Err(e) => return outage(&e),
+            }
+        }
         let fresh = match mark_processed(&mut tx, self.handler.name(), event).await {
             Ok(f) => f,
             Err(e) => return outage(&e),
@@ -568,6 +651,48 @@ impl Run {
         }
     }
 
+    /// `event` is its stream's first, or this run finished its predecessor.
+    fn predecessor_finished(&self, event: &StoredEvent) -> bool {
+        event.stream_version <= 1
+            || self
+                .finished_versions
+                .get(&(event.tenant_id, event.stream_id.clone()))
+                .is_some_and(|v| *v + 1 >= event.stream_version)
+    }
+
+    fn remember_finished(&mut self, event: &StoredEvent) {
+        self.early.remove(&event.event_id);
+        if self.finished_versions.len() >= FINISHED_VERSIONS_KEPT {
+            self.finished_versions.clear();
+        }
+        let v = self
+            .finished_versions
+            .entry((event.tenant_id, event.stream_id.clone()))
+            .or_insert(0);
+        *v = (*v).max(event.stream_version);
+    }
+
+    /// Whether an early `event` may wait longer for its predecessor: `false` once it waited
+    /// [`ConsumerOptions::order_wait`] (the predecessor is not coming; handled anyway).
+    fn may_wait(&mut self, event: &StoredEvent) -> bool {
+        let since = self
+            .early
+            .entry(event.event_id)
+            .or_insert((Instant::now(), 0))
+            .0;
+        if since.elapsed() < self.options.order_wait {
+            return true;
+        }
+        tracing::error!(
+            stream_id = %event.stream_id,
+            version = event.stream_version,
+            waited_s = since.elapsed().as_secs(),
+            "the predecessor of this event never came; handled out of stream order"
+        );
+        metrics::counter!("postvak_consumer_events_total", "consumer" => self.handler.name().to_owned(), "outcome" => "out_of_order").increment(1);
+        false
+    }
+
     async fn dead_letter(
         &mut self,
         event: &StoredEvent,
@@ -597,6 +722,65 @@ fn is_outage(e: &StoreError) -> bool {
         e,
         StoreError::Unavailable(_) | StoreError::Crypto(CryptoError::Storage(_))
     )
+}
+
+/// How long an early event is put back: 100 ms, doubling per wait up to 2 s.
+fn early_delay(waits: u64) -> Duration {
+    let exp = u32::try_from(waits.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(5);
+    Duration::from_millis(100)
+        .saturating_mul(2u32.pow(exp))
+        .min(Duration::from_secs(2))
+}
+
+/// Whether `consumer` processed (or dead-lettered) the event before `event` in its stream.
+async fn predecessor_processed(
+    tx: &mut DbTx,
+    consumer: &str,
+    event: &StoredEvent,
+) -> Result<bool, StoreError> {
+    let version = i64::try_from(event.stream_version.saturating_sub(1)).unwrap_or(i64::MAX);
+    match tx {
+        // Two primary-key lookups: events (tenant, stream, version), consumer_processed.
+        DbTx::Postgres(c) => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events e JOIN consumer_processed p \
+             ON p.consumer = $1 AND p.event_id = e.event_id \
+             WHERE e.tenant_id = $2 AND e.stream_id = $3 AND e.stream_version = $4)",
+        )
+        .bind(consumer)
+        .bind(event.tenant_id.0)
+        .bind(&event.stream_id)
+        .bind(version)
+        .fetch_one(&mut **c)
+        .await
+        .map_err(db_error),
+        // The processed marks hold ids as text, the log as blobs: two lookups.
+        DbTx::Sqlite(c) => {
+            let id: Option<Uuid> = sqlx::query_scalar(
+                "SELECT event_id FROM events \
+                 WHERE tenant_id = ?1 AND stream_id = ?2 AND stream_version = ?3",
+            )
+            .bind(event.tenant_id.0)
+            .bind(&event.stream_id)
+            .bind(version)
+            .fetch_optional(&mut **c)
+            .await
+            .map_err(db_error)?;
+            let Some(id) = id else {
+                return Ok(false);
+            };
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM consumer_processed \
+                 WHERE consumer = ?1 AND event_id = ?2)",
+            )
+            .bind(consumer)
+            .bind(id.to_string())
+            .fetch_one(&mut **c)
+            .await
+            .map_err(db_error)
+        }
+    }
 }
 
 /// Records `event` as processed by `consumer`; `false` when it already was.

@@ -26,7 +26,8 @@ use uuid::Uuid;
 const NAME: &str = "effects";
 
 /// Writes one row per handled event into `consumer_effects`, through the transaction. Fails
-/// forever on stream `poison`; fails the first attempt of each event of stream `flaky`.
+/// forever on stream `poison`; fails the first attempt of each event of stream `flaky`, and of
+/// the first event of stream `flaky-head`.
 #[derive(Default)]
 struct Recorder {
     failed_once: Mutex<HashSet<Uuid>>,
@@ -50,6 +51,12 @@ impl EventHandler for Recorder {
         match event.stream_id.as_str() {
             "poison" => return Err(HandlerError::Transient("cannot digest this".into())),
             "flaky" if self.failed_once.lock().unwrap().insert(event.event_id) => {
+                return Err(HandlerError::Transient("first attempt fails".into()));
+            }
+            "flaky-head"
+                if event.stream_version == 1
+                    && self.failed_once.lock().unwrap().insert(event.event_id) =>
+            {
                 return Err(HandlerError::Transient("first attempt fails".into()));
             }
             _ => {}
@@ -115,6 +122,7 @@ impl Consumer {
             max_attempts: 3,
             retry_base: Duration::from_millis(20),
             retry_max: Duration::from_millis(100),
+            order_wait: Duration::from_secs(30),
         };
         let task = tokio::spawn(run_consumer_with(
             store.clone(),
@@ -324,6 +332,98 @@ async fn sqlite_and_in_process_consumer_has_effects_exactly_once() {
     let last = wanted[17].position;
     second_pass(&store, &bus, &wanted, async || {
         consumer_checkpoint(&db, NAME).await.unwrap() == last
+    })
+    .await;
+}
+
+/// The first event of a stream fails once and is retried; the two after it, delivered
+/// meanwhile, wait for it: the handler sees the stream in order (1, 2, 3), not 2, 3, 1.
+async fn stream_order_survives_a_retry(
+    store: &Arc<dyn EventStore>,
+    bus: &Arc<dyn Bus>,
+    order: impl AsyncFn() -> Vec<i64>,
+) {
+    let tenant = TenantId(Uuid::now_v7());
+    let stream = StreamRef::new("conversation", "flaky-head");
+    append_n(
+        store.as_ref(),
+        tenant,
+        &stream,
+        3,
+        |i| serde_json::json!({ "i": i }),
+    )
+    .await;
+    let consumer = Consumer::start(store, bus);
+    eventually(Duration::from_secs(20), "3 effects", || async {
+        effects(store.db()).await.0 >= 3
+    })
+    .await;
+    let report = consumer.stop().await;
+    assert_eq!(order().await, vec![1, 2, 3], "handled out of stream order");
+    assert_eq!(effects(store.db()).await, (3, 3));
+    assert_eq!(report.handled, 3);
+    assert_eq!(report.retried, 1);
+    assert!(report.early >= 1, "{report:?}");
+    assert!(dead_letters(store.db(), NAME).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn postgres_and_nats_consumer_handles_a_stream_in_order_across_a_retry() {
+    logs();
+    let (url, store) = pg_store().await;
+    let owner = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE consumer_effects (seq bigint GENERATED ALWAYS AS IDENTITY,
+             event_id uuid NOT NULL, stream_id text NOT NULL, stream_version bigint NOT NULL,
+             n bigint NOT NULL);
+         GRANT SELECT, INSERT ON consumer_effects TO postvak_app;",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    let bus: Arc<dyn Bus> = Arc::new(nats_bus().await);
+    let relay_cancel = CancellationToken::new();
+    let mut relay_options = RelayOptions::new(crate::bus::CELL);
+    relay_options.poll_interval = Duration::from_millis(50);
+    let relay = tokio::spawn(run_relay(
+        store.clone(),
+        bus.clone(),
+        relay_options,
+        relay_cancel.clone(),
+    ));
+    stream_order_survives_a_retry(&store, &bus, async || {
+        sqlx::query_scalar("SELECT stream_version FROM consumer_effects ORDER BY seq")
+            .fetch_all(&owner)
+            .await
+            .unwrap()
+    })
+    .await;
+    relay_cancel.cancel();
+    relay.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_and_in_process_consumer_handles_a_stream_in_order_across_a_retry() {
+    logs();
+    let (_dir, _url, store) = sqlite_store().await;
+    let Db::Sqlite(sqlite) = store.db() else {
+        panic!("not SQLite")
+    };
+    sqlx::raw_sql(
+        "CREATE TABLE consumer_effects (event_id TEXT NOT NULL, stream_id TEXT NOT NULL,
+             stream_version INTEGER NOT NULL, n INTEGER NOT NULL)",
+    )
+    .execute(&sqlite.writer)
+    .await
+    .unwrap();
+    let bus: Arc<dyn Bus> =
+        Arc::new(InProcessBus::new(store.clone()).with_poll_interval(Duration::from_millis(50)));
+    let reader = sqlite.reader.clone();
+    stream_order_survives_a_retry(&store, &bus, async || {
+        sqlx::query_scalar("SELECT stream_version FROM consumer_effects ORDER BY rowid")
+            .fetch_all(&reader)
+            .await
+            .unwrap()
     })
     .await;
 }
