@@ -506,6 +506,98 @@ fn kill_9(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
+/// Where a conversation's `snoozed` event got to on its way to the scheduler: the log, the
+/// relay's checkpoint, the JetStream stream, the scheduler's durable consumer, its processed
+/// marks and dead letters. Printed when a timer was never scheduled.
+async fn snooze_trail(env: &Env, conv: Uuid, prefix: &str) -> String {
+    use futures::StreamExt;
+    let db::Db::Postgres(pool) = env.cell().db().clone() else {
+        return "not PostgreSQL".to_owned();
+    };
+    let found: Option<(Uuid, String, i64)> = sqlx::query_as(
+        "SELECT event_id, tx::text, global_position FROM events \
+         WHERE stream_id = $1 AND event_type = $2",
+    )
+    .bind(conversation_stream(conv).stream_id)
+    .bind(cev::SNOOZED)
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    let Some((event_id, tx, gp)) = found else {
+        return format!("{conv}: no snoozed event in the log");
+    };
+    let relay: Option<(String, i64)> = sqlx::query_as(
+        "SELECT tx::text, global_position FROM relay_checkpoints WHERE cell = 'local'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    let checkpoint: Option<(String, i64)> = sqlx::query_as(
+        "SELECT tx::text, global_position FROM consumer_checkpoints WHERE consumer = $1",
+    )
+    .bind(postvak_routing::sla::SCHEDULER)
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    let processed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM consumer_processed WHERE consumer = $1 AND event_id = $2",
+    )
+    .bind(postvak_routing::sla::SCHEDULER)
+    .bind(event_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let dead: Vec<(String,)> = sqlx::query_as(
+        "SELECT error FROM consumer_dead_letters WHERE consumer = $1 AND event_id = $2",
+    )
+    .bind(postvak_routing::sla::SCHEDULER)
+    .bind(event_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let client = async_nats::connect(testkit::nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let name = postvak_proto::subjects::jetstream_name(prefix, "local");
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let info = stream.info().await.unwrap().state.clone();
+    let mut in_stream = None;
+    for seq in info.first_sequence..=info.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.headers
+                .get("Nats-Msg-Id")
+                .is_some_and(|v| v.as_str() == event_id.to_string())
+        {
+            in_stream = Some(seq);
+        }
+    }
+    let mut consumers = Vec::new();
+    let mut names = stream.consumer_names();
+    while let Some(Ok(n)) = names.next().await {
+        if let Ok(mut c) = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&n)
+            .await
+            && let Ok(i) = c.info().await
+        {
+            consumers.push(format!(
+                "{n}: delivered {} ack floor {} pending {} ack pending {} redelivered {} waiting {}",
+                i.delivered.stream_sequence,
+                i.ack_floor.stream_sequence,
+                i.num_pending,
+                i.num_ack_pending,
+                i.num_redelivered,
+                i.num_waiting
+            ));
+        }
+    }
+    format!(
+        "{conv}: snoozed event {event_id} at ({tx}, {gp}); relay checkpoint {relay:?}; \
+         JetStream {name} seq 1..{} holds it at {in_stream:?}; consumers [{}]; \
+         scheduler checkpoint {checkpoint:?}, processed {processed}, dead letters {dead:?}",
+        info.last_sequence,
+        consumers.join("; ")
+    )
+}
+
 /// Twelve snoozes fall due over three seconds while the routing process is killed with
 /// SIGKILL every 600 ms and started again; afterwards every conversation was woken once, and
 /// every timer has one `routing.timer_fired`.
@@ -577,10 +669,18 @@ async fn timers_fire_exactly_once_across_kill_9() {
                         .collect::<Vec<_>>()
                 ));
             }
+            let mut trail = Vec::new();
+            for c in &convs {
+                if env.timers(*c).await.is_empty() {
+                    trail.push(snooze_trail(&env, *c, &prefix).await);
+                }
+            }
             panic!(
-                "{fired} of {} timers fired after 60 s; timers per conversation:\n{}",
+                "{fired} of {} timers fired after 60 s; timers per conversation:\n{}\n\
+                 where each snooze without a timer stopped:\n{}",
                 convs.len(),
-                states.join("\n")
+                states.join("\n"),
+                trail.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
