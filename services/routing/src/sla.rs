@@ -360,6 +360,7 @@ async fn on_conversation_event(tx: &mut DbTx, event: &RecordedEvent) -> Result<(
     };
     let tenant = event.tenant_id;
     let at = at_of(event);
+    let spared = timers::fired_by(event);
     let permanent = |e: StoreError| HandlerError::Permanent(e.to_string());
     let mut ctx = Ctx {
         tenant,
@@ -409,6 +410,7 @@ async fn on_conversation_event(tx: &mut DbTx, event: &RecordedEvent) -> Result<(
                 tenant,
                 conv,
                 &[TimerKind::AutoClose, TimerKind::SnoozeWake],
+                spared,
             )
             .await?;
         }
@@ -418,7 +420,7 @@ async fn on_conversation_event(tx: &mut DbTx, event: &RecordedEvent) -> Result<(
             }
             row.awaiting_reply = false;
             row.replied = true;
-            timers::cancel(tx, tenant, conv, &[TimerKind::AutoClose]).await?;
+            timers::cancel(tx, tenant, conv, &[TimerKind::AutoClose], spared).await?;
             let auto = load_automation(tx, tenant, row.inbox_id).await?;
             if let Some(a) = auto.auto_close
                 && row.status != "closed"
@@ -446,7 +448,7 @@ async fn on_conversation_event(tx: &mut DbTx, event: &RecordedEvent) -> Result<(
                         ctx.stop_clock(tx, &mut row, kind).await?;
                     }
                     row.awaiting_reply = false;
-                    timers::cancel(tx, tenant, conv, &TimerKind::ALL).await?;
+                    timers::cancel(tx, tenant, conv, &TimerKind::ALL, spared).await?;
                 }
                 "pending" => ctx.pause_all(tx, &mut row, at).await?,
                 "open" if before == "closed" || before == "spam" => {
@@ -462,12 +464,12 @@ async fn on_conversation_event(tx: &mut DbTx, event: &RecordedEvent) -> Result<(
         }
         cev::SNOOZED => {
             let p: cev::SnoozedV1 = event.payload().map_err(permanent)?;
-            timers::cancel(tx, tenant, conv, &[TimerKind::SnoozeWake]).await?;
+            timers::cancel(tx, tenant, conv, &[TimerKind::SnoozeWake], spared).await?;
             ctx.schedule(tx, TimerKind::SnoozeWake, serde_json::json!({}), p.until_us)
                 .await?;
         }
         cev::WOKEN => {
-            timers::cancel(tx, tenant, conv, &[TimerKind::SnoozeWake]).await?;
+            timers::cancel(tx, tenant, conv, &[TimerKind::SnoozeWake], spared).await?;
         }
         cev::PRIORITY_CHANGED => {
             let p: cev::PriorityChangedV1 = event.payload().map_err(permanent)?;
@@ -476,12 +478,12 @@ async fn on_conversation_event(tx: &mut DbTx, event: &RecordedEvent) -> Result<(
         cev::ASSIGNED => {
             let p: cev::AssignedV1 = event.payload().map_err(permanent)?;
             row.assignee = Some(p.assignee);
-            timers::cancel(tx, tenant, conv, &[TimerKind::Escalate]).await?;
+            timers::cancel(tx, tenant, conv, &[TimerKind::Escalate], spared).await?;
         }
         cev::UNASSIGNED => {
             row.assignee = None;
             if row.status != "closed" && row.status != "spam" {
-                timers::cancel(tx, tenant, conv, &[TimerKind::Escalate]).await?;
+                timers::cancel(tx, tenant, conv, &[TimerKind::Escalate], spared).await?;
                 ctx.schedule_escalation(tx, &row, at).await?;
             }
         }
@@ -494,7 +496,7 @@ async fn on_conversation_event(tx: &mut DbTx, event: &RecordedEvent) -> Result<(
                 ctx.stop_clock(tx, &mut row, kind).await?;
             }
             row.status = "closed".into();
-            timers::cancel(tx, tenant, conv, &TimerKind::ALL).await?;
+            timers::cancel(tx, tenant, conv, &TimerKind::ALL, spared).await?;
         }
         _ => return Ok(()),
     }

@@ -127,29 +127,51 @@ pub async fn schedule(tx: &mut DbTx, t: &NewTimer) -> Result<Uuid, StoreError> {
 /// Cancels a conversation's pending timers of the given kinds, in the caller's transaction.
 /// A timer being fired right now (PostgreSQL) is locked: this waits for the fire to commit and
 /// then finds it no longer pending.
+///
+/// `spared`: the timer whose own effect the event being handled is (its actor is
+/// `timer:<id>`). It stays pending: should its runner have died between the effect and the
+/// record, the next runner fires it again (the command answers its stored reply) and records
+/// it, instead of the timer ending `cancelled` by its own effect.
 pub async fn cancel(
     tx: &mut DbTx,
     tenant: TenantId,
     conversation: Uuid,
     kinds: &[TimerKind],
+    spared: Option<Uuid>,
 ) -> Result<u64, StoreError> {
+    const SQL: &str = "UPDATE routing_timers SET state = 'cancelled', done_us = $1 \
+         WHERE tenant_id = $2 AND conversation_id = $3 AND kind = $4 AND state = 'pending'";
+    const SQL_SPARING: &str = "UPDATE routing_timers SET state = 'cancelled', done_us = $1 \
+         WHERE tenant_id = $2 AND conversation_id = $3 AND kind = $4 AND state = 'pending' \
+         AND timer_id <> $5";
     let now = micros(OffsetDateTime::now_utc());
     let mut n = 0;
     for kind in kinds {
-        n += on_tx!(tx, |c| sqlx::query(
-            "UPDATE routing_timers SET state = 'cancelled', done_us = $1 \
-             WHERE tenant_id = $2 AND conversation_id = $3 AND kind = $4 AND state = 'pending'"
-        )
-        .bind(now)
-        .bind(tenant.0)
-        .bind(conversation)
-        .bind(kind.as_str())
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))
+        n += on_tx!(tx, |c| {
+            let q = sqlx::query(if spared.is_some() { SQL_SPARING } else { SQL })
+                .bind(now)
+                .bind(tenant.0)
+                .bind(conversation)
+                .bind(kind.as_str());
+            let q = match spared {
+                Some(id) => q.bind(id),
+                None => q,
+            };
+            q.execute(c).await.map(|r| r.rows_affected())
+        })
         .map_err(db_error)?;
     }
     Ok(n)
+}
+
+/// The timer an event is the effect of (its actor is `timer:<id>`).
+pub fn fired_by(event: &postvak_platform::store::RecordedEvent) -> Option<Uuid> {
+    event
+        .metadata
+        .actor
+        .as_deref()
+        .and_then(|a| a.strip_prefix("timer:"))
+        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 /// A pending timer as the runner sees it.

@@ -430,6 +430,141 @@ const CHILD_DB: &str = "ROUTING_CRASH_CHILD_DB";
 const CHILD_PREFIX: &str = "ROUTING_CRASH_CHILD_PREFIX";
 const CHILD_KEY: &str = "ROUTING_CRASH_CHILD_KEY";
 
+/// Applies the real effect, then fails as if its runner died before recording the fire.
+struct DiesAfterEffect(timers::ApplyCommand);
+
+#[async_trait::async_trait]
+impl timers::TimerEffect for DiesAfterEffect {
+    async fn apply(
+        &self,
+        timer: &timers::DueTimer,
+        actions: Vec<postvak_proto::command::conversation::ActionV1>,
+    ) -> Result<String, timers::FireError> {
+        self.0.apply(timer, actions).await?;
+        Err(timers::FireError::Retry(
+            "the runner died after the effect".into(),
+        ))
+    }
+}
+
+/// A runner dies between a snooze wake-up's effect (`woken`) and its record. The scheduler
+/// then handles that `woken`, which cancels the conversation's pending wake-ups — but not the
+/// one that caused it: the next runner fires it again, the command answers its stored reply,
+/// and the timer ends `fired` once, with one `woken`.
+async fn a_timer_whose_runner_died_after_its_effect_fires_once(backend: Backend) {
+    let env = Env::new(backend, false).await;
+    let cell = env.cell();
+    tokio::spawn(postvak_platform::consumer::run_consumer(
+        cell.store.clone(),
+        cell.bus.clone(),
+        Arc::new(postvak_routing::sla::TimerScheduler),
+        env.cancel.clone(),
+    ));
+    let now = now_us();
+    let conv = env.open(env.inbox, now).await;
+    env.script(
+        conv,
+        &[(
+            cev::SNOOZED,
+            json!({"until_us": now + 500_000, "at_us": now}),
+        )],
+    )
+    .await;
+    let row = until(20, "the wake-up to be scheduled", || async {
+        env.timers(conv).await.into_iter().next()
+    })
+    .await;
+    // Due now: the conversation service wakes only a snooze whose time has come.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let due = timers::DueTimer {
+        timer_id: row.timer_id,
+        tenant: env.tenant,
+        conversation_id: conv,
+        kind: timers::TimerKind::SnoozeWake,
+        params: json!({}),
+        due_at_us: row.due_at_us,
+        cause_event_id: None,
+    };
+    let effect = timers::ApplyCommand {
+        bus: cell.bus.clone(),
+        timeout: Duration::from_secs(10),
+    };
+    let died = timers::fire_one(
+        cell.store.as_ref(),
+        &DiesAfterEffect(timers::ApplyCommand {
+            bus: cell.bus.clone(),
+            timeout: Duration::from_secs(10),
+        }),
+        &due,
+    )
+    .await;
+    assert!(died.is_err(), "{died:?}");
+    // The scheduler handles the `woken` the effect appended.
+    let woken = until(20, "the conversation to wake", || async {
+        env.conversation(conv)
+            .await
+            .into_iter()
+            .find(|e| e.event_type == cev::WOKEN)
+    })
+    .await;
+    until(20, "the scheduler to handle the woken", || async {
+        processed_by_scheduler(&env, woken.event_id)
+            .await
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        fired_timer(&env.timers(conv).await, "snooze_wake").state,
+        "pending"
+    );
+    let again = timers::fire_one(cell.store.as_ref(), &effect, &due)
+        .await
+        .unwrap();
+    assert_eq!(again, timers::Fired::Done("applied".to_owned()));
+    let timer = fired_timer(&env.timers(conv).await, "snooze_wake");
+    assert_eq!(timer.state, "fired");
+    assert_fired_once(&env, &timer, "applied").await;
+    let events = env.conversation(conv).await;
+    assert_eq!(
+        events.iter().filter(|e| e.event_type == cev::WOKEN).count(),
+        1,
+        "{:?}",
+        types(&events)
+    );
+}
+
+async fn processed_by_scheduler(env: &Env, event_id: Uuid) -> bool {
+    let consumer = postvak_routing::sla::SCHEDULER;
+    match env.cell().db() {
+        db::Db::Postgres(p) => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM consumer_processed WHERE consumer = $1 AND event_id = $2)",
+        )
+        .bind(consumer)
+        .bind(event_id)
+        .fetch_one(p)
+        .await
+        .unwrap(),
+        db::Db::Sqlite(s) => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM consumer_processed WHERE consumer = ?1 AND event_id = ?2)",
+        )
+        .bind(consumer)
+        .bind(event_id.to_string())
+        .fetch_one(&s.reader)
+        .await
+        .unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_timer_whose_runner_died_after_its_effect_fires_once_sqlite() {
+    a_timer_whose_runner_died_after_its_effect_fires_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_timer_whose_runner_died_after_its_effect_fires_once_nats() {
+    a_timer_whose_runner_died_after_its_effect_fires_once(Backend::PostgresNats).await;
+}
+
 async fn nats_cells(url: &str, prefix: &str, key: &str) -> Cells {
     let opts = DbOptions {
         max_connections: 8,
