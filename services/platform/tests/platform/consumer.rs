@@ -13,10 +13,11 @@ use postvak_platform::consumer::{
     run_consumer_with,
 };
 use postvak_platform::db::{Db, DbTx};
-use postvak_platform::relay::{RelayOptions, run_relay};
+use postvak_platform::relay::{RelayError, RelayOptions, RelayReport, run_relay};
 use postvak_platform::store::{
     EventData, EventStore, LogPosition, RecordedEvent, StoredEvent, StreamRef, TenantId,
 };
+use postvak_platform::testkit::TempDir;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -229,36 +230,87 @@ async fn second_pass(
     assert_eq!(dead_letters(store.db(), NAME).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn postgres_and_nats_consumer_has_effects_exactly_once() {
+/// PostgreSQL + NATS with the relay publishing, and the `consumer_effects` table (created by
+/// the owner, granted to the application role; `seq` is the order rows were written in).
+struct PgRig {
+    owner: sqlx::PgPool,
+    store: Arc<dyn EventStore>,
+    nats: NatsBus,
+    bus: Arc<dyn Bus>,
+    relay_cancel: CancellationToken,
+    relay: tokio::task::JoinHandle<Result<RelayReport, RelayError>>,
+}
+
+impl PgRig {
+    async fn start() -> Self {
+        logs();
+        let (url, store) = pg_store().await;
+        let owner = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE consumer_effects (seq bigint GENERATED ALWAYS AS IDENTITY,
+                 event_id uuid NOT NULL, stream_id text NOT NULL,
+                 stream_version bigint NOT NULL, n bigint NOT NULL);
+             GRANT SELECT, INSERT ON consumer_effects TO postvak_app;",
+        )
+        .execute(&owner)
+        .await
+        .unwrap();
+        let nats: NatsBus = nats_bus().await;
+        let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+        let relay_cancel = CancellationToken::new();
+        let mut relay_options = RelayOptions::new(crate::bus::CELL);
+        relay_options.poll_interval = Duration::from_millis(50);
+        let relay = tokio::spawn(run_relay(
+            store.clone(),
+            bus.clone(),
+            relay_options,
+            relay_cancel.clone(),
+        ));
+        Self {
+            owner,
+            store,
+            nats,
+            bus,
+            relay_cancel,
+            relay,
+        }
+    }
+
+    async fn stop(self) {
+        self.relay_cancel.cancel();
+        self.relay.await.unwrap().unwrap();
+    }
+}
+
+/// SQLite + the in-process bus, and the `consumer_effects` table (its `rowid` is the order
+/// rows were written in). The folder holds the database.
+async fn sqlite_rig() -> (TempDir, Arc<dyn EventStore>, Arc<dyn Bus>, sqlx::SqlitePool) {
     logs();
-    let (url, store) = pg_store().await;
-    // The test table, created by the owner, granted to the application role.
-    let owner = sqlx::PgPool::connect(&url).await.unwrap();
+    let (dir, _url, store) = sqlite_store().await;
+    let Db::Sqlite(sqlite) = store.db() else {
+        panic!("not SQLite")
+    };
     sqlx::raw_sql(
-        "CREATE TABLE consumer_effects (event_id uuid NOT NULL, stream_id text NOT NULL,
-             stream_version bigint NOT NULL, n bigint NOT NULL);
-         GRANT SELECT, INSERT ON consumer_effects TO postvak_app;",
+        "CREATE TABLE consumer_effects (event_id TEXT NOT NULL, stream_id TEXT NOT NULL,
+             stream_version INTEGER NOT NULL, n INTEGER NOT NULL)",
     )
-    .execute(&owner)
+    .execute(&sqlite.writer)
     .await
     .unwrap();
-    let nats: NatsBus = nats_bus().await;
-    let bus: Arc<dyn Bus> = Arc::new(nats.clone());
+    let writer = sqlite.writer.clone();
+    let bus: Arc<dyn Bus> =
+        Arc::new(InProcessBus::new(store.clone()).with_poll_interval(Duration::from_millis(50)));
+    (dir, store, bus, writer)
+}
+
+#[tokio::test]
+async fn postgres_and_nats_consumer_has_effects_exactly_once() {
+    let rig = PgRig::start().await;
+    let (store, bus, nats) = (&rig.store, &rig.bus, &rig.nats);
     let wanted = scenario(store.as_ref()).await;
     assert_eq!(wanted.len(), 18);
 
-    let relay_cancel = CancellationToken::new();
-    let mut relay_options = RelayOptions::new(crate::bus::CELL);
-    relay_options.poll_interval = Duration::from_millis(50);
-    let relay = tokio::spawn(run_relay(
-        store.clone(),
-        bus.clone(),
-        relay_options,
-        relay_cancel.clone(),
-    ));
-
-    first_pass(&store, &bus, &wanted).await;
+    first_pass(store, bus, &wanted).await;
 
     // Redelivery bypassing JetStream's dedupe: the same events again under no message id.
     let mut last_sequence = 0;
@@ -281,7 +333,7 @@ async fn postgres_and_nats_consumer_has_effects_exactly_once() {
     }
     let js = nats.jetstream().clone();
     let stream_name = nats.stream_name().to_owned();
-    second_pass(&store, &bus, &wanted, async || {
+    second_pass(store, bus, &wanted, async || {
         let stream = js.get_stream(&stream_name).await.unwrap();
         let info = stream.consumer_info(NAME).await.unwrap();
         // The server counts a consumer's pending messages after the publish is acknowledged
@@ -292,27 +344,12 @@ async fn postgres_and_nats_consumer_has_effects_exactly_once() {
             && info.num_ack_pending == 0
     })
     .await;
-
-    relay_cancel.cancel();
-    relay.await.unwrap().unwrap();
+    rig.stop().await;
 }
 
 #[tokio::test]
 async fn sqlite_and_in_process_consumer_has_effects_exactly_once() {
-    logs();
-    let (_dir, _url, store) = sqlite_store().await;
-    let Db::Sqlite(sqlite) = store.db() else {
-        panic!("not SQLite")
-    };
-    sqlx::raw_sql(
-        "CREATE TABLE consumer_effects (event_id TEXT NOT NULL, stream_id TEXT NOT NULL,
-             stream_version INTEGER NOT NULL, n INTEGER NOT NULL)",
-    )
-    .execute(&sqlite.writer)
-    .await
-    .unwrap();
-    let bus: Arc<dyn Bus> =
-        Arc::new(InProcessBus::new(store.clone()).with_poll_interval(Duration::from_millis(50)));
+    let (_dir, store, bus, writer) = sqlite_rig().await;
     let wanted = scenario(store.as_ref()).await;
     assert_eq!(wanted.len(), 18);
 
@@ -321,7 +358,7 @@ async fn sqlite_and_in_process_consumer_has_effects_exactly_once() {
     // The checkpoint is lost (as if the process died before writing it): the in-process bus
     // replays the whole log, and every event is a known duplicate.
     sqlx::query("DELETE FROM consumer_checkpoints")
-        .execute(&sqlite.writer)
+        .execute(&writer)
         .await
         .unwrap();
     assert_eq!(
@@ -369,59 +406,24 @@ async fn stream_order_survives_a_retry(
 
 #[tokio::test]
 async fn postgres_and_nats_consumer_handles_a_stream_in_order_across_a_retry() {
-    logs();
-    let (url, store) = pg_store().await;
-    let owner = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE consumer_effects (seq bigint GENERATED ALWAYS AS IDENTITY,
-             event_id uuid NOT NULL, stream_id text NOT NULL, stream_version bigint NOT NULL,
-             n bigint NOT NULL);
-         GRANT SELECT, INSERT ON consumer_effects TO postvak_app;",
-    )
-    .execute(&owner)
-    .await
-    .unwrap();
-    let bus: Arc<dyn Bus> = Arc::new(nats_bus().await);
-    let relay_cancel = CancellationToken::new();
-    let mut relay_options = RelayOptions::new(crate::bus::CELL);
-    relay_options.poll_interval = Duration::from_millis(50);
-    let relay = tokio::spawn(run_relay(
-        store.clone(),
-        bus.clone(),
-        relay_options,
-        relay_cancel.clone(),
-    ));
-    stream_order_survives_a_retry(&store, &bus, async || {
+    let rig = PgRig::start().await;
+    let owner = rig.owner.clone();
+    stream_order_survives_a_retry(&rig.store, &rig.bus, async || {
         sqlx::query_scalar("SELECT stream_version FROM consumer_effects ORDER BY seq")
             .fetch_all(&owner)
             .await
             .unwrap()
     })
     .await;
-    relay_cancel.cancel();
-    relay.await.unwrap().unwrap();
+    rig.stop().await;
 }
 
 #[tokio::test]
 async fn sqlite_and_in_process_consumer_handles_a_stream_in_order_across_a_retry() {
-    logs();
-    let (_dir, _url, store) = sqlite_store().await;
-    let Db::Sqlite(sqlite) = store.db() else {
-        panic!("not SQLite")
-    };
-    sqlx::raw_sql(
-        "CREATE TABLE consumer_effects (event_id TEXT NOT NULL, stream_id TEXT NOT NULL,
-             stream_version INTEGER NOT NULL, n INTEGER NOT NULL)",
-    )
-    .execute(&sqlite.writer)
-    .await
-    .unwrap();
-    let bus: Arc<dyn Bus> =
-        Arc::new(InProcessBus::new(store.clone()).with_poll_interval(Duration::from_millis(50)));
-    let reader = sqlite.reader.clone();
+    let (_dir, store, bus, writer) = sqlite_rig().await;
     stream_order_survives_a_retry(&store, &bus, async || {
         sqlx::query_scalar("SELECT stream_version FROM consumer_effects ORDER BY rowid")
-            .fetch_all(&reader)
+            .fetch_all(&writer)
             .await
             .unwrap()
     })
