@@ -614,9 +614,19 @@ async fn crash_child() {
     std::future::pending::<()>().await;
 }
 
-fn spawn_child(url: &str, prefix: &str, key: &str) -> std::process::Child {
+/// The routing child process; killed when dropped, so a failing test leaves none running.
+struct ChildProcess(std::process::Child);
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_child(url: &str, prefix: &str, key: &str) -> ChildProcess {
     let exe = std::env::current_exe().unwrap();
-    std::process::Command::new(exe)
+    let child = std::process::Command::new(exe)
         .args(["timers::crash_child", "--exact", "--ignored", "--nocapture"])
         .env(CHILD_DB, url)
         .env(CHILD_PREFIX, prefix)
@@ -628,10 +638,12 @@ fn spawn_child(url: &str, prefix: &str, key: &str) -> std::process::Child {
             std::process::Stdio::null()
         })
         .spawn()
-        .unwrap()
+        .unwrap();
+    ChildProcess(child)
 }
 
-fn kill_9(child: &mut std::process::Child) {
+fn kill_9(child: &mut ChildProcess) {
+    let child = &mut child.0;
     let pid = child.id().to_string();
     let status = std::process::Command::new("kill")
         .args(["-9", &pid])
