@@ -285,15 +285,17 @@ async fn seed(url: &str, opts: &ApiBenchOptions) -> anyhow::Result<Seeded> {
     })
 }
 
-/// Gives the planner the statistics a running database would have (autovacuum analyses a table
-/// after enough changes): measured right after a bulk load, PostgreSQL would otherwise plan
-/// from the empty tables' estimates. As the login user, who owns the tables.
+/// Leaves the database as autovacuum keeps a running one: statistics for the planner (right
+/// after a bulk load PostgreSQL would plan from the empty tables' estimates), and on
+/// PostgreSQL also vacuumed, so the visibility map is set and hint bits are written (a
+/// never-vacuumed table makes every read set them, and index-only scans visit the heap). As
+/// the login user, who owns the tables.
 async fn analyze(url: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     match postvak_platform::db::kind_of(url)? {
         postvak_platform::db::DbKind::Postgres => {
             let mut c = sqlx::PgConnection::connect(url).await?;
-            sqlx::query("ANALYZE").execute(&mut c).await?;
+            sqlx::query("VACUUM (ANALYZE)").execute(&mut c).await?;
             c.close().await?;
         }
         postvak_platform::db::DbKind::Sqlite => {
