@@ -235,6 +235,7 @@ pub async fn run_consumer_with(
         max_finished: LogPosition::START,
         report: ConsumerReport::default(),
         finished_versions: HashMap::new(),
+        finished_count: 0,
         early: HashMap::new(),
     };
     let mut pause = Pause::new(run.options.retry_max.min(Duration::from_secs(5)));
@@ -367,7 +368,9 @@ struct Run {
     report: ConsumerReport,
     /// The highest version of each stream this run finished: the predecessor of an event is
     /// usually known here, without asking the database.
-    finished_versions: HashMap<(TenantId, String), u64>,
+    finished_versions: HashMap<TenantId, HashMap<String, u64>>,
+    /// Streams in `finished_versions`, over all tenants.
+    finished_count: usize,
     /// Early events: when first put back, and how often (those deliveries are not attempts).
     early: HashMap<Uuid, (Instant, u64)>,
 }
@@ -656,20 +659,27 @@ impl Run {
         event.stream_version <= 1
             || self
                 .finished_versions
-                .get(&(event.tenant_id, event.stream_id.clone()))
+                .get(&event.tenant_id)
+                .and_then(|streams| streams.get(event.stream_id.as_str()))
                 .is_some_and(|v| *v + 1 >= event.stream_version)
     }
 
     fn remember_finished(&mut self, event: &StoredEvent) {
         self.early.remove(&event.event_id);
-        if self.finished_versions.len() >= FINISHED_VERSIONS_KEPT {
-            self.finished_versions.clear();
+        let streams = self.finished_versions.entry(event.tenant_id).or_default();
+        if let Some(v) = streams.get_mut(event.stream_id.as_str()) {
+            *v = (*v).max(event.stream_version);
+            return;
         }
-        let v = self
-            .finished_versions
-            .entry((event.tenant_id, event.stream_id.clone()))
-            .or_insert(0);
-        *v = (*v).max(event.stream_version);
+        self.finished_count += 1;
+        if self.finished_count > FINISHED_VERSIONS_KEPT {
+            self.finished_versions.clear();
+            self.finished_count = 1;
+        }
+        self.finished_versions
+            .entry(event.tenant_id)
+            .or_default()
+            .insert(event.stream_id.clone(), event.stream_version);
     }
 
     /// Whether an early `event` may wait longer for its predecessor: `false` once it waited

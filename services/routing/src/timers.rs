@@ -164,13 +164,15 @@ pub async fn cancel(
     Ok(n)
 }
 
-/// The timer an event is the effect of (its actor is `timer:<id>`).
+/// The timer an event is the effect of: its actor is the one `CauseV1::actor` gave the
+/// command (`timer:<id>`).
 pub fn fired_by(event: &postvak_platform::store::RecordedEvent) -> Option<Uuid> {
     event
         .metadata
         .actor
         .as_deref()
-        .and_then(|a| a.strip_prefix("timer:"))
+        .and_then(|a| a.strip_prefix(CauseKindV1::Timer.as_str()))
+        .and_then(|rest| rest.strip_prefix(':'))
         .and_then(|id| Uuid::parse_str(id).ok())
 }
 

@@ -431,10 +431,10 @@ const CHILD_PREFIX: &str = "ROUTING_CRASH_CHILD_PREFIX";
 const CHILD_KEY: &str = "ROUTING_CRASH_CHILD_KEY";
 
 /// Applies the real effect, then fails as if its runner died before recording the fire.
-struct DiesAfterEffect(timers::ApplyCommand);
+struct DiesAfterEffect<'a>(&'a timers::ApplyCommand);
 
 #[async_trait::async_trait]
-impl timers::TimerEffect for DiesAfterEffect {
+impl timers::TimerEffect for DiesAfterEffect<'_> {
     async fn apply(
         &self,
         timer: &timers::DueTimer,
@@ -489,15 +489,7 @@ async fn a_timer_whose_runner_died_after_its_effect_fires_once(backend: Backend)
         bus: cell.bus.clone(),
         timeout: Duration::from_secs(10),
     };
-    let died = timers::fire_one(
-        cell.store.as_ref(),
-        &DiesAfterEffect(timers::ApplyCommand {
-            bus: cell.bus.clone(),
-            timeout: Duration::from_secs(10),
-        }),
-        &due,
-    )
-    .await;
+    let died = timers::fire_one(cell.store.as_ref(), &DiesAfterEffect(&effect), &due).await;
     assert!(died.is_err(), "{died:?}");
     // The scheduler handles the `woken` the effect appended.
     let woken = until(20, "the conversation to wake", || async {
