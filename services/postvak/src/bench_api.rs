@@ -36,6 +36,21 @@ pub struct ApiBenchOptions {
     pub seed_concurrency: usize,
     pub keep: Option<PathBuf>,
     pub reuse: Option<PathBuf>,
+    /// The scenarios to run (all of them by default).
+    pub only: Vec<Scenario>,
+}
+
+/// A measured scenario of the API bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// `GET /healthz`: no database, no authentication.
+    Baseline,
+    /// The first page of a list, filtered (inbox + open) and unfiltered.
+    List,
+    /// One conversation with its messages and notes.
+    Get,
+    /// A reply to an open conversation.
+    Reply,
 }
 
 /// How to reach a seeded database again (`--keep` / `--reuse`). Holds a scratch master key and
@@ -328,59 +343,77 @@ async fn measure(seeded: &Seeded, opts: &ApiBenchOptions) -> anyhow::Result<Vec<
         "{base}/v1/conversations?inbox_id={}&status=open&limit=25",
         seeded.inbox_id
     );
+    let runs = |s: Scenario| opts.only.contains(&s);
     // Warm caches (auth, pools) before anything is measured.
     // (Its figures don't count: a cold cache may answer nothing within a short run.)
     let _ = wrk("warm-up", &list_url, &auth, None, c, 3).await;
-    let _ = wrk("warm-up", &base, &auth, Some(&get_lua), c, 3).await;
-    let mut rows = vec![
-        wrk(
-            "baseline: GET /healthz (no db, no auth)",
-            &format!("{base}/healthz"),
-            &auth,
-            None,
-            c,
-            secs,
-        )
-        .await?,
-        wrk(
-            "list: inbox + status=open, first page of 25",
-            &list_url,
-            &auth,
-            None,
-            c,
-            secs,
-        )
-        .await?,
-        wrk(
-            "list: unfiltered, first page of 25",
-            &format!("{base}/v1/conversations?limit=25"),
-            &auth,
-            None,
-            c,
-            secs,
-        )
-        .await?,
-        wrk(
-            "get: one conversation (random of the seed)",
-            &base,
-            &auth,
-            Some(&get_lua),
-            c,
-            secs,
-        )
-        .await?,
-    ];
-    rows.push(
-        wrk(
-            "reply: POST …/replies (random open one)",
-            &base,
-            &auth,
-            Some(&reply_lua),
-            opts.reply_connections.max(1),
-            secs,
-        )
-        .await?,
-    );
+    if runs(Scenario::Get) {
+        let _ = wrk("warm-up", &base, &auth, Some(&get_lua), c, 3).await;
+    }
+    let mut rows = Vec::new();
+    if runs(Scenario::Baseline) {
+        rows.push(
+            wrk(
+                "baseline: GET /healthz (no db, no auth)",
+                &format!("{base}/healthz"),
+                &auth,
+                None,
+                c,
+                secs,
+            )
+            .await?,
+        );
+    }
+    if runs(Scenario::List) {
+        rows.push(
+            wrk(
+                "list: inbox + status=open, first page of 25",
+                &list_url,
+                &auth,
+                None,
+                c,
+                secs,
+            )
+            .await?,
+        );
+        rows.push(
+            wrk(
+                "list: unfiltered, first page of 25",
+                &format!("{base}/v1/conversations?limit=25"),
+                &auth,
+                None,
+                c,
+                secs,
+            )
+            .await?,
+        );
+    }
+    if runs(Scenario::Get) {
+        rows.push(
+            wrk(
+                "get: one conversation (random of the seed)",
+                &base,
+                &auth,
+                Some(&get_lua),
+                c,
+                secs,
+            )
+            .await?,
+        );
+    }
+    if runs(Scenario::Reply) {
+        rows.push(
+            wrk(
+                "reply: POST …/replies (random open one)",
+                &base,
+                &auth,
+                Some(&reply_lua),
+                opts.reply_connections.max(1),
+                secs,
+            )
+            .await?,
+        );
+    }
     stop.abort();
     Ok(rows)
 }

@@ -205,6 +205,10 @@ enum BenchCommand {
         /// Measure a database kept by an earlier `--keep FILE` instead of seeding.
         #[arg(long, conflicts_with = "keep")]
         reuse: Option<PathBuf>,
+        /// Run only these scenarios (comma-separated: baseline, list, get, reply), e.g. to
+        /// profile one of them.
+        #[arg(long, value_delimiter = ',', default_value = "baseline,list,get,reply")]
+        only: Vec<crate::bench_api::Scenario>,
     },
     /// Routing in distributed mode (relay, ingest, conversation, routing as separate processes
     /// on PostgreSQL + NATS): from a mail's SMTP 250 to the conversation visible as assigned by
@@ -357,6 +361,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seed_concurrency,
                     keep,
                     reuse,
+                    only,
                 },
         } => {
             let report = crate::bench_api::run(crate::bench_api::ApiBenchOptions {
@@ -368,6 +373,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed_concurrency,
                 keep,
                 reuse,
+                only,
             })
             .await?;
             println!("{report}");
