@@ -27,6 +27,22 @@ impl Cell {
     pub fn db(&self) -> &Db {
         self.store.db()
     }
+
+    /// Reads as `tenant`, for statements whose plan does not depend on their values (see
+    /// [`crate::reads`]): a read connection on PostgreSQL, a read transaction on SQLite.
+    pub async fn read_tx(
+        &self,
+        tenant: crate::store::TenantId,
+    ) -> Result<crate::reads::ReadTx, crate::store::StoreError> {
+        match self.store.reads() {
+            Some(reads) => reads.acquire(tenant).await.map(crate::reads::ReadTx::Conn),
+            None => self
+                .db()
+                .tenant_tx(tenant, false)
+                .await
+                .map(crate::reads::ReadTx::Tx),
+        }
+    }
 }
 
 /// Every cell this process serves, and the global directory's tenant → cell map.

@@ -313,22 +313,49 @@ impl DbTx {
     }
 }
 
-/// Runs the same statement on either backend's transaction: `on_tx!(tx, |c| sqlx::query(SQL)
-/// .bind(x).execute(c).await)`. The SQL must suit both (write `$1, $2, …` in order of first
-/// use: SQLite numbers named parameters by first appearance) and every bound type must encode
-/// on both (uuid, text, i64, bool, bytes, options of those).
+/// A connection of either backend, borrowed from whatever holds it: a transaction
+/// ([`DbTx`]) or a tenant's read connection ([`crate::reads::ReadTx`]).
+#[derive(Debug)]
+pub enum Conn<'a> {
+    Postgres(&'a mut sqlx::PgConnection),
+    Sqlite(&'a mut sqlx::SqliteConnection),
+}
+
+/// What [`on_tx!`] runs statements on.
+pub trait AsConn {
+    fn conn(&mut self) -> Conn<'_>;
+
+    /// SQLite? (Where the SQL differs per backend.)
+    fn is_sqlite(&mut self) -> bool {
+        matches!(self.conn(), Conn::Sqlite(_))
+    }
+}
+
+impl AsConn for DbTx {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Postgres(t) => Conn::Postgres(t),
+            Self::Sqlite(t) => Conn::Sqlite(t),
+        }
+    }
+}
+
+impl<T: AsConn + ?Sized> AsConn for &mut T {
+    fn conn(&mut self) -> Conn<'_> {
+        (**self).conn()
+    }
+}
+
+/// Runs the same statement on either backend's transaction (or read connection):
+/// `on_tx!(tx, |c| sqlx::query(SQL).bind(x).execute(c).await)`. The SQL must suit both (write
+/// `$1, $2, …` in order of first use: SQLite numbers named parameters by first appearance) and
+/// every bound type must encode on both (uuid, text, i64, bool, bytes, options of those).
 #[macro_export]
 macro_rules! on_tx {
     ($tx:expr, |$c:ident| $body:expr) => {
-        match $tx {
-            $crate::db::DbTx::Postgres(t) => {
-                let $c = &mut **t;
-                $body
-            }
-            $crate::db::DbTx::Sqlite(t) => {
-                let $c = &mut **t;
-                $body
-            }
+        match $crate::db::AsConn::conn($tx) {
+            $crate::db::Conn::Postgres($c) => $body,
+            $crate::db::Conn::Sqlite($c) => $body,
         }
     };
 }

@@ -14,6 +14,7 @@ pub mod db;
 pub mod http;
 pub mod memo;
 pub mod netguard;
+pub mod reads;
 pub mod relay;
 pub mod store;
 pub mod telemetry;

@@ -481,6 +481,12 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// The database this store lives in (consumers write checkpoints into it).
     fn db(&self) -> &crate::db::Db;
 
+    /// The tenant read connections beside the store's pool, if its backend has them
+    /// (PostgreSQL: [`crate::reads`]).
+    fn reads(&self) -> Option<&crate::reads::PgReads> {
+        None
+    }
+
     /// Decrypts one stored event.
     async fn open(&self, event: &StoredEvent) -> Result<RecordedEvent, StoreError> {
         open_stored(self.keyring(), event).await

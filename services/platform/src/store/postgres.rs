@@ -248,6 +248,8 @@ const VERIFY_HEADS_TENANT_AFTER: &str = "SELECT tenant_id, stream_id, stream_typ
 pub struct PostgresStore {
     db: Db,
     pool: PgPool,
+    /// Tenant read connections (ADR 0035).
+    reads: crate::reads::PgReads,
     keyring: Keyring,
     heads: HeadCache,
     /// No cached heads: every append to an existing stream takes the locking path.
@@ -282,6 +284,7 @@ impl PostgresStore {
             heads: HeadCache::new(DEFAULT_HEAD_CACHE),
             heads_disabled: false,
             wake: Wake::new(pool.clone()),
+            reads: crate::reads::PgReads::new(&pool),
             pool,
         })
     }
@@ -936,6 +939,10 @@ impl EventStore for PostgresStore {
 
     fn db(&self) -> &Db {
         &self.db
+    }
+
+    fn reads(&self) -> Option<&crate::reads::PgReads> {
+        Some(&self.reads)
     }
 }
 

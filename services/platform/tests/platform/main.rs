@@ -5,6 +5,7 @@ mod bus;
 mod command;
 mod consumer;
 mod migrations;
+mod reads;
 mod relay;
 mod store_bench;
 mod store_conformance;
