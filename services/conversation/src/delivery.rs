@@ -22,7 +22,7 @@ use postvak_core::conversation::{ConversationCommand, DeliveryFailure};
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
 use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit, run_consumer};
 use postvak_platform::crypto::Keyring;
-use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::db::{AsConn, Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{EventStore, KeyScope, RecordedEvent, StoreError, TenantId};
 use postvak_proto::events::notification::{self as nev, ReplyFailedV1, ReplySentV1};
@@ -417,7 +417,7 @@ pub(crate) async fn attach(
 /// The delivery reports of a conversation's replies, read in the caller's transaction (see
 /// [`apply`]).
 pub(crate) async fn fetch(
-    tx: &mut DbTx,
+    tx: &mut impl AsConn,
     t: TenantId,
     conversation: Uuid,
 ) -> Result<Vec<DeliveryRow>, StoreError> {

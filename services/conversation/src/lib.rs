@@ -38,6 +38,7 @@ use postvak_directory::Directory;
 use postvak_directory::identity::Access;
 use postvak_platform::cell::{CellError, Cells, Principal, TenantContext};
 use postvak_platform::memo::Generational;
+use postvak_platform::reads::ReadTx;
 use postvak_platform::store::{ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef};
 use postvak_proto::events::conversation as ev;
 use std::collections::BTreeSet;
@@ -530,7 +531,7 @@ impl Conversations {
         ctx: &TenantContext,
         id: Uuid,
     ) -> Result<Option<projection::ConversationRow>, ServiceError> {
-        let mut tx = ctx.cell().db().tenant_tx(ctx.tenant(), false).await?;
+        let mut tx = ctx.cell().read_tx(ctx.tenant()).await?;
         let row = projection::get(&mut tx, ctx.tenant(), id).await?;
         tx.end_read();
         Ok(row)
@@ -556,7 +557,7 @@ impl Conversations {
     ) -> Result<postvak_proto::rest::conversation::ConversationDetail, ServiceError> {
         let keyring = ctx.cell().store.keyring();
         let t = ctx.tenant();
-        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let mut tx = ctx.cell().read_tx(t).await?;
         let row = projection::get(&mut tx, t, id)
             .await?
             .filter(|r| visible(r))
@@ -609,7 +610,7 @@ impl Conversations {
     ) -> Result<Vec<postvak_proto::rest::conversation::ConversationMessage>, ServiceError> {
         let keyring = ctx.cell().store.keyring();
         let t = ctx.tenant();
-        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let mut tx = ctx.cell().read_tx(t).await?;
         let messages =
             projection::messages(&mut tx, t, id, i64::try_from(after).unwrap_or(i64::MAX)).await?;
         tx.end_read();
@@ -640,7 +641,13 @@ impl Conversations {
         // batches.
         let mut batch = i64::try_from(limit + 1).unwrap_or(201);
         let mut more = false;
-        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        // A search or a tag's best plan depends on how common the word or tag is: those lists
+        // are planned for their values, in a transaction of the pool (ADR 0035).
+        let mut tx = if filter.search.is_empty() && filter.tag.is_none() {
+            ctx.cell().read_tx(t).await?
+        } else {
+            ReadTx::Tx(ctx.cell().db().tenant_tx(t, false).await?)
+        };
         'fill: loop {
             let page = projection::list(&mut tx, t, filter, after, batch).await?;
             let exhausted = (page.len() as i64) < batch;

@@ -10,7 +10,7 @@ use crate::codec;
 use base64::Engine;
 use postvak_core::conversation::{Conversation, ConversationEvent, Direction};
 use postvak_platform::crypto::Keyring;
-use postvak_platform::db::{DbTx, db_error};
+use postvak_platform::db::{AsConn, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{KeyScope, StoreError, TenantId};
 use postvak_proto::rest::conversation as dto;
@@ -782,13 +782,13 @@ impl Cursor {
 }
 
 pub(crate) async fn list(
-    tx: &mut DbTx,
+    tx: &mut impl AsConn,
     tenant: TenantId,
     f: &ListFilter,
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<ConversationRow>, StoreError> {
-    let fts = matches!(tx, DbTx::Sqlite(_));
+    let fts = tx.is_sqlite();
     let (sql, args) = list_sql(tenant, f, after, limit, fts);
     let sql = sqlx::AssertSqlSafe(sql);
     on_tx!(tx, |c| {
@@ -953,7 +953,7 @@ pub(crate) async fn version(
 }
 
 pub(crate) async fn get(
-    tx: &mut DbTx,
+    tx: &mut impl AsConn,
     tenant: TenantId,
     id: Uuid,
 ) -> Result<Option<ConversationRow>, StoreError> {
@@ -971,7 +971,7 @@ pub(crate) async fn get(
 
 /// Sealed messages of a conversation added after `after_version`, oldest first.
 pub(crate) async fn messages(
-    tx: &mut DbTx,
+    tx: &mut impl AsConn,
     tenant: TenantId,
     conversation: Uuid,
     after_version: i64,
@@ -1000,7 +1000,7 @@ pub(crate) type NoteEntry = (Uuid, Vec<u8>, Uuid);
 /// All sealed messages and notes of a conversation, each oldest first, in one statement (a
 /// conversation read is a handful of round trips; this saves one).
 pub(crate) async fn messages_and_notes(
-    tx: &mut DbTx,
+    tx: &mut impl AsConn,
     tenant: TenantId,
     conversation: Uuid,
 ) -> Result<(Vec<MessageEntry>, Vec<NoteEntry>), StoreError> {
