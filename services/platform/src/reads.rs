@@ -224,14 +224,16 @@ impl ReadConn {
     /// Back to the idle connections, set to this tenant. Only after every statement completed:
     /// the connection then has nothing pending.
     pub fn finish(mut self) {
-        if let (Some(conn), Some(home)) = (self.conn.take(), self.home.take())
-            && let Ok(mut idle) = home.idle.lock()
-        {
-            idle.push(Idle {
+        let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else {
+            return;
+        };
+        match home.idle.lock() {
+            Ok(mut idle) => idle.push(Idle {
                 tenant: self.tenant,
                 conn,
                 since: Instant::now(),
-            });
+            }),
+            Err(_) => close_later(conn),
         }
     }
 
