@@ -558,20 +558,25 @@ impl Conversations {
         let keyring = ctx.cell().store.keyring();
         let t = ctx.tenant();
         let mut tx = ctx.cell().read_tx(t).await?;
-        let row = projection::get(&mut tx, t, id)
+        // Delivery reports change without the version (they leave the ETag alone): read with
+        // the row every time. Messages and notes change only with the version.
+        let (row, reports) = projection::get_with_reports(&mut tx, t, id)
             .await?
-            .filter(|r| visible(r))
+            .filter(|(r, _)| visible(r))
             .ok_or(ServiceError::NotFound)?;
-        // Messages and notes change only with the version; delivery reports do not (they
-        // leave the ETag alone), so they are always read.
         let key = (store_key(ctx), t, id);
         let cached = details()
             .get(&key)
             .filter(|(v, at, _)| *v == row.version && at.elapsed() < STATE_TTL);
-        let (hit, thread) = match cached {
-            Some((_, _, thread)) => (true, thread),
+        let thread = match cached {
+            Some((_, _, thread)) => {
+                tx.end_read();
+                thread
+            }
             None => {
                 let (messages, notes) = projection::messages_and_notes(&mut tx, t, id).await?;
+                // Decrypted after the connection is back: it serves other reads meanwhile.
+                tx.end_read();
                 let mut out_messages = Vec::with_capacity(messages.len());
                 for m in &messages {
                     out_messages.push(projection::message_dto(keyring, t, m).await?);
@@ -580,18 +585,11 @@ impl Conversations {
                 for n in &notes {
                     out_notes.push(projection::note_dto(keyring, t, n).await?);
                 }
-                (false, Arc::new((out_messages, out_notes)))
+                let thread = Arc::new((out_messages, out_notes));
+                details().put(key, (row.version, Instant::now(), thread.clone()));
+                thread
             }
         };
-        let reports = if thread.0.iter().any(|m| m.direction == "outbound") {
-            delivery::fetch(&mut tx, t, id).await?
-        } else {
-            Vec::new()
-        };
-        tx.end_read();
-        if !hit {
-            details().put(key, (row.version, Instant::now(), thread.clone()));
-        }
         let (mut messages, notes) = Arc::unwrap_or_clone(thread);
         delivery::apply(ctx, reports, &mut messages).await?;
         Ok(postvak_proto::rest::conversation::ConversationDetail {

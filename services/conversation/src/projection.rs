@@ -969,6 +969,52 @@ pub(crate) async fn get(
     .map_err(db_error)
 }
 
+/// A conversation's row with the delivery reports of its replies, in one statement (one round
+/// trip for a get whose thread is cached): the row repeats once per report, or comes once with
+/// no report.
+pub(crate) async fn get_with_reports(
+    tx: &mut impl AsConn,
+    tenant: TenantId,
+    id: Uuid,
+) -> Result<Option<(ConversationRow, Vec<crate::delivery::DeliveryRow>)>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, d.message_id, d.state, d.reason, d.smtp_code, d.detail, d.detail_key, \
+         d.at_us FROM conversations c LEFT JOIN conversation_reply_delivery d \
+         ON d.tenant_id = c.tenant_id AND d.conversation_id = c.conversation_id \
+         WHERE c.tenant_id = $1 AND c.conversation_id = $2"
+    ));
+    on_tx!(tx, |c| async {
+        let rows = sqlx::query(sql)
+            .bind(tenant.0)
+            .bind(id)
+            .fetch_all(c)
+            .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let row = conversation_row(first)?;
+        let mut reports = Vec::new();
+        for r in &rows {
+            // The report's columns follow the row's 17; all NULL when it has none.
+            let Some(message_id) = r.try_get::<Option<Uuid>, _>(17)? else {
+                continue;
+            };
+            reports.push((
+                message_id,
+                r.try_get(18)?,
+                r.try_get(19)?,
+                r.try_get(20)?,
+                r.try_get(21)?,
+                r.try_get(22)?,
+                r.try_get(23)?,
+            ));
+        }
+        Ok::<_, sqlx::Error>(Some((row, reports)))
+    }
+    .await)
+    .map_err(db_error)
+}
+
 /// Sealed messages of a conversation added after `after_version`, oldest first.
 pub(crate) async fn messages(
     tx: &mut impl AsConn,
