@@ -26,7 +26,7 @@ use postvak_platform::bus::Bus;
 use postvak_platform::cell::{Cell, Cells, Principal, TenantContext};
 use postvak_platform::command::{SendCommandError, command_envelope, send_command};
 use postvak_platform::consumer::{EventHandler, HandlerError, WakeAfterCommit};
-use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::db::{AsConn, Conn, Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{
     EventData, EventStore, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamRef,
@@ -125,7 +125,7 @@ impl Snapshot {
             }
         }
         let t = ctx.tenant();
-        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let mut tx = ctx.cell().read_tx(t).await?;
         let availability = load_availability(&mut tx, t).await?;
         let everyone: Vec<Uuid> = people.iter().copied().collect();
         let open = open_counts(&mut tx, t, &everyone).await?;
@@ -140,7 +140,7 @@ impl Snapshot {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()))
         .map_err(db_error)?;
-        tx.commit().await?;
+        tx.end_read();
         let agents = people
             .into_iter()
             .map(|id| {
@@ -176,7 +176,7 @@ impl Snapshot {
 
 /// `(availability, capacity)` per agent who set one.
 pub(crate) async fn load_availability(
-    tx: &mut DbTx,
+    tx: &mut impl AsConn,
     t: TenantId,
 ) -> Result<BTreeMap<Uuid, (Availability, Option<u32>)>, StoreError> {
     let rows: Vec<(Uuid, String, Option<i64>)> = on_tx!(tx, |c| sqlx::query(
@@ -208,16 +208,16 @@ pub(crate) async fn load_availability(
 /// through the `(tenant_id, assignee, open)` index per agent, so the cost follows these agents'
 /// workloads, not the tenant's open conversations.
 pub(crate) async fn open_counts(
-    tx: &mut DbTx,
+    tx: &mut impl AsConn,
     t: TenantId,
     agents: &[Uuid],
 ) -> Result<BTreeMap<Uuid, u32>, StoreError> {
     if agents.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows: Vec<(Uuid, i64)> = match tx {
+    let rows: Vec<(Uuid, i64)> = match tx.conn() {
         // One statement text whatever the number of agents.
-        DbTx::Postgres(c) => {
+        Conn::Postgres(c) => {
             sqlx::query_as(
                 "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
                  WHERE tenant_id = $1 AND open = $2 AND assignee = ANY($3) GROUP BY assignee",
@@ -225,10 +225,10 @@ pub(crate) async fn open_counts(
             .bind(t.0)
             .bind(true)
             .bind(agents)
-            .fetch_all(&mut **c)
+            .fetch_all(c)
             .await
         }
-        DbTx::Sqlite(c) => {
+        Conn::Sqlite(c) => {
             // Only numbered placeholders go into the text; the ids are bound.
             let list = postvak_platform::db::placeholders(3, agents.len());
             let sql = format!(
@@ -241,7 +241,7 @@ pub(crate) async fn open_counts(
             for a in agents {
                 q = q.bind(*a);
             }
-            q.fetch_all(&mut **c).await
+            q.fetch_all(c).await
         }
     }
     .map_err(db_error)?;
@@ -850,7 +850,7 @@ impl Worker {
         reads_body: bool,
     ) -> Result<(Facts, bool), StoreError> {
         let t = ctx.tenant();
-        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        let mut tx = ctx.cell().read_tx(t).await?;
         let row: Option<FactsRow> =
             on_tx!(&mut tx, |c| sqlx::query(
                 "SELECT assignee, tags, channel, last_customer_us, last_agent_us FROM routing_rule_conversations \
@@ -864,7 +864,7 @@ impl Worker {
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
                 .transpose()))
             .map_err(db_error)?;
-        tx.commit().await?;
+        tx.end_read();
         let (assignee, tags, channel, last_customer_us, last_agent_us) =
             row.unwrap_or((None, "[]".into(), None, None, None));
         let now = now_us();
