@@ -4,5 +4,6 @@
 // Helpers outside `#[test]` functions may fail loudly too: they are test code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api_keys;
 mod oidc_harness;
 mod sso;
