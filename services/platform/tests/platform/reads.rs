@@ -2,6 +2,8 @@
 //! each read was taken for, a connection dropped before it finished is never reused, and the
 //! connections are bounded by the pool's size.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use postvak_platform::db::{self, DbOptions};
 use postvak_platform::reads::{PgReads, ReadConn, ReadTx};
 use postvak_platform::store::{self, EventStore, StoreError, TenantId};
