@@ -47,6 +47,8 @@ struct Inner {
     /// `SET ROLE` target of a new session, learnt from the pool (`None`: the login role).
     role: OnceCell<Option<String>>,
     idle: Mutex<Vec<Idle>>,
+    /// At most this many connections (the pool's bound), one permit each.
+    max: usize,
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
 }
@@ -76,6 +78,7 @@ impl PgReads {
                 connect: (*pool.connect_options()).clone(),
                 role: OnceCell::new(),
                 idle: Mutex::new(Vec::new()),
+                max,
                 permits: Arc::new(Semaphore::new(max)),
                 acquire_timeout: pool.options().get_acquire_timeout(),
             }),
@@ -100,7 +103,7 @@ impl PgReads {
         let mut read = ReadConn {
             conn: Some(conn),
             tenant,
-            home: Some(self.inner.clone()),
+            home: self.inner.clone(),
             _permit: permit,
         };
         if set_to != Some(tenant) {
@@ -125,8 +128,9 @@ impl PgReads {
 
     /// Connections handed out and not yet back.
     pub fn in_use(&self) -> usize {
-        let max = self.inner.pool.options().get_max_connections().max(1) as usize;
-        max.saturating_sub(self.inner.permits.available_permits())
+        self.inner
+            .max
+            .saturating_sub(self.inner.permits.available_permits())
     }
 
     /// The most recently used idle connection of `tenant`, else the most recently used one of
@@ -208,7 +212,7 @@ fn close_later(conn: PgConnection) {
 pub struct ReadConn {
     conn: Option<PgConnection>,
     tenant: TenantId,
-    home: Option<Arc<Inner>>,
+    home: Arc<Inner>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -224,10 +228,10 @@ impl ReadConn {
     /// Back to the idle connections, set to this tenant. Only after every statement completed:
     /// the connection then has nothing pending.
     pub fn finish(mut self) {
-        let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
-        match home.idle.lock() {
+        match self.home.idle.lock() {
             Ok(mut idle) => idle.push(Idle {
                 tenant: self.tenant,
                 conn,

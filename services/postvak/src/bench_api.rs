@@ -350,69 +350,50 @@ async fn measure(seeded: &Seeded, opts: &ApiBenchOptions) -> anyhow::Result<Vec<
     if runs(Scenario::Get) {
         let _ = wrk("warm-up", &base, &auth, Some(&get_lua), c, 3).await;
     }
+    // The measured scenarios, in the report's order: (scenario, row name, URL, wrk script,
+    // connections).
+    let plan: [(Scenario, &str, String, Option<&Path>, u32); 5] = [
+        (
+            Scenario::Baseline,
+            "baseline: GET /healthz (no db, no auth)",
+            format!("{base}/healthz"),
+            None,
+            c,
+        ),
+        (
+            Scenario::List,
+            "list: inbox + status=open, first page of 25",
+            list_url.clone(),
+            None,
+            c,
+        ),
+        (
+            Scenario::List,
+            "list: unfiltered, first page of 25",
+            format!("{base}/v1/conversations?limit=25"),
+            None,
+            c,
+        ),
+        (
+            Scenario::Get,
+            "get: one conversation (random of the seed)",
+            base.clone(),
+            Some(&get_lua),
+            c,
+        ),
+        (
+            Scenario::Reply,
+            "reply: POST …/replies (random open one)",
+            base.clone(),
+            Some(&reply_lua),
+            opts.reply_connections.max(1),
+        ),
+    ];
     let mut rows = Vec::new();
-    if runs(Scenario::Baseline) {
-        rows.push(
-            wrk(
-                "baseline: GET /healthz (no db, no auth)",
-                &format!("{base}/healthz"),
-                &auth,
-                None,
-                c,
-                secs,
-            )
-            .await?,
-        );
-    }
-    if runs(Scenario::List) {
-        rows.push(
-            wrk(
-                "list: inbox + status=open, first page of 25",
-                &list_url,
-                &auth,
-                None,
-                c,
-                secs,
-            )
-            .await?,
-        );
-        rows.push(
-            wrk(
-                "list: unfiltered, first page of 25",
-                &format!("{base}/v1/conversations?limit=25"),
-                &auth,
-                None,
-                c,
-                secs,
-            )
-            .await?,
-        );
-    }
-    if runs(Scenario::Get) {
-        rows.push(
-            wrk(
-                "get: one conversation (random of the seed)",
-                &base,
-                &auth,
-                Some(&get_lua),
-                c,
-                secs,
-            )
-            .await?,
-        );
-    }
-    if runs(Scenario::Reply) {
-        rows.push(
-            wrk(
-                "reply: POST …/replies (random open one)",
-                &base,
-                &auth,
-                Some(&reply_lua),
-                opts.reply_connections.max(1),
-                secs,
-            )
-            .await?,
-        );
+    for (scenario, name, url, script, conns) in plan {
+        if runs(scenario) {
+            rows.push(wrk(name, &url, &auth, script, conns, secs).await?);
+        }
     }
     stop.abort();
     Ok(rows)
