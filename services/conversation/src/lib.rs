@@ -25,6 +25,7 @@ pub mod inbound;
 mod live;
 mod projection;
 mod queue;
+pub mod search_merge;
 pub mod seed;
 pub mod suggest;
 pub mod templates;

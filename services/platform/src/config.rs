@@ -71,6 +71,9 @@ pub struct Config {
     /// Draft providers' request limits and `allow_private` (read by the conversation service).
     #[serde(default)]
     pub draft_providers: Option<serde::de::IgnoredAny>,
+    /// The search index's pending-list merging (read by the conversation service).
+    #[serde(default)]
+    pub search_index: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub security: SecurityConfig,
     #[serde(default)]

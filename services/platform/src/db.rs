@@ -123,6 +123,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "search_documents",
         include_str!("../../../migrations/postgres/0023_search_documents.sql"),
     ),
+    (
+        24,
+        "search_pending_cleaner",
+        include_str!("../../../migrations/postgres/0024_search_pending_cleaner.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.

@@ -38,6 +38,8 @@ pub struct ApiBenchOptions {
     pub reuse: Option<PathBuf>,
     /// The scenarios to run (all of them by default).
     pub only: Vec<Scenario>,
+    /// `[search_index] merge_every_ms` of the measured server.
+    pub search_merge_every_ms: u64,
 }
 
 /// A measured scenario of the API bench.
@@ -131,6 +133,12 @@ pub async fn run(opts: ApiBenchOptions) -> anyhow::Result<String> {
         "{backend}: {} conversations, {} events; {seed_line}",
         seeded.conversations, seeded.events
     )?;
+    if backend == "PostgreSQL" {
+        match opts.search_merge_every_ms {
+            0 => writeln!(out, "search index pending list: merged by the writes")?,
+            ms => writeln!(out, "search index pending list: merged every {ms} ms")?,
+        }
+    }
     writeln!(
         out,
         "{:<44} {:>5} {:>9} {:>10} {:>9} {:>9} {:>8}",
@@ -169,8 +177,12 @@ fn which_wrk() -> anyhow::Result<()> {
     }
 }
 
-fn config(url: &str, master_key: &str) -> anyhow::Result<Config> {
+fn config(url: &str, master_key: &str, search_merge_every_ms: u64) -> anyhow::Result<Config> {
     let env = vec![
+        (
+            "POSTVAK_SEARCH_INDEX__MERGE_EVERY_MS".to_owned(),
+            search_merge_every_ms.to_string(),
+        ),
         (
             "POSTVAK_CELLS__BENCH__DATABASE_URL".to_owned(),
             url.to_owned(),
@@ -194,7 +206,7 @@ const BATCH: u64 = 50;
 
 async fn seed(url: &str, opts: &ApiBenchOptions) -> anyhow::Result<Seeded> {
     let master_key = postvak_platform::crypto::MasterKey::generate_base64();
-    let cfg = config(url, &master_key)?;
+    let cfg = config(url, &master_key, opts.search_merge_every_ms)?;
     let cells = startup::open_cells(&cfg, true).await?;
     let dir = Directory::new(cells.clone());
     let tenant = dir.create_tenant("Bench", None).await?;
@@ -323,7 +335,11 @@ async fn analyze(url: &str) -> anyhow::Result<()> {
 }
 
 async fn measure(seeded: &Seeded, opts: &ApiBenchOptions) -> anyhow::Result<Vec<WrkResult>> {
-    let cfg = config(&seeded.database_url, &seeded.master_key)?;
+    let cfg = config(
+        &seeded.database_url,
+        &seeded.master_key,
+        opts.search_merge_every_ms,
+    )?;
     let cells = startup::open_cells(&cfg, false).await?;
     let app = Application::build(&cfg, cells, Role::Api).await?;
     let port = app.port();

@@ -209,6 +209,10 @@ enum BenchCommand {
         /// profile one of them.
         #[arg(long, value_delimiter = ',', default_value = "baseline,list,get,reply")]
         only: Vec<crate::bench_api::Scenario>,
+        /// `[search_index] merge_every_ms` of the measured server (0: writes merge the search
+        /// index's pending list themselves, PostgreSQL's default), to compare the two.
+        #[arg(long, default_value_t = 200)]
+        search_merge_every_ms: u64,
     },
     /// Routing in distributed mode (relay, ingest, conversation, routing as separate processes
     /// on PostgreSQL + NATS): from a mail's SMTP 250 to the conversation visible as assigned by
@@ -251,6 +255,7 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     cfg.section::<postvak_ingest::RawApiSettings>("raw_api")?;
     cfg.section::<postvak_ingest::ImapSettings>("imap")?;
     cfg.section::<postvak_ingest::BlobGcSettings>("blob_gc")?;
+    cfg.section::<postvak_conversation::search_merge::SearchIndexSettings>("search_index")?;
     startup::notification_settings(&cfg)?;
     Ok(cfg)
 }
@@ -362,6 +367,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     keep,
                     reuse,
                     only,
+                    search_merge_every_ms,
                 },
         } => {
             let report = crate::bench_api::run(crate::bench_api::ApiBenchOptions {
@@ -374,6 +380,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep,
                 reuse,
                 only,
+                search_merge_every_ms,
             })
             .await?;
             println!("{report}");

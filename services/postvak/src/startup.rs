@@ -276,6 +276,22 @@ impl Application {
             }
         }
 
+        // The search index's pending list, merged off the write path wherever conversations
+        // are written (ADR 0036).
+        if matches!(role, Role::All | Role::Conversation | Role::Api) {
+            let settings: postvak_conversation::search_merge::SearchIndexSettings =
+                cfg.section("search_index")?;
+            for handle in
+                postvak_conversation::search_merge::start(&cells, &settings, cancel.clone())
+            {
+                tasks.spawn(async move {
+                    if let Err(e) = handle.await {
+                        tracing::error!(error = %e, "search index merger ended abnormally");
+                    }
+                });
+            }
+        }
+
         if matches!(role, Role::All | Role::Notification) {
             let settings = notification_settings(cfg)?;
             for cell in cells.all() {

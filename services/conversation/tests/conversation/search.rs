@@ -323,3 +323,131 @@ async fn a_merged_conversation_s_words_find_the_target() {
         assert_eq!(ids(&r), vec![a.conversation_id], "{backend:?}");
     }
 }
+
+/// The pending entries of the search index (PostgreSQL's `pgstatginindex`), read as the
+/// database's owner.
+async fn pending_tuples(env: &TestEnv) -> i64 {
+    let pool = sqlx::PgPool::connect(&env.url).await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .execute(&pool)
+        .await
+        .expect("the pgstattuple extension (PostgreSQL's contrib) is installed");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT pending_tuples FROM pgstatginindex('conversation_search_docs_terms')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    n
+}
+
+/// ADR 0036: a write only appends its search terms to the index's pending list (no write
+/// merges it), the merge runs as the application's role, found words are found before and
+/// after it, a second merge while one runs returns at once, and the merging task empties the
+/// list of later writes by itself.
+#[tokio::test]
+async fn the_search_index_pending_list_is_merged_off_the_write_path() {
+    use postvak_conversation::search_merge::{self, SearchIndexSettings};
+    let env = TestEnv::new(Backend::Postgres).await;
+    let app = env.spawn_app().await;
+    let search = |q: &'static str| {
+        let (app, bob) = (&app, &env.bob);
+        async move {
+            let r = app.get(&format!("/v1/conversations?q={q}"), bob).await;
+            assert_eq!(r.status, 200, "{q}: {r:?}");
+            ids(&r)
+        }
+    };
+    let body: String = (0..400).map(|i| format!("filler{i:03} ")).collect();
+    let first = env
+        .deliver(
+            env.inbox,
+            &mail(
+                "pending-1@example.org",
+                "Pending",
+                "",
+                &format!("{body}\nQuokkapending\n"),
+            ),
+        )
+        .await;
+    env.wait_for_conversation(first.conversation_id, 1).await;
+    let before = pending_tuples(&env).await;
+    assert!(before > 0, "the write left its terms in the pending list");
+    assert_eq!(search("quokkapending").await, vec![first.conversation_id]);
+
+    let db = env.ctx.cell().db();
+    let merged = search_merge::merge_pending(db).await.unwrap();
+    assert!(merged > 0, "pages merged: {merged}");
+    assert_eq!(pending_tuples(&env).await, 0);
+    assert_eq!(search("quokkapending").await, vec![first.conversation_id]);
+    assert_eq!(search("filler123").await, vec![first.conversation_id]);
+
+    // While another process merges (it holds the merge's lock), a merge returns at once.
+    let owner = sqlx::PgPool::connect(&env.url).await.unwrap();
+    let mut held = owner.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(7136042508273512449)")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let second = env
+        .deliver(
+            env.inbox,
+            &mail("pending-2@example.org", "Pending two", "", "Wombatpending"),
+        )
+        .await;
+    env.wait_for_conversation(second.conversation_id, 1).await;
+    let skipped = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        search_merge::merge_pending(db),
+    )
+    .await
+    .expect("a merge does not queue behind another")
+    .unwrap();
+    assert_eq!(skipped, 0);
+    assert!(pending_tuples(&env).await > 0);
+    held.rollback().await.unwrap();
+    owner.close().await;
+
+    // The task merges what later writes appended.
+    let tasks = search_merge::start(
+        &env.cells,
+        &SearchIndexSettings { merge_every_ms: 50 },
+        env.cancel.clone(),
+    );
+    assert_eq!(tasks.len(), 1, "one task for the one PostgreSQL cell");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pending_tuples(&env).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the merging task left the pending list full"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(search("wombatpending").await, vec![second.conversation_id]);
+
+    // None when turned off, and none on SQLite (FTS5 has no pending list).
+    assert!(
+        search_merge::start(
+            &env.cells,
+            &SearchIndexSettings { merge_every_ms: 0 },
+            env.cancel.clone()
+        )
+        .is_empty()
+    );
+    let sqlite = TestEnv::new(Backend::Sqlite).await;
+    assert!(
+        search_merge::start(
+            &sqlite.cells,
+            &SearchIndexSettings { merge_every_ms: 50 },
+            sqlite.cancel.clone()
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        search_merge::merge_pending(sqlite.ctx.cell().db())
+            .await
+            .unwrap(),
+        0
+    );
+}
