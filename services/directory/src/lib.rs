@@ -240,14 +240,9 @@ impl Directory {
         ctx: &TenantContext,
         inbox_id: Uuid,
     ) -> Result<postvak_proto::rest::Inbox, ServiceError> {
-        projection::get_inbox(
-            ctx.cell().db(),
-            self.cells.directory(),
-            ctx.tenant(),
-            inbox_id,
-        )
-        .await?
-        .ok_or(ServiceError::NotFound)
+        projection::get_inbox(ctx.cell(), self.cells.directory(), ctx.tenant(), inbox_id)
+            .await?
+            .ok_or(ServiceError::NotFound)
     }
 
     /// A page of the tenant's inboxes ordered by id (UUIDv7: creation order); `only` limits it

@@ -4,6 +4,7 @@
 //! row-level security for that tenant.
 
 use postvak_core::directory::DirectoryEvent;
+use postvak_platform::cell::Cell;
 use postvak_platform::db::{Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{StoreError, TenantId};
@@ -152,22 +153,36 @@ async fn addresses_of(
     tenant: TenantId,
     inbox_ids: &[Uuid],
 ) -> Result<Vec<(Uuid, String)>, StoreError> {
-    let mut tx = global_tx(directory, false).await?;
-    let mut out = Vec::new();
-    for id in inbox_ids {
-        let rows: Vec<String> = on_tx!(&mut tx, |c| sqlx::query(
-            "SELECT address FROM inbox_addresses WHERE tenant_id = $1 AND inbox_id = $2 ORDER BY address"
+    match directory {
+        // One statement on its own (a read needs no transaction): one round trip.
+        Db::Postgres(p) => sqlx::query_as(
+            "SELECT inbox_id, address FROM inbox_addresses WHERE tenant_id = $1 AND inbox_id = ANY($2) \
+             ORDER BY inbox_id, address",
         )
         .bind(tenant.0)
-        .bind(id)
-        .fetch_all(c)
+        .bind(inbox_ids)
+        .fetch_all(p)
         .await
-        .and_then(|rows| rows.iter().map(|r| r.try_get::<String, _>(0)).collect()))
-        .map_err(db_error)?;
-        out.extend(rows.into_iter().map(|a| (*id, a)));
+        .map_err(db_error),
+        Db::Sqlite(_) => {
+            let mut tx = global_tx(directory, false).await?;
+            let mut out = Vec::new();
+            for id in inbox_ids {
+                let rows: Vec<String> = on_tx!(&mut tx, |c| sqlx::query(
+                    "SELECT address FROM inbox_addresses WHERE tenant_id = $1 AND inbox_id = $2 ORDER BY address"
+                )
+                .bind(tenant.0)
+                .bind(id)
+                .fetch_all(c)
+                .await
+                .and_then(|rows| rows.iter().map(|r| r.try_get::<String, _>(0)).collect()))
+                .map_err(db_error)?;
+                out.extend(rows.into_iter().map(|a| (*id, a)));
+            }
+            tx.commit().await?;
+            Ok(out)
+        }
     }
-    tx.commit().await?;
-    Ok(out)
 }
 
 /// inbox_id, name, created_at, signature, timezone, business_hours (JSON).
@@ -186,7 +201,6 @@ pub(crate) enum InboxFilter {
     All,
     /// Only these (the caller's readable inboxes).
     Only(Vec<Uuid>),
-    One(Uuid),
 }
 
 pub(crate) async fn list_inboxes(
@@ -206,10 +220,7 @@ pub(crate) async fn list_inboxes(
     )
     .bind(tenant.0)
     .bind(after)
-    .bind(match filter {
-        InboxFilter::One(_) => i64::MAX,
-        _ => limit,
-    })
+    .bind(limit)
     .fetch_all(c)
     .await
     .and_then(|rows| {
@@ -233,7 +244,6 @@ pub(crate) async fn list_inboxes(
         .filter(|r| match filter {
             InboxFilter::All => true,
             InboxFilter::Only(ids) => ids.contains(&r.0),
-            InboxFilter::One(id) => *id == r.0,
         })
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
         .collect();
@@ -257,23 +267,50 @@ pub(crate) async fn list_inboxes(
         .collect())
 }
 
+/// One inbox by id: its row through the tenant's read connection, its addresses from the
+/// global directory (a round trip each on PostgreSQL).
 pub(crate) async fn get_inbox(
-    cell_db: &Db,
+    cell: &Cell,
     directory: &Db,
     tenant: TenantId,
     inbox_id: Uuid,
 ) -> Result<Option<Inbox>, StoreError> {
-    Ok(list_inboxes(
-        cell_db,
-        directory,
-        tenant,
-        &InboxFilter::One(inbox_id),
-        None,
-        1,
+    let mut tx = cell.read_tx(tenant).await?;
+    let row: Option<InboxRow> = on_tx!(&mut tx, |c| sqlx::query(
+        "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
+             WHERE tenant_id = $1 AND inbox_id = $2"
     )
-    .await?
-    .into_iter()
-    .next())
+    .bind(tenant.0)
+    .bind(inbox_id)
+    .fetch_optional(c)
+    .await
+    .and_then(|r| r
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+            ))
+        })
+        .transpose()))
+    .map_err(db_error)?;
+    tx.end_read();
+    let Some((id, name, created, signature, timezone, hours)) = row else {
+        return Ok(None);
+    };
+    let addresses = addresses_of(directory, tenant, &[id]).await?;
+    Ok(Some(Inbox {
+        id,
+        name,
+        addresses: addresses.into_iter().map(|(_, a)| a).collect(),
+        created_at: from_secs(created),
+        signature,
+        timezone,
+        business_hours: hours.and_then(|h| serde_json::from_str(&h).ok()),
+    }))
 }
 
 pub(crate) async fn tenant_name(
