@@ -602,19 +602,14 @@ struct Queued {
 }
 
 async fn next_batch(db: &Db) -> Result<Vec<Queued>, StoreError> {
-    let mut tx = db.begin().await?;
-    let rows: Vec<(Uuid, Uuid, Uuid, Uuid, String, Option<Uuid>)> = on_tx!(&mut tx, |c| sqlx::query(
-        "SELECT event_id, tenant_id, conversation_id, inbox_id, trigger, message_id FROM routing_rule_queue \
-         ORDER BY queued_at, event_id LIMIT 64"
-    )
-    .fetch_all(c)
-    .await
-    .and_then(|rows| rows
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)))
-        .collect()))
+    const SQL: &str = "SELECT event_id, tenant_id, conversation_id, inbox_id, trigger, message_id FROM routing_rule_queue \
+                       ORDER BY queued_at, event_id LIMIT 64";
+    // One statement on its own: no transaction around a single read.
+    let rows: Vec<(Uuid, Uuid, Uuid, Uuid, String, Option<Uuid>)> = match db {
+        Db::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
+        Db::Sqlite(s) => sqlx::query_as(SQL).fetch_all(&s.writer).await,
+    }
     .map_err(db_error)?;
-    tx.commit().await?;
     Ok(rows
         .into_iter()
         .map(
@@ -634,25 +629,42 @@ async fn next_batch(db: &Db) -> Result<Vec<Queued>, StoreError> {
         .collect())
 }
 
-async fn finish(db: &Db, event_id: Uuid, error: Option<&str>) -> Result<(), StoreError> {
-    let mut tx = db.begin().await?;
-    match error {
-        None => on_tx!(&mut tx, |c| sqlx::query(
-            "DELETE FROM routing_rule_queue WHERE event_id = $1"
-        )
-        .bind(event_id)
-        .execute(c)
-        .await
-        .map(|_| ())),
-        Some(e) => on_tx!(&mut tx, |c| sqlx::query(
-            "UPDATE routing_rule_queue SET attempts = attempts + 1, last_error = $1 WHERE event_id = $2"
-        )
-        .bind(e)
-        .bind(event_id)
-        .execute(c)
-        .await
-        .map(|_| ())),
+/// Removes the handled triggers from the queue: one statement for the whole batch.
+async fn finish_handled(db: &Db, handled: &[Uuid]) -> Result<(), StoreError> {
+    if handled.is_empty() {
+        return Ok(());
     }
+    match db {
+        Db::Postgres(p) => sqlx::query("DELETE FROM routing_rule_queue WHERE event_id = ANY($1)")
+            .bind(handled)
+            .execute(p)
+            .await
+            .map(|_| ()),
+        Db::Sqlite(s) => {
+            // Only numbered placeholders go into the text; the ids are bound.
+            let list = postvak_platform::db::placeholders(1, handled.len());
+            let sql = format!("DELETE FROM routing_rule_queue WHERE event_id IN ({list})");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in handled {
+                q = q.bind(*id);
+            }
+            q.execute(&s.writer).await.map(|_| ())
+        }
+    }
+    .map_err(db_error)
+}
+
+/// Records why a trigger was not handled; it stays queued for the next round.
+async fn finish_failed(db: &Db, event_id: Uuid, error: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    on_tx!(&mut tx, |c| sqlx::query(
+        "UPDATE routing_rule_queue SET attempts = attempts + 1, last_error = $1 WHERE event_id = $2"
+    )
+    .bind(error)
+    .bind(event_id)
+    .execute(c)
+    .await
+    .map(|_| ()))
     .map_err(db_error)?;
     tx.commit().await
 }
@@ -689,16 +701,22 @@ pub(crate) async fn run_worker(
                     let d = worker.decisions(&q).await;
                     decided.push((q, d));
                 }
+                let mut done = Vec::with_capacity(handled);
                 for (event_id, outcome) in worker.send_all(decided).await {
-                    let error = outcome.as_ref().err().map(ToString::to_string);
-                    if let Some(e) = &error {
-                        failing = true;
-                        tracing::warn!(%event_id, error = %e, "rules not applied yet; retrying");
+                    match outcome {
+                        Ok(()) => done.push(event_id),
+                        Err(e) => {
+                            failing = true;
+                            tracing::warn!(%event_id, error = %e, "rules not applied yet; retrying");
+                            if let Err(e) = finish_failed(&db, event_id, &e.to_string()).await {
+                                tracing::warn!(error = %e, "cannot update the rule queue");
+                            }
+                        }
                     }
-                    if let Err(e) = finish(&db, event_id, error.as_deref()).await {
-                        tracing::warn!(error = %e, "cannot update the rule queue");
-                        failing = true;
-                    }
+                }
+                if let Err(e) = finish_handled(&db, &done).await {
+                    tracing::warn!(error = %e, "cannot update the rule queue");
+                    failing = true;
                 }
                 if handled > 0 && !failing {
                     continue;
