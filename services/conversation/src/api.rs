@@ -404,8 +404,23 @@ async fn changed<F>(
 where
     F: Fn(&Conversation) -> Result<Vec<C>, ServiceError>,
 {
+    changed_from(c, id, req, None, make).await
+}
+
+/// [`changed`] starting from the state the handler already read (see
+/// [`crate::Conversations::change_from`]).
+async fn changed_from<F>(
+    c: &Call,
+    id: Uuid,
+    req: &HttpRequest,
+    known: Option<Conversation>,
+    make: F,
+) -> Result<crate::Changed, Failure>
+where
+    F: Fn(&Conversation) -> Result<Vec<C>, ServiceError>,
+{
     let seen = if_match(req)?;
-    match c.svc.change(&c.ctx, id, seen, make).await {
+    match c.svc.change_from(&c.ctx, id, seen, known, make).await {
         Ok(ch) => Ok(ch),
         Err(ServiceError::Stale { seen, .. }) => Err(stale(c, id, seen).await),
         Err(e) => Err(service_error(e)),
@@ -1160,7 +1175,7 @@ pub async fn create_reply(
             .iter()
             .map(crate::codec::file)
             .collect();
-        let ch = changed(&c, id, &req, |s| {
+        let ch = changed_from(&c, id, &req, Some(state), |s| {
             require(&c.access, s, InboxRole::Reply)?;
             Ok(vec![C::Reply {
                 reply: core::Reply {

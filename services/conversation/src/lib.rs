@@ -203,9 +203,34 @@ impl Conversations {
     where
         F: Fn(&Conversation) -> Result<Vec<ConversationCommand>, ServiceError>,
     {
+        self.change_from(ctx, id, if_match, None, make).await
+    }
+
+    /// [`Self::change`] starting from `known`, the state the caller read moments ago in the
+    /// same request (one read of the stream less). A write in between is caught by the append's
+    /// expected version; a refusal or a stale `If-Match` against `known` is only answered after
+    /// reading the store again, so the answer is always about the current state.
+    pub async fn change_from<F>(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        if_match: Option<u64>,
+        mut known: Option<Conversation>,
+        make: F,
+    ) -> Result<Changed, ServiceError>
+    where
+        F: Fn(&Conversation) -> Result<Vec<ConversationCommand>, ServiceError>,
+    {
         for _ in 0..MAX_ATTEMPTS {
-            let state = self.state(ctx, id).await?;
-            let (next, events) = decide_all(&state, make(&state)?)?;
+            let (state, fresh) = match known.take() {
+                Some(s) => (s, false),
+                None => (self.state(ctx, id).await?, true),
+            };
+            let decided = make(&state).and_then(|cmds| decide_all(&state, cmds));
+            if !fresh && (decided.is_err() || if_match.is_some_and(|seen| seen != state.version)) {
+                continue;
+            }
+            let (next, events) = decided?;
             if let Some(seen) = if_match
                 && seen != state.version
             {

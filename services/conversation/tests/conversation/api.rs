@@ -485,3 +485,70 @@ async fn an_agent_writes_first_from_the_inbox_address() {
         .await;
     assert_eq!(r.status, 403);
 }
+
+/// A change decided from a state read before someone else's change (`change_from`, what a
+/// reply does with the state it checked permissions on) lands on the current state: nothing
+/// is lost, an `If-Match` of the current version is not called stale, and one of the old
+/// version is, naming the current one.
+#[tokio::test]
+async fn a_change_from_an_outdated_state_answers_about_the_current_one() {
+    use postvak_conversation::ServiceError;
+    use postvak_core::conversation::{Actor, ConversationCommand};
+    let tag = |t: &str| {
+        let t = t.to_owned();
+        move |_: &postvak_core::conversation::Conversation| {
+            Ok(vec![ConversationCommand::AddTag {
+                tag: t.clone(),
+                by: Actor::System,
+                at_us: 1_700_000_000_000_000,
+            }])
+        }
+    };
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let d = env
+            .deliver(env.inbox, &mail("known@example.org", "Known", "", "Hello"))
+            .await;
+        env.wait_for_conversation(d.conversation_id, 1).await;
+        let id = d.conversation_id;
+        let old = env.service.state(&env.ctx, id).await.unwrap();
+        let changed = env
+            .service
+            .change(&env.ctx, id, None, tag("first"))
+            .await
+            .unwrap();
+        let current = changed.state.version;
+        assert!(current > old.version, "{backend:?}");
+
+        let ch = env
+            .service
+            .change_from(
+                &env.ctx,
+                id,
+                Some(current),
+                Some(old.clone()),
+                tag("second"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ch.state.version, current + 1, "{backend:?}");
+        let tags: Vec<&str> = ch.state.tags.iter().map(String::as_str).collect();
+        assert_eq!(tags, ["first", "second"], "{backend:?}");
+
+        let err = env
+            .service
+            .change_from(
+                &env.ctx,
+                id,
+                Some(old.version),
+                Some(old.clone()),
+                tag("third"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ServiceError::Stale { seen, current: now } if seen == old.version && now == current + 1),
+            "{backend:?}: {err:?}"
+        );
+    }
+}
