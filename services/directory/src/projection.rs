@@ -195,6 +195,38 @@ type InboxRow = (
     Option<String>,
 );
 
+fn inbox_row<R: Row>(r: &R) -> Result<InboxRow, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    Uuid: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get(5)?,
+    ))
+}
+
+fn inbox_of(
+    (id, name, created, signature, timezone, hours): InboxRow,
+    addresses: Vec<String>,
+) -> Inbox {
+    Inbox {
+        id,
+        name,
+        addresses,
+        created_at: from_secs(created),
+        signature,
+        timezone,
+        business_hours: hours.and_then(|h| serde_json::from_str(&h).ok()),
+    }
+}
+
 /// Which inboxes to list.
 #[derive(Debug, Clone)]
 pub(crate) enum InboxFilter {
@@ -223,20 +255,7 @@ pub(crate) async fn list_inboxes(
     .bind(limit)
     .fetch_all(c)
     .await
-    .and_then(|rows| {
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get(2)?,
-                    r.try_get(3)?,
-                    r.try_get(4)?,
-                    r.try_get(5)?,
-                ))
-            })
-            .collect()
-    }))
+    .and_then(|rows| rows.iter().map(inbox_row).collect()))
     .map_err(db_error)?;
     tx.commit().await?;
     let rows: Vec<_> = rows
@@ -251,18 +270,16 @@ pub(crate) async fn list_inboxes(
     let addresses = addresses_of(directory, tenant, &ids).await?;
     Ok(rows
         .into_iter()
-        .map(|(id, name, created, signature, timezone, hours)| Inbox {
-            id,
-            name,
-            addresses: addresses
-                .iter()
-                .filter(|(i, _)| *i == id)
-                .map(|(_, a)| a.clone())
-                .collect(),
-            created_at: from_secs(created),
-            signature,
-            timezone,
-            business_hours: hours.and_then(|h| serde_json::from_str(&h).ok()),
+        .map(|row| {
+            let id = row.0;
+            inbox_of(
+                row,
+                addresses
+                    .iter()
+                    .filter(|(i, _)| *i == id)
+                    .map(|(_, a)| a.clone())
+                    .collect(),
+            )
         })
         .collect())
 }
@@ -284,33 +301,17 @@ pub(crate) async fn get_inbox(
     .bind(inbox_id)
     .fetch_optional(c)
     .await
-    .and_then(|r| r
-        .map(|r| {
-            Ok((
-                r.try_get(0)?,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-                r.try_get(4)?,
-                r.try_get(5)?,
-            ))
-        })
-        .transpose()))
+    .and_then(|r| r.as_ref().map(inbox_row).transpose()))
     .map_err(db_error)?;
     tx.end_read();
-    let Some((id, name, created, signature, timezone, hours)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    let addresses = addresses_of(directory, tenant, &[id]).await?;
-    Ok(Some(Inbox {
-        id,
-        name,
-        addresses: addresses.into_iter().map(|(_, a)| a).collect(),
-        created_at: from_secs(created),
-        signature,
-        timezone,
-        business_hours: hours.and_then(|h| serde_json::from_str(&h).ok()),
-    }))
+    let addresses = addresses_of(directory, tenant, &[row.0]).await?;
+    Ok(Some(inbox_of(
+        row,
+        addresses.into_iter().map(|(_, a)| a).collect(),
+    )))
 }
 
 pub(crate) async fn tenant_name(

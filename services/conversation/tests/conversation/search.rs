@@ -15,6 +15,13 @@ fn ids(r: &Resp) -> Vec<Uuid> {
         .collect()
 }
 
+/// The conversations a search finds for `agent`.
+async fn found(app: &TestApp, agent: &Agent, q: &str) -> Vec<Uuid> {
+    let r = app.get(&format!("/v1/conversations?q={q}"), agent).await;
+    assert_eq!(r.status, 200, "{q}: {r:?}");
+    ids(&r)
+}
+
 /// Every byte the database holds, as the operator would see it on disk or in a dump.
 async fn database_bytes(env: &TestEnv, backend: Backend) -> Vec<u8> {
     match backend {
@@ -202,14 +209,7 @@ async fn search_finds_words_deep_in_long_and_html_only_bodies_without_plaintext(
             env.wait_for_conversation(d.conversation_id, 1).await;
         }
 
-        let search = |q: &'static str| {
-            let (app, bob) = (&app, &env.bob);
-            async move {
-                let r = app.get(&format!("/v1/conversations?q={q}"), bob).await;
-                assert_eq!(r.status, 200, "{q}: {r:?}");
-                ids(&r)
-            }
-        };
+        let search = |q: &'static str| found(&app, &env.bob, q);
         assert_eq!(
             search("narwhaldeep").await,
             vec![long.conversation_id],
@@ -351,14 +351,7 @@ async fn the_search_index_pending_list_is_merged_off_the_write_path() {
     use postvak_conversation::search_merge::{self, SearchIndexSettings};
     let env = TestEnv::new(Backend::Postgres).await;
     let app = env.spawn_app().await;
-    let search = |q: &'static str| {
-        let (app, bob) = (&app, &env.bob);
-        async move {
-            let r = app.get(&format!("/v1/conversations?q={q}"), bob).await;
-            assert_eq!(r.status, 200, "{q}: {r:?}");
-            ids(&r)
-        }
-    };
+    let search = |q: &'static str| found(&app, &env.bob, q);
     let body: String = (0..400).map(|i| format!("filler{i:03} ")).collect();
     let first = env
         .deliver(
