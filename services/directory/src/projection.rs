@@ -5,7 +5,7 @@
 
 use postvak_core::directory::DirectoryEvent;
 use postvak_platform::cell::Cell;
-use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::db::{AsConn, Conn, Db, DbTx, db_error};
 use postvak_platform::on_tx;
 use postvak_platform::store::{StoreError, TenantId};
 use postvak_proto::events::directory::ApiKeyIssuedV1;
@@ -245,27 +245,60 @@ pub(crate) async fn list_inboxes(
 ) -> Result<Vec<Inbox>, StoreError> {
     let after = after.unwrap_or(Uuid::nil());
     let limit = i64::from(limit.clamp(1, 201));
+    let only = match filter {
+        InboxFilter::All => None,
+        InboxFilter::Only(ids) if ids.is_empty() => return Ok(Vec::new()),
+        InboxFilter::Only(ids) => Some(ids.as_slice()),
+    };
+    const COLUMNS: &str = "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
+                           WHERE tenant_id = $1 AND inbox_id > $2";
     let mut tx = cell_db.tenant_tx(tenant, false).await?;
-    let rows: Vec<InboxRow> = on_tx!(&mut tx, |c| sqlx::query(
-        "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
-             WHERE tenant_id = $1 AND inbox_id > $2 ORDER BY inbox_id LIMIT $3"
-    )
-    .bind(tenant.0)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(c)
-    .await
-    .and_then(|rows| rows.iter().map(inbox_row).collect()))
+    // The readable inboxes are filtered in the statement, so a page is filled from all of
+    // them (filtering a page afterwards left it short, and a client stopped there).
+    let rows: Vec<InboxRow> = match (tx.conn(), only) {
+        (Conn::Postgres(c), only) => {
+            let sql = match only {
+                None => format!("{COLUMNS} ORDER BY inbox_id LIMIT $3"),
+                Some(_) => format!("{COLUMNS} AND inbox_id = ANY($4) ORDER BY inbox_id LIMIT $3"),
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant.0)
+                .bind(after)
+                .bind(limit);
+            if let Some(ids) = only {
+                q = q.bind(ids);
+            }
+            q.fetch_all(c)
+                .await
+                .and_then(|rows| rows.iter().map(inbox_row).collect())
+        }
+        (Conn::Sqlite(c), only) => {
+            // Only numbered placeholders go into the text, numbered in order of appearance
+            // (SQLite's rule); the ids are bound.
+            let ids = only.unwrap_or_default();
+            let sql = if ids.is_empty() {
+                format!("{COLUMNS} ORDER BY inbox_id LIMIT $3")
+            } else {
+                format!(
+                    "{COLUMNS} AND inbox_id IN ({}) ORDER BY inbox_id LIMIT ${}",
+                    postvak_platform::db::placeholders(3, ids.len()),
+                    3 + ids.len()
+                )
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(tenant.0)
+                .bind(after);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.bind(limit)
+                .fetch_all(c)
+                .await
+                .and_then(|rows| rows.iter().map(inbox_row).collect())
+        }
+    }
     .map_err(db_error)?;
     tx.commit().await?;
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| match filter {
-            InboxFilter::All => true,
-            InboxFilter::Only(ids) => ids.contains(&r.0),
-        })
-        .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
     let addresses = addresses_of(directory, tenant, &ids).await?;
     Ok(rows
