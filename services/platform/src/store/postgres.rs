@@ -131,6 +131,20 @@ const CREATE_STREAMS: &str = "WITH head AS (\
 const LOCK_HEAD: &str = "SELECT stream_type, version, head_hash FROM streams \
      WHERE tenant_id = $1 AND stream_id = $2 FOR UPDATE";
 
+/// `LOCK_HEAD` that fails at once (`55P03`) instead of waiting for another writer.
+const LOCK_HEAD_NOWAIT: &str = "SELECT 1 FROM streams \
+     WHERE tenant_id = $1 AND stream_id = $2 FOR UPDATE NOWAIT";
+
+/// Attempts at locking a head without waiting (1–8 ms apart, ~1.5 s in all) before `append`
+/// waits for the lock.
+const NOWAIT_ATTEMPTS: u32 = 200;
+
+fn lock_not_available(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "55P03")
+}
+
 const FIND_EXISTING: &str = "SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1";
 
 const READ_STREAM: &str = concat!(
@@ -646,12 +660,42 @@ impl EventStore for PostgresStore {
         {
             Some(done) => done,
             None => {
-                let mut tx = conn.begin().await.map_err(db_error)?;
-                let done = self
-                    .locked_append(&mut tx, tenant, stream, expected, &batch)
-                    .await?;
-                tx.commit().await.map_err(db_error)?;
-                done
+                let mut attempt = 0u32;
+                loop {
+                    let mut tx = conn.begin().await.map_err(db_error)?;
+                    // Lock the head without waiting: a transaction that waits for a row lock
+                    // already has its xid, and a writer arriving as the holder ends can take
+                    // the row first and commit a lower version under a later xid; the log
+                    // (read in xid order) would then list our higher version first. A failed
+                    // attempt's xid is rolled back with it. After a while, wait as before.
+                    let locked = if attempt < NOWAIT_ATTEMPTS {
+                        sqlx::query(LOCK_HEAD_NOWAIT)
+                            .bind(tenant.0)
+                            .bind(&stream.stream_id)
+                            .execute(&mut *tx)
+                            .await
+                    } else {
+                        Ok(Default::default())
+                    };
+                    match locked {
+                        Ok(_) => {}
+                        Err(e) if lock_not_available(&e) => {
+                            drop(tx);
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+                                attempt.min(8),
+                            )))
+                            .await;
+                            continue;
+                        }
+                        Err(e) => return Err(db_error(e)),
+                    }
+                    let done = self
+                        .locked_append(&mut tx, tenant, stream, expected, &batch)
+                        .await?;
+                    tx.commit().await.map_err(db_error)?;
+                    break done;
+                }
             }
         };
         self.heads.put(tenant, &stream.stream_id, head);
