@@ -15,7 +15,9 @@
 //! its transaction; unless the user turned `stream` off, the same transaction appends
 //! `agent.notified` on `agent_notification/user-<user>-<notification>`, which `/v1/stream`
 //! (conversation service) sends to that user as `event: notification` (ADR 0019); the
-//! worker sends what is pending for a user through the relay and marks it sent. Delivery is
+//! worker sends what is pending for a user through the relay and marks it sent; it then moves
+//! the user's due row (next digest, sweep) only if nothing was scheduled for the user since it
+//! read the row, so a notification recorded during a send is mailed next (ADR 0038). Delivery is
 //! at least once (a crash between the 250 and the mark repeats a mail: these go to our own
 //! agents, not to customers). Mails and pushes name the conversation and the actor, never the
 //! conversation's content (it stays sealed in the conversation service).
@@ -60,8 +62,8 @@ pub const SLA_STALE_US: i64 = 3_600_000_000;
 const LANE: &str = "agents";
 const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
 const DEFAULT_DIGEST_SECS: i64 = 3_600;
-/// After a send, look at the user once more a little later (catches a notification whose
-/// schedule raced with the send's bookkeeping).
+/// After a send, look at the user once more a little later: a safety net only. A notification
+/// recorded during a send keeps the user's due row due now (the row's `seq`, ADR 0038).
 const SWEEP_AFTER_US: i64 = 60_000_000;
 
 /// The agent-notification handler (always: nothing is lost while the relay is misconfigured)
@@ -551,18 +553,18 @@ impl Job for Mailer {
 }
 
 impl Mailer {
+    /// Moves the user's due row to `at` (`None`: drops it), unless a notification was
+    /// scheduled since the row's counter read `seen`: that one is due now, not at the sweep.
     async fn reschedule(
         &self,
         ctx: &TenantContext,
         user: Uuid,
+        seen: Option<i64>,
         at: Option<i64>,
     ) -> Result<(), StoreError> {
         let t = ctx.tenant();
         let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        match at {
-            Some(at) => due::schedule(&mut tx, due::AGENT, user, t, LANE, at).await?,
-            None => due::unschedule(&mut tx, due::AGENT, user).await?,
-        }
+        due::reschedule_unless_scheduled(&mut tx, due::AGENT, user, t, LANE, seen, at).await?;
         tx.commit().await
     }
 
@@ -576,6 +578,8 @@ impl Mailer {
         let user = item.item_id;
         let now = now_us();
         let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
+        // Read before the notifications: a schedule after this read is seen at the end.
+        let seen = due::seq_of(&mut tx, due::AGENT, user).await?;
         let p = prefs(&mut tx, t, user).await?;
         let pending: Vec<PendingNote> = on_tx!(&mut tx, |c| sqlx::query(
             "SELECT notification_id, kind, conversation_id, actor, created_us, detail \
@@ -600,7 +604,7 @@ impl Mailer {
         .map_err(db_error)?;
         tx.commit().await?;
         if pending.is_empty() {
-            return self.reschedule(&ctx, user, None).await;
+            return self.reschedule(&ctx, user, seen, None).await;
         }
         // Each kind as the user wants it now: one by one at once, or gathered in a digest
         // that is due one interval after its oldest notification.
@@ -615,7 +619,7 @@ impl Mailer {
         let digest_now = digest_due.is_some_and(|d| d <= now);
         let later = digest_due.filter(|_| !digest_now);
         if each.is_empty() && !digest_now {
-            return self.reschedule(&ctx, user, later).await;
+            return self.reschedule(&ctx, user, seen, later).await;
         }
         let digest = if digest_now { digest } else { Vec::new() };
         let pending: Vec<&PendingNote> = each.iter().chain(&digest).collect();
@@ -624,7 +628,7 @@ impl Mailer {
             Ok(_) | Err(postvak_directory::ServiceError::NotFound) => {
                 let ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
                 self.mark(&ctx, &ids, "skipped").await?;
-                return self.reschedule(&ctx, user, later).await;
+                return self.reschedule(&ctx, user, seen, later).await;
             }
             Err(e) => return Err(StoreError::Unavailable(e.to_string())),
         };
@@ -684,14 +688,14 @@ impl Mailer {
             if let Err(e) = sent {
                 tracing::warn!(error = %e, user_id = %user, "agent notification not sent; will retry");
                 let at = now_us().saturating_add(duration_us(self.settings.retry_base()));
-                return self.reschedule(&ctx, user, Some(at)).await;
+                return self.reschedule(&ctx, user, seen, Some(at)).await;
             }
             metrics::counter!("postvak_agent_notifications_total").increment(ids.len() as u64);
             self.mark(&ctx, &ids, "sent").await?;
         }
         let sweep = now_us().saturating_add(SWEEP_AFTER_US);
         let next = later.map_or(sweep, |l| l.min(sweep));
-        self.reschedule(&ctx, user, Some(next)).await
+        self.reschedule(&ctx, user, seen, Some(next)).await
     }
 
     fn mail(&self, to: &str, name: &str, subject: &str, body: &str) -> Result<Message, String> {

@@ -172,7 +172,9 @@ pub(crate) async fn unschedule_many(
 /// Items per statement of [`schedule_many`] and [`unschedule_many`].
 const MANY_CHUNK: usize = 256;
 
-/// Schedules an item no later than `due_at` (an earlier schedule stays).
+/// Schedules an item no later than `due_at` (an earlier schedule stays), and counts the
+/// schedule in the row's `seq`, so that a job that read the row before does not move it away
+/// (see [`reschedule_unless_scheduled`]).
 pub(crate) async fn schedule_earliest(
     tx: &mut DbTx,
     kind: &str,
@@ -186,7 +188,7 @@ pub(crate) async fn schedule_earliest(
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (kind, item_id) DO UPDATE SET due_at = CASE \
            WHEN excluded.due_at < notification_due.due_at THEN excluded.due_at \
-           ELSE notification_due.due_at END"
+           ELSE notification_due.due_at END, seq = notification_due.seq + 1"
     )
     .bind(kind)
     .bind(item)
@@ -197,6 +199,73 @@ pub(crate) async fn schedule_earliest(
     .await
     .map(|_| ()))
     .map_err(db_error)
+}
+
+/// The schedule counter of an item's due row (`None`: no row). A job reads it before it reads
+/// the work the row stands for.
+pub(crate) async fn seq_of(
+    tx: &mut DbTx,
+    kind: &str,
+    item: Uuid,
+) -> Result<Option<i64>, StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "SELECT seq FROM notification_due WHERE kind = $1 AND item_id = $2"
+    )
+    .bind(kind)
+    .bind(item)
+    .fetch_optional(c)
+    .await
+    .and_then(|r| r.map(|r| r.try_get::<i64, _>(0)).transpose()))
+    .map_err(db_error)
+}
+
+/// Moves an item's due row to `due_at` (`None`: drops it) when nobody scheduled it since its
+/// counter read `seen` (from [`seq_of`]). When somebody did, the work they scheduled is newer
+/// than what the job read: the row keeps its earlier time, and `due_at` only brings it forward.
+///
+/// On PostgreSQL the conditional statement waits for a concurrent schedule's row lock and
+/// then sees its new counter, so a schedule is never overwritten whichever commits first.
+pub(crate) async fn reschedule_unless_scheduled(
+    tx: &mut DbTx,
+    kind: &str,
+    item: Uuid,
+    tenant: TenantId,
+    lane: &str,
+    seen: Option<i64>,
+    due_at: Option<i64>,
+) -> Result<(), StoreError> {
+    let moved = match (seen, due_at) {
+        (None, None) => return Ok(()),
+        (None, Some(_)) => 0,
+        (Some(seq), Some(at)) => on_tx!(tx, |c| sqlx::query(
+            "UPDATE notification_due SET due_at = $1 \
+             WHERE kind = $2 AND item_id = $3 AND seq = $4"
+        )
+        .bind(at)
+        .bind(kind)
+        .bind(item)
+        .bind(seq)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(db_error)?,
+        (Some(seq), None) => {
+            return on_tx!(tx, |c| sqlx::query(
+                "DELETE FROM notification_due WHERE kind = $1 AND item_id = $2 AND seq = $3"
+            )
+            .bind(kind)
+            .bind(item)
+            .bind(seq)
+            .execute(c)
+            .await
+            .map(|_| ()))
+            .map_err(db_error);
+        }
+    };
+    match due_at {
+        Some(at) if moved == 0 => schedule_earliest(tx, kind, item, tenant, lane, at).await,
+        _ => Ok(()),
+    }
 }
 
 pub(crate) async fn unschedule(tx: &mut DbTx, kind: &str, item: Uuid) -> Result<(), StoreError> {

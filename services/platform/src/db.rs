@@ -128,6 +128,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "search_pending_cleaner",
         include_str!("../../../migrations/postgres/0024_search_pending_cleaner.sql"),
     ),
+    (
+        25,
+        "notification_due_seq",
+        include_str!("../../../migrations/postgres/0025_notification_due_seq.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -236,6 +241,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         23,
         "search_documents",
         include_str!("../../../migrations/sqlite/0023_search_documents.sql"),
+    ),
+    (
+        25,
+        "notification_due_seq",
+        include_str!("../../../migrations/sqlite/0025_notification_due_seq.sql"),
     ),
 ];
 

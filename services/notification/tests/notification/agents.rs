@@ -121,3 +121,54 @@ async fn assignment_and_mentions_are_mailed_one_by_one_or_as_a_digest() {
         sink.stop().await;
     }
 }
+
+/// A notification recorded while the mailer is still sending the user's previous one is mailed
+/// as soon as that send ends, not held back until the next sweep (a minute later). The relay
+/// answers 3 s after it has the first message, so the second assignment is recorded while the
+/// first send is still open.
+#[tokio::test]
+async fn a_notification_recorded_during_a_send_is_mailed_right_after_it() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start_mode("slow").await;
+        env.start_notification(NotificationSettings {
+            outbound_smtp: OutboundSmtpSettings {
+                notification_from: "Postvak <notify@postvak.test>".into(),
+                ..sink.settings()
+            },
+            ..Default::default()
+        });
+        let t = &env.acme;
+        let mut ids = Vec::new();
+        for from in ["first@example.org", "second@example.org"] {
+            let c = env
+                .deliver(t, &mail(&t.address, from, "Help", "", "Please."))
+                .await;
+            ids.push(c.conversation_id);
+        }
+        let assign = |id: Uuid| {
+            env.service.change(&t.ctx, id, None, |_| {
+                Ok(vec![ConversationCommand::Assign {
+                    assignee: t.alice.id,
+                    by: Actor::Admin(t.admin.id),
+                    at_us: now_us(),
+                }])
+            })
+        };
+        assign(ids[0]).await.unwrap();
+        // The relay has the first mail and holds its answer for 3 s.
+        let got = sink.wait_for(1).await;
+        assert!(got[0].contains(&ids[0].to_string()), "{backend:?}");
+        assign(ids[1]).await.unwrap();
+        // Within `wait_for`'s 30 s, so not at the sweep 60 s after the first send.
+        let got = sink.wait_for(2).await;
+        assert!(
+            got[1].contains("Subject: [Postvak] A conversation was assigned to you"),
+            "{}",
+            got[1]
+        );
+        assert!(got[1].contains(&ids[1].to_string()), "{backend:?}");
+        sink.stop().await;
+    }
+}

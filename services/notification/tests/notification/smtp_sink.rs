@@ -35,6 +35,8 @@ class Handler:
             f.write(("X-Envelope-From: %s\r\nX-Envelope-To: %s\r\nX-Peer-Port: %d\r\n" % (envelope.mail_from, ",".join(envelope.rcpt_tos), session.peer[1])).encode())
             f.write(envelope.original_content)
         os.rename(name + ".tmp", name)
+        if mode == "slow":
+            await asyncio.sleep(3)
         return "250 2.0.0 OK queued"
 
 def auth(server, session, envelope, mechanism, data):
@@ -212,7 +214,8 @@ impl SmtpSink {
 
     /// Starts in a mode: `accept`, `reject` (550 to all), `reject_customers` (550 to mail for
     /// anyone at example.org, our agents' mail is accepted), `smtps` (accepts, TLS from the
-    /// first byte instead of STARTTLS).
+    /// first byte instead of STARTTLS), `slow` (accepts, but answers each message 3 s after it
+    /// is written to the directory).
     pub async fn start_mode(&mut self, mode: &str) {
         let mut child = Command::new("python3")
             .arg(self.dir.path().join("sink.py"))
