@@ -132,7 +132,7 @@ const LOCK_HEAD: &str = "SELECT stream_type, version, head_hash FROM streams \
      WHERE tenant_id = $1 AND stream_id = $2 FOR UPDATE";
 
 /// `LOCK_HEAD` that fails at once (`55P03`) instead of waiting for another writer.
-const LOCK_HEAD_NOWAIT: &str = "SELECT 1 FROM streams \
+const LOCK_HEAD_NOWAIT: &str = "SELECT stream_type, version, head_hash FROM streams \
      WHERE tenant_id = $1 AND stream_id = $2 FOR UPDATE NOWAIT";
 
 /// Attempts at locking a head without waiting (1–8 ms apart, ~1.5 s in all) before `append`
@@ -439,6 +439,8 @@ impl PostgresStore {
     }
 
     /// The definitive path: lock the head, check, write. Runs inside a transaction.
+    /// `locked`: the head as the caller already locked it in this transaction (`Some(None)`:
+    /// no stream yet), so the first round does not lock it again.
     async fn locked_append(
         &self,
         conn: &mut PgConnection,
@@ -446,16 +448,20 @@ impl PostgresStore {
         stream: &StreamRef,
         expected: ExpectedVersion,
         batch: &SealedBatch,
+        mut locked: Option<Option<Head>>,
     ) -> Result<(AppendOutcome, Head), StoreError> {
         for _ in 0..CREATE_RACE_RETRIES {
-            let head = sqlx::query(LOCK_HEAD)
-                .bind(tenant.0)
-                .bind(&stream.stream_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_error)?
-                .map(|row| head_from_row(&row))
-                .transpose()?;
+            let head = match locked.take() {
+                Some(head) => head,
+                None => sqlx::query(LOCK_HEAD)
+                    .bind(tenant.0)
+                    .bind(&stream.stream_id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db_error)?
+                    .map(|row| head_from_row(&row))
+                    .transpose()?,
+            };
             let head_version = match common::check_head(stream, expected, head.as_ref()) {
                 Ok(v) => v,
                 Err(HeadCheck::TypeMismatch(actual)) => {
@@ -668,19 +674,25 @@ impl EventStore for PostgresStore {
                     // the row first and commit a lower version under a later xid; the log
                     // (read in xid order) would then list our higher version first. A failed
                     // attempt's xid is rolled back with it. After a while, wait as before.
+                    // The head it locked is handed on, so it is not locked twice.
                     let locked = if attempt < NOWAIT_ATTEMPTS {
                         sqlx::query(LOCK_HEAD_NOWAIT)
                             .bind(tenant.0)
                             .bind(&stream.stream_id)
-                            .execute(&mut *tx)
+                            .fetch_optional(&mut *tx)
                             .await
+                            .map(Some)
                     } else {
-                        Ok(Default::default())
+                        Ok(None)
                     };
-                    match locked {
-                        Ok(_) => {}
+                    let locked = match locked {
+                        Ok(row) => row
+                            .map(|row| row.as_ref().map(head_from_row).transpose())
+                            .transpose()?,
                         Err(e) if lock_not_available(&e) => {
-                            drop(tx);
+                            // Rolled back now, not with the next BEGIN: an open transaction
+                            // would hold the relay's snapshot horizon back while we sleep.
+                            tx.rollback().await.map_err(db_error)?;
                             attempt += 1;
                             tokio::time::sleep(std::time::Duration::from_millis(u64::from(
                                 attempt.min(8),
@@ -689,9 +701,9 @@ impl EventStore for PostgresStore {
                             continue;
                         }
                         Err(e) => return Err(db_error(e)),
-                    }
+                    };
                     let done = self
-                        .locked_append(&mut tx, tenant, stream, expected, &batch)
+                        .locked_append(&mut tx, tenant, stream, expected, &batch, locked)
                         .await?;
                     tx.commit().await.map_err(db_error)?;
                     break done;
@@ -735,7 +747,7 @@ impl EventStore for PostgresStore {
             return Ok(out.0);
         }
         let result = self
-            .locked_append(conn, tenant, stream, expected, &batch)
+            .locked_append(conn, tenant, stream, expected, &batch, None)
             .await;
         self.heads.forget(tenant, &stream.stream_id);
         result.map(|(out, _)| out)
