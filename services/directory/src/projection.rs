@@ -235,6 +235,14 @@ pub(crate) enum InboxFilter {
     Only(Vec<Uuid>),
 }
 
+/// The statement start that reads an [`InboxRow`] of tenant `$1`.
+macro_rules! inbox_select {
+    () => {
+        "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
+         WHERE tenant_id = $1"
+    };
+}
+
 pub(crate) async fn list_inboxes(
     cell_db: &Db,
     directory: &Db,
@@ -250,52 +258,55 @@ pub(crate) async fn list_inboxes(
         InboxFilter::Only(ids) if ids.is_empty() => return Ok(Vec::new()),
         InboxFilter::Only(ids) => Some(ids.as_slice()),
     };
-    const COLUMNS: &str = "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
-                           WHERE tenant_id = $1 AND inbox_id > $2";
     let mut tx = cell_db.tenant_tx(tenant, false).await?;
     // The readable inboxes are filtered in the statement, so a page is filled from all of
     // them (filtering a page afterwards left it short, and a client stopped there).
-    let rows: Vec<InboxRow> = match (tx.conn(), only) {
-        (Conn::Postgres(c), only) => {
-            let sql = match only {
-                None => format!("{COLUMNS} ORDER BY inbox_id LIMIT $3"),
-                Some(_) => format!("{COLUMNS} AND inbox_id = ANY($4) ORDER BY inbox_id LIMIT $3"),
-            };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(tenant.0)
-                .bind(after)
-                .bind(limit);
-            if let Some(ids) = only {
-                q = q.bind(ids);
-            }
-            q.fetch_all(c)
-                .await
-                .and_then(|rows| rows.iter().map(inbox_row).collect())
-        }
-        (Conn::Sqlite(c), only) => {
-            // Only numbered placeholders go into the text, numbered in order of appearance
-            // (SQLite's rule); the ids are bound.
-            let ids = only.unwrap_or_default();
-            let sql = if ids.is_empty() {
-                format!("{COLUMNS} ORDER BY inbox_id LIMIT $3")
-            } else {
-                format!(
-                    "{COLUMNS} AND inbox_id IN ({}) ORDER BY inbox_id LIMIT ${}",
+    let rows: Vec<InboxRow> = match only {
+        None => on_tx!(&mut tx, |c| sqlx::query(concat!(
+            inbox_select!(),
+            " AND inbox_id > $2 ORDER BY inbox_id LIMIT $3"
+        ))
+        .bind(tenant.0)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(c)
+        .await
+        .and_then(|rows| rows.iter().map(inbox_row).collect())),
+        Some(ids) => match tx.conn() {
+            Conn::Postgres(c) => sqlx::query(concat!(
+                inbox_select!(),
+                " AND inbox_id > $2 AND inbox_id = ANY($4) ORDER BY inbox_id LIMIT $3"
+            ))
+            .bind(tenant.0)
+            .bind(after)
+            .bind(limit)
+            .bind(ids)
+            .fetch_all(c)
+            .await
+            .and_then(|rows| rows.iter().map(inbox_row).collect()),
+            Conn::Sqlite(c) => {
+                // Only numbered placeholders go into the text, numbered in order of
+                // appearance (SQLite's rule); the ids are bound.
+                let sql = format!(
+                    concat!(
+                        inbox_select!(),
+                        " AND inbox_id > $2 AND inbox_id IN ({}) ORDER BY inbox_id LIMIT ${}"
+                    ),
                     postvak_platform::db::placeholders(3, ids.len()),
                     3 + ids.len()
-                )
-            };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(tenant.0)
-                .bind(after);
-            for id in ids {
-                q = q.bind(*id);
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant.0)
+                    .bind(after);
+                for id in ids {
+                    q = q.bind(*id);
+                }
+                q.bind(limit)
+                    .fetch_all(c)
+                    .await
+                    .and_then(|rows| rows.iter().map(inbox_row).collect())
             }
-            q.bind(limit)
-                .fetch_all(c)
-                .await
-                .and_then(|rows| rows.iter().map(inbox_row).collect())
-        }
+        },
     }
     .map_err(db_error)?;
     tx.commit().await?;
@@ -326,10 +337,10 @@ pub(crate) async fn get_inbox(
     inbox_id: Uuid,
 ) -> Result<Option<Inbox>, StoreError> {
     let mut tx = cell.read_tx(tenant).await?;
-    let row: Option<InboxRow> = on_tx!(&mut tx, |c| sqlx::query(
-        "SELECT inbox_id, name, created_at, signature, timezone, business_hours FROM inboxes \
-             WHERE tenant_id = $1 AND inbox_id = $2"
-    )
+    let row: Option<InboxRow> = on_tx!(&mut tx, |c| sqlx::query(concat!(
+        inbox_select!(),
+        " AND inbox_id = $2"
+    ))
     .bind(tenant.0)
     .bind(inbox_id)
     .fetch_optional(c)
