@@ -119,3 +119,20 @@ fn a_typo_in_the_smtp_section_is_named() {
     let (code, _, err) = run(c);
     assert_clean_failure(code, &err, "max_mesage_size");
 }
+
+#[test]
+fn a_bad_search_index_setting_is_named() {
+    let dir = TempDir::new();
+    let path = dir.path().join("postvak.toml");
+    std::fs::write(&path, "[search_index]\nmerge_every_msec = 100\n").unwrap();
+    let mut c = command(&dir);
+    c.arg("--config").arg(&path).arg("migrate");
+    let (code, _, err) = run(c);
+    assert_clean_failure(code, &err, "merge_every_msec");
+
+    let mut c = command(&dir);
+    c.env("POSTVAK_SEARCH_INDEX__MERGE_EVERY_MS", "often")
+        .arg("migrate");
+    let (code, _, err) = run(c);
+    assert_clean_failure(code, &err, "search_index");
+}
