@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod aggregate;
+pub mod batch;
 pub mod chain;
 pub mod contact;
 pub mod conversation;
