@@ -166,6 +166,11 @@ impl EventHandler for ProjectionHandler {
     }
 }
 
+/// Conversations the inbound worker files into at once on PostgreSQL. Mails of one
+/// conversation are filed one after the other, in queue order; on SQLite (one writer) one at
+/// a time.
+const RECEIVE_PARALLELISM: usize = 8;
+
 async fn run_worker(
     service: Conversations,
     cell: Arc<Cell>,
@@ -173,36 +178,23 @@ async fn run_worker(
     cancel: CancellationToken,
 ) {
     let db = cell.db().clone();
+    let parallel = match db {
+        postvak_platform::db::Db::Postgres(_) => RECEIVE_PARALLELISM,
+        postvak_platform::db::Db::Sqlite(_) => 1,
+    };
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        let mut failing = false;
-        let mut progressed = false;
+        let (mut failing, mut progressed) = (false, false);
         match crate::queue::next_batch(&db, &crate::queue::INBOUND).await {
             Ok(batch) => {
-                for q in batch {
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    let outcome = service.receive_queued(&q).await;
-                    let error = outcome.as_ref().err().map(ToString::to_string);
-                    if let Some(e) = &error {
-                        tracing::warn!(error = %e, event_id = %q.event_id, "cannot add message to its conversation; will retry");
-                        failing = true;
-                    } else {
-                        progressed = true;
-                    }
-                    if let Err(e) = crate::queue::finish(
-                        &db,
-                        &crate::queue::INBOUND,
-                        q.event_id,
-                        error.as_deref(),
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "cannot update the inbound queue");
-                    }
+                for (ok, failed) in receive_batch(&service, &db, batch, parallel, &cancel).await {
+                    progressed |= ok;
+                    failing |= failed;
+                }
+                if cancel.is_cancelled() {
+                    return;
                 }
             }
             Err(e) => {
@@ -224,6 +216,67 @@ async fn run_worker(
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// A queued mail, read from its stream: `Ok(None)` when it was erased (nothing to file).
+type Opened = Result<Option<(TenantContext, MessageReceivedV1)>, ServiceError>;
+
+/// Files a batch of queued mails: reads them `parallel` at a time, then files the mails of
+/// each conversation in queue order, `parallel` conversations at once (ingest chose each
+/// mail's conversation, so mails of different conversations do not depend on each other).
+/// Returns, per conversation, whether some mail was filed and whether some failed.
+async fn receive_batch(
+    service: &Conversations,
+    db: &postvak_platform::db::Db,
+    batch: Vec<crate::queue::Queued>,
+    parallel: usize,
+    cancel: &CancellationToken,
+) -> Vec<(bool, bool)> {
+    use futures::StreamExt;
+    let opened: Vec<(crate::queue::Queued, Opened)> = futures::stream::iter(batch)
+        .map(|q| async move {
+            let opened = service.open_queued(&q).await;
+            (q, opened)
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
+    // One group per conversation, in queue order; a mail that could not be read is its own.
+    let groups = postvak_core::batch::group_in_order(opened, |(q, o)| match o {
+        Ok(Some((_, p))) => Some((q.tenant, p.conversation_id)),
+        _ => None,
+    });
+    futures::stream::iter(groups)
+        .map(|group| async move {
+            let (mut ok, mut failed) = (false, false);
+            for (q, opened) in group {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let outcome = match opened {
+                    Ok(Some((ctx, p))) => service.receive(&ctx, &p).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                let error = outcome.as_ref().err().map(ToString::to_string);
+                if let Some(e) = &error {
+                    tracing::warn!(error = %e, event_id = %q.event_id, "cannot add message to its conversation; will retry");
+                    failed = true;
+                } else {
+                    ok = true;
+                }
+                if let Err(e) =
+                    crate::queue::finish(db, &crate::queue::INBOUND, q.event_id, error.as_deref())
+                        .await
+                {
+                    tracing::warn!(error = %e, "cannot update the inbound queue");
+                }
+            }
+            (ok, failed)
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await
 }
 
 fn mailbox(m: &MailboxV1) -> Option<Mailbox> {
@@ -277,7 +330,8 @@ pub(crate) fn message_of(p: &MessageReceivedV1) -> Message {
 }
 
 impl Conversations {
-    async fn receive_queued(&self, q: &crate::queue::Queued) -> Result<(), ServiceError> {
+    /// Reads a queued mail's event (`None`: erased, nothing left to file).
+    async fn open_queued(&self, q: &crate::queue::Queued) -> Opened {
         let ctx = self.cells().context(q.tenant, SERVICE).await?;
         let stream = StreamRef::new(iev::STREAM_INBOUND_MESSAGE, q.stream_id.clone());
         let events = ctx
@@ -291,13 +345,12 @@ impl Conversations {
                 q.event_id
             ))));
         };
-        let payload: MessageReceivedV1 = match e.payload() {
-            Ok(p) => p,
+        match e.payload() {
+            Ok(p) => Ok(Some((ctx, p))),
             // Erased: nothing left to file.
-            Err(StoreError::Shredded { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        self.receive(&ctx, &payload).await
+            Err(StoreError::Shredded { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Files a received mail into its conversation (ingest chose the id), opening it with

@@ -100,3 +100,56 @@ async fn personal_data_is_not_stored_in_plaintext_in_the_read_models() {
         }
     }
 }
+
+/// Mails queued together are filed several conversations at a time, and each conversation's
+/// in the order they arrived: a thread's replies, interleaved with other threads', keep
+/// their order.
+#[tokio::test]
+async fn a_burst_of_threads_is_filed_each_in_arrival_order() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let threads = ["a", "b", "c", "d"];
+        let mut ids = Vec::new();
+        for t in threads {
+            let d = env
+                .deliver(
+                    env.inbox,
+                    &mail(
+                        &format!("{t}0@example.org"),
+                        &format!("Thread {t}"),
+                        "",
+                        &format!("{t} 0"),
+                    ),
+                )
+                .await;
+            ids.push(d.conversation_id);
+        }
+        for n in 1..5 {
+            for (t, id) in threads.iter().zip(&ids) {
+                let d = env
+                    .deliver(
+                        env.inbox,
+                        &mail(
+                            &format!("{t}{n}@example.org"),
+                            &format!("Re: Thread {t}"),
+                            &format!("In-Reply-To: <{t}{}@example.org>", n - 1),
+                            &format!("{t} {n}"),
+                        ),
+                    )
+                    .await;
+                assert_eq!(d.conversation_id, *id, "{backend:?}");
+            }
+        }
+        for (t, id) in threads.iter().zip(&ids) {
+            env.wait_for_conversation(*id, 5).await;
+            let c = env.service.get(&env.ctx, *id).await.unwrap();
+            let snippets: Vec<&str> = c.messages.iter().map(|m| m.snippet.as_str()).collect();
+            let expected: Vec<String> = (0..5).map(|n| format!("{t} {n}")).collect();
+            assert_eq!(snippets, expected, "{backend:?}");
+            assert_eq!(
+                c.conversation.version, 6,
+                "{backend:?}: opened + five messages"
+            );
+        }
+    }
+}
