@@ -300,6 +300,7 @@ async fn reassign_all(
                 "reassign",
                 &fired,
                 &rules,
+                true,
             )
             .await
             .map_err(|e| ApiError::internal(&e))?;

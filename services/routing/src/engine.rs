@@ -683,6 +683,10 @@ pub(crate) async fn run_worker(
         bus: cell.bus.clone(),
     };
     let db = cell.db().clone();
+    let parallel = match db {
+        Db::Postgres(_) => DECIDE_CONCURRENCY,
+        Db::Sqlite(_) => 1,
+    };
     loop {
         if cancel.is_cancelled() {
             return;
@@ -690,16 +694,10 @@ pub(crate) async fn run_worker(
         let mut failing = false;
         match next_batch(&db).await {
             Ok(batch) => {
-                // Decisions one at a time in queue order: each moves the round-robin pointers
-                // and workloads the next one reads.
                 let handled = batch.len();
-                let mut decided = Vec::with_capacity(handled);
-                for q in batch {
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    let d = worker.decisions(&q).await;
-                    decided.push((q, d));
+                let decided = worker.decide_batch(batch, parallel).await;
+                if cancel.is_cancelled() {
+                    return;
                 }
                 let mut done = Vec::with_capacity(handled);
                 for (event_id, outcome) in worker.send_all(decided).await {
@@ -778,25 +776,95 @@ type Decisions = Result<Option<(TenantContext, Vec<Recorded>)>, WorkError>;
 /// Conversations whose decisions are sent at the same time.
 const SEND_CONCURRENCY: usize = 16;
 
-impl Worker {
-    /// The decisions for `q`: those already recorded (a repeat after a crash or a retry), or
-    /// the rules evaluated and recorded now.
-    async fn decisions(&self, q: &Queued) -> Decisions {
-        let ctx = self
-            .cells
-            .context(q.tenant, SERVICE)
-            .await
-            .map_err(|e| WorkError::Other(e.to_string()))?;
-        let recorded = match self.recorded(&ctx, q.conversation, q.event_id).await? {
-            Some(r) => r,
-            None => match self.decide(&ctx, q).await? {
-                Some(r) => r,
-                None => return Ok(None),
-            },
-        };
-        Ok(Some((ctx, recorded)))
+/// Reads (and records) of a batch's decisions at the same time, on PostgreSQL.
+const DECIDE_CONCURRENCY: usize = 16;
+
+/// An inbox's rules and what they are evaluated against, for one batch.
+struct InboxRules {
+    rules: Vec<core::Rule>,
+    snapshot: Snapshot,
+    /// The snapshot's pool, moved by this batch's assignments.
+    pool: Pool,
+    reads_body: bool,
+    asks_vip: bool,
+}
+
+impl InboxRules {
+    /// `None`: the inbox has no rules.
+    async fn load(
+        dir: &Directory,
+        ctx: &TenantContext,
+        inbox: Uuid,
+    ) -> Result<Option<Self>, StoreError> {
+        let rules = rules::load_core(ctx, inbox).await?;
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        let snapshot = Snapshot::load(dir, ctx, inbox, &rules).await?;
+        let reads_body = rules
+            .iter()
+            .any(|r| r.conditions.iter().any(core::Condition::reads_body));
+        let asks_vip = rules
+            .iter()
+            .any(|r| r.conditions.contains(&core::Condition::VipContact));
+        Ok(Some(Self {
+            pool: snapshot.pool.clone(),
+            rules,
+            snapshot,
+            reads_body,
+            asks_vip,
+        }))
     }
 
+    /// Writes the pointers this batch moved, in one transaction.
+    async fn save_pointers(&self, ctx: &TenantContext) -> Result<(), StoreError> {
+        let moved: Vec<(&String, &Uuid)> = self
+            .pool
+            .pointers
+            .iter()
+            .filter(|(k, u)| self.snapshot.pool.pointers.get(*k) != Some(*u))
+            .collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let t = ctx.tenant();
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        for (key, user) in moved {
+            save_pointer(&mut tx, t, key, *user).await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// A trigger's reads, before evaluation.
+enum Read {
+    Recorded(Vec<Recorded>),
+    NoRules,
+    Facts(Box<Facts>, bool),
+}
+
+/// A trigger after evaluation, before its record.
+enum Evaluated {
+    Recorded(Vec<Recorded>),
+    Nothing,
+    Fired(Vec<core::Fired>),
+}
+
+async fn save_pointer(tx: &mut DbTx, t: TenantId, key: &str, user: Uuid) -> Result<(), StoreError> {
+    on_tx!(tx, |c| sqlx::query(
+        "INSERT INTO routing_pointers (tenant_id, pointer, last_user) VALUES ($1, $2, $3) \
+         ON CONFLICT (tenant_id, pointer) DO UPDATE SET last_user = excluded.last_user"
+    )
+    .bind(t.0)
+    .bind(key)
+    .bind(user)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)
+}
+
+impl Worker {
     /// Sends decided actions: a conversation's in queue order, different conversations' at
     /// the same time (each `conversation.apply` is a round trip and a commit in the
     /// conversation service). Returns each trigger's outcome.
@@ -805,15 +873,8 @@ impl Worker {
         decided: Vec<(Queued, Decisions)>,
     ) -> Vec<(Uuid, Result<(), WorkError>)> {
         use futures::StreamExt as _;
-        let mut groups: Vec<Vec<(Queued, Decisions)>> = Vec::new();
-        let mut group_of: HashMap<Uuid, usize> = HashMap::new();
-        for (q, d) in decided {
-            let g = *group_of.entry(q.conversation).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[g].push((q, d));
-        }
+        let groups =
+            postvak_core::batch::group_in_order(decided, |(q, _)| Some((q.tenant, q.conversation)));
         futures::stream::iter(groups)
             .map(|group| async move {
                 let mut out = Vec::with_capacity(group.len());
@@ -941,50 +1002,175 @@ impl Worker {
         Ok((facts, assignee.is_some()))
     }
 
-    /// Evaluates the rules and records what fired; `None` when nothing fired.
-    async fn decide(
-        &self,
-        ctx: &TenantContext,
-        q: &Queued,
-    ) -> Result<Option<Vec<Recorded>>, WorkError> {
-        let rules = rules::load_core(ctx, q.inbox).await?;
-        if rules.is_empty() {
-            return Ok(None);
+    /// The decisions for a batch of queued triggers, in queue order: those already recorded
+    /// (a repeat after a crash or a retry), or the rules evaluated and recorded now.
+    ///
+    /// What does not depend on other decisions is read `parallel` at a time: each inbox's
+    /// rules and snapshot (agents, workloads, pointers, calendar) once per batch, then each
+    /// trigger's recorded decisions and facts. The rules are then evaluated one trigger after
+    /// the other in queue order against the inbox's pool, which each assignment moves (its
+    /// round-robin pointer, the agent's workload), exactly as reloading it before every
+    /// trigger did. The decisions are recorded `parallel` conversations at a time (one
+    /// conversation's in order), and the moved pointers written once at the end.
+    async fn decide_batch(&self, batch: Vec<Queued>, parallel: usize) -> Vec<(Queued, Decisions)> {
+        use futures::StreamExt as _;
+        let failed = |e: &dyn std::fmt::Display| WorkError::Other(e.to_string());
+        // One context per tenant, one set of rules and snapshot per inbox.
+        let mut contexts: HashMap<TenantId, Result<TenantContext, String>> = HashMap::new();
+        for t in batch.iter().map(|q| q.tenant).collect::<BTreeSet<_>>() {
+            let ctx = self
+                .cells
+                .context(t, SERVICE)
+                .await
+                .map_err(|e| e.to_string());
+            contexts.insert(t, ctx);
         }
-        let snapshot = Snapshot::load(&self.directory, ctx, q.inbox, &rules).await?;
-        let reads_body = rules
-            .iter()
-            .any(|r| r.conditions.iter().any(core::Condition::reads_body));
-        let (mut facts, assigned) = self.facts(ctx, q, &snapshot, reads_body).await?;
-        let asks_vip = rules
-            .iter()
-            .any(|r| r.conditions.contains(&core::Condition::VipContact));
-        if asks_vip && let Some(from) = &facts.from {
-            facts.sender_is_vip_contact = crate::vip::is_vip_contact(ctx, from).await?;
+        let inboxes: BTreeSet<(TenantId, Uuid)> =
+            batch.iter().map(|q| (q.tenant, q.inbox)).collect();
+        let contexts = &contexts;
+        let mut inboxes: HashMap<(TenantId, Uuid), Result<Option<InboxRules>, String>> =
+            futures::stream::iter(inboxes)
+                .map(|(t, inbox)| async move {
+                    let loaded = match &contexts[&t] {
+                        Ok(ctx) => InboxRules::load(&self.directory, ctx, inbox)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.clone()),
+                    };
+                    ((t, inbox), loaded)
+                })
+                .buffer_unordered(parallel)
+                .collect()
+                .await;
+        // Each trigger's recorded decisions, or its facts.
+        let inboxes_read = &inboxes;
+        let batch_read = &batch;
+        let read: Vec<Result<Read, WorkError>> = futures::stream::iter(0..batch.len())
+            .map(|i| async move {
+                let q = &batch_read[i];
+                let ctx = contexts[&q.tenant].as_ref().map_err(|e| failed(e))?;
+                if let Some(r) = self.recorded(ctx, q.conversation, q.event_id).await? {
+                    return Ok(Read::Recorded(r));
+                }
+                let Some(inbox) = inboxes_read[&(q.tenant, q.inbox)]
+                    .as_ref()
+                    .map_err(|e| failed(e))?
+                else {
+                    return Ok(Read::NoRules);
+                };
+                let (mut facts, assigned) = self
+                    .facts(ctx, q, &inbox.snapshot, inbox.reads_body)
+                    .await?;
+                if inbox.asks_vip
+                    && let Some(from) = &facts.from
+                {
+                    facts.sender_is_vip_contact = crate::vip::is_vip_contact(ctx, from).await?;
+                }
+                Ok(Read::Facts(Box::new(facts), assigned))
+            })
+            .buffered(parallel)
+            .collect()
+            .await;
+        // Evaluation, in queue order, against each inbox's pool as it moves.
+        let mut assigned_now: BTreeSet<(TenantId, Uuid)> = BTreeSet::new();
+        let mut evaluated: Vec<Result<Evaluated, WorkError>> = Vec::with_capacity(batch.len());
+        for (q, r) in batch.iter().zip(read) {
+            evaluated.push(r.map(|r| match r {
+                Read::Recorded(r) => Evaluated::Recorded(r),
+                Read::NoRules => Evaluated::Nothing,
+                Read::Facts(facts, assigned) => {
+                    let Some(Ok(Some(inbox))) = inboxes.get_mut(&(q.tenant, q.inbox)) else {
+                        return Evaluated::Nothing;
+                    };
+                    // An assignment decided earlier in this batch counts, as it did when
+                    // every trigger read the conversation's row after the last one's record.
+                    let assigned = assigned || assigned_now.contains(&(q.tenant, q.conversation));
+                    let fired =
+                        core::evaluate(&inbox.rules, q.trigger, &facts, &mut inbox.pool, assigned);
+                    if fired
+                        .iter()
+                        .any(|f| f.actions.iter().any(|a| matches!(a, Decided::Assign(_))))
+                    {
+                        assigned_now.insert((q.tenant, q.conversation));
+                    }
+                    if fired.is_empty() {
+                        Evaluated::Nothing
+                    } else {
+                        Evaluated::Fired(fired)
+                    }
+                }
+            }));
         }
-        let mut pool = snapshot.pool.clone();
-        let fired = core::evaluate(&rules, q.trigger, &facts, &mut pool, assigned);
-        if fired.is_empty() {
-            return Ok(None);
+        // Records, one conversation's in order, `parallel` conversations at once.
+        let groups = postvak_core::batch::group_in_order(0..batch.len(), |i| {
+            Some((batch[*i].tenant, batch[*i].conversation))
+        });
+        let (batch_ref, evaluated_ref, inboxes_ref) = (&batch, &evaluated, &inboxes);
+        let mut decisions: Vec<(usize, Decisions)> = futures::stream::iter(groups)
+            .map(|group| async move {
+                let mut out = Vec::with_capacity(group.len());
+                for i in group {
+                    let q = &batch_ref[i];
+                    let d = match &evaluated_ref[i] {
+                        Err(e) => Err(failed(e)),
+                        Ok(Evaluated::Nothing) => Ok(None),
+                        Ok(e) => match contexts[&q.tenant].as_ref() {
+                            Err(e) => Err(failed(e)),
+                            Ok(ctx) => match e {
+                                Evaluated::Recorded(r) => Ok(Some((ctx.clone(), r.clone()))),
+                                Evaluated::Fired(fired) => {
+                                    let rules = match inboxes_ref.get(&(q.tenant, q.inbox)) {
+                                        Some(Ok(Some(inbox))) => inbox.rules.as_slice(),
+                                        _ => &[],
+                                    };
+                                    let trigger = match q.trigger {
+                                        Trigger::Opened => "opened",
+                                        Trigger::Message => "message",
+                                    };
+                                    self.record(
+                                        ctx,
+                                        q.conversation,
+                                        q.inbox,
+                                        q.event_id,
+                                        trigger,
+                                        fired,
+                                        rules,
+                                        false,
+                                    )
+                                    .await
+                                    .map(|r| Some((ctx.clone(), r)))
+                                }
+                                Evaluated::Nothing => Ok(None),
+                            },
+                        },
+                    };
+                    out.push((i, d));
+                }
+                out
+            })
+            .buffer_unordered(parallel)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await;
+        // The round-robin pointers that moved, once each.
+        for ((t, _), inbox) in &inboxes {
+            let (Ok(Some(inbox)), Ok(ctx)) = (inbox, &contexts[t]) else {
+                continue;
+            };
+            if let Err(e) = inbox.save_pointers(ctx).await {
+                tracing::warn!(error = %e, "cannot save the round-robin pointers");
+            }
         }
-        let trigger = match q.trigger {
-            Trigger::Opened => "opened",
-            Trigger::Message => "message",
-        };
-        self.record(
-            ctx,
-            q.conversation,
-            q.inbox,
-            q.event_id,
-            trigger,
-            &fired,
-            &rules,
-        )
-        .await
-        .map(Some)
+        decisions.sort_by_key(|(i, _)| *i);
+        batch
+            .into_iter()
+            .zip(decisions)
+            .map(|(q, (_, d))| (q, d))
+            .collect()
     }
 
-    /// Appends the decision (all fired rules at once) and moves the round-robin pointers.
+    /// Appends the decision (all fired rules at once), notes the assignee, and moves the
+    /// round-robin pointers unless `move_pointers` is false (the caller writes them).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn record(
         &self,
@@ -995,6 +1181,7 @@ impl Worker {
         trigger: &str,
         fired: &[core::Fired],
         rules: &[core::Rule],
+        move_pointers: bool,
     ) -> Result<Vec<Recorded>, WorkError> {
         let stream = decisions_stream(conversation);
         let version = ctx
@@ -1082,6 +1269,9 @@ impl Worker {
                 continue;
             };
             set_assignee(&mut tx, t, conversation, Some(user)).await?;
+            if !move_pointers {
+                continue;
+            }
             let rule = rules.iter().find(|r| r.id == f.rule_id);
             for a in rule.map(|r| r.actions.as_slice()).unwrap_or_default() {
                 if let core::Action::AssignTeam {
@@ -1091,17 +1281,7 @@ impl Worker {
                 } = a
                 {
                     let key = core::pointer_key(f.rule_id, *team);
-                    on_tx!(&mut tx, |c| sqlx::query(
-                        "INSERT INTO routing_pointers (tenant_id, pointer, last_user) VALUES ($1, $2, $3) \
-                         ON CONFLICT (tenant_id, pointer) DO UPDATE SET last_user = excluded.last_user"
-                    )
-                    .bind(t.0)
-                    .bind(&key)
-                    .bind(user)
-                    .execute(c)
-                    .await
-                    .map(|_| ()))
-                    .map_err(db_error)?;
+                    save_pointer(&mut tx, t, &key, user).await?;
                 }
             }
         }

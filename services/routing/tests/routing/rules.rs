@@ -15,6 +15,7 @@ use postvak_platform::cell::{Cells, Principal, TenantContext};
 use postvak_platform::on_tx;
 use postvak_platform::store::{StreamRef, TenantId};
 use postvak_proto::events::routing as rev;
+use postvak_proto::rest::routing::DecidedAction;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1202,4 +1203,120 @@ async fn a_vip_contact_condition_is_written_and_read_back() {
         )
         .await;
     assert_eq!(r.status, 400, "{r:?}");
+}
+
+/// Mails arriving together are decided in one batch of the rule worker: the round-robin
+/// pointer and the agents' workloads move from one decision to the next within it, as if the
+/// mails had come one by one, and the pointer is kept for the mail after.
+#[tokio::test]
+async fn a_burst_of_mails_is_assigned_as_if_they_came_one_by_one() {
+    for backend in BACKENDS {
+        let env = Env::new(backend).await;
+        env.rule(round_robin(env.team)).await;
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            let d = env
+                .deliver(&mail(
+                    &format!("burst{i}@example.org"),
+                    "eve@example.org",
+                    "Invoice",
+                    "",
+                    "Hi",
+                ))
+                .await;
+            ids.push(d.conversation_id);
+        }
+        let mut assignees = Vec::new();
+        for id in &ids {
+            let c = env
+                .wait(*id, "assigned", |c| c.conversation.assignee.is_some())
+                .await;
+            assignees.push(c.conversation.assignee.unwrap());
+        }
+        let alice = assignees.iter().filter(|a| **a == env.alice.id).count();
+        assert_eq!(
+            (alice, assignees.len() - alice),
+            (4, 4),
+            "{backend:?}: {assignees:?}"
+        );
+        for id in &ids {
+            assert_eq!(env.fired(*id).await.len(), 1, "{backend:?}: decided once");
+        }
+        env.drained().await;
+        // The pointer moved with the burst: the next mail goes to the other agent than the
+        // last one of the burst got.
+        let last = env.fired(ids[7]).await[0].actions.clone();
+        let d = env
+            .deliver(&mail(
+                "after-burst@example.org",
+                "eve@example.org",
+                "Invoice",
+                "",
+                "Hi",
+            ))
+            .await;
+        let c = env
+            .wait(d.conversation_id, "assigned", |c| {
+                c.conversation.assignee.is_some()
+            })
+            .await;
+        let next = c.conversation.assignee.unwrap();
+        let last_assignee = assignees[7];
+        assert_ne!(next, last_assignee, "{backend:?}: after {last:?}");
+    }
+}
+
+/// Least loaded over a burst decided in one batch: each decision counts the ones before it,
+/// so nobody is given more than their capacity.
+#[tokio::test]
+async fn a_burst_never_fills_an_agent_over_capacity() {
+    for backend in BACKENDS {
+        let env = Env::new(backend).await;
+        for who in [&env.alice, &env.bob] {
+            let r = env
+                .availability(who, json!({"status": "online", "capacity": 2}))
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        env.rule(json!({"name": "Least loaded", "actions": [
+            {"type": "assign_team", "team": env.team, "strategy": "least_loaded"}]}))
+            .await;
+        let mut burst = Vec::new();
+        for i in 0..6 {
+            let d = env
+                .deliver(&mail(
+                    &format!("full{i}@example.org"),
+                    "eve@example.org",
+                    "Question",
+                    "",
+                    "Hi",
+                ))
+                .await;
+            burst.push(d.conversation_id);
+        }
+        let mut unassigned = 0;
+        for id in &burst {
+            let fired = env.wait_fired(*id, 1).await;
+            assert_eq!(fired.len(), 1, "{backend:?}");
+            if fired[0]
+                .actions
+                .iter()
+                .any(|a| matches!(a, DecidedAction::NoAssignee { .. }))
+            {
+                unassigned += 1;
+            }
+        }
+        assert_eq!(unassigned, 2, "{backend:?}");
+        for who in [&env.alice, &env.bob] {
+            let r = env
+                .call(
+                    "GET",
+                    &format!("/v1/users/{}/availability", who.id),
+                    who,
+                    None,
+                )
+                .await;
+            assert_eq!(r.body["open_assigned"], 2, "{backend:?}: {r:?}");
+        }
+    }
 }
