@@ -50,6 +50,8 @@ pub struct RoutingBenchOptions {
     pub agents: usize,
     /// SMTP connections the mails are spread over.
     pub connections: usize,
+    /// `[search_index] merge_every_ms` of the measured processes.
+    pub search_merge_every_ms: u64,
 }
 
 const ADDRESS: &str = "support@routing-bench.example";
@@ -220,7 +222,11 @@ type Timeline = Arc<Mutex<HashMap<u64, Times>>>;
 
 async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow::Result<String> {
     let master = postvak_platform::crypto::MasterKey::generate_base64();
-    let env = env_of(url, &opts.nats, prefix, &master, opts.connections.max(1));
+    let mut env = env_of(url, &opts.nats, prefix, &master, opts.connections.max(1));
+    env.push((
+        "POSTVAK_SEARCH_INDEX__MERGE_EVERY_MS".into(),
+        opts.search_merge_every_ms.to_string(),
+    ));
     let cfg = Config::load_with_env(None, env.clone())?;
     // Migrate and set the tenant up in this process (the directory's own code), then start the
     // services as separate processes.

@@ -236,6 +236,10 @@ enum BenchCommand {
         /// SMTP connections the mails are spread over.
         #[arg(long, default_value_t = 16)]
         connections: usize,
+        /// `[search_index] merge_every_ms` of the measured processes (0: writes merge the
+        /// search index's pending list themselves), to compare settings.
+        #[arg(long, default_value_t = 200)]
+        search_merge_every_ms: u64,
     },
     /// Authentication and permission checks per request: p50/p99 latency.
     Auth {
@@ -394,6 +398,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seconds,
                     agents,
                     connections,
+                    search_merge_every_ms,
                 },
         } => {
             let report = crate::bench_routing::run(crate::bench_routing::RoutingBenchOptions {
@@ -403,6 +408,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seconds,
                 agents,
                 connections,
+                search_merge_every_ms,
             })
             .await?;
             println!("{report}");
