@@ -16,7 +16,6 @@ use postvak_platform::store::{KeyScope, StoreError, TenantId};
 use postvak_proto::rest::conversation as dto;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use uuid::Uuid;
 
@@ -58,15 +57,17 @@ async fn search_terms(
     }
     let word_index = keyring.blind_indexer(tenant, SEARCH_WORD).await?;
     let prefix_index = keyring.blind_indexer(tenant, SEARCH_PREFIX).await?;
-    let mut prefixes = BTreeSet::new();
+    let mut prefixes: Vec<&str> = Vec::with_capacity(words.len() * 6);
     let mut out = Vec::with_capacity(words.len() * 4);
-    for word in words {
-        prefixes.extend(postvak_core::conversation::search_prefixes(&word));
+    for word in &words {
+        prefixes.extend(postvak_core::conversation::search_prefixes(word));
         out.push(term_of(&word_index.index(word.as_bytes())));
     }
+    prefixes.sort_unstable();
+    prefixes.dedup();
     out.extend(
         prefixes
-            .into_iter()
+            .iter()
             .map(|p| term_of(&prefix_index.index(p.as_bytes()))),
     );
     out.sort_unstable();

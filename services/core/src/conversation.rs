@@ -793,10 +793,16 @@ pub fn body_search_words(text: &str) -> Vec<String> {
 }
 
 /// The prefixes of `word` that are indexed: its first 3–12 characters (the word itself when
-/// it is that short, so that `invoice*` finds "invoice" too).
-pub fn search_prefixes(word: &str) -> impl Iterator<Item = String> + '_ {
-    let n = word.chars().count();
-    (SEARCH_PREFIX_MIN..=SEARCH_PREFIX_MAX.min(n)).map(move |k| word.chars().take(k).collect())
+/// it is that short, so that `invoice*` finds "invoice" too). Slices of `word`: a body brings
+/// thousands of them, and none is allocated.
+pub fn search_prefixes(word: &str) -> impl Iterator<Item = &str> + '_ {
+    // Where the first k characters end, for k = 0, 1, …, n.
+    word.char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(word.len()))
+        .skip(SEARCH_PREFIX_MIN)
+        .take(SEARCH_PREFIX_MAX - SEARCH_PREFIX_MIN + 1)
+        .map(move |end| &word[..end])
 }
 
 /// One term of a search query.
@@ -2513,11 +2519,18 @@ mod tests {
 
     #[test]
     fn prefixes_run_from_three_to_twelve_characters() {
-        let p: Vec<String> = search_prefixes("invoice").collect();
-        assert_eq!(p.first().map(String::as_str), Some("inv"));
-        assert_eq!(p.last().map(String::as_str), Some("invoice"));
-        assert_eq!(search_prefixes("abcdefghijklmnop").count(), 10);
+        let p: Vec<&str> = search_prefixes("invoice").collect();
+        assert_eq!(p, ["inv", "invo", "invoi", "invoic", "invoice"]);
+        let long: Vec<&str> = search_prefixes("abcdefghijklmnop").collect();
+        assert_eq!(long.len(), 10);
+        assert_eq!(long.last(), Some(&"abcdefghijkl"));
         assert_eq!(search_prefixes("ab").count(), 0);
+        assert_eq!(search_prefixes("abc").collect::<Vec<_>>(), ["abc"]);
+        // Characters, not bytes.
+        let p: Vec<&str> = search_prefixes("größenordnung").collect();
+        assert_eq!(p.first(), Some(&"grö"));
+        assert_eq!(p.last(), Some(&"größenordnun"));
+        assert_eq!(search_prefixes("日本語").collect::<Vec<_>>(), ["日本語"]);
     }
 
     #[test]
