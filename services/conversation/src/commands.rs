@@ -125,13 +125,7 @@ impl CommandHandler for ApplyHandler {
         };
         // The reply's transaction is not tenant-bound: arm row-level security for the read
         // model written below.
-        if let DbTx::Postgres(c) = tx {
-            sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
-                .bind(tenant.0.to_string())
-                .execute(&mut **c)
-                .await
-                .map_err(|e| CommandError::Store(postvak_platform::db::db_error(e)))?;
-        }
+        tx.bind_tenant(tenant).await.map_err(CommandError::Store)?;
         for _ in 0..MAX_ATTEMPTS {
             match self.attempt(tx, &ctx, &apply).await? {
                 Some(reply) => return Ok(reply),

@@ -15,7 +15,6 @@
 //! its time, and the conversation stream (its version, the ETag) is not touched (ADR 0016).
 //! An outbound message without a report shows `queued`: it is waiting, being sent or retried.
 
-use crate::projection::bind_tenant;
 use crate::{Conversations, now_us};
 use async_trait::async_trait;
 use postvak_core::conversation::{ConversationCommand, DeliveryFailure};
@@ -123,7 +122,7 @@ impl EventHandler for DeliveryHandler {
             )
             .await
             .map_err(|e| HandlerError::Store(StoreError::Crypto(e)))?;
-        bind_tenant(tx, t).await?;
+        tx.bind_tenant(t).await?;
         on_tx!(tx, |c| sqlx::query(
             "INSERT INTO conversation_reply_delivery (tenant_id, message_id, conversation_id, \
              state, reason, permanent, smtp_code, author, detail, detail_key, at_us) \
@@ -170,7 +169,7 @@ async fn record_sent(tx: &mut DbTx, event: &RecordedEvent) -> Result<(), Handler
         Err(e) => return Err(HandlerError::Permanent(e.to_string())),
     };
     let t = event.tenant_id;
-    bind_tenant(tx, t).await?;
+    tx.bind_tenant(t).await?;
     on_tx!(tx, |c| sqlx::query(
         "INSERT INTO conversation_reply_delivery (tenant_id, message_id, conversation_id, \
          state, smtp_code, at_us) VALUES ($1, $2, $3, 'sent', $4, $5) \

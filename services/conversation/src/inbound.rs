@@ -410,7 +410,7 @@ pub(crate) async fn project_from_log(
     tx: &mut DbTx,
     event: &RecordedEvent,
 ) -> Result<(), StoreError> {
-    projection::bind_tenant(tx, event.tenant_id).await?;
+    tx.bind_tenant(event.tenant_id).await?;
     if let Some(id) = event
         .stream_id
         .strip_prefix("conv-")

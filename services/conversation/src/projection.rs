@@ -92,18 +92,6 @@ fn fts_match(term: i64) -> String {
     format!("{:016x}", term as u64)
 }
 
-/// Binds a consumer's (tenant-less) transaction to a tenant, arming row-level security.
-pub(crate) async fn bind_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
-    if let DbTx::Postgres(t) = tx {
-        sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
-            .bind(tenant.0.to_string())
-            .execute(&mut **t)
-            .await
-            .map_err(db_error)?;
-    }
-    Ok(())
-}
-
 fn aad(tenant: TenantId, id: Uuid, what: &[u8]) -> Vec<u8> {
     let mut a = b"postvak.conversation.".to_vec();
     a.extend_from_slice(what);

@@ -18,7 +18,6 @@
 //!   at registration, and at every connection by the client's resolver.
 
 use crate::api::{Call, Failure, call, service_error};
-use crate::projection::bind_tenant;
 use crate::{Conversations, now_us};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
@@ -682,7 +681,7 @@ impl EventHandler for SuggestHandler {
         }
         let t = event.tenant_id;
         let recorded = micros(event.recorded_at);
-        bind_tenant(tx, t).await?;
+        tx.bind_tenant(t).await?;
         let n = on_tx!(tx, |c| sqlx::query(
             "INSERT INTO draft_suggestion_queue (tenant_id, provider_id, message_id, conversation_id, \
              queued_at, next_attempt_at, attempts) \

@@ -28,7 +28,7 @@ pub(crate) fn from_secs(t: i64) -> OffsetDateTime {
 /// up before a tenant is known).
 pub(crate) async fn global_tx(db: &Db, write: bool) -> Result<DbTx, StoreError> {
     match db {
-        Db::Postgres(p) => p.begin().await.map(DbTx::Postgres),
+        Db::Postgres(p) => p.begin().await.map(|t| DbTx::Postgres(t.into())),
         Db::Sqlite(s) => if write { &s.writer } else { &s.reader }
             .begin()
             .await

@@ -2,7 +2,7 @@
 //! `postvak.tenant_id`, which row-level security checks (the second wall behind each query's
 //! own `tenant_id` condition). Every write is idempotent: a retried delivery changes nothing.
 
-use postvak_platform::db::{Db, DbTx, db_error};
+use postvak_platform::db::{Db, DbTx, PgTx, db_error};
 use postvak_platform::store::{StoreError, TenantId};
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -35,7 +35,7 @@ pub async fn write_tx(db: &Db, tenant: TenantId) -> Result<DbTx, StoreError> {
             );
             p.begin_with(sqlx::AssertSqlSafe(begin))
                 .await
-                .map(DbTx::Postgres)
+                .map(|tx| DbTx::Postgres(PgTx::bound(tx, tenant)))
                 .map_err(db_error)
         }
         Db::Sqlite(s) => s
@@ -101,7 +101,7 @@ pub async fn write_tx_locked(
             }
             p.begin_with(sqlx::AssertSqlSafe(begin))
                 .await
-                .map(DbTx::Postgres)
+                .map(|tx| DbTx::Postgres(PgTx::bound(tx, tenant)))
                 .map_err(db_error)
         }
         Db::Sqlite(_) => write_tx(db, tenant).await,
@@ -110,14 +110,7 @@ pub async fn write_tx_locked(
 
 /// Switches a [`write_tx`] transaction to another tenant (row-level security follows).
 pub async fn set_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
-    if let DbTx::Postgres(tx) = tx {
-        sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
-            .bind(tenant.0.to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
-    }
-    Ok(())
+    tx.bind_tenant(tenant).await
 }
 
 /// The first two columns of a row.

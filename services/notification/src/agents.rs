@@ -25,7 +25,7 @@
 use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::settings::OutboundSmtpSettings;
 use crate::smtp::SmtpPool;
-use crate::{Part, SERVICE, bind_tenant, duration_us, now_us};
+use crate::{Part, SERVICE, duration_us, now_us};
 use async_trait::async_trait;
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
@@ -310,7 +310,7 @@ impl EventHandler for Recorder {
                     Ok(a) => a,
                     Err(e) => return decode(e).map_or(Ok(()), Err),
                 };
-                bind_tenant(tx, event.tenant_id).await?;
+                tx.bind_tenant(event.tenant_id).await?;
                 set_assignee(tx, event, Some(a.assignee)).await?;
                 // Taking it yourself needs no mail.
                 if a.claimed || a.by == Some(a.assignee) {
@@ -319,7 +319,7 @@ impl EventHandler for Recorder {
                 self.notify(tx, event, a.assignee, "assigned", a.by).await
             }
             cev::UNASSIGNED => {
-                bind_tenant(tx, event.tenant_id).await?;
+                tx.bind_tenant(event.tenant_id).await?;
                 set_assignee(tx, event, None).await
             }
             cev::NOTE_ADDED => {
@@ -330,7 +330,7 @@ impl EventHandler for Recorder {
                 if n.mentions.is_empty() {
                     return Ok(());
                 }
-                bind_tenant(tx, event.tenant_id).await?;
+                tx.bind_tenant(event.tenant_id).await?;
                 let mut seen = std::collections::BTreeSet::new();
                 for m in n.mentions {
                     if Some(m) != n.author && seen.insert(m) {
@@ -347,7 +347,7 @@ impl EventHandler for Recorder {
                 let Some(author) = f.author else {
                     return Ok(());
                 };
-                bind_tenant(tx, event.tenant_id).await?;
+                tx.bind_tenant(event.tenant_id).await?;
                 self.notify(tx, event, author, "reply_failed", None).await
             }
             _ => Ok(()),
@@ -450,7 +450,7 @@ impl EventHandler for SlaAlerts {
             Err(other) => return Err(HandlerError::Permanent(other.to_string())),
         };
         let t = event.tenant_id;
-        bind_tenant(tx, t).await?;
+        tx.bind_tenant(t).await?;
         let assignee: Option<Uuid> = on_tx!(tx, |c| sqlx::query(
             "SELECT assignee_id FROM notification_conversations \
              WHERE tenant_id = $1 AND conversation_id = $2"

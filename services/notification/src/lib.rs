@@ -30,8 +30,8 @@ pub use settings::{
 
 use postvak_platform::cell::{Cell, Cells, Principal};
 use postvak_platform::consumer::{EventHandler, HandlerError, run_consumer};
-use postvak_platform::db::{DbTx, db_error};
-use postvak_platform::store::{RecordedEvent, StoreError, TenantId};
+use postvak_platform::db::DbTx;
+use postvak_platform::store::RecordedEvent;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -140,19 +140,6 @@ impl EventHandler for Combined {
 
 pub(crate) fn now_us() -> i64 {
     postvak_platform::store::micros(time::OffsetDateTime::now_utc())
-}
-
-/// Arms row-level security for `tenant` inside a transaction that was not opened with
-/// `Db::tenant_tx` (a consumer's).
-pub(crate) async fn bind_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
-    if let DbTx::Postgres(c) = tx {
-        sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
-            .bind(tenant.0.to_string())
-            .execute(&mut **c)
-            .await
-            .map_err(db_error)?;
-    }
-    Ok(())
 }
 
 /// Exponential backoff: `base · 2^(attempts-1)`, capped at `max`.

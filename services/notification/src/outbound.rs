@@ -15,7 +15,7 @@ use crate::relays::{PoolError, RelayPolicy, Relays};
 use crate::settings::DkimAlgorithm;
 use crate::settings::{OutboundSmtpSettings, SmtpSecurity};
 use crate::smtp::{PoolSpec, Security, SmtpError, SmtpPool};
-use crate::{Part, SERVICE, backoff, bind_tenant, duration_us, now_us};
+use crate::{Part, SERVICE, backoff, duration_us, now_us};
 use async_trait::async_trait;
 use lettre::Message;
 use lettre::message::dkim::{
@@ -353,7 +353,7 @@ async fn claim_many(
     for group in requests.chunk_by(|a, b| a.tenant == b.tenant) {
         let t = group[0].tenant;
         if t != first.tenant {
-            bind_tenant(&mut tx, t).await?;
+            tx.bind_tenant(t).await?;
         }
         let mut ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
         ids.sort_unstable();
@@ -566,7 +566,7 @@ async fn record_sent_many(
     for group in entries.chunk_by(|a, b| a.tenant == b.tenant) {
         let t = group[0].tenant;
         if t != first.tenant {
-            bind_tenant(&mut tx, t).await?;
+            tx.bind_tenant(t).await?;
         }
         for e in group {
             record_sent_in(&mut tx, store, t, &e.sent).await?;
@@ -755,7 +755,7 @@ impl EventHandler for OutboxHandler {
             .await
             .map_err(|e| HandlerError::Store(StoreError::Crypto(e)))?;
         let now = now_us();
-        bind_tenant(tx, tenant).await?;
+        tx.bind_tenant(tenant).await?;
         let lane = crate::relays::lane(
             m.inbox_id,
             crate::relays::has_relay(tx, tenant, m.inbox_id).await?,

@@ -16,7 +16,7 @@
 use crate::due::{self, DueItem, Job, Limits, Settling};
 use crate::settings::WebhookSettings;
 use crate::ssrf::{DestinationError, DestinationPolicy, GuardedResolver};
-use crate::{Part, backoff, bind_tenant, duration_us, now_us};
+use crate::{Part, backoff, duration_us, now_us};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -322,7 +322,7 @@ impl FanOut {
         if announced.is_empty() {
             return Ok(0);
         }
-        bind_tenant(tx, tenant).await?;
+        tx.bind_tenant(tenant).await?;
         let wanted = announced
             .iter()
             .any(|a| event_name(&a.event.event_type).is_some());
@@ -599,7 +599,7 @@ async fn record_outcomes(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
     for group in entries.chunk_by(|a, b| a.tenant == b.tenant) {
         let t = group[0].tenant;
         if t != first.tenant {
-            bind_tenant(&mut tx, t).await?;
+            tx.bind_tenant(t).await?;
         }
         let attempts: Vec<(Uuid, &Outcome)> = group
             .iter()

@@ -306,8 +306,55 @@ pub enum Db {
 /// A transaction on either backend; consumers write their effect and checkpoint in one.
 #[derive(Debug)]
 pub enum DbTx {
-    Postgres(Transaction<'static, Postgres>),
+    Postgres(PgTx),
     Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// A PostgreSQL transaction that knows which tenant `postvak.tenant_id` holds in it, so
+/// that binding it to that tenant again costs no round trip (a consumer's batch binds every
+/// event's tenant: mostly the same). Derefs to the connection, as a sqlx transaction does.
+#[derive(Debug)]
+pub struct PgTx {
+    tx: Transaction<'static, Postgres>,
+    tenant: Option<crate::store::TenantId>,
+}
+
+impl std::ops::Deref for PgTx {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &sqlx::PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for PgTx {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
+}
+
+impl PgTx {
+    /// A transaction whose `BEGIN` already set `postvak.tenant_id` to `tenant` (in the same
+    /// round trip, as [`Db::tenant_tx`] does).
+    pub fn bound(tx: Transaction<'static, Postgres>, tenant: crate::store::TenantId) -> Self {
+        Self {
+            tx,
+            tenant: Some(tenant),
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl From<Transaction<'static, Postgres>> for PgTx {
+    fn from(tx: Transaction<'static, Postgres>) -> Self {
+        Self { tx, tenant: None }
+    }
 }
 
 impl DbTx {
@@ -317,6 +364,23 @@ impl DbTx {
             Self::Sqlite(tx) => tx.commit().await,
         }
         .map_err(db_error)
+    }
+
+    /// Binds the transaction to `tenant`, arming row-level security on PostgreSQL for the
+    /// rest of it (`set_config(…, true)`); a transaction already bound to `tenant` is left
+    /// as it is, without a round trip. SQLite has no row-level security: nothing to do.
+    pub async fn bind_tenant(&mut self, tenant: crate::store::TenantId) -> Result<(), StoreError> {
+        if let Self::Postgres(t) = self
+            && t.tenant != Some(tenant)
+        {
+            sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
+                .bind(tenant.0.to_string())
+                .execute(&mut **t)
+                .await
+                .map_err(db_error)?;
+            t.tenant = Some(tenant);
+        }
+        Ok(())
     }
 
     /// Ends a transaction that only read. It is rolled back, which for a read is the same as a
@@ -559,7 +623,7 @@ pub async fn migrate_up_to(url: &str, last: i64) -> Result<(), StoreError> {
 impl Db {
     pub async fn begin(&self) -> Result<DbTx, StoreError> {
         match self {
-            Self::Postgres(p) => p.begin().await.map(DbTx::Postgres),
+            Self::Postgres(p) => p.begin().await.map(|t| DbTx::Postgres(t.into())),
             Self::Sqlite(s) => s.writer.begin().await.map(DbTx::Sqlite),
         }
         .map_err(db_error)
@@ -587,7 +651,7 @@ impl Db {
                     .begin_with(sqlx::AssertSqlSafe(sql))
                     .await
                     .map_err(db_error)?;
-                Ok(DbTx::Postgres(tx))
+                Ok(DbTx::Postgres(PgTx::bound(tx, tenant)))
             }
             // A write transaction takes SQLite's write lock at BEGIN (waiting up to the busy
             // timeout): a deferred one that reads first (a stream's version) and writes later

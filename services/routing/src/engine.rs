@@ -347,7 +347,7 @@ impl EventHandler for RuleConsumer {
         if matches!(event.data, EventData::Shredded) {
             return Ok(());
         }
-        crate::sla::bind_tenant(tx, event.tenant_id).await?;
+        tx.bind_tenant(event.tenant_id).await?;
         if event.stream_type == kev::STREAM_CONTACT {
             crate::vip::follow(tx, self.store.keyring(), event).await?;
             return Ok(());

@@ -83,7 +83,7 @@ impl EventHandler for MetricsProjection {
     }
 
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
-        crate::sla::bind_tenant(tx, event.tenant_id).await?;
+        tx.bind_tenant(event.tenant_id).await?;
         apply(tx, event).await.map_err(|e| match e {
             e @ (StoreError::Decode { .. } | StoreError::UnknownEventType { .. }) => {
                 HandlerError::Permanent(e.to_string())

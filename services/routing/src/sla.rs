@@ -90,17 +90,6 @@ struct ConvRow {
 // ---------------------------------------------------------------------------------------------
 // Storage
 
-pub(crate) async fn bind_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
-    if let DbTx::Postgres(t) = tx {
-        sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
-            .bind(tenant.0.to_string())
-            .execute(&mut **t)
-            .await
-            .map_err(db_error)?;
-    }
-    Ok(())
-}
-
 async fn load_conv(
     tx: &mut DbTx,
     tenant: TenantId,
@@ -307,7 +296,7 @@ impl EventHandler for TimerScheduler {
         if matches!(event.data, EventData::Shredded) {
             return Ok(());
         }
-        bind_tenant(tx, event.tenant_id).await?;
+        tx.bind_tenant(event.tenant_id).await?;
         let permanent = |e: StoreError| HandlerError::Permanent(e.to_string());
         match event.event_type.as_str() {
             postvak_proto::events::directory::INBOX_CREATED => {

@@ -364,17 +364,6 @@ async fn inbox_of(tx: &mut DbTx, tenant: TenantId, conv: Uuid) -> Result<Uuid, S
     Ok(v.unwrap_or(Uuid::nil()))
 }
 
-async fn bind_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
-    if let DbTx::Postgres(t) = tx {
-        sqlx::query("SELECT set_config('postvak.tenant_id', $1, true)")
-            .bind(tenant.0.to_string())
-            .execute(&mut **t)
-            .await
-            .map_err(db_error)?;
-    }
-    Ok(())
-}
-
 /// What happened to one due timer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fired {
@@ -460,7 +449,7 @@ async fn record(
     outcome: &str,
     read_at: Option<i64>,
 ) -> Result<(), StoreError> {
-    bind_tenant(tx, timer.tenant).await?;
+    tx.bind_tenant(timer.tenant).await?;
     let now = micros(OffsetDateTime::now_utc());
     let marked = on_tx!(tx, |c| sqlx::query(
         "UPDATE routing_timers SET state = 'fired', done_us = $1, outcome = $2 \

@@ -138,7 +138,7 @@ async fn project_from_log(
     else {
         return Ok(());
     };
-    crate::projection::bind_tenant(tx, event.tenant_id).await?;
+    tx.bind_tenant(event.tenant_id).await?;
     if read::version(tx, event.tenant_id, id)
         .await?
         .is_some_and(|v| u64::try_from(v).unwrap_or(0) >= event.stream_version)
