@@ -211,7 +211,7 @@ enum BenchCommand {
         only: Vec<crate::bench_api::Scenario>,
         /// `[search_index] merge_every_ms` of the measured server (0: writes merge the search
         /// index's pending list themselves, PostgreSQL's default), to compare the two.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 1_000)]
         search_merge_every_ms: u64,
     },
     /// Routing in distributed mode (relay, ingest, conversation, routing as separate processes
@@ -238,7 +238,7 @@ enum BenchCommand {
         connections: usize,
         /// `[search_index] merge_every_ms` of the measured processes (0: writes merge the
         /// search index's pending list themselves), to compare settings.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 1_000)]
         search_merge_every_ms: u64,
     },
     /// Authentication and permission checks per request: p50/p99 latency.
