@@ -258,19 +258,16 @@ async fn receive_batch(
                     Ok(None) => Ok(()),
                     Err(e) => Err(e),
                 };
-                let error = outcome.as_ref().err().map(ToString::to_string);
-                if let Some(e) = &error {
-                    tracing::warn!(error = %e, event_id = %q.event_id, "cannot add message to its conversation; will retry");
-                    failed = true;
-                } else {
-                    ok = true;
-                }
-                if let Err(e) =
-                    crate::queue::finish(db, &crate::queue::INBOUND, q.event_id, error.as_deref())
-                        .await
-                {
-                    tracing::warn!(error = %e, "cannot update the inbound queue");
-                }
+                let settled = crate::queue::settle(
+                    db,
+                    &crate::queue::INBOUND,
+                    q.event_id,
+                    outcome,
+                    "add a message to its conversation",
+                )
+                .await;
+                ok |= settled;
+                failed |= !settled;
             }
             (ok, failed)
         })

@@ -11,12 +11,15 @@ use uuid::Uuid;
 /// One queue table's statements (tables are named in SQL, so each gets its own text).
 #[derive(Debug)]
 pub(crate) struct QueueTable {
+    /// For the logs.
+    name: &'static str,
     select: &'static str,
     delete: &'static str,
     fail: &'static str,
 }
 
 pub(crate) const INBOUND: QueueTable = QueueTable {
+    name: "inbound",
     select: "SELECT event_id, tenant_id, stream_id, stream_version FROM conversation_inbound_queue \
              ORDER BY queued_at, event_id LIMIT 64",
     delete: "DELETE FROM conversation_inbound_queue WHERE event_id = $1",
@@ -24,6 +27,7 @@ pub(crate) const INBOUND: QueueTable = QueueTable {
 };
 
 pub(crate) const CONTACT_LINK: QueueTable = QueueTable {
+    name: "contact link",
     select: "SELECT event_id, tenant_id, stream_id, stream_version FROM contact_link_queue \
              ORDER BY queued_at, event_id LIMIT 64",
     delete: "DELETE FROM contact_link_queue WHERE event_id = $1",
@@ -60,7 +64,7 @@ pub(crate) async fn next_batch(db: &Db, table: &QueueTable) -> Result<Vec<Queued
         .collect())
 }
 
-pub(crate) async fn finish(
+async fn finish(
     db: &Db,
     table: &QueueTable,
     event_id: Uuid,
@@ -82,4 +86,23 @@ pub(crate) async fn finish(
     }
     .map_err(db_error)?;
     tx.commit().await
+}
+
+/// Ends one entry after its work: deleted when `outcome` is `Ok`, else its failure counted
+/// (it stays for the next round). `what` says what failed in the log. True when it succeeded.
+pub(crate) async fn settle<E: std::fmt::Display>(
+    db: &Db,
+    table: &QueueTable,
+    event_id: Uuid,
+    outcome: Result<(), E>,
+    what: &str,
+) -> bool {
+    let error = outcome.err().map(|e| e.to_string());
+    if let Some(e) = &error {
+        tracing::warn!(error = %e, %event_id, "cannot {what}; will retry");
+    }
+    if let Err(e) = finish(db, table, event_id, error.as_deref()).await {
+        tracing::warn!(error = %e, queue = table.name, "cannot update the queue");
+    }
+    error.is_none()
 }

@@ -183,23 +183,16 @@ async fn run_worker(
                         return;
                     }
                     let outcome = file_queued(&service, &q).await;
-                    let error = outcome.as_ref().err().map(ToString::to_string);
-                    if let Some(e) = &error {
-                        tracing::warn!(error = %e, event_id = %q.event_id, "cannot file a message's contacts; will retry");
-                        failing = true;
-                    } else {
-                        progressed = true;
-                    }
-                    if let Err(e) = crate::queue::finish(
+                    let ok = crate::queue::settle(
                         &db,
                         &crate::queue::CONTACT_LINK,
                         q.event_id,
-                        error.as_deref(),
+                        outcome,
+                        "file a message's contacts",
                     )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "cannot update the contact link queue");
-                    }
+                    .await;
+                    progressed |= ok;
+                    failing |= !ok;
                 }
             }
             Err(e) => {
