@@ -360,13 +360,15 @@ impl Conversations {
         let message = message_of(p);
         let mut target = p.conversation_id;
         for _ in 0..8 {
-            let members = if self.load(ctx, target).await?.state.is_open() {
+            // The state read here is the one the change starts from (one read of the stream).
+            let state = self.state(ctx, target).await?;
+            let members = if state.is_open() {
                 Vec::new()
             } else {
                 self.members_of(ctx, p.inbox_id).await?
             };
             let result = self
-                .change(ctx, target, None, |s: &Conversation| {
+                .change_from(ctx, target, None, Some(state), |s: &Conversation| {
                     Ok(vec![if s.is_open() || s.merged_into.is_some() {
                         ConversationCommand::ReceiveMessage {
                             message: message.clone(),

@@ -821,10 +821,9 @@ async fn commit_batch(batch: &[Job]) -> Result<Vec<Committed>, IngestError> {
     }
     let mut tx = repo::write_tx_locked(cell.db(), tenants[0], &thread_locks(batch)).await?;
     let mut out: Vec<Committed> = vec![Committed::Duplicate; batch.len()];
-    for (n, &tenant) in tenants.iter().enumerate() {
-        if n > 0 {
-            repo::set_tenant(&mut tx, tenant).await?;
-        }
+    for &tenant in &tenants {
+        // Free for the first: `write_tx_locked` bound it at BEGIN.
+        tx.bind_tenant(tenant).await?;
         let mine: Vec<usize> = (0..batch.len())
             .filter(|&i| batch[i].ctx.tenant() == tenant)
             .collect();

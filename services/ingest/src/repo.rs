@@ -108,11 +108,6 @@ pub async fn write_tx_locked(
     }
 }
 
-/// Switches a [`write_tx`] transaction to another tenant (row-level security follows).
-pub async fn set_tenant(tx: &mut DbTx, tenant: TenantId) -> Result<(), StoreError> {
-    tx.bind_tenant(tenant).await
-}
-
 /// The first two columns of a row.
 fn pair<'r, R, A, B>(r: &'r R) -> Result<(A, B), StoreError>
 where

@@ -352,9 +352,8 @@ async fn claim_many(
     let mut tx = db.tenant_tx(first.tenant, true).await?;
     for group in requests.chunk_by(|a, b| a.tenant == b.tenant) {
         let t = group[0].tenant;
-        if t != first.tenant {
-            tx.bind_tenant(t).await?;
-        }
+        // Free when the transaction is bound to `t` already (the first group's, at BEGIN).
+        tx.bind_tenant(t).await?;
         let mut ids: Vec<Uuid> = group.iter().map(|r| r.id).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -561,13 +560,11 @@ async fn record_sent_many(
     let Some(first) = entries.first() else {
         return Ok(());
     };
-    // The first tenant is bound with BEGIN, the others alone.
     let mut tx = db.tenant_tx(first.tenant, true).await?;
     for group in entries.chunk_by(|a, b| a.tenant == b.tenant) {
         let t = group[0].tenant;
-        if t != first.tenant {
-            tx.bind_tenant(t).await?;
-        }
+        // Free when the transaction is bound to `t` already (the first group's, at BEGIN).
+        tx.bind_tenant(t).await?;
         for e in group {
             record_sent_in(&mut tx, store, t, &e.sent).await?;
         }

@@ -593,14 +593,12 @@ async fn record_outcomes(db: &Db, entries: &[Entry]) -> Result<(), StoreError> {
     let Some(first) = entries.first() else {
         return Ok(());
     };
-    // The first tenant is bound with BEGIN (one round trip on PostgreSQL), the others alone.
     let mut tx = db.tenant_tx(first.tenant, true).await?;
     let now = now_us();
     for group in entries.chunk_by(|a, b| a.tenant == b.tenant) {
         let t = group[0].tenant;
-        if t != first.tenant {
-            tx.bind_tenant(t).await?;
-        }
+        // Free when the transaction is bound to `t` already (the first group's, at BEGIN).
+        tx.bind_tenant(t).await?;
         let attempts: Vec<(Uuid, &Outcome)> = group
             .iter()
             .filter_map(|e| e.outcome.as_ref().map(|o| (e.delivery, o)))

@@ -101,9 +101,10 @@ async fn personal_data_is_not_stored_in_plaintext_in_the_read_models() {
     }
 }
 
-/// Mails queued together are filed several conversations at a time, and each conversation's
-/// in the order they arrived: a thread's replies, interleaved with other threads', keep
-/// their order.
+/// A burst of interleaved threads: each conversation gets its mails in the order they
+/// arrived. (Whether the worker filed them concurrently depends on how many it found queued
+/// at once, which the test does not control; the grouping that keeps one conversation's mails
+/// in order is `core::batch::group_in_order`, unit-tested there.)
 #[tokio::test]
 async fn a_burst_of_threads_is_filed_each_in_arrival_order() {
     for backend in BACKENDS {

@@ -676,31 +676,29 @@ impl EventStore for PostgresStore {
                     // attempt's xid is rolled back with it. After a while, wait as before.
                     // The head it locked is handed on, so it is not locked twice.
                     let locked = if attempt < NOWAIT_ATTEMPTS {
-                        sqlx::query(LOCK_HEAD_NOWAIT)
+                        let row = sqlx::query(LOCK_HEAD_NOWAIT)
                             .bind(tenant.0)
                             .bind(&stream.stream_id)
                             .fetch_optional(&mut *tx)
-                            .await
-                            .map(Some)
-                    } else {
-                        Ok(None)
-                    };
-                    let locked = match locked {
-                        Ok(row) => row
-                            .map(|row| row.as_ref().map(head_from_row).transpose())
-                            .transpose()?,
-                        Err(e) if lock_not_available(&e) => {
-                            // Rolled back now, not with the next BEGIN: an open transaction
-                            // would hold the relay's snapshot horizon back while we sleep.
-                            tx.rollback().await.map_err(db_error)?;
-                            attempt += 1;
-                            tokio::time::sleep(std::time::Duration::from_millis(u64::from(
-                                attempt.min(8),
-                            )))
                             .await;
-                            continue;
+                        match row {
+                            Ok(row) => Some(row.as_ref().map(head_from_row).transpose()?),
+                            Err(e) if lock_not_available(&e) => {
+                                // Rolled back now, not with the next BEGIN: an open
+                                // transaction would hold the relay's snapshot horizon back
+                                // while we sleep.
+                                tx.rollback().await.map_err(db_error)?;
+                                attempt += 1;
+                                tokio::time::sleep(std::time::Duration::from_millis(u64::from(
+                                    attempt.min(8),
+                                )))
+                                .await;
+                                continue;
+                            }
+                            Err(e) => return Err(db_error(e)),
                         }
-                        Err(e) => return Err(db_error(e)),
+                    } else {
+                        None
                     };
                     let done = self
                         .locked_append(&mut tx, tenant, stream, expected, &batch, locked)
