@@ -11,7 +11,7 @@
 //! `conversation_claimed` naming the holder. POSTs honour `Idempotency-Key`.
 
 use crate::idempotency::{self, Claim, Stored};
-use crate::projection::{ConversationRow, Cursor, ListFilter};
+use crate::projection::{ConversationRow, Cursor, ListFilter, SearchKey};
 use crate::{Conversations, ServiceError, actor_of, codec, conversation_role, participation};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
@@ -643,21 +643,20 @@ pub async fn list_conversations(
 }
 
 /// The blind-index terms of a search query.
-async fn search_terms(c: &Call, text: &str) -> Result<Vec<i64>, Failure> {
+async fn search_terms(c: &Call, text: &str) -> Result<Vec<SearchKey>, Failure> {
     let terms = core::parse_search(text)
         .map_err(|e| Failure::Api(ApiError::bad_request("invalid_search", e.to_string())))?;
     let keyring = c.ctx.cell().store.keyring();
     let mut out = Vec::with_capacity(terms.len());
     for t in terms {
-        let (purpose, word) = match &t {
-            core::SearchTerm::Word(w) => (crate::projection::SEARCH_WORD, w),
-            core::SearchTerm::Prefix(p) => (crate::projection::SEARCH_PREFIX, p),
+        let (purpose, word, key): (_, _, fn(i64) -> SearchKey) = match &t {
+            core::SearchTerm::Word(w) => (crate::projection::SEARCH_WORD, w, SearchKey::Word),
+            core::SearchTerm::Prefix(p) => (crate::projection::SEARCH_PREFIX, p, SearchKey::Prefix),
         };
-        out.push(
-            crate::projection::search_term(keyring, c.ctx.tenant(), purpose, word)
-                .await
-                .map_err(|e| service_error(e.into()))?,
-        );
+        let term = crate::projection::search_term(keyring, c.ctx.tenant(), purpose, word)
+            .await
+            .map_err(|e| service_error(e.into()))?;
+        out.push(key(term));
     }
     Ok(out)
 }

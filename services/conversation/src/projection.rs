@@ -16,6 +16,7 @@ use postvak_platform::store::{KeyScope, StoreError, TenantId};
 use postvak_proto::rest::conversation as dto;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use uuid::Uuid;
 
@@ -44,36 +45,110 @@ fn term_of(mac: &[u8; 32]) -> i64 {
     i64::from_be_bytes(first)
 }
 
-/// The terms of `text`'s words and their prefixes, sorted and distinct (each index keyed once:
-/// a body brings hundreds of words and more prefixes).
+/// What one document (a message or a note) adds to the search index.
+///
+/// PostgreSQL keeps only `words` in the document and finds a prefix through the tenant's
+/// vocabulary (`conversation_search_prefixes`: prefix term → word term, one row per distinct
+/// word and prefix, ADR 0040); SQLite's FTS5 index keeps `words` and `prefixes` together.
+#[derive(Debug, Default)]
+pub(crate) struct SearchDoc {
+    /// Whole-word terms, sorted and distinct.
+    words: Vec<i64>,
+    /// Prefix terms, sorted and distinct.
+    prefixes: Vec<i64>,
+    /// Each word that has prefixes: its term and its first prefix's term (what tells whether
+    /// the vocabulary knows it: a word's rows are written together).
+    known_by: Vec<(i64, i64)>,
+    /// `(prefix, word)` rows of the vocabulary, sorted (concurrent writers lock them in one
+    /// order) and distinct.
+    vocabulary: Vec<(i64, i64)>,
+    /// Which store's vocabulary (the keyring's address: one per store, see [`known_words`]).
+    store: usize,
+    /// Words the write found in the vocabulary: known once the transaction commits.
+    seen: std::sync::Mutex<Vec<i64>>,
+}
+
+impl SearchDoc {
+    fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// Every term, words and prefixes, sorted and distinct (the FTS5 document).
+    fn all_terms(&self) -> Vec<i64> {
+        let mut all = Vec::with_capacity(self.words.len() + self.prefixes.len());
+        all.extend_from_slice(&self.words);
+        all.extend_from_slice(&self.prefixes);
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
+/// The search document of `text`: its words' terms, their prefixes' terms, and the vocabulary
+/// rows linking the two (each index keyed once per distinct word or prefix: a body brings
+/// hundreds of words and more prefixes).
 async fn search_terms(
     keyring: &Keyring,
     tenant: TenantId,
     text: &str,
-) -> Result<Vec<i64>, StoreError> {
+) -> Result<SearchDoc, StoreError> {
     let words = postvak_core::conversation::search_words(text);
     if words.is_empty() {
-        return Ok(Vec::new());
+        return Ok(SearchDoc::default());
     }
     let word_index = keyring.blind_indexer(tenant, SEARCH_WORD).await?;
     let prefix_index = keyring.blind_indexer(tenant, SEARCH_PREFIX).await?;
-    let mut prefixes: Vec<&str> = Vec::with_capacity(words.len() * 6);
-    let mut out = Vec::with_capacity(words.len() * 4);
+    let store = std::ptr::from_ref(keyring) as usize;
+    let mut prefix_terms: HashMap<&str, i64> = HashMap::with_capacity(words.len() * 4);
+    let mut doc = SearchDoc {
+        words: Vec::with_capacity(words.len()),
+        prefixes: Vec::new(),
+        known_by: Vec::with_capacity(words.len()),
+        vocabulary: Vec::with_capacity(words.len() * 6),
+        store,
+        seen: std::sync::Mutex::default(),
+    };
     for word in &words {
-        prefixes.extend(postvak_core::conversation::search_prefixes(word));
-        out.push(term_of(&word_index.index(word.as_bytes())));
+        let w = term_of(&word_index.index(word.as_bytes()));
+        doc.words.push(w);
+        for (i, p) in postvak_core::conversation::search_prefixes(word).enumerate() {
+            let p = *prefix_terms
+                .entry(p)
+                .or_insert_with(|| term_of(&prefix_index.index(p.as_bytes())));
+            if i == 0 {
+                doc.known_by.push((w, p));
+            }
+            doc.vocabulary.push((p, w));
+        }
     }
-    prefixes.sort_unstable();
-    prefixes.dedup();
-    out.extend(
-        prefixes
-            .iter()
-            .map(|p| term_of(&prefix_index.index(p.as_bytes()))),
-    );
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    doc.words.sort_unstable();
+    doc.words.dedup();
+    doc.prefixes = prefix_terms.into_values().collect();
+    doc.prefixes.sort_unstable();
+    doc.known_by.sort_unstable();
+    doc.known_by.dedup();
+    let known = known_words();
+    doc.known_by
+        .retain(|(w, _)| known.get(&(store, tenant, *w)).is_none());
+    doc.vocabulary.sort_unstable();
+    doc.vocabulary.dedup();
+    Ok(doc)
 }
+
+/// Words this process has seen in a tenant's vocabulary, by (store, tenant, word term): a
+/// known word is not looked up again. Only words read back from the table are put here, and
+/// only after the reading transaction committed (it may have written them itself), so an entry
+/// never claims a word the vocabulary lacks (rows are never deleted). Terms are keyed by the tenant's index key, which differs
+/// between stores, so a reused address cannot mix two vocabularies.
+fn known_words() -> &'static postvak_platform::memo::Generational<(usize, TenantId, i64), ()> {
+    static KNOWN: std::sync::OnceLock<
+        postvak_platform::memo::Generational<(usize, TenantId, i64), ()>,
+    > = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| postvak_platform::memo::Generational::new(KNOWN_WORDS))
+}
+
+/// ~10 MB at most.
+const KNOWN_WORDS: usize = 200_000;
 
 /// A document's terms as SQLite's FTS5 table takes them: 16 hex digits each.
 fn fts_terms(terms: &[i64]) -> String {
@@ -119,7 +194,7 @@ pub(crate) struct Prepared {
     notes: Vec<(Uuid, u64, i64, Vec<u8>, Uuid)>,
     merged_from: Vec<Uuid>,
     /// Search documents the events add: (message or note id, its terms; see [`search_terms`]).
-    search: Vec<(Uuid, Vec<i64>)>,
+    search: Vec<(Uuid, SearchDoc)>,
     conversation_id: Uuid,
     /// The change starts the stream: there is no row to update in place.
     first: bool,
@@ -146,6 +221,25 @@ struct RowValues {
     user_ids: Vec<Uuid>,
     inbox_rows: Vec<(Uuid, bool)>,
     tag_list: Vec<String>,
+}
+
+impl Prepared {
+    /// The transaction that wrote this change committed: the vocabulary words its search
+    /// documents found are known from now on. Not calling it only costs lookups.
+    pub(crate) fn committed(&self, tenant: TenantId) {
+        let known = known_words();
+        for (_, doc) in &self.search {
+            let seen = std::mem::take(
+                &mut *doc
+                    .seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            for w in seen {
+                known.put((doc.store, tenant, w), ());
+            }
+        }
+    }
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -315,26 +409,76 @@ pub(crate) async fn prepare(
 
 /// Indexes one document (a message or note of `conv`) once: a replay finds it there and adds
 /// nothing (nor moves it back from a merge target).
+///
+/// PostgreSQL: the document holds its words only, and the same statement answers which of its
+/// words the tenant's vocabulary does not know yet (one index probe per word: `LATERAL …
+/// LIMIT 1` keeps the planner from hashing the whole vocabulary, which it did for `NOT EXISTS`
+/// while the table's statistics were young); those words' `(prefix, word)` rows follow
+/// in a second statement, in one sorted order (two writers of the same new word never wait
+/// for each other crosswise). Once a vocabulary knows its words, a mail costs one statement,
+/// and once this process has seen them there ([`known_words`]), no lookup.
 async fn write_search_doc(
     tx: &mut DbTx,
     t: Uuid,
     conv: Uuid,
     doc: Uuid,
-    terms: &[i64],
+    terms: &SearchDoc,
 ) -> Result<(), StoreError> {
     if terms.is_empty() {
         return Ok(());
     }
     match tx {
         DbTx::Postgres(c) => {
-            sqlx::query(
-                "INSERT INTO conversation_search_docs (tenant_id, doc_id, conversation_id, terms) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, doc_id) DO NOTHING",
+            let (known_words, known_prefixes): (Vec<i64>, Vec<i64>) =
+                terms.known_by.iter().copied().unzip();
+            let new: Vec<i64> = sqlx::query_scalar(
+                "WITH doc AS (INSERT INTO conversation_search_docs (tenant_id, doc_id, conversation_id, terms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, doc_id) DO NOTHING) \
+                 SELECT u.word FROM unnest($5::bigint[], $6::bigint[]) AS u(word, prefix) \
+                 LEFT JOIN LATERAL (SELECT true AS known FROM conversation_search_prefixes v \
+                 WHERE v.tenant_id = $1 AND v.prefix = u.prefix AND v.word = u.word LIMIT 1) k ON true \
+                 WHERE k.known IS NULL",
             )
             .bind(t)
             .bind(doc)
             .bind(conv)
-            .bind(terms)
+            .bind(&terms.words)
+            .bind(&known_words)
+            .bind(&known_prefixes)
+            .fetch_all(&mut **c)
+            .await
+            .map_err(db_error)?;
+            let new: HashSet<i64> = new.into_iter().collect();
+            // Found there, but perhaps written by this very transaction: remembered as known
+            // only once it commits (`Prepared::committed`).
+            terms
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(
+                    terms
+                        .known_by
+                        .iter()
+                        .map(|(w, _)| *w)
+                        .filter(|w| !new.contains(w)),
+                );
+            if new.is_empty() {
+                return Ok(());
+            }
+            let (prefixes, words): (Vec<i64>, Vec<i64>) = terms
+                .vocabulary
+                .iter()
+                .filter(|(_, w)| new.contains(w))
+                .copied()
+                .unzip();
+            sqlx::query(
+                "INSERT INTO conversation_search_prefixes (tenant_id, prefix, word) \
+                 SELECT $1, u.prefix, u.word FROM unnest($2::bigint[], $3::bigint[]) AS u(prefix, word) \
+                 ORDER BY u.prefix, u.word ON CONFLICT DO NOTHING",
+            )
+            .bind(t)
+            .bind(&prefixes)
+            .bind(&words)
             .execute(&mut **c)
             .await
             .map_err(db_error)?;
@@ -353,7 +497,7 @@ async fn write_search_doc(
             if let Some(rowid) = rowid {
                 sqlx::query("INSERT INTO conversation_search_fts (rowid, terms) VALUES ($1, $2)")
                     .bind(rowid)
-                    .bind(fts_terms(terms))
+                    .bind(fts_terms(&terms.all_terms()))
                     .execute(&mut **c)
                     .await
                     .map_err(db_error)?;
@@ -736,7 +880,16 @@ pub(crate) struct ListFilter {
     pub updated_since_us: Option<i64>,
     pub include_merged: bool,
     /// Blind-index terms that must all be present (a search).
-    pub search: Vec<i64>,
+    pub search: Vec<SearchKey>,
+}
+
+/// One term of a search, as its blind index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SearchKey {
+    /// A whole word's term.
+    Word(i64),
+    /// A prefix's term (`abc*`).
+    Prefix(i64),
 }
 
 /// Position after which a page starts: `(updated_us, conversation_id)`, newest first.
@@ -895,20 +1048,30 @@ fn list_sql(
     if !f.include_merged {
         conds.push("c.merged_into IS NULL".into());
     }
-    for term in &f.search {
-        conds.push(if fts {
-            format!(
+    for key in &f.search {
+        conds.push(match (fts, *key) {
+            (true, SearchKey::Word(term) | SearchKey::Prefix(term)) => format!(
                 "c.conversation_id IN (SELECT d.conversation_id FROM conversation_search_docs d \
                  WHERE d.tenant_id = {t} AND d.doc_rowid IN (SELECT rowid FROM conversation_search_fts \
                  WHERE conversation_search_fts MATCH {}))",
-                p(Arg::Text(fts_match(*term)))
-            )
-        } else {
-            format!(
+                p(Arg::Text(fts_match(term)))
+            ),
+            (false, SearchKey::Word(term)) => format!(
                 "c.conversation_id IN (SELECT d.conversation_id FROM conversation_search_docs d \
                  WHERE d.tenant_id = {t} AND d.terms @> ARRAY[{}::bigint])",
-                p(Arg::Int(*term))
-            )
+                p(Arg::Int(term))
+            ),
+            // The words the vocabulary lists under the prefix; and the prefix term itself,
+            // which documents indexed before the vocabulary (migration 0026) hold.
+            (false, SearchKey::Prefix(term)) => {
+                let term = p(Arg::Int(term));
+                format!(
+                    "c.conversation_id IN (SELECT d.conversation_id FROM conversation_search_docs d \
+                     WHERE d.tenant_id = {t} AND d.terms && (ARRAY[{term}::bigint] || ARRAY(\
+                     SELECT v.word FROM conversation_search_prefixes v \
+                     WHERE v.tenant_id = {t} AND v.prefix = {term})))"
+                )
+            }
         });
     }
     let (us, id) = (p(Arg::Int(after.updated_us)), p(Arg::Uuid(after.id)));

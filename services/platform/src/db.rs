@@ -133,6 +133,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "notification_due_seq",
         include_str!("../../../migrations/postgres/0025_notification_due_seq.sql"),
     ),
+    (
+        26,
+        "search_prefix_vocabulary",
+        include_str!("../../../migrations/postgres/0026_search_prefix_vocabulary.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.

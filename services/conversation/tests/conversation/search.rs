@@ -444,3 +444,89 @@ async fn the_search_index_pending_list_is_merged_off_the_write_path() {
         0
     );
 }
+
+/// ADR 0040: on PostgreSQL a prefix is expanded through the tenant's vocabulary (a document
+/// holds its words only), the expansion is as precise as the prefix, and a document indexed
+/// before the vocabulary existed (its prefixes in the document, none in the vocabulary) is
+/// still found by prefix, next to documents indexed after it.
+#[tokio::test]
+async fn a_prefix_is_found_through_the_vocabulary_and_in_documents_indexed_before_it() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let app = env.spawn_app().await;
+    let search = |q: &'static str| found(&app, &env.bob, q);
+    let sorted = |mut v: Vec<Uuid>| {
+        v.sort();
+        v
+    };
+    let mut ids = Vec::new();
+    for (n, word) in ["Kangaroobanana", "Kangarooplum"].into_iter().enumerate() {
+        let d = env
+            .deliver(
+                env.inbox,
+                &mail(
+                    &format!("vocab-{n}@example.org"),
+                    "Fruit",
+                    "",
+                    &format!("Please send the {word} today."),
+                ),
+            )
+            .await;
+        env.wait_for_conversation(d.conversation_id, 1).await;
+        ids.push(d.conversation_id);
+    }
+    let (banana, plum) = (ids[0], ids[1]);
+    assert_eq!(
+        sorted(search("kangaroo%2A").await),
+        sorted(vec![banana, plum])
+    );
+    assert_eq!(search("kangaroob%2A").await, vec![banana]);
+    assert_eq!(search("kangarooplum%2A").await, vec![plum]);
+    assert_eq!(search("kangarooz%2A").await, Vec::<Uuid>::new());
+
+    let pool = sqlx::PgPool::connect(&env.url).await.unwrap();
+    let words: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM conversation_search_docs d, unnest(d.terms) AS t(term) \
+         WHERE EXISTS (SELECT 1 FROM conversation_search_prefixes v WHERE v.prefix = t.term)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(words, 0, "a document holds no prefix terms");
+    // What a document indexed before migration 0026 looks like: its words' prefixes in the
+    // document itself, and a vocabulary that never heard of them.
+    sqlx::query(
+        "UPDATE conversation_search_docs d SET terms = d.terms || ARRAY(SELECT v.prefix \
+         FROM conversation_search_prefixes v WHERE v.tenant_id = d.tenant_id AND v.word = ANY(d.terms))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM conversation_search_prefixes")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_eq!(
+        sorted(search("kangaroo%2A").await),
+        sorted(vec![banana, plum])
+    );
+    assert_eq!(search("kangaroob%2A").await, vec![banana]);
+
+    let cherry = env
+        .deliver(
+            env.inbox,
+            &mail(
+                "vocab-2@example.org",
+                "Fruit",
+                "",
+                "And one Kangaroocherry.",
+            ),
+        )
+        .await;
+    env.wait_for_conversation(cherry.conversation_id, 1).await;
+    assert_eq!(
+        sorted(search("kangaroo%2A").await),
+        sorted(vec![banana, plum, cherry.conversation_id])
+    );
+    assert_eq!(search("kangarooc%2A").await, vec![cherry.conversation_id]);
+}
