@@ -138,8 +138,9 @@ async fn search_terms(
 /// Words this process has seen in a tenant's vocabulary, by (store, tenant, word term): a
 /// known word is not looked up again. Only words read back from the table are put here, and
 /// only after the reading transaction committed (it may have written them itself), so an entry
-/// never claims a word the vocabulary lacks (rows are never deleted). Terms are keyed by the tenant's index key, which differs
-/// between stores, so a reused address cannot mix two vocabularies.
+/// never claims a word the vocabulary lacks (rows are never deleted). Terms are keyed by the
+/// tenant's index key, which differs between stores, so a reused address cannot mix two
+/// vocabularies.
 fn known_words() -> &'static postvak_platform::memo::Generational<(usize, TenantId, i64), ()> {
     static KNOWN: std::sync::OnceLock<
         postvak_platform::memo::Generational<(usize, TenantId, i64), ()>,
