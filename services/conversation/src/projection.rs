@@ -16,7 +16,7 @@ use postvak_platform::store::{KeyScope, StoreError, TenantId};
 use postvak_proto::rest::conversation as dto;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use uuid::Uuid;
 
@@ -47,92 +47,118 @@ fn term_of(mac: &[u8; 32]) -> i64 {
 
 /// What one document (a message or a note) adds to the search index.
 ///
-/// PostgreSQL keeps only `words` in the document and finds a prefix through the tenant's
-/// vocabulary (`conversation_search_prefixes`: prefix term → word term, one row per distinct
-/// word and prefix, ADR 0040); SQLite's FTS5 index keeps `words` and `prefixes` together.
+/// PostgreSQL keeps only the words' terms in the document and finds a prefix through the
+/// tenant's vocabulary (`conversation_search_prefixes`: prefix term → word term, one row per
+/// distinct word and prefix, ADR 0040); SQLite's FTS5 index keeps words and prefixes together.
+/// Prefix terms are computed only where they are written: for SQLite all of them, for
+/// PostgreSQL those of words its vocabulary does not know yet (a body's ~600 words have
+/// ~3,000 prefixes, each an HMAC).
 #[derive(Debug, Default)]
 pub(crate) struct SearchDoc {
-    /// Whole-word terms, sorted and distinct.
-    words: Vec<i64>,
-    /// Prefix terms, sorted and distinct.
-    prefixes: Vec<i64>,
-    /// Each word that has prefixes: its term and its first prefix's term (what tells whether
-    /// the vocabulary knows it: a word's rows are written together).
-    known_by: Vec<(i64, i64)>,
-    /// `(prefix, word)` rows of the vocabulary, sorted (concurrent writers lock them in one
-    /// order) and distinct.
-    vocabulary: Vec<(i64, i64)>,
+    /// Distinct words with their terms.
+    words: Vec<(String, i64)>,
+    /// The words' terms, sorted and distinct: the PostgreSQL document.
+    terms: Vec<i64>,
+    prefix_index: Option<postvak_platform::crypto::BlindIndexer>,
     /// Which store's vocabulary (the keyring's address: one per store, see [`known_words`]).
     store: usize,
+    tenant: Option<TenantId>,
     /// Words the write found in the vocabulary: known once the transaction commits.
     seen: std::sync::Mutex<Vec<i64>>,
 }
 
 impl SearchDoc {
     fn is_empty(&self) -> bool {
-        self.words.is_empty()
+        self.terms.is_empty()
+    }
+
+    fn prefix_term(&self, prefix: &str) -> i64 {
+        self.prefix_index
+            .as_ref()
+            .map_or(0, |i| term_of(&i.index(prefix.as_bytes())))
     }
 
     /// Every term, words and prefixes, sorted and distinct (the FTS5 document).
     fn all_terms(&self) -> Vec<i64> {
-        let mut all = Vec::with_capacity(self.words.len() + self.prefixes.len());
-        all.extend_from_slice(&self.words);
-        all.extend_from_slice(&self.prefixes);
+        let mut prefixes: Vec<&str> = Vec::with_capacity(self.words.len() * 6);
+        for (word, _) in &self.words {
+            prefixes.extend(postvak_core::conversation::search_prefixes(word));
+        }
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        let mut all = Vec::with_capacity(self.terms.len() + prefixes.len());
+        all.extend_from_slice(&self.terms);
+        all.extend(prefixes.iter().map(|p| self.prefix_term(p)));
         all.sort_unstable();
         all.dedup();
         all
     }
+
+    /// The words this process does not know to be in the vocabulary, as (word term, term of
+    /// its first prefix): what the write looks up (a word's rows are written together, so one
+    /// of them tells). Words too short for a prefix have no rows and are left out.
+    fn unknown(&self) -> Vec<(i64, i64)> {
+        let Some(tenant) = self.tenant else {
+            return Vec::new();
+        };
+        let known = known_words();
+        self.words
+            .iter()
+            .filter(|(_, w)| known.get(&(self.store, tenant, *w)).is_none())
+            .filter_map(|(word, w)| {
+                postvak_core::conversation::search_prefixes(word)
+                    .next()
+                    .map(|p| (*w, self.prefix_term(p)))
+            })
+            .collect()
+    }
+
+    /// The vocabulary rows `(prefix, word)` of the words in `new`, sorted (concurrent writers
+    /// lock them in one order) and distinct.
+    fn vocabulary(&self, new: &HashSet<i64>) -> Vec<(i64, i64)> {
+        let mut rows = Vec::new();
+        for (word, w) in self.words.iter().filter(|(_, w)| new.contains(w)) {
+            rows.extend(
+                postvak_core::conversation::search_prefixes(word)
+                    .map(|p| (self.prefix_term(p), *w)),
+            );
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        rows
+    }
 }
 
-/// The search document of `text`: its words' terms, their prefixes' terms, and the vocabulary
-/// rows linking the two (each index keyed once per distinct word or prefix: a body brings
-/// hundreds of words and more prefixes).
+/// The search document of `text`: its distinct words and their terms.
 async fn search_terms(
     keyring: &Keyring,
     tenant: TenantId,
     text: &str,
 ) -> Result<SearchDoc, StoreError> {
+    // Sorted and distinct already.
     let words = postvak_core::conversation::search_words(text);
     if words.is_empty() {
         return Ok(SearchDoc::default());
     }
     let word_index = keyring.blind_indexer(tenant, SEARCH_WORD).await?;
-    let prefix_index = keyring.blind_indexer(tenant, SEARCH_PREFIX).await?;
-    let store = std::ptr::from_ref(keyring) as usize;
-    let mut prefix_terms: HashMap<&str, i64> = HashMap::with_capacity(words.len() * 4);
-    let mut doc = SearchDoc {
-        words: Vec::with_capacity(words.len()),
-        prefixes: Vec::new(),
-        known_by: Vec::with_capacity(words.len()),
-        vocabulary: Vec::with_capacity(words.len() * 6),
-        store,
+    let words: Vec<(String, i64)> = words
+        .into_iter()
+        .map(|w| {
+            let t = term_of(&word_index.index(w.as_bytes()));
+            (w, t)
+        })
+        .collect();
+    let mut terms: Vec<i64> = words.iter().map(|(_, t)| *t).collect();
+    terms.sort_unstable();
+    terms.dedup();
+    Ok(SearchDoc {
+        words,
+        terms,
+        prefix_index: Some(keyring.blind_indexer(tenant, SEARCH_PREFIX).await?),
+        store: std::ptr::from_ref(keyring) as usize,
+        tenant: Some(tenant),
         seen: std::sync::Mutex::default(),
-    };
-    for word in &words {
-        let w = term_of(&word_index.index(word.as_bytes()));
-        doc.words.push(w);
-        for (i, p) in postvak_core::conversation::search_prefixes(word).enumerate() {
-            let p = *prefix_terms
-                .entry(p)
-                .or_insert_with(|| term_of(&prefix_index.index(p.as_bytes())));
-            if i == 0 {
-                doc.known_by.push((w, p));
-            }
-            doc.vocabulary.push((p, w));
-        }
-    }
-    doc.words.sort_unstable();
-    doc.words.dedup();
-    doc.prefixes = prefix_terms.into_values().collect();
-    doc.prefixes.sort_unstable();
-    doc.known_by.sort_unstable();
-    doc.known_by.dedup();
-    let known = known_words();
-    doc.known_by
-        .retain(|(w, _)| known.get(&(store, tenant, *w)).is_none());
-    doc.vocabulary.sort_unstable();
-    doc.vocabulary.dedup();
-    Ok(doc)
+    })
 }
 
 /// Words this process has seen in a tenant's vocabulary, by (store, tenant, word term): a
@@ -430,8 +456,9 @@ async fn write_search_doc(
     }
     match tx {
         DbTx::Postgres(c) => {
-            let (known_words, known_prefixes): (Vec<i64>, Vec<i64>) =
-                terms.known_by.iter().copied().unzip();
+            let unknown = terms.unknown();
+            let (unknown_words, unknown_prefixes): (Vec<i64>, Vec<i64>) =
+                unknown.iter().copied().unzip();
             let new: Vec<i64> = sqlx::query_scalar(
                 "WITH doc AS (INSERT INTO conversation_search_docs (tenant_id, doc_id, conversation_id, terms) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, doc_id) DO NOTHING) \
@@ -443,9 +470,9 @@ async fn write_search_doc(
             .bind(t)
             .bind(doc)
             .bind(conv)
-            .bind(&terms.words)
-            .bind(&known_words)
-            .bind(&known_prefixes)
+            .bind(&terms.terms)
+            .bind(&unknown_words)
+            .bind(&unknown_prefixes)
             .fetch_all(&mut **c)
             .await
             .map_err(db_error)?;
@@ -456,22 +483,12 @@ async fn write_search_doc(
                 .seen
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend(
-                    terms
-                        .known_by
-                        .iter()
-                        .map(|(w, _)| *w)
-                        .filter(|w| !new.contains(w)),
-                );
+                .extend(unknown_words.iter().copied().filter(|w| !new.contains(w)));
             if new.is_empty() {
                 return Ok(());
             }
-            let (prefixes, words): (Vec<i64>, Vec<i64>) = terms
-                .vocabulary
-                .iter()
-                .filter(|(_, w)| new.contains(w))
-                .copied()
-                .unzip();
+            let (prefixes, words): (Vec<i64>, Vec<i64>) =
+                terms.vocabulary(&new).into_iter().unzip();
             sqlx::query(
                 "INSERT INTO conversation_search_prefixes (tenant_id, prefix, word) \
                  SELECT $1, u.prefix, u.word FROM unnest($2::bigint[], $3::bigint[]) AS u(prefix, word) \
