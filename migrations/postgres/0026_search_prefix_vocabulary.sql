@@ -13,13 +13,21 @@
 -- Documents indexed before this migration keep their prefix terms, and a prefix query also
 -- looks for the prefix term itself, so they are found as before, without a re-index.
 -- Rows are only added (a word, once known, stays known); they go with the tenant.
+--
+-- No unique key, on purpose: an insert that meets a uniqueness conflict with a transaction
+-- still in progress waits for it, and two transactions each writing several documents' new
+-- words (a seeder, a batch) waited for each other crosswise: deadlock. A plain index never
+-- makes an insert wait. Two transactions that learn the same new word at the same moment
+-- both write its rows; a duplicate only repeats a word in a query's expansion, which `&&`
+-- ignores. A transaction writes a word only after finding it missing, so replays add none.
 
 CREATE TABLE conversation_search_prefixes (
     tenant_id uuid   NOT NULL,
     prefix    bigint NOT NULL,
-    word      bigint NOT NULL,
-    PRIMARY KEY (tenant_id, prefix, word)
+    word      bigint NOT NULL
 );
+CREATE INDEX conversation_search_prefixes_key
+    ON conversation_search_prefixes (tenant_id, prefix, word);
 
 GRANT SELECT, INSERT ON conversation_search_prefixes TO postvak_app;
 

@@ -113,8 +113,7 @@ impl SearchDoc {
             .collect()
     }
 
-    /// The vocabulary rows `(prefix, word)` of the words in `new`, sorted (concurrent writers
-    /// lock them in one order) and distinct.
+    /// The vocabulary rows `(prefix, word)` of the words in `new`, sorted and distinct.
     fn vocabulary(&self, new: &HashSet<i64>) -> Vec<(i64, i64)> {
         let mut rows = Vec::new();
         for (word, w) in self.words.iter().filter(|(_, w)| new.contains(w)) {
@@ -441,9 +440,10 @@ pub(crate) async fn prepare(
 /// words the tenant's vocabulary does not know yet (one index probe per word: `LATERAL …
 /// LIMIT 1` keeps the planner from hashing the whole vocabulary, which it did for `NOT EXISTS`
 /// while the table's statistics were young); those words' `(prefix, word)` rows follow
-/// in a second statement, in one sorted order (two writers of the same new word never wait
-/// for each other crosswise). Once a vocabulary knows its words, a mail costs one statement,
-/// and once this process has seen them there ([`known_words`]), no lookup.
+/// in a second statement. The table has no unique key, so that insert never waits for
+/// another transaction (with one, writers of several documents' new words deadlocked; a rare
+/// duplicate row is harmless, migration 0026). Once a vocabulary knows its words, a mail costs
+/// one statement, and once this process has seen them there ([`known_words`]), no lookup.
 async fn write_search_doc(
     tx: &mut DbTx,
     t: Uuid,
@@ -491,8 +491,7 @@ async fn write_search_doc(
                 terms.vocabulary(&new).into_iter().unzip();
             sqlx::query(
                 "INSERT INTO conversation_search_prefixes (tenant_id, prefix, word) \
-                 SELECT $1, u.prefix, u.word FROM unnest($2::bigint[], $3::bigint[]) AS u(prefix, word) \
-                 ORDER BY u.prefix, u.word ON CONFLICT DO NOTHING",
+                 SELECT $1, u.prefix, u.word FROM unnest($2::bigint[], $3::bigint[]) AS u(prefix, word)",
             )
             .bind(t)
             .bind(&prefixes)
