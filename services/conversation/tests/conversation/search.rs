@@ -530,3 +530,56 @@ async fn a_prefix_is_found_through_the_vocabulary_and_in_documents_indexed_befor
     );
     assert_eq!(search("kangarooc%2A").await, vec![cherry.conversation_id]);
 }
+
+/// ADR 0040: two transactions that learn the same new words in opposite orders (a seeder's or
+/// a batch's several documents) both commit. With a unique key, each insert waited for the
+/// other transaction, and PostgreSQL killed one of them as a deadlock.
+#[tokio::test]
+async fn two_writers_of_the_same_new_words_in_opposite_orders_both_commit() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    let pool = sqlx::PgPool::connect(&env.url).await.unwrap();
+    let tenant = Uuid::new_v4();
+    let insert =
+        "INSERT INTO conversation_search_prefixes (tenant_id, prefix, word) VALUES ($1, $2, $3)";
+    let mut a = pool.begin().await.unwrap();
+    let mut b = pool.begin().await.unwrap();
+    for (tx, word) in [(&mut a, 10_i64), (&mut b, 20)] {
+        sqlx::query(insert)
+            .bind(tenant)
+            .bind(word / 10)
+            .bind(word)
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+    // Each now writes the other's word.
+    let (ra, rb) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(
+            sqlx::query(insert)
+                .bind(tenant)
+                .bind(2_i64)
+                .bind(20_i64)
+                .execute(&mut *a),
+            sqlx::query(insert)
+                .bind(tenant)
+                .bind(1_i64)
+                .bind(10_i64)
+                .execute(&mut *b),
+        )
+    })
+    .await
+    .expect("neither insert waits for the other transaction");
+    ra.expect("the first writer's insert");
+    rb.expect("the second writer's insert");
+    a.commit().await.unwrap();
+    b.commit().await.unwrap();
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM conversation_search_prefixes WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 4, "both words, once from each writer");
+    pool.close().await;
+}
