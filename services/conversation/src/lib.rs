@@ -431,7 +431,7 @@ async fn commit_staged(ctx: &TenantContext, staged: &[Staged]) -> Result<bool, S
     store.commit_appended(tx).await?;
     for st in staged {
         states().put(state_key(ctx, st.id), (st.next.clone(), Instant::now()));
-        st.prepared.committed(ctx.tenant());
+        st.prepared.committed();
     }
     Ok(true)
 }

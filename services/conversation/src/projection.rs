@@ -113,18 +113,17 @@ impl SearchDoc {
             .collect()
     }
 
-    /// The vocabulary rows `(prefix, word)` of the words in `new`, sorted and distinct.
+    /// The vocabulary rows `(prefix, word)` of the words in `new` (distinct: the words are,
+    /// and so are one word's prefixes).
     fn vocabulary(&self, new: &HashSet<i64>) -> Vec<(i64, i64)> {
-        let mut rows = Vec::new();
-        for (word, w) in self.words.iter().filter(|(_, w)| new.contains(w)) {
-            rows.extend(
+        self.words
+            .iter()
+            .filter(|(_, w)| new.contains(w))
+            .flat_map(|(word, w)| {
                 postvak_core::conversation::search_prefixes(word)
-                    .map(|p| (self.prefix_term(p), *w)),
-            );
-        }
-        rows.sort_unstable();
-        rows.dedup();
-        rows
+                    .map(move |p| (self.prefix_term(p), *w))
+            })
+            .collect()
     }
 }
 
@@ -252,9 +251,10 @@ struct RowValues {
 impl Prepared {
     /// The transaction that wrote this change committed: the vocabulary words its search
     /// documents found are known from now on. Not calling it only costs lookups.
-    pub(crate) fn committed(&self, tenant: TenantId) {
+    pub(crate) fn committed(&self) {
         let known = known_words();
         for (_, doc) in &self.search {
+            let Some(tenant) = doc.tenant else { continue };
             let seen = std::mem::take(
                 &mut *doc
                     .seen
