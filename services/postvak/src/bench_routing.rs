@@ -339,16 +339,25 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
 
     // Warm-up, not counted: WARM_UP mails all the way (consumers created, caches filled),
     // then the scratch database's statistics taken, as a running database has them.
-    let mut warm = BenchClient::connect(smtp).await?;
     let bodies = Arc::new(bodies());
     let warm_ns: Vec<u64> = (0..WARM_UP).map(|i| u64::MAX - i).collect();
-    for n in &warm_ns {
-        send(&mut warm, &mail(*n, &bodies)).await?;
+    let mut warming = tokio::task::JoinSet::new();
+    for lane in warm_ns.chunks(warm_ns.len().div_ceil(WARM_UP_CONNECTIONS)) {
+        let (lane, bodies) = (lane.to_vec(), bodies.clone());
+        let mut client = BenchClient::connect(smtp).await?;
+        warming.spawn(async move {
+            for n in lane {
+                send(&mut client, &mail(n, &bodies)).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = warming.join_next().await {
+        done??;
     }
     wait_for(&timeline, &warm_ns, Duration::from_secs(60))
         .await
         .context("the warm-up mails were not assigned within 60 s")?;
-    drop(warm);
     analyze(url).await?;
     timeline
         .lock()
@@ -491,6 +500,34 @@ async fn measure(url: &str, prefix: &str, opts: &RoutingBenchOptions) -> anyhow:
             v.len()
         )?;
     }
+    // Sustained means no backlog builds up: the same figure per window of sending, by when
+    // each mail was due. A pipeline that falls behind shows a p50 growing window by window.
+    let window = if opts.seconds >= 60 { 30 } else { 10 };
+    let mut windows: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+    for n in 0..total {
+        let Some(e) = t.get(&n) else { continue };
+        if let (Some(s), Some(a), Some(v)) = (e.scheduled, e.accepted, e.assigned_visible) {
+            let at = s.saturating_duration_since(start).as_secs() / window;
+            windows
+                .entry(at)
+                .or_default()
+                .push(v.saturating_duration_since(a));
+        }
+    }
+    writeln!(
+        out,
+        "250 → visible ASSIGNED per {window} s of sending (p50 / p99 ms):"
+    )?;
+    for (at, v) in &mut windows {
+        let (p50, p99, _) = percentiles(v);
+        writeln!(
+            out,
+            "  {:>4}–{:<4} s {:>6} mails {p50:>7.1} / {p99:>7.1}",
+            *at * window,
+            (*at + 1) * window,
+            v.len()
+        )?;
+    }
     let per_agent: Vec<u64> = assignees
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -564,8 +601,15 @@ fn percentiles(v: &mut [Duration]) -> (f64, f64, f64) {
     )
 }
 
-/// Mails sent before the measured window.
-const WARM_UP: u64 = 200;
+/// Mails sent before the measured window, over [`WARM_UP_CONNECTIONS`] connections. Enough
+/// that the tables a mail touches span more pages than a primary-key lookup reads: PostgreSQL
+/// plans a lookup on a table of two or three pages as a sequential scan, and a connection
+/// keeps a prepared statement's generic plan until the table is analysed again (autovacuum:
+/// up to a minute later, by when the table holds thousands of rows). With 200 warm-up mails
+/// some runs looked `routing_conversations` and `routing_contacts` rows up that way:
+/// ~107 buffers per lookup, a fifth of PostgreSQL's time at 100 mails/s (ADR 0041).
+const WARM_UP: u64 = 1_000;
+const WARM_UP_CONNECTIONS: usize = 8;
 
 /// `ANALYZE` on the scratch database. Its tables start empty and never analysed, and
 /// PostgreSQL plans a prepared statement (which sqlx caches per connection) on what it knows
