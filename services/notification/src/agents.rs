@@ -63,7 +63,8 @@ const LANE: &str = "agents";
 const AUTO_SUBMITTED: HeaderName = HeaderName::new_from_ascii_str("Auto-Submitted");
 const DEFAULT_DIGEST_SECS: i64 = 3_600;
 /// After a send, look at the user once more a little later: a safety net only. A notification
-/// recorded during a send keeps the user's due row due now (the row's `seq`, ADR 0038).
+/// recorded during a send keeps the user's due row due now (the row's `seq`, ADR 0038); the row
+/// is held (leased) while its notifications are sent, so no other process sends them (ADR 0041).
 const SWEEP_AFTER_US: i64 = 60_000_000;
 
 /// The agent-notification handler (always: nothing is lost while the relay is misconfigured)
@@ -553,18 +554,18 @@ impl Job for Mailer {
 }
 
 impl Mailer {
-    /// Moves the user's due row to `at` (`None`: drops it), unless a notification was
-    /// scheduled since the row's counter read `seen`: that one is due now, not at the sweep.
-    async fn reschedule(
+    /// Releases the user's due row, moved to `at` (`None`: dropped), unless a notification
+    /// was scheduled since the claim: that one is due now, not at the sweep.
+    async fn release(
         &self,
         ctx: &TenantContext,
         user: Uuid,
-        seen: Option<i64>,
+        held: due::Claim,
         at: Option<i64>,
     ) -> Result<(), StoreError> {
         let t = ctx.tenant();
         let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
-        due::reschedule_unless_scheduled(&mut tx, due::AGENT, user, t, LANE, seen, at).await?;
+        due::release(&mut tx, due::AGENT, user, t, LANE, held, at).await?;
         tx.commit().await
     }
 
@@ -577,9 +578,18 @@ impl Mailer {
         let t = ctx.tenant();
         let user = item.item_id;
         let now = now_us();
-        let mut tx = ctx.cell().db().tenant_tx(t, false).await?;
-        // Read before the notifications: a schedule after this read is seen at the end.
-        let seen = due::seq_of(&mut tx, due::AGENT, user).await?;
+        // The user's row is held until the notifications read below are sent and marked, so
+        // another notification process does not send them too; a crash leaves the lease to
+        // end by itself (a notification may then be mailed again, never lost). Claimed
+        // before the notifications are read: a schedule after this read is seen at release.
+        let lease = i64::try_from(self.settings.sending_lease().as_micros()).unwrap_or(i64::MAX);
+        let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        let Some(held) =
+            due::claim(&mut tx, due::AGENT, user, now, now.saturating_add(lease)).await?
+        else {
+            // Not due any more, or another process holds it.
+            return tx.commit().await;
+        };
         let p = prefs(&mut tx, t, user).await?;
         let pending: Vec<PendingNote> = on_tx!(&mut tx, |c| sqlx::query(
             "SELECT notification_id, kind, conversation_id, actor, created_us, detail \
@@ -603,8 +613,30 @@ impl Mailer {
             .collect()))
         .map_err(db_error)?;
         tx.commit().await?;
+        let sent = self.send_pending(&ctx, user, held, now, &p, pending).await;
+        if sent.is_err() {
+            // Otherwise held until the lease ends: due again after the retry pause instead.
+            let at = now_us().saturating_add(duration_us(self.settings.retry_base()));
+            if let Err(e) = self.release(&ctx, user, held, Some(at)).await {
+                tracing::warn!(error = %e, user_id = %user, "cannot release a user's notifications; the lease ends by itself");
+            }
+        }
+        sent
+    }
+
+    /// Sends what is due of a user's `pending` notifications (claimed through `held`) and
+    /// releases the user's row.
+    async fn send_pending(
+        &self,
+        ctx: &TenantContext,
+        user: Uuid,
+        held: due::Claim,
+        now: i64,
+        p: &Prefs,
+        pending: Vec<PendingNote>,
+    ) -> Result<(), StoreError> {
         if pending.is_empty() {
-            return self.reschedule(&ctx, user, seen, None).await;
+            return self.release(ctx, user, held, None).await;
         }
         // Each kind as the user wants it now: one by one at once, or gathered in a digest
         // that is due one interval after its oldest notification.
@@ -619,16 +651,16 @@ impl Mailer {
         let digest_now = digest_due.is_some_and(|d| d <= now);
         let later = digest_due.filter(|_| !digest_now);
         if each.is_empty() && !digest_now {
-            return self.reschedule(&ctx, user, seen, later).await;
+            return self.release(ctx, user, held, later).await;
         }
         let digest = if digest_now { digest } else { Vec::new() };
         let pending: Vec<&PendingNote> = each.iter().chain(&digest).collect();
-        let recipient = match self.directory.get_user(&ctx, user).await {
+        let recipient = match self.directory.get_user(ctx, user).await {
             Ok(u) if !u.disabled => u,
             Ok(_) | Err(postvak_directory::ServiceError::NotFound) => {
                 let ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
-                self.mark(&ctx, &ids, "skipped").await?;
-                return self.reschedule(&ctx, user, seen, later).await;
+                self.mark(ctx, &ids, "skipped").await?;
+                return self.release(ctx, user, held, later).await;
             }
             Err(e) => return Err(StoreError::Unavailable(e.to_string())),
         };
@@ -641,7 +673,7 @@ impl Mailer {
             let who = match p.actor {
                 Some(a) => self
                     .directory
-                    .get_user(&ctx, a)
+                    .get_user(ctx, a)
                     .await
                     .map(|u| u.display_name)
                     .unwrap_or_else(|_| "Someone".into()),
@@ -688,14 +720,14 @@ impl Mailer {
             if let Err(e) = sent {
                 tracing::warn!(error = %e, user_id = %user, "agent notification not sent; will retry");
                 let at = now_us().saturating_add(duration_us(self.settings.retry_base()));
-                return self.reschedule(&ctx, user, seen, Some(at)).await;
+                return self.release(ctx, user, held, Some(at)).await;
             }
             metrics::counter!("postvak_agent_notifications_total").increment(ids.len() as u64);
-            self.mark(&ctx, &ids, "sent").await?;
+            self.mark(ctx, &ids, "sent").await?;
         }
         let sweep = now_us().saturating_add(SWEEP_AFTER_US);
         let next = later.map_or(sweep, |l| l.min(sweep));
-        self.reschedule(&ctx, user, seen, Some(next)).await
+        self.release(ctx, user, held, Some(next)).await
     }
 
     fn mail(&self, to: &str, name: &str, subject: &str, body: &str) -> Result<Message, String> {

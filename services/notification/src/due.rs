@@ -28,11 +28,13 @@ pub(crate) struct DueItem {
 }
 
 /// Due items, at most `$3` per lane: a lane with a large backlog (a slow endpoint) can't fill
-/// the page and hide the other lanes' work.
+/// the page and hide the other lanes' work. A row another process holds ([`claim`]) is not
+/// due until its lease ends.
 const DUE_SQL: &str = "SELECT item_id, tenant_id, lane FROM ( \
                          SELECT item_id, tenant_id, lane, due_at, ROW_NUMBER() OVER \
                            (PARTITION BY lane ORDER BY due_at, item_id) AS rn \
-                         FROM notification_due WHERE kind = $1 AND due_at <= $2) d \
+                         FROM notification_due WHERE kind = $1 AND due_at <= $2 \
+                           AND (leased_until IS NULL OR leased_until <= $2)) d \
                        WHERE rn <= $3 ORDER BY due_at LIMIT $4";
 
 async fn due_items(
@@ -174,7 +176,7 @@ const MANY_CHUNK: usize = 256;
 
 /// Schedules an item no later than `due_at` (an earlier schedule stays), and counts the
 /// schedule in the row's `seq`, so that a job that read the row before does not move it away
-/// (see [`reschedule_unless_scheduled`]).
+/// (see [`release`]).
 pub(crate) async fn schedule_earliest(
     tx: &mut DbTx,
     kind: &str,
@@ -201,71 +203,105 @@ pub(crate) async fn schedule_earliest(
     .map_err(db_error)
 }
 
-/// The schedule counter of an item's due row (`None`: no row). A job reads it before it reads
-/// the work the row stands for.
-pub(crate) async fn seq_of(
+/// A job's hold on an item's due row, from [`claim`]: the row's schedule counter when it was
+/// claimed, and the lease's end, which is also the token only this holder knows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim {
+    pub seq: i64,
+    pub until: i64,
+}
+
+/// Claims an item's due row for a job until `until` (µs), if it is due at `now` and nobody
+/// holds it: `None` when there is no such row or another process holds it. The claim commits
+/// with `tx`; a concurrent claim waits for it (PostgreSQL re-checks the lease on the row it
+/// waited for; SQLite has one writer) and finds the row held. The job reads the work the row
+/// stands for after its claim, so a schedule after that read shows as a new counter
+/// (see [`release`]).
+pub(crate) async fn claim(
     tx: &mut DbTx,
     kind: &str,
     item: Uuid,
-) -> Result<Option<i64>, StoreError> {
+    now: i64,
+    until: i64,
+) -> Result<Option<Claim>, StoreError> {
     on_tx!(tx, |c| sqlx::query(
-        "SELECT seq FROM notification_due WHERE kind = $1 AND item_id = $2"
+        "UPDATE notification_due SET leased_until = $1 \
+         WHERE kind = $2 AND item_id = $3 AND due_at <= $4 \
+           AND (leased_until IS NULL OR leased_until <= $4) RETURNING seq"
     )
+    .bind(until)
     .bind(kind)
     .bind(item)
+    .bind(now)
     .fetch_optional(c)
     .await
-    .and_then(|r| r.map(|r| r.try_get::<i64, _>(0)).transpose()))
+    .and_then(|r| r
+        .map(|r| r.try_get::<i64, _>(0).map(|seq| Claim { seq, until }))
+        .transpose()))
     .map_err(db_error)
 }
 
-/// Moves an item's due row to `due_at` (`None`: drops it) when nobody scheduled it since its
-/// counter read `seen` (from [`seq_of`]). When somebody did, the work they scheduled is newer
-/// than what the job read: the row keeps its earlier time, and `due_at` only brings it forward.
+/// Ends a claim: moves the item's due row to `due_at` (`None`: drops it) and clears the lease
+/// — when nobody scheduled the item since the claim. When somebody did, the work they
+/// scheduled is newer than what the job read: the row keeps its earlier time (`due_at` only
+/// brings it forward) and is released, due again. A holder whose lease ran out and was
+/// claimed by another process changes nothing but, at most, an earlier time.
 ///
-/// On PostgreSQL the conditional statement waits for a concurrent schedule's row lock and
-/// then sees its new counter, so a schedule is never overwritten whichever commits first.
-pub(crate) async fn reschedule_unless_scheduled(
+/// On PostgreSQL the conditional statements wait for a concurrent schedule's row lock and
+/// then see its new counter, so a schedule is never overwritten whichever commits first.
+pub(crate) async fn release(
     tx: &mut DbTx,
     kind: &str,
     item: Uuid,
     tenant: TenantId,
     lane: &str,
-    seen: Option<i64>,
+    held: Claim,
     due_at: Option<i64>,
 ) -> Result<(), StoreError> {
-    let moved = match (seen, due_at) {
-        (None, None) => return Ok(()),
-        (None, Some(_)) => 0,
-        (Some(seq), Some(at)) => on_tx!(tx, |c| sqlx::query(
-            "UPDATE notification_due SET due_at = $1 \
-             WHERE kind = $2 AND item_id = $3 AND seq = $4"
+    let moved = match due_at {
+        Some(at) => on_tx!(tx, |c| sqlx::query(
+            "UPDATE notification_due SET due_at = $1, leased_until = NULL \
+             WHERE kind = $2 AND item_id = $3 AND seq = $4 AND leased_until = $5"
         )
         .bind(at)
         .bind(kind)
         .bind(item)
-        .bind(seq)
+        .bind(held.seq)
+        .bind(held.until)
         .execute(c)
         .await
         .map(|r| r.rows_affected()))
         .map_err(db_error)?,
-        (Some(seq), None) => {
-            return on_tx!(tx, |c| sqlx::query(
-                "DELETE FROM notification_due WHERE kind = $1 AND item_id = $2 AND seq = $3"
-            )
-            .bind(kind)
-            .bind(item)
-            .bind(seq)
-            .execute(c)
-            .await
-            .map(|_| ()))
-            .map_err(db_error);
-        }
+        None => on_tx!(tx, |c| sqlx::query(
+            "DELETE FROM notification_due \
+             WHERE kind = $1 AND item_id = $2 AND seq = $3 AND leased_until = $4"
+        )
+        .bind(kind)
+        .bind(item)
+        .bind(held.seq)
+        .bind(held.until)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(db_error)?,
     };
-    match due_at {
-        Some(at) if moved == 0 => schedule_earliest(tx, kind, item, tenant, lane, at).await,
-        _ => Ok(()),
+    if moved > 0 {
+        return Ok(());
     }
+    if let Some(at) = due_at {
+        schedule_earliest(tx, kind, item, tenant, lane, at).await?;
+    }
+    on_tx!(tx, |c| sqlx::query(
+        "UPDATE notification_due SET leased_until = NULL \
+         WHERE kind = $1 AND item_id = $2 AND leased_until = $3"
+    )
+    .bind(kind)
+    .bind(item)
+    .bind(held.until)
+    .execute(c)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)
 }
 
 pub(crate) async fn unschedule(tx: &mut DbTx, kind: &str, item: Uuid) -> Result<(), StoreError> {

@@ -138,6 +138,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "search_prefix_vocabulary",
         include_str!("../../../migrations/postgres/0026_search_prefix_vocabulary.sql"),
     ),
+    (
+        27,
+        "notification_due_lease",
+        include_str!("../../../migrations/postgres/0027_notification_due_lease.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -251,6 +256,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         25,
         "notification_due_seq",
         include_str!("../../../migrations/sqlite/0025_notification_due_seq.sql"),
+    ),
+    (
+        27,
+        "notification_due_lease",
+        include_str!("../../../migrations/sqlite/0027_notification_due_lease.sql"),
     ),
 ];
 

@@ -122,6 +122,62 @@ async fn assignment_and_mentions_are_mailed_one_by_one_or_as_a_digest() {
     }
 }
 
+/// Two notification processes of one cell mail a notification once: the mailer holds the
+/// user's due row while it sends (ADR 0041). The relay answers 3 s after it has the message;
+/// the other process's dispatcher reads the due rows every 200 ms, so without the hold it
+/// would send the same pending notification well within that time.
+#[tokio::test]
+async fn two_notification_processes_mail_a_notification_once() {
+    for backend in BACKENDS {
+        let env = TestEnv::new(backend).await;
+        let mut sink = SmtpSink::new();
+        sink.start_mode("slow").await;
+        let settings = || NotificationSettings {
+            outbound_smtp: OutboundSmtpSettings {
+                notification_from: "Postvak <notify@postvak.test>".into(),
+                ..sink.settings()
+            },
+            ..Default::default()
+        };
+        env.start_notification(settings());
+        env.start_notification(settings());
+        let t = &env.acme;
+        let c = env
+            .deliver(
+                t,
+                &mail(&t.address, "once@example.org", "Help", "", "Please."),
+            )
+            .await;
+        env.service
+            .change(&t.ctx, c.conversation_id, None, |_| {
+                Ok(vec![ConversationCommand::Assign {
+                    assignee: t.alice.id,
+                    by: Actor::Admin(t.admin.id),
+                    at_us: now_us(),
+                }])
+            })
+            .await
+            .unwrap();
+        let got = sink.wait_for(1).await;
+        assert!(
+            got[0].contains(&c.conversation_id.to_string()),
+            "{backend:?}"
+        );
+        // The first send is answered 3 s after the sink has it; a second send of the same
+        // notification by the other process would be in by then.
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let got = sink.received();
+        assert_eq!(
+            got.len(),
+            1,
+            "{backend:?}: one assignment, mailed {} times:\n{}",
+            got.len(),
+            got.join("\n----\n")
+        );
+        sink.stop().await;
+    }
+}
+
 /// A notification recorded while the mailer is still sending the user's previous one is mailed
 /// as soon as that send ends, not held back until the next sweep (a minute later). The relay
 /// answers 3 s after it has the first message, so the second assignment is recorded while the
