@@ -143,6 +143,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "notification_due_lease",
         include_str!("../../../migrations/postgres/0027_notification_due_lease.sql"),
     ),
+    (
+        28,
+        "routing_open_counts",
+        include_str!("../../../migrations/postgres/0028_routing_open_counts.sql"),
+    ),
 ];
 
 /// SQLite migrations, in order.
@@ -261,6 +266,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         27,
         "notification_due_lease",
         include_str!("../../../migrations/sqlite/0027_notification_due_lease.sql"),
+    ),
+    (
+        28,
+        "routing_open_counts",
+        include_str!("../../../migrations/sqlite/0028_routing_open_counts.sql"),
     ),
 ];
 

@@ -204,9 +204,8 @@ pub(crate) async fn load_availability(
         .collect())
 }
 
-/// Open conversations assigned to each of `agents` (those with none are left out). Counted
-/// through the `(tenant_id, assignee, open)` index per agent, so the cost follows these agents'
-/// workloads, not the tenant's open conversations.
+/// Open conversations assigned to each of `agents` (those with none are left out), from
+/// `routing_open_counts`: one row per agent, whatever the agent's workload (ADR 0042).
 pub(crate) async fn open_counts(
     tx: &mut impl AsConn,
     t: TenantId,
@@ -219,25 +218,22 @@ pub(crate) async fn open_counts(
         // One statement text whatever the number of agents.
         Conn::Postgres(c) => {
             sqlx::query_as(
-                "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
-                 WHERE tenant_id = $1 AND open = $2 AND assignee = ANY($3) GROUP BY assignee",
+                "SELECT user_id, open FROM routing_open_counts \
+                 WHERE tenant_id = $1 AND user_id = ANY($2) AND open > 0",
             )
             .bind(t.0)
-            .bind(true)
             .bind(agents)
             .fetch_all(c)
             .await
         }
         Conn::Sqlite(c) => {
             // Only numbered placeholders go into the text; the ids are bound.
-            let list = postvak_platform::db::placeholders(3, agents.len());
+            let list = postvak_platform::db::placeholders(2, agents.len());
             let sql = format!(
-                "SELECT assignee, COUNT(*) FROM routing_rule_conversations \
-                 WHERE tenant_id = $1 AND open = $2 AND assignee IN ({list}) GROUP BY assignee"
+                "SELECT user_id, open FROM routing_open_counts \
+                 WHERE tenant_id = $1 AND user_id IN ({list}) AND open > 0"
             );
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(t.0)
-                .bind(true);
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(t.0);
             for a in agents {
                 q = q.bind(*a);
             }
@@ -249,6 +245,95 @@ pub(crate) async fn open_counts(
         .into_iter()
         .map(|(u, n)| (u, u32::try_from(n).unwrap_or(u32::MAX)))
         .collect())
+}
+
+/// Changes of agents' open counts made in one transaction, written together at its end
+/// ([`OpenCounts::flush`]) in (tenant, user) order. A transaction thus takes its count rows
+/// after every fact row it locks, and in one order, so the consumer's batch and the worker's
+/// early assignment never wait for each other's rows in a cycle.
+#[derive(Debug, Default)]
+pub(crate) struct OpenCounts(BTreeMap<(Uuid, Uuid), i64>);
+
+impl OpenCounts {
+    fn add(&mut self, t: TenantId, user: Uuid, by: i64) {
+        *self.0.entry((t.0, user)).or_default() += by;
+    }
+
+    /// Writes the changes (binding the transaction to each tenant in turn) and forgets them.
+    pub(crate) async fn flush(&mut self, tx: &mut DbTx) -> Result<(), StoreError> {
+        for ((tenant, user), by) in std::mem::take(&mut self.0) {
+            if by == 0 {
+                continue;
+            }
+            tx.bind_tenant(TenantId(tenant)).await?;
+            on_tx!(tx, |x| sqlx::query(
+                "INSERT INTO routing_open_counts (tenant_id, user_id, open) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id, user_id) DO UPDATE SET open = routing_open_counts.open + excluded.open"
+            )
+            .bind(tenant)
+            .bind(user)
+            .bind(by)
+            .execute(x)
+            .await
+            .map(|_| ()))
+            .map_err(db_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets a conversation's assignee (`Some(..)`) and/or open flag in the rule facts, counting
+/// the change of each agent's open conversations into `counts`. The fact row is read locked
+/// (PostgreSQL `FOR UPDATE`; SQLite has one writer), so when the worker's early assignment
+/// and the consumer's `assigned` event both set it, the second sees the first's value and
+/// counts nothing. No fact row (its `opened` not followed yet): nothing to change.
+pub(crate) async fn set_fact(
+    tx: &mut DbTx,
+    t: TenantId,
+    conv: Uuid,
+    assignee: Option<Option<Uuid>>,
+    open: Option<bool>,
+    counts: &mut OpenCounts,
+) -> Result<(), StoreError> {
+    let read = if matches!(tx, DbTx::Postgres(_)) {
+        "SELECT assignee, open FROM routing_rule_conversations \
+         WHERE tenant_id = $1 AND conversation_id = $2 FOR UPDATE"
+    } else {
+        "SELECT assignee, open FROM routing_rule_conversations \
+         WHERE tenant_id = $1 AND conversation_id = $2"
+    };
+    let old: Option<(Option<Uuid>, bool)> = on_tx!(tx, |x| sqlx::query_as(read)
+        .bind(t.0)
+        .bind(conv)
+        .fetch_optional(x)
+        .await)
+    .map_err(db_error)?;
+    let Some((old_assignee, old_open)) = old else {
+        return Ok(());
+    };
+    let new = (assignee.unwrap_or(old_assignee), open.unwrap_or(old_open));
+    if new == (old_assignee, old_open) {
+        return Ok(());
+    }
+    on_tx!(tx, |x| sqlx::query(
+        "UPDATE routing_rule_conversations SET assignee = $3, open = $4 \
+         WHERE tenant_id = $1 AND conversation_id = $2"
+    )
+    .bind(t.0)
+    .bind(conv)
+    .bind(new.0)
+    .bind(new.1)
+    .execute(x)
+    .await
+    .map(|_| ()))
+    .map_err(db_error)?;
+    if let (Some(user), true) = (old_assignee, old_open) {
+        counts.add(t, user, -1);
+    }
+    if let (Some(user), true) = new {
+        counts.add(t, user, 1);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,17 +429,23 @@ impl EventHandler for RuleConsumer {
     }
 
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
-        if matches!(event.data, EventData::Shredded) {
-            return Ok(());
+        let mut counts = OpenCounts::default();
+        self.apply(tx, event, &mut counts).await?;
+        counts.flush(tx).await?;
+        Ok(())
+    }
+
+    /// As `handle` for each event, with the open counts' changes written once at the end.
+    async fn handle_batch(
+        &self,
+        tx: &mut DbTx,
+        events: &[&RecordedEvent],
+    ) -> Result<(), HandlerError> {
+        let mut counts = OpenCounts::default();
+        for event in events {
+            self.apply(tx, event, &mut counts).await?;
         }
-        tx.bind_tenant(event.tenant_id).await?;
-        if event.stream_type == kev::STREAM_CONTACT {
-            crate::vip::follow(tx, self.store.keyring(), event).await?;
-            return Ok(());
-        }
-        if follow(tx, event).await? {
-            self.wake.queued();
-        }
+        counts.flush(tx).await?;
         Ok(())
     }
 
@@ -363,12 +454,39 @@ impl EventHandler for RuleConsumer {
     }
 }
 
+impl RuleConsumer {
+    /// Follows one event into the rule facts; open counts' changes go to `counts`.
+    async fn apply(
+        &self,
+        tx: &mut DbTx,
+        event: &RecordedEvent,
+        counts: &mut OpenCounts,
+    ) -> Result<(), HandlerError> {
+        if matches!(event.data, EventData::Shredded) {
+            return Ok(());
+        }
+        tx.bind_tenant(event.tenant_id).await?;
+        if event.stream_type == kev::STREAM_CONTACT {
+            crate::vip::follow(tx, self.store.keyring(), event).await?;
+            return Ok(());
+        }
+        if follow(tx, event, counts).await? {
+            self.wake.queued();
+        }
+        Ok(())
+    }
+}
+
 fn conversation_of(stream_id: &str) -> Option<Uuid> {
     stream_id.strip_prefix("conv-").and_then(|s| s.parse().ok())
 }
 
 /// Applies one event to the rule facts; `true` when it queued work for the worker.
-async fn follow(tx: &mut DbTx, e: &RecordedEvent) -> Result<bool, StoreError> {
+async fn follow(
+    tx: &mut DbTx,
+    e: &RecordedEvent,
+    counts: &mut OpenCounts,
+) -> Result<bool, StoreError> {
     let t = e.tenant_id;
     if e.event_type == iev::MESSAGE_RECEIVED {
         let p: iev::MessageReceivedV1 = e.payload()?;
@@ -444,35 +562,15 @@ async fn follow(tx: &mut DbTx, e: &RecordedEvent) -> Result<bool, StoreError> {
         }
         cev::ASSIGNED => {
             let p: cev::AssignedV1 = e.payload()?;
-            set_assignee(tx, t, conv, Some(p.assignee)).await?;
+            set_fact(tx, t, conv, Some(Some(p.assignee)), None, counts).await?;
         }
-        cev::UNASSIGNED => set_assignee(tx, t, conv, None).await?,
+        cev::UNASSIGNED => set_fact(tx, t, conv, Some(None), None, counts).await?,
         cev::STATUS_CHANGED => {
             let p: cev::StatusChangedV1 = e.payload()?;
             let open = matches!(p.status.as_str(), "open" | "pending");
-            on_tx!(tx, |x| sqlx::query(
-                "UPDATE routing_rule_conversations SET open = $3 WHERE tenant_id = $1 AND conversation_id = $2"
-            )
-            .bind(t.0)
-            .bind(conv)
-            .bind(open)
-            .execute(x)
-            .await
-            .map(|_| ()))
-            .map_err(db_error)?;
+            set_fact(tx, t, conv, None, Some(open), counts).await?;
         }
-        cev::MERGED_INTO => {
-            on_tx!(tx, |x| sqlx::query(
-                "UPDATE routing_rule_conversations SET open = $3 WHERE tenant_id = $1 AND conversation_id = $2"
-            )
-            .bind(t.0)
-            .bind(conv)
-            .bind(false)
-            .execute(x)
-            .await
-            .map(|_| ()))
-            .map_err(db_error)?;
-        }
+        cev::MERGED_INTO => set_fact(tx, t, conv, None, Some(false), counts).await?,
         cev::MOVED => {
             let p: cev::MovedV1 = e.payload()?;
             on_tx!(tx, |x| sqlx::query(
@@ -538,24 +636,6 @@ async fn set_i64(
         .execute(x)
         .await
         .map(|_| ()))
-    .map_err(db_error)
-}
-
-pub(crate) async fn set_assignee(
-    tx: &mut DbTx,
-    t: TenantId,
-    conv: Uuid,
-    assignee: Option<Uuid>,
-) -> Result<(), StoreError> {
-    on_tx!(tx, |x| sqlx::query(
-        "UPDATE routing_rule_conversations SET assignee = $3 WHERE tenant_id = $1 AND conversation_id = $2"
-    )
-    .bind(t.0)
-    .bind(conv)
-    .bind(assignee)
-    .execute(x)
-    .await
-    .map(|_| ()))
     .map_err(db_error)
 }
 
@@ -1261,6 +1341,7 @@ impl Worker {
         // comes back as an event.
         let t = ctx.tenant();
         let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        let mut counts = OpenCounts::default();
         for f in fired {
             let Some(user) = f.actions.iter().find_map(|a| match a {
                 Decided::Assign(u) => Some(*u),
@@ -1268,7 +1349,16 @@ impl Worker {
             }) else {
                 continue;
             };
-            set_assignee(&mut tx, t, conversation, Some(user)).await?;
+            set_fact(
+                &mut tx,
+                t,
+                conversation,
+                Some(Some(user)),
+                None,
+                &mut counts,
+            )
+            .await?;
+            counts.flush(&mut tx).await?;
             if !move_pointers {
                 continue;
             }

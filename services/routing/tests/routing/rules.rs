@@ -4,9 +4,11 @@
 //! in-process bus, PostgreSQL (row-level security armed) + the in-process bus, and PostgreSQL +
 //! NATS JetStream (`crate::backend`).
 
+use crate::timers::now_us;
 use actix_web::{App, HttpServer, web};
 use postvak_conversation::Conversations;
 use postvak_core::access::{Grantee, InboxRole, TenantRole};
+use postvak_core::conversation::{Actor, ConversationCommand, Status};
 use postvak_directory::Directory;
 use postvak_directory::identity::SessionKind;
 use postvak_ingest::{Ingestor, pipeline};
@@ -1307,5 +1309,96 @@ async fn a_burst_never_fills_an_agent_over_capacity() {
                 .await;
             assert_eq!(r.body["open_assigned"], 2, "{backend:?}: {r:?}");
         }
+    }
+}
+
+/// Runs one command on a conversation as the admin.
+async fn change(env: &Env, id: Uuid, cmd: ConversationCommand) {
+    env.conversations
+        .change(&env.ctx, id, None, |_| Ok(vec![cmd.clone()]))
+        .await
+        .unwrap();
+}
+
+/// Polls until Alice's and Bob's `open_assigned` are `want`.
+async fn wait_open_assigned(env: &Env, backend: Backend, want: (i64, i64), after: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut got = Vec::new();
+        for who in [&env.alice, &env.bob] {
+            let r = env
+                .call(
+                    "GET",
+                    &format!("/v1/users/{}/availability", who.id),
+                    who,
+                    None,
+                )
+                .await;
+            got.push(r.body["open_assigned"].as_i64().unwrap_or(-1));
+        }
+        if (got[0], got[1]) == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{backend:?}, after {after}: (Alice, Bob) open assigned {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An agent's open assigned conversations — what least-loaded and capacity decide by — follow
+/// every change of their conversations: assignment, reassignment, closing, reopening,
+/// unassignment and merging (counted as the facts change, ADR 0042).
+#[tokio::test]
+async fn an_agents_open_count_follows_every_change_of_their_conversations() {
+    for backend in BACKENDS {
+        let env = Env::new(backend).await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let d = env
+                .deliver_hi(&format!("open{i}@example.org"), "Hello")
+                .await;
+            env.wait(d.conversation_id, "opened", |_| true).await;
+            ids.push(d.conversation_id);
+        }
+        let by = || Actor::Admin(env.admin.id);
+        let assign = |user: Uuid| ConversationCommand::Assign {
+            assignee: user,
+            by: by(),
+            at_us: now_us(),
+        };
+        let status = |status: Status| ConversationCommand::SetStatus {
+            status,
+            by: by(),
+            at_us: now_us(),
+        };
+        change(&env, ids[0], assign(env.alice.id)).await;
+        change(&env, ids[1], assign(env.alice.id)).await;
+        change(&env, ids[2], assign(env.bob.id)).await;
+        wait_open_assigned(&env, backend, (2, 1), "three assignments").await;
+        change(&env, ids[1], assign(env.bob.id)).await;
+        wait_open_assigned(&env, backend, (1, 2), "a reassignment").await;
+        change(&env, ids[0], status(Status::Closed)).await;
+        wait_open_assigned(&env, backend, (0, 2), "closing").await;
+        change(&env, ids[0], status(Status::Open)).await;
+        wait_open_assigned(&env, backend, (1, 2), "reopening").await;
+        change(&env, ids[0], status(Status::Pending)).await;
+        wait_open_assigned(&env, backend, (1, 2), "pending (still open)").await;
+        change(
+            &env,
+            ids[2],
+            ConversationCommand::Unassign {
+                by: by(),
+                at_us: now_us(),
+            },
+        )
+        .await;
+        wait_open_assigned(&env, backend, (1, 1), "an unassignment").await;
+        env.conversations
+            .merge(&env.ctx, ids[1], ids[0], None, by(), |_| Ok(()))
+            .await
+            .unwrap();
+        wait_open_assigned(&env, backend, (1, 0), "merging Bob's into Alice's").await;
     }
 }
