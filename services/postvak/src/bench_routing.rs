@@ -607,7 +607,7 @@ fn percentiles(v: &mut [Duration]) -> (f64, f64, f64) {
 /// keeps a prepared statement's generic plan until the table is analysed again (autovacuum:
 /// up to a minute later, by when the table holds thousands of rows). With 200 warm-up mails
 /// some runs looked `routing_conversations` and `routing_contacts` rows up that way:
-/// ~107 buffers per lookup, a fifth of PostgreSQL's time at 100 mails/s (ADR 0041).
+/// ~107 buffers per lookup, a fifth of PostgreSQL's time at 100 mails/s (ADR 0042).
 const WARM_UP: u64 = 1_000;
 const WARM_UP_CONNECTIONS: usize = 8;
 
