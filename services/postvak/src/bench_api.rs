@@ -99,9 +99,16 @@ pub async fn run(opts: ApiBenchOptions) -> anyhow::Result<String> {
         None => {
             let s = Scratch::create(&opts.target).await?;
             let url = s.url.clone();
-            scratch = Some(s);
             let started = Instant::now();
-            let seeded = seed(&url, &opts).await?;
+            let seeded = match crate::bench::interruptible(seed(&url, &opts)).await {
+                Ok(seeded) => seeded,
+                Err(e) => {
+                    // Half a seed is of no use to `--reuse`: the database goes.
+                    s.drop_database().await;
+                    return Err(e.context("seeding (the scratch database was dropped)"));
+                }
+            };
+            scratch = Some(s);
             let secs = started.elapsed().as_secs_f64();
             let line = format!(
                 "seeded in {secs:.0} s ({:.0} conversations/s, {:.0} events/s)",
@@ -111,7 +118,7 @@ pub async fn run(opts: ApiBenchOptions) -> anyhow::Result<String> {
             (seeded, line)
         }
     };
-    let result = measure(&seeded, &opts).await;
+    let result = crate::bench::interruptible(measure(&seeded, &opts)).await;
     match (&opts.keep, scratch) {
         (Some(path), Some(s)) => {
             write_private(path, &serde_json::to_string_pretty(&seeded)?)?;
