@@ -55,16 +55,7 @@ async fn assignment_and_mentions_are_mailed_one_by_one_or_as_a_digest() {
             .email;
 
         // The admin assigns it to Alice: Alice gets a mail.
-        env.service
-            .change(&t.ctx, id, None, |_| {
-                Ok(vec![ConversationCommand::Assign {
-                    assignee: t.alice.id,
-                    by: Actor::Admin(t.admin.id),
-                    at_us: now_us(),
-                }])
-            })
-            .await
-            .unwrap();
+        env.assign(t, id, t.alice.id).await;
         let got = sink.wait_for(1).await;
         assert_eq!(to_of(&got[0]), alice_email, "{backend:?}");
         assert!(got[0].contains("Subject: [Postvak] A conversation was assigned to you"));
@@ -148,16 +139,7 @@ async fn two_notification_processes_mail_a_notification_once() {
                 &mail(&t.address, "once@example.org", "Help", "", "Please."),
             )
             .await;
-        env.service
-            .change(&t.ctx, c.conversation_id, None, |_| {
-                Ok(vec![ConversationCommand::Assign {
-                    assignee: t.alice.id,
-                    by: Actor::Admin(t.admin.id),
-                    at_us: now_us(),
-                }])
-            })
-            .await
-            .unwrap();
+        env.assign(t, c.conversation_id, t.alice.id).await;
         let got = sink.wait_for(1).await;
         assert!(
             got[0].contains(&c.conversation_id.to_string()),
@@ -203,20 +185,12 @@ async fn a_notification_recorded_during_a_send_is_mailed_right_after_it() {
                 .await;
             ids.push(c.conversation_id);
         }
-        let assign = |id: Uuid| {
-            env.service.change(&t.ctx, id, None, |_| {
-                Ok(vec![ConversationCommand::Assign {
-                    assignee: t.alice.id,
-                    by: Actor::Admin(t.admin.id),
-                    at_us: now_us(),
-                }])
-            })
-        };
-        assign(ids[0]).await.unwrap();
+        let assign = |id: Uuid| env.assign(t, id, t.alice.id);
+        assign(ids[0]).await;
         // The relay has the first mail and holds its answer for 3 s.
         let got = sink.wait_for(1).await;
         assert!(got[0].contains(&ids[0].to_string()), "{backend:?}");
-        assign(ids[1]).await.unwrap();
+        assign(ids[1]).await;
         // Within `wait_for`'s 30 s, so not at the sweep 60 s after the first send.
         let got = sink.wait_for(2).await;
         assert!(

@@ -134,6 +134,20 @@ impl TestEnv {
         stop
     }
 
+    /// The tenant's admin assigns conversation `id` to `user`.
+    pub async fn assign(&self, t: &Tenant, id: Uuid, user: Uuid) {
+        self.service
+            .change(&t.ctx, id, None, |_| {
+                Ok(vec![ConversationCommand::Assign {
+                    assignee: user,
+                    by: Actor::Admin(t.admin.id),
+                    at_us: postvak_platform::store::micros(time::OffsetDateTime::now_utc()),
+                }])
+            })
+            .await
+            .unwrap();
+    }
+
     /// Delivers a mail to a tenant's inbox through ingest's pipeline; waits for its
     /// conversation.
     pub async fn deliver(&self, t: &Tenant, raw: &[u8]) -> pipeline::Delivery {

@@ -6,7 +6,6 @@
 use crate::helpers::*;
 use crate::smtp_sink::SmtpSink;
 use postvak_core::access::{Grantee, InboxRole};
-use postvak_core::conversation::{Actor, ConversationCommand};
 use postvak_notification::{NotificationSettings, OutboundSmtpSettings};
 use postvak_platform::store::{ExpectedVersion, NewEvent, StreamRef};
 use postvak_proto::events::timers::{self as tev, SlaClockEventV1};
@@ -129,16 +128,7 @@ async fn sla_alerts_reach_the_assignee_or_the_inbox_admins_per_preference() {
         assert!(got[0].contains("(Gold)"));
 
         // Assigned to Alice: the breach goes to her.
-        env.service
-            .change(&t.ctx, id, None, |_| {
-                Ok(vec![ConversationCommand::Assign {
-                    assignee: t.alice.id,
-                    by: Actor::Admin(t.admin.id),
-                    at_us: now_us(),
-                }])
-            })
-            .await
-            .unwrap();
+        env.assign(t, id, t.alice.id).await;
         let got = sink.wait_for(2).await;
         assert!(subjects(&got).contains(&"[Postvak] A conversation was assigned to you".into()));
         sla_event(t, tev::SLA_BREACHED, id, "first_response", now_us()).await;

@@ -103,16 +103,7 @@ async fn an_agent_on_the_stream_is_told_when_assigned_or_mentioned() {
         let mut alice = Stream::open(&app, &t.alice).await;
         let mut admin = Stream::open(&app, &t.admin).await;
 
-        env.service
-            .change(&t.ctx, id, None, |_| {
-                Ok(vec![ConversationCommand::Assign {
-                    assignee: t.alice.id,
-                    by: Actor::Admin(t.admin.id),
-                    at_us: now_us(),
-                }])
-            })
-            .await
-            .unwrap();
+        env.assign(t, id, t.alice.id).await;
         let n = alice
             .next_notification(Duration::from_secs(20))
             .await

@@ -225,6 +225,17 @@ impl Env {
         .await
     }
 
+    /// `GET /v1/users/{id}/availability` as that user.
+    async fn availability_of(&self, who: &Who) -> Resp {
+        self.call(
+            "GET",
+            &format!("/v1/users/{}/availability", who.id),
+            who,
+            None,
+        )
+        .await
+    }
+
     async fn deliver(&self, raw: &[u8]) -> pipeline::Delivery {
         let raw = Arc::new(raw.to_vec());
         let parsed = Ingestor::parse(raw.clone()).await.unwrap();
@@ -632,14 +643,7 @@ async fn inbound_mail_is_assigned_round_robin_and_the_events_name_the_rule() {
         let bob = assignees.iter().filter(|a| **a == env.bob.id).count();
         assert_eq!((alice, bob), (2, 2), "{backend:?}: {assignees:?}");
         assert_ne!(assignees[0], assignees[1]);
-        let r = env
-            .call(
-                "GET",
-                &format!("/v1/users/{}/availability", env.alice.id),
-                &env.alice,
-                None,
-            )
-            .await;
+        let r = env.availability_of(&env.alice).await;
         assert_eq!(r.body["open_assigned"], 2, "{r:?}");
         assert_eq!(r.body["status"], "online");
     }
@@ -1299,14 +1303,7 @@ async fn a_burst_never_fills_an_agent_over_capacity() {
         }
         assert_eq!(unassigned, 2, "{backend:?}");
         for who in [&env.alice, &env.bob] {
-            let r = env
-                .call(
-                    "GET",
-                    &format!("/v1/users/{}/availability", who.id),
-                    who,
-                    None,
-                )
-                .await;
+            let r = env.availability_of(who).await;
             assert_eq!(r.body["open_assigned"], 2, "{backend:?}: {r:?}");
         }
     }
@@ -1326,14 +1323,7 @@ async fn wait_open_assigned(env: &Env, backend: Backend, want: (i64, i64), after
     loop {
         let mut got = Vec::new();
         for who in [&env.alice, &env.bob] {
-            let r = env
-                .call(
-                    "GET",
-                    &format!("/v1/users/{}/availability", who.id),
-                    who,
-                    None,
-                )
-                .await;
+            let r = env.availability_of(who).await;
             got.push(r.body["open_assigned"].as_i64().unwrap_or(-1));
         }
         if (got[0], got[1]) == want {
