@@ -1341,27 +1341,31 @@ impl Worker {
         // comes back as an event.
         let t = ctx.tenant();
         let mut tx = ctx.cell().db().tenant_tx(t, true).await?;
+        // The fact and the counts first, the pointers last: a transaction that holds count
+        // rows waits only for pointer rows, which the consumer never takes.
+        let assigned: Vec<(&core::Fired, Uuid)> = fired
+            .iter()
+            .filter_map(|f| {
+                f.actions.iter().find_map(|a| match a {
+                    Decided::Assign(u) => Some((f, *u)),
+                    _ => None,
+                })
+            })
+            .collect();
         let mut counts = OpenCounts::default();
-        for f in fired {
-            let Some(user) = f.actions.iter().find_map(|a| match a {
-                Decided::Assign(u) => Some(*u),
-                _ => None,
-            }) else {
-                continue;
-            };
+        for (_, user) in &assigned {
             set_fact(
                 &mut tx,
                 t,
                 conversation,
-                Some(Some(user)),
+                Some(Some(*user)),
                 None,
                 &mut counts,
             )
             .await?;
-            counts.flush(&mut tx).await?;
-            if !move_pointers {
-                continue;
-            }
+        }
+        counts.flush(&mut tx).await?;
+        for (f, user) in assigned.into_iter().filter(|_| move_pointers) {
             let rule = rules.iter().find(|r| r.id == f.rule_id);
             for a in rule.map(|r| r.actions.as_slice()).unwrap_or_default() {
                 if let core::Action::AssignTeam {
