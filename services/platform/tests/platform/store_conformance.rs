@@ -1367,6 +1367,14 @@ async fn append_in_tx_commits_with_the_caller(h: Harness) {
         .await
         .unwrap();
     let signal = h.store.append_signal();
+    // The first append's announcement reaches this process's listener too (PostgreSQL's
+    // `NOTIFY`, sent a moment after the commit by its own connection): let it arrive before
+    // the window below, which is about `append_in_tx` not announcing. Seen in CI: that late
+    // wake fell into the window.
+    while tokio::time::timeout(Duration::from_millis(300), signal.notified())
+        .await
+        .is_ok()
+    {}
 
     // Rolled back: nothing.
     let mut tx = h.store.db().begin().await.unwrap();
