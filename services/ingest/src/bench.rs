@@ -150,7 +150,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let mut targets = Vec::new();
     for t in &opts.targets {
         let target = Target::create(t).await?;
-        let result = bench_target(&opts, &target).await;
+        // Ctrl-C ends the run as an error, so the scratch database still goes.
+        let result = tokio::select! {
+            r = bench_target(&opts, &target) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
+        };
         target.drop_it().await;
         targets.push(result.with_context(|| format!("benchmarking {}", target.label))?);
     }

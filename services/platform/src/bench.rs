@@ -209,7 +209,11 @@ pub async fn store_bench(opts: StoreBenchOptions) -> anyhow::Result<StoreBenchRe
         "writers and batch size must be positive"
     );
     let target = Target::create(&opts.url).await?;
-    let result = run(&opts, &target).await;
+    // Ctrl-C ends the run as an error, so the database still goes.
+    let result = tokio::select! {
+        r = run(&opts, &target) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
+    };
     if !opts.keep {
         target.remove().await;
     }
