@@ -150,11 +150,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let mut targets = Vec::new();
     for t in &opts.targets {
         let target = Target::create(t).await?;
-        // Ctrl-C ends the run as an error, so the scratch database still goes.
-        let result = tokio::select! {
-            r = bench_target(&opts, &target) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
-        };
+        let result = postvak_platform::bench::interruptible(bench_target(&opts, &target)).await;
         target.drop_it().await;
         targets.push(result.with_context(|| format!("benchmarking {}", target.label))?);
     }

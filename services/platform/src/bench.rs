@@ -202,6 +202,18 @@ impl fmt::Display for StoreBenchReport {
     }
 }
 
+/// Runs a bench's `work` until it ends or the user presses Ctrl-C, which ends it as an error:
+/// the caller then removes what the run made (a scratch database), as after any failure,
+/// instead of the process dying with it left behind. Every `postvak bench` goes through it.
+pub async fn interruptible<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted (Ctrl-C)"),
+    }
+}
+
 /// Runs the benchmark against a fresh database (or file).
 pub async fn store_bench(opts: StoreBenchOptions) -> anyhow::Result<StoreBenchReport> {
     anyhow::ensure!(
@@ -209,11 +221,7 @@ pub async fn store_bench(opts: StoreBenchOptions) -> anyhow::Result<StoreBenchRe
         "writers and batch size must be positive"
     );
     let target = Target::create(&opts.url).await?;
-    // Ctrl-C ends the run as an error, so the database still goes.
-    let result = tokio::select! {
-        r = run(&opts, &target) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C)")),
-    };
+    let result = interruptible(run(&opts, &target)).await;
     if !opts.keep {
         target.remove().await;
     }

@@ -133,22 +133,10 @@ impl Scratch {
     }
 }
 
-/// Runs a bench's `work` until it ends or the user presses Ctrl-C, which ends it as an error:
-/// the caller then removes what the run made (a scratch database), as after any failure,
-/// instead of the process dying with it left behind.
-pub(crate) async fn interruptible<T>(
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::select! {
-        r = work => r,
-        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted (Ctrl-C)"),
-    }
-}
-
 /// `postvak bench auth`.
 pub async fn auth(target: &str, calls: usize) -> anyhow::Result<AuthReport> {
     let scratch = Scratch::create(target).await?;
-    let result = interruptible(run(&scratch.url, calls)).await;
+    let result = postvak_platform::bench::interruptible(run(&scratch.url, calls)).await;
     let backend = scratch.backend();
     scratch.drop_database().await;
     result.map(|rows| AuthReport { backend, rows })
@@ -158,7 +146,7 @@ pub async fn auth(target: &str, calls: usize) -> anyhow::Result<AuthReport> {
 /// webhook deliveries to a local receiver.
 pub async fn notification(target: &str, mails: usize, webhooks: usize) -> anyhow::Result<String> {
     let scratch = Scratch::create(target).await?;
-    let result = interruptible(async {
+    let result = postvak_platform::bench::interruptible(async {
         let cells = postvak_ingest::standalone::open_cells(
             &scratch.url,
             postvak_platform::crypto::MasterKey::from_base64(

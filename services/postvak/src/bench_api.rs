@@ -100,7 +100,7 @@ pub async fn run(opts: ApiBenchOptions) -> anyhow::Result<String> {
             let s = Scratch::create(&opts.target).await?;
             let url = s.url.clone();
             let started = Instant::now();
-            let seeded = match crate::bench::interruptible(seed(&url, &opts)).await {
+            let seeded = match postvak_platform::bench::interruptible(seed(&url, &opts)).await {
                 Ok(seeded) => seeded,
                 Err(e) => {
                     // Half a seed is of no use to `--reuse`: the database goes.
@@ -118,7 +118,7 @@ pub async fn run(opts: ApiBenchOptions) -> anyhow::Result<String> {
             (seeded, line)
         }
     };
-    let result = crate::bench::interruptible(measure(&seeded, &opts)).await;
+    let result = postvak_platform::bench::interruptible(measure(&seeded, &opts)).await;
     match (&opts.keep, scratch) {
         (Some(path), Some(s)) => {
             write_private(path, &serde_json::to_string_pretty(&seeded)?)?;

@@ -68,7 +68,8 @@ pub async fn run(opts: RoutingBenchOptions) -> anyhow::Result<String> {
     );
     let scratch = Scratch::create(&opts.target).await?;
     let prefix = format!("pvbench{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let result = crate::bench::interruptible(measure(&scratch.url, &prefix, &opts)).await;
+    let result =
+        postvak_platform::bench::interruptible(measure(&scratch.url, &prefix, &opts)).await;
     // Remove what the run made: the JetStream stream (with its consumers) and the database.
     if let Ok(nats) = async_nats::connect(&opts.nats).await {
         let js = async_nats::jetstream::new(nats);

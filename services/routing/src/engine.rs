@@ -429,13 +429,10 @@ impl EventHandler for RuleConsumer {
     }
 
     async fn handle(&self, tx: &mut DbTx, event: &RecordedEvent) -> Result<(), HandlerError> {
-        let mut counts = OpenCounts::default();
-        self.apply(tx, event, &mut counts).await?;
-        counts.flush(tx).await?;
-        Ok(())
+        self.handle_batch(tx, &[event]).await
     }
 
-    /// As `handle` for each event, with the open counts' changes written once at the end.
+    /// Each event in turn, with the open counts' changes written once at the end.
     async fn handle_batch(
         &self,
         tx: &mut DbTx,
@@ -1365,17 +1362,19 @@ impl Worker {
             .await?;
         }
         counts.flush(&mut tx).await?;
-        for (f, user) in assigned.into_iter().filter(|_| move_pointers) {
-            let rule = rules.iter().find(|r| r.id == f.rule_id);
-            for a in rule.map(|r| r.actions.as_slice()).unwrap_or_default() {
-                if let core::Action::AssignTeam {
-                    team: Some(team),
-                    strategy: Strategy::RoundRobin,
-                    ..
-                } = a
-                {
-                    let key = core::pointer_key(f.rule_id, *team);
-                    save_pointer(&mut tx, t, &key, user).await?;
+        if move_pointers {
+            for (f, user) in assigned {
+                let rule = rules.iter().find(|r| r.id == f.rule_id);
+                for a in rule.map(|r| r.actions.as_slice()).unwrap_or_default() {
+                    if let core::Action::AssignTeam {
+                        team: Some(team),
+                        strategy: Strategy::RoundRobin,
+                        ..
+                    } = a
+                    {
+                        let key = core::pointer_key(f.rule_id, *team);
+                        save_pointer(&mut tx, t, &key, user).await?;
+                    }
                 }
             }
         }
